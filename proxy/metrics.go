@@ -1,0 +1,174 @@
+package proxy
+
+import (
+	"fmt"
+	"net/http"
+	"strconv"
+	"sync/atomic"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Metrics are the data plane's Prometheus series. Create them once with
+// NewMetrics on the registry the process owns; a nil *Metrics disables them.
+type Metrics struct {
+	requests       *prometheus.CounterVec
+	duration       *prometheus.HistogramVec
+	inflight       *prometheus.GaugeVec
+	upstreamErrors *prometheus.CounterVec
+	draining       *prometheus.GaugeVec
+}
+
+// DurationBuckets are the request_duration_seconds buckets: finer than the
+// client default at the low end, where a proxy's latency lives.
+var DurationBuckets = []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}
+
+// NewMetrics creates the data-plane series and registers them on reg.
+func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
+	m := &Metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "bluegreen_requests_total",
+			Help: "Requests proxied, by colour, status code and method.",
+		}, []string{"color", "code", "method"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "bluegreen_request_duration_seconds",
+			Help:    "Time from receiving a request to finishing its response, by colour. Upgraded connections and event streams are not observed.",
+			Buckets: DurationBuckets,
+		}, []string{"color"}),
+		inflight: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "bluegreen_inflight_requests",
+			Help: "Requests being served now, by colour.",
+		}, []string{"color"}),
+		upstreamErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "bluegreen_upstream_errors_total",
+			Help: "Failed attempts to get a response from an instance, by kind: dial, timeout, reset, other.",
+		}, []string{"color", "instance", "kind"}),
+		draining: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "bluegreen_draining_connections",
+			Help: "Long-lived connections (upgrades, event streams) on a colour that is no longer active, waiting to be closed.",
+		}, []string{"color"}),
+	}
+	for _, c := range []prometheus.Collector{m.requests, m.duration, m.inflight, m.upstreamErrors, m.draining} {
+		if err := reg.Register(c); err != nil {
+			return nil, fmt.Errorf("proxy metrics: %w", err)
+		}
+	}
+	return m, nil
+}
+
+// methods are the method label values; anything else counts as OTHER so a
+// client cannot grow the number of series.
+var methods = [...]string{"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "OTHER"}
+
+func methodIndex(m string) int {
+	switch m {
+	case http.MethodGet:
+		return 0
+	case http.MethodHead:
+		return 1
+	case http.MethodPost:
+		return 2
+	case http.MethodPut:
+		return 3
+	case http.MethodDelete:
+		return 4
+	case http.MethodPatch:
+		return 5
+	case http.MethodOptions:
+		return 6
+	}
+	return 7
+}
+
+const maxCode = 600
+
+type counterRef struct{ c prometheus.Counter }
+
+// colorMetrics holds the children of one colour, resolved once. Request
+// counters for each (method, code) pair are resolved on first use and cached
+// in atomics, so the request path does no map work after warm-up.
+type colorMetrics struct {
+	vec      *prometheus.CounterVec
+	color    string
+	codes    [len(methods)][maxCode]atomic.Pointer[counterRef]
+	duration prometheus.Observer
+	inflight prometheus.Gauge
+	draining prometheus.Gauge
+	errs     *prometheus.CounterVec
+}
+
+func (m *Metrics) forColor(color string) *colorMetrics {
+	if m == nil {
+		return nil
+	}
+	return &colorMetrics{
+		vec:      m.requests,
+		color:    color,
+		duration: m.duration.WithLabelValues(color),
+		inflight: m.inflight.WithLabelValues(color),
+		draining: m.draining.WithLabelValues(color),
+		errs:     m.upstreamErrors,
+	}
+}
+
+func (cm *colorMetrics) count(method string, code int) {
+	if cm == nil {
+		return
+	}
+	if code < 100 || code >= maxCode {
+		code = 0
+	}
+	mi := methodIndex(method)
+	slot := &cm.codes[mi][code]
+	ref := slot.Load()
+	if ref == nil {
+		ref = &counterRef{c: cm.vec.WithLabelValues(cm.color, strconv.Itoa(code), methods[mi])}
+		slot.Store(ref)
+	}
+	ref.c.Inc()
+}
+
+// Error kinds of bluegreen_upstream_errors_total.
+const (
+	KindDial    = "dial"
+	KindTimeout = "timeout"
+	KindReset   = "reset"
+	KindOther   = "other"
+)
+
+var kinds = [...]string{KindDial, KindTimeout, KindReset, KindOther}
+
+// upstreamErrorCounters are one instance's error counters, resolved at
+// construction so every series exists from the start (at zero).
+type upstreamErrorCounters [len(kinds)]prometheus.Counter
+
+func (cm *colorMetrics) forInstance(instance string) *upstreamErrorCounters {
+	if cm == nil {
+		return nil
+	}
+	var u upstreamErrorCounters
+	for i, k := range kinds {
+		u[i] = cm.errs.WithLabelValues(cm.color, instance, k)
+	}
+	return &u
+}
+
+func (u *upstreamErrorCounters) inc(kind string) {
+	if u == nil {
+		return
+	}
+	for i, k := range kinds {
+		if k == kind {
+			u[i].Inc()
+			return
+		}
+	}
+}
+
+// drainingGauge is the colour's draining gauge, or nil without metrics.
+func (cm *colorMetrics) drainingGauge() prometheus.Gauge {
+	if cm == nil {
+		return nil
+	}
+	return cm.draining
+}

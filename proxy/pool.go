@@ -1,0 +1,134 @@
+// Package proxy is the data plane of bluegreen: the routing snapshot, the
+// instance pools of each colour, balancing, the reverse proxy itself and the
+// draining of long-lived connections after a switch.
+//
+// The request path reads only atomics: one routing snapshot behind an
+// atomic.Pointer and per-instance health and load counters. Health reaches a
+// pool through Pool.SetStatus; the pool never imports the health checker.
+package proxy
+
+import (
+	"fmt"
+	"net/http/httputil"
+	"net/url"
+	"sync/atomic"
+)
+
+// Balance names a policy for choosing among the healthy instances of a colour.
+type Balance string
+
+// The balancing policies.
+const (
+	RoundRobin    Balance = "round-robin"
+	LeastInflight Balance = "least-inflight"
+)
+
+// ParseBalance validates a policy name.
+func ParseBalance(s string) (Balance, error) {
+	switch Balance(s) {
+	case RoundRobin, LeastInflight:
+		return Balance(s), nil
+	}
+	return "", fmt.Errorf("unknown balancing policy %q: expected %q or %q", s, RoundRobin, LeastInflight)
+}
+
+// Backend is one configured instance of a colour. It lives as long as the
+// Router and carries the instance's health and load in atomics, so a routing
+// switch never resets them. A Backend must not be copied.
+type Backend struct {
+	url      *url.URL
+	name     string
+	pool     *Pool
+	up       atomic.Bool
+	inflight atomic.Int64
+	rp       *httputil.ReverseProxy
+	errs     *upstreamErrorCounters
+}
+
+// URL returns the instance's base URL.
+func (b *Backend) URL() *url.URL { return b.url }
+
+// Name is the instance's configured URL, as used in metrics and status.
+func (b *Backend) Name() string { return b.name }
+
+// Healthy reports whether the instance currently receives traffic.
+func (b *Backend) Healthy() bool { return b.up.Load() }
+
+// Inflight is the number of requests the instance is serving now.
+func (b *Backend) Inflight() int64 { return b.inflight.Load() }
+
+// Pool holds the instances of one colour. Its instance list is fixed at
+// construction; health changes arrive through SetStatus. Safe for concurrent
+// use; Pick never blocks.
+type Pool struct {
+	color    string
+	balance  Balance
+	backends []*Backend
+	next     atomic.Uint32
+	streams  *streamSet
+	metrics  *colorMetrics
+}
+
+// Color is the colour this pool serves.
+func (p *Pool) Color() string { return p.color }
+
+// Backends lists the pool's instances in configured order.
+func (p *Pool) Backends() []*Backend { return p.backends }
+
+// SetStatus marks the named instance up or down; unknown names are ignored.
+// It satisfies the health checker's Reporter interface.
+func (p *Pool) SetStatus(instance string, up bool) {
+	for _, b := range p.backends {
+		if b.name == instance {
+			b.up.Store(up)
+			return
+		}
+	}
+}
+
+// Healthy counts the instances that are up.
+func (p *Pool) Healthy() int {
+	n := 0
+	for _, b := range p.backends {
+		if b.up.Load() {
+			n++
+		}
+	}
+	return n
+}
+
+// Pick chooses a healthy instance, or returns nil when none is healthy; the
+// caller turns nil into 503. It never falls over to another colour.
+func (p *Pool) Pick() *Backend {
+	if p.balance == LeastInflight {
+		return p.pickLeast()
+	}
+	n := uint32(len(p.backends))
+	start := p.next.Add(1)
+	for i := range n {
+		b := p.backends[(start+i)%n]
+		if b.up.Load() {
+			return b
+		}
+	}
+	return nil
+}
+
+// pickLeast returns the healthy instance with the fewest requests in flight,
+// starting the scan at a rotating offset so ties are spread.
+func (p *Pool) pickLeast() *Backend {
+	n := uint32(len(p.backends))
+	start := p.next.Add(1)
+	var best *Backend
+	var bestLoad int64
+	for i := range n {
+		b := p.backends[(start+i)%n]
+		if !b.up.Load() {
+			continue
+		}
+		if load := b.inflight.Load(); best == nil || load < bestLoad {
+			best, bestLoad = b, load
+		}
+	}
+	return best
+}

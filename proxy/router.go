@@ -1,0 +1,346 @@
+package proxy
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// ColorConfig names a colour and its instances.
+type ColorConfig struct {
+	Name string
+	URLs []*url.URL
+}
+
+// Config configures a Router.
+type Config struct {
+	// Colors are exactly two colours (blue and green), each with at least one instance.
+	Colors [2]ColorConfig
+	// Balance chooses among healthy instances; default round-robin.
+	Balance Balance
+	// PreviewHeader routes a request that carries it (value "1" or "true")
+	// to the idle colour. Empty disables it.
+	PreviewHeader string
+	// PreviewCookie does the same with a cookie of that name. Empty disables it.
+	PreviewCookie string
+	// DrainTimeout is how long long-lived connections on a colour that lost
+	// the traffic may stay open. Default 30s.
+	DrainTimeout time.Duration
+	// RetryAfter is the Retry-After hint sent with 503 when a colour has no
+	// healthy instance. Default 2s.
+	RetryAfter time.Duration
+	// Transport reaches the instances; nil means NewTransport(TransportConfig{}).
+	Transport http.RoundTripper
+	// Metrics may be nil.
+	Metrics *Metrics
+	// Log receives upstream errors and drain events. Required.
+	Log *slog.Logger
+	// AccessLog, when set, receives one record per request.
+	AccessLog *slog.Logger
+}
+
+// snapshot is one immutable routing decision. A request loads it once.
+type snapshot struct {
+	active, idle *Pool
+	generation   uint64
+}
+
+// Router is the public listener's handler: it sends each request to a
+// healthy instance of the active colour (or of the idle one for preview
+// requests). SetActive swaps the routing snapshot atomically: requests in
+// flight finish where they started, new requests see the new colour. Safe for
+// concurrent use.
+type Router struct {
+	pools         [2]*Pool
+	snap          atomic.Pointer[snapshot]
+	previewHeader string
+	previewCookie string
+	retryAfter    string
+	log           *slog.Logger
+	access        *slog.Logger
+	setMu         sync.Mutex // serialises SetActive
+}
+
+// NewRouter builds the pools and their reverse proxies. The first colour is
+// active with generation 0 until SetActive is called. Instances start
+// unhealthy: they get traffic once the health checker reports them up.
+func NewRouter(cfg Config) (*Router, error) {
+	if cfg.Log == nil {
+		return nil, errors.New("proxy: Config.Log is required")
+	}
+	if cfg.Balance == "" {
+		cfg.Balance = RoundRobin
+	}
+	if cfg.DrainTimeout <= 0 {
+		cfg.DrainTimeout = 30 * time.Second
+	}
+	if cfg.RetryAfter <= 0 {
+		cfg.RetryAfter = 2 * time.Second
+	}
+	if cfg.Transport == nil {
+		cfg.Transport = NewTransport(TransportConfig{})
+	}
+	if cfg.Colors[0].Name == "" || cfg.Colors[1].Name == "" || cfg.Colors[0].Name == cfg.Colors[1].Name {
+		return nil, fmt.Errorf("proxy: need two distinct colour names, got %q and %q", cfg.Colors[0].Name, cfg.Colors[1].Name)
+	}
+	rt := &Router{
+		previewHeader: http.CanonicalHeaderKey(cfg.PreviewHeader),
+		previewCookie: cfg.PreviewCookie,
+		retryAfter:    strconv.Itoa(int((cfg.RetryAfter + time.Second - 1) / time.Second)),
+		log:           cfg.Log,
+		access:        cfg.AccessLog,
+	}
+	buffers := newBufferPool(1024)
+	errLog := slog.NewLogLogger(cfg.Log.Handler(), slog.LevelWarn)
+	for i, cc := range cfg.Colors {
+		if len(cc.URLs) == 0 {
+			return nil, fmt.Errorf("proxy: colour %s has no instances", cc.Name)
+		}
+		cm := cfg.Metrics.forColor(cc.Name)
+		p := &Pool{color: cc.Name, balance: cfg.Balance, metrics: cm}
+		p.streams = newStreamSet(cc.Name, cfg.DrainTimeout, cfg.Log, cm.drainingGauge())
+		seen := make(map[string]bool)
+		for _, u := range cc.URLs {
+			if u == nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https") {
+				return nil, fmt.Errorf("proxy: colour %s: instance %v: need an http or https URL with a host", cc.Name, u)
+			}
+			name := u.String()
+			if seen[name] {
+				return nil, fmt.Errorf("proxy: colour %s: instance %s listed twice", cc.Name, name)
+			}
+			seen[name] = true
+			b := &Backend{url: u, name: name, pool: p, errs: cm.forInstance(name)}
+			b.rp = &httputil.ReverseProxy{
+				Rewrite:        b.rewrite,
+				Transport:      cfg.Transport,
+				BufferPool:     buffers,
+				ErrorLog:       errLog,
+				ModifyResponse: b.modifyResponse,
+				ErrorHandler:   rt.errorHandler(b),
+			}
+			p.backends = append(p.backends, b)
+		}
+		rt.pools[i] = p
+	}
+	rt.snap.Store(&snapshot{active: rt.pools[0], idle: rt.pools[1]})
+	return rt, nil
+}
+
+// Pool returns the pool of a colour, or nil for an unknown colour.
+func (rt *Router) Pool(color string) *Pool {
+	for _, p := range rt.pools {
+		if p.color == color {
+			return p
+		}
+	}
+	return nil
+}
+
+// Active returns the colour that receives live traffic and the state
+// generation that decision came from.
+func (rt *Router) Active() (color string, generation uint64) {
+	s := rt.snap.Load()
+	return s.active.color, s.generation
+}
+
+// SetActive routes new requests to color. Requests already in flight finish
+// on the colour they started on; long-lived connections on the colour that
+// lost the traffic are closed after the drain timeout.
+func (rt *Router) SetActive(color string, generation uint64) error {
+	next := rt.Pool(color)
+	if next == nil {
+		return fmt.Errorf("proxy: unknown colour %q", color)
+	}
+	idle := rt.pools[0]
+	if idle == next {
+		idle = rt.pools[1]
+	}
+	rt.setMu.Lock()
+	defer rt.setMu.Unlock()
+	prev := rt.snap.Swap(&snapshot{active: next, idle: idle, generation: generation})
+	if prev.active != next {
+		next.streams.undrain()
+		prev.active.streams.drain()
+	}
+	return nil
+}
+
+// Streams reports the long-lived connections open on a colour and how many
+// of them are draining.
+func (rt *Router) Streams(color string) (open, draining int) {
+	p := rt.Pool(color)
+	if p == nil {
+		return 0, 0
+	}
+	return p.streams.Len(), p.streams.Draining()
+}
+
+// CloseStreams closes every upgraded connection and event stream at once;
+// used at the end of a graceful shutdown, since http.Server.Shutdown does not
+// wait for hijacked connections. It returns how many were closed.
+func (rt *Router) CloseStreams() int {
+	n := 0
+	for _, p := range rt.pools {
+		n += p.streams.closeAll()
+	}
+	return n
+}
+
+func (rt *Router) wantsPreview(r *http.Request) bool {
+	if rt.previewHeader != "" {
+		if v := r.Header[rt.previewHeader]; len(v) > 0 && truthy(v[0]) {
+			return true
+		}
+	}
+	if rt.previewCookie != "" {
+		if cs := r.Header["Cookie"]; len(cs) > 0 && strings.Contains(strings.Join(cs, ";"), rt.previewCookie) {
+			if c, err := r.Cookie(rt.previewCookie); err == nil && truthy(c.Value) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func truthy(v string) bool { return v == "1" || strings.EqualFold(v, "true") }
+
+// ServeHTTP routes one request.
+func (rt *Router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	s := rt.snap.Load()
+	pool := s.active
+	if (rt.previewHeader != "" || rt.previewCookie != "") && rt.wantsPreview(r) {
+		pool = s.idle
+	}
+	b := pool.Pick()
+	if b == nil {
+		rt.unavailable(w, r, pool)
+		return
+	}
+	start := time.Now()
+	var rec *statusRecorder
+	if rt.access != nil {
+		rec = &statusRecorder{ResponseWriter: w}
+		w = rec
+	}
+	cm := pool.metrics
+	b.inflight.Add(1)
+	if cm != nil {
+		cm.inflight.Inc()
+	}
+	defer func() {
+		b.inflight.Add(-1)
+		elapsed := time.Since(start)
+		if cm != nil {
+			cm.inflight.Dec()
+			if !longLived(r) {
+				cm.duration.Observe(elapsed.Seconds())
+			}
+		}
+		if rec != nil {
+			rt.access.LogAttrs(r.Context(), slog.LevelInfo, "request",
+				slog.String("method", r.Method),
+				slog.String("path", r.URL.Path),
+				slog.Int("status", rec.status()),
+				slog.String("color", pool.color),
+				slog.String("instance", b.name),
+				slog.Duration("duration", elapsed),
+				slog.String("remote", r.RemoteAddr))
+		}
+	}()
+	b.rp.ServeHTTP(w, r)
+}
+
+// longLived reports requests whose duration is a connection's lifetime, not
+// a response time: upgrades and event streams.
+func longLived(r *http.Request) bool {
+	if _, ok := r.Header["Upgrade"]; ok {
+		return true
+	}
+	a := r.Header["Accept"]
+	return len(a) > 0 && strings.HasPrefix(a[0], "text/event-stream")
+}
+
+func (rt *Router) unavailable(w http.ResponseWriter, r *http.Request, p *Pool) {
+	p.metrics.count(r.Method, http.StatusServiceUnavailable)
+	h := w.Header()
+	h.Set("Retry-After", rt.retryAfter)
+	h.Set("Content-Type", "text/plain; charset=utf-8")
+	h.Set("Cache-Control", "no-store")
+	w.WriteHeader(http.StatusServiceUnavailable)
+	_, _ = io.WriteString(w, "503 no healthy "+p.color+" instance\n")
+}
+
+func (rt *Router) errorHandler(b *Backend) func(http.ResponseWriter, *http.Request, error) {
+	return func(w http.ResponseWriter, r *http.Request, err error) {
+		status, kind := classify(r.Context(), err)
+		b.pool.metrics.count(r.Method, status)
+		if kind == "" {
+			// The client went away; nobody reads an answer.
+			w.WriteHeader(http.StatusBadGateway)
+			return
+		}
+		b.errs.inc(kind)
+		rt.log.Warn("upstream error", "color", b.pool.color, "instance", b.name, "kind", kind, "method", r.Method, "path", r.URL.Path, "err", err)
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		w.WriteHeader(status)
+		_, _ = io.WriteString(w, http.StatusText(status)+"\n")
+	}
+}
+
+func (b *Backend) rewrite(pr *httputil.ProxyRequest) {
+	pr.SetURL(b.url)
+	pr.Out.Host = pr.In.Host // the instance sees the Host the client asked for
+	pr.SetXForwarded()
+}
+
+func (b *Backend) modifyResponse(res *http.Response) error {
+	p := b.pool
+	p.metrics.count(res.Request.Method, res.StatusCode)
+	if res.StatusCode == http.StatusSwitchingProtocols {
+		if rwc, ok := res.Body.(io.ReadWriteCloser); ok {
+			res.Body = p.streams.trackConn(rwc)
+		}
+	} else if res.ContentLength < 0 && strings.HasPrefix(res.Header.Get("Content-Type"), "text/event-stream") {
+		res.Body = p.streams.trackBody(res.Body)
+	}
+	return nil
+}
+
+// statusRecorder remembers the status for the access log. It unwraps so
+// http.ResponseController still reaches Flush and Hijack.
+type statusRecorder struct {
+	http.ResponseWriter
+	code int
+}
+
+func (s *statusRecorder) WriteHeader(code int) {
+	if s.code == 0 && code >= 200 || code == http.StatusSwitchingProtocols {
+		s.code = code
+	}
+	s.ResponseWriter.WriteHeader(code)
+}
+
+func (s *statusRecorder) Write(p []byte) (int, error) {
+	if s.code == 0 {
+		s.code = http.StatusOK
+	}
+	return s.ResponseWriter.Write(p)
+}
+
+func (s *statusRecorder) Unwrap() http.ResponseWriter { return s.ResponseWriter }
+
+func (s *statusRecorder) status() int {
+	if s.code == 0 {
+		return http.StatusOK
+	}
+	return s.code
+}

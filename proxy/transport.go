@@ -1,0 +1,95 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"syscall"
+	"time"
+)
+
+// TransportConfig tunes the connections from the proxy to the instances.
+type TransportConfig struct {
+	DialTimeout           time.Duration // default 5s
+	IdleConnTimeout       time.Duration // default 30s; keep it below the instances' own keep-alive timeout
+	MaxIdleConnsPerHost   int           // default 1024: an idle pool smaller than the client concurrency forces new connections
+	ResponseHeaderTimeout time.Duration // default 0: none (event streams and slow endpoints)
+}
+
+// NewTransport returns an http.Transport for the data path: keep-alive pools
+// sized for proxying, no transparent compression (bodies pass through as the
+// instance sent them), HTTP/1.1 to the instances, no environment proxy.
+func NewTransport(cfg TransportConfig) *http.Transport {
+	if cfg.DialTimeout <= 0 {
+		cfg.DialTimeout = 5 * time.Second
+	}
+	if cfg.IdleConnTimeout <= 0 {
+		cfg.IdleConnTimeout = 30 * time.Second
+	}
+	if cfg.MaxIdleConnsPerHost <= 0 {
+		cfg.MaxIdleConnsPerHost = 1024
+	}
+	d := &net.Dialer{Timeout: cfg.DialTimeout, KeepAlive: 30 * time.Second}
+	return &http.Transport{
+		Proxy:                 nil,
+		DialContext:           d.DialContext,
+		MaxIdleConns:          0,
+		MaxIdleConnsPerHost:   cfg.MaxIdleConnsPerHost,
+		IdleConnTimeout:       cfg.IdleConnTimeout,
+		ResponseHeaderTimeout: cfg.ResponseHeaderTimeout,
+		ExpectContinueTimeout: time.Second,
+		DisableCompression:    true,
+		ForceAttemptHTTP2:     false,
+	}
+}
+
+// bufferPool lends the 32 KiB copy buffers of httputil.ReverseProxy. A
+// buffered channel is a free list without the allocation that boxing a slice
+// into a sync.Pool costs on every Put.
+type bufferPool chan []byte
+
+const copyBufferSize = 32 << 10
+
+func newBufferPool(n int) bufferPool { return make(bufferPool, n) }
+
+func (p bufferPool) Get() []byte {
+	select {
+	case b := <-p:
+		return b
+	default:
+		return make([]byte, copyBufferSize)
+	}
+}
+
+func (p bufferPool) Put(b []byte) {
+	if cap(b) != copyBufferSize {
+		return
+	}
+	select {
+	case p <- b[:copyBufferSize]:
+	default:
+	}
+}
+
+// classify maps an upstream error to the status the client gets and the kind
+// counted in bluegreen_upstream_errors_total. A client that went away is not
+// an upstream failure: kind is "".
+func classify(ctx context.Context, err error) (status int, kind string) {
+	if ctx.Err() != nil && errors.Is(err, context.Canceled) {
+		return 499, ""
+	}
+	var ne net.Error
+	if errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout()) {
+		return http.StatusGatewayTimeout, KindTimeout
+	}
+	var oe *net.OpError
+	if errors.As(err, &oe) && oe.Op == "dial" {
+		return http.StatusBadGateway, KindDial
+	}
+	if errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+		return http.StatusBadGateway, KindReset
+	}
+	return http.StatusBadGateway, KindOther
+}

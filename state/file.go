@@ -1,0 +1,279 @@
+package state
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"sync/atomic"
+)
+
+// FileStore is a Store that keeps the state in one JSON file (see Encode).
+//
+// Writes replace the file atomically: the new state is written to a temporary
+// file in the same directory, synced, renamed over the target and the
+// directory is synced, so a reader or a crash sees either the old file or the
+// new one, never a torn one. Temporary files are removed on failure.
+//
+// A FileStore is safe for concurrent use. CompareAndSwap calls on one
+// FileStore are serialised; two FileStores (or two processes) sharing a path
+// are not, so give each path exactly one FileStore. Watch reports only the
+// states stored through this FileStore, not changes made to the file by
+// anything else. A FileStore must not be copied.
+type FileStore struct {
+	path string
+	dir  string
+
+	// rename and syncFile are os.Rename and (*os.File).Sync; tests replace
+	// them on their own instance to simulate failures.
+	rename   func(oldpath, newpath string) error
+	syncFile func(*os.File) error
+
+	// mu serialises CompareAndSwap, guards watchers and is held whenever
+	// closed is set. It is never held across a blocking channel operation.
+	mu       sync.Mutex
+	watchers map[*watcher]struct{}
+	closed   atomic.Bool // read without mu by Load
+}
+
+// watcher is one Watch call: a one-slot channel holding the latest state
+// not yet received, and the function that cancels its context hook.
+type watcher struct {
+	ch   chan State
+	stop func() bool
+}
+
+var _ Store = (*FileStore)(nil)
+
+// NewFileStore returns a FileStore for the file at path. It does not create
+// the file (an absent file is an empty store), but the directory that will
+// hold it must exist; otherwise the error names the path.
+func NewFileStore(path string) (*FileStore, error) {
+	if path == "" {
+		return nil, errors.New("state: file store: empty path")
+	}
+	dir := filepath.Dir(path)
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return nil, fmt.Errorf("state: file store %s: directory: %w", path, err)
+	}
+	if !fi.IsDir() {
+		return nil, fmt.Errorf("state: file store %s: %s is not a directory", path, dir)
+	}
+	return &FileStore{
+		path:     path,
+		dir:      dir,
+		rename:   os.Rename,
+		syncFile: (*os.File).Sync,
+		watchers: make(map[*watcher]struct{}),
+	}, nil
+}
+
+// Path returns the path of the state file.
+func (s *FileStore) Path() string { return s.path }
+
+// Load reads and decodes the state file. A missing file yields an error
+// wrapping ErrNotFound; an unreadable or invalid file yields an error naming
+// the path and the cause. Load does not take the write lock: the file is
+// only ever replaced by rename, so it always sees a whole file.
+func (s *FileStore) Load(ctx context.Context) (State, error) {
+	if err := ctx.Err(); err != nil {
+		return State{}, fmt.Errorf("state: load %s: %w", s.path, err)
+	}
+	if s.closed.Load() {
+		return State{}, fmt.Errorf("state: load %s: %w", s.path, ErrClosed)
+	}
+	return s.read()
+}
+
+// read loads the file without checking the context or closed flag.
+func (s *FileStore) read() (State, error) {
+	data, err := os.ReadFile(s.path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return State{}, fmt.Errorf("state: load %s: %w", s.path, ErrNotFound)
+	}
+	if err != nil {
+		return State{}, fmt.Errorf("state: load %s: %w", s.path, err)
+	}
+	st, err := Decode(data)
+	if err != nil {
+		return State{}, fmt.Errorf("state: load %s: corrupt state file: %w", s.path, err)
+	}
+	return st, nil
+}
+
+// CompareAndSwap writes next if the generation in the file equals expect
+// (expect 0: the file must not exist). It re-reads the file under the write
+// lock, so it never relies on a cached copy. A lost race returns an error
+// wrapping ErrConflict; an unreadable or corrupt file returns that error
+// rather than being overwritten. On any error the file is unchanged and no
+// temporary file is left behind. On success every watcher is sent next.
+//
+// The rename is the commit point: once it has succeeded the swap is reported
+// as done, even if the directory sync that follows fails, because the new
+// state is already what Load returns.
+func (s *FileStore) CompareAndSwap(ctx context.Context, expect uint64, next State) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("state: store %s: %w", s.path, err)
+	}
+	if next.Generation <= expect {
+		return fmt.Errorf("state: store %s: next generation %d must be greater than expected generation %d", s.path, next.Generation, expect)
+	}
+	data, err := Encode(next)
+	if err != nil {
+		return fmt.Errorf("state: store %s: %w", s.path, err)
+	}
+
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed.Load() {
+		return fmt.Errorf("state: store %s: %w", s.path, ErrClosed)
+	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("state: store %s: %w", s.path, err)
+	}
+
+	var current uint64
+	cur, err := s.read()
+	switch {
+	case err == nil:
+		current = cur.Generation
+	case errors.Is(err, ErrNotFound):
+		current = 0
+	default:
+		return err
+	}
+	if current != expect {
+		if current == 0 {
+			return fmt.Errorf("state: store %s: expected generation %d, store is empty: %w", s.path, expect, ErrConflict)
+		}
+		return fmt.Errorf("state: store %s: expected generation %d, stored generation is %d: %w", s.path, expect, current, ErrConflict)
+	}
+
+	if err := s.replace(data); err != nil {
+		return fmt.Errorf("state: store %s: %w", s.path, err)
+	}
+	// Best effort: the rename has committed the state (see above).
+	_ = syncDir(s.dir)
+
+	// Watchers get their own copy of History, so the caller may reuse its
+	// slice. Non-blocking sends under mu keep deliveries in generation order.
+	next.History = slices.Clone(next.History)
+	for w := range s.watchers {
+		offer(w.ch, next)
+	}
+	return nil
+}
+
+// replace atomically puts data at s.path: temp file, write, sync, close,
+// rename. The temp file is removed unless the rename succeeded.
+func (s *FileStore) replace(data []byte) (err error) {
+	f, err := os.CreateTemp(s.dir, "."+filepath.Base(s.path)+".tmp-*")
+	if err != nil {
+		return fmt.Errorf("create temporary file: %w", err)
+	}
+	tmp := f.Name()
+	defer func() {
+		if err != nil {
+			_ = f.Close() // may already be closed; the write error matters
+			_ = os.Remove(tmp)
+		}
+	}()
+	if err := f.Chmod(0o600); err != nil {
+		return fmt.Errorf("chmod %s: %w", tmp, err)
+	}
+	if _, err := f.Write(data); err != nil {
+		return fmt.Errorf("write %s: %w", tmp, err)
+	}
+	if err := s.syncFile(f); err != nil {
+		return fmt.Errorf("sync %s: %w", tmp, err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("close %s: %w", tmp, err)
+	}
+	if err := s.rename(tmp, s.path); err != nil {
+		return fmt.Errorf("rename into place: %w", err)
+	}
+	return nil
+}
+
+// syncDir fsyncs a directory so that a rename in it survives a crash.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	err = d.Sync()
+	if cerr := d.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// offer puts v in the one-slot channel ch without blocking, replacing a
+// value the reader has not taken yet. Only the sender holding the store's
+// mutex calls it, so after draining the slot the send cannot fail.
+func offer(ch chan State, v State) {
+	select {
+	case ch <- v:
+		return
+	default:
+	}
+	select {
+	case <-ch:
+	default:
+	}
+	select {
+	case ch <- v:
+	default:
+	}
+}
+
+// Watch returns a channel that receives every state stored through this
+// FileStore after the call, with latest-value semantics: it holds at most
+// one pending state, and a newer state replaces one the reader has not taken.
+// The channel is closed when ctx ends or the store is closed. All watchers
+// of one swap share its History slice, so receivers must not modify it.
+// Watch starts no goroutine of its own; the close runs via context.AfterFunc,
+// whose goroutine ends as soon as it has closed the channel.
+func (s *FileStore) Watch(ctx context.Context) <-chan State {
+	w := &watcher{ch: make(chan State, 1)}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed.Load() {
+		close(w.ch)
+		return w.ch
+	}
+	s.watchers[w] = struct{}{}
+	w.stop = context.AfterFunc(ctx, func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if _, ok := s.watchers[w]; ok {
+			delete(s.watchers, w)
+			close(w.ch)
+		}
+	})
+	return w.ch
+}
+
+// Close closes every Watch channel. Afterwards Load and CompareAndSwap
+// return an error wrapping ErrClosed and Watch returns a closed channel. The
+// state file is left as it is. Close is idempotent.
+func (s *FileStore) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed.Load() {
+		return nil
+	}
+	s.closed.Store(true)
+	for w := range s.watchers {
+		w.stop()
+		delete(s.watchers, w)
+		close(w.ch)
+	}
+	return nil
+}
