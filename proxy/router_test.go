@@ -386,10 +386,10 @@ func TestSwitchUnderLoad(t *testing.T) {
 	defer tr.CloseIdleConnections()
 	c := &http.Client{Transport: tr}
 
-	// gen counts completed switches; even means blue, odd green. It is
-	// stored after SetActive returns, so a request that reads gen and then
-	// gets the other colour is wrong unless a switch happened meanwhile.
-	var gen atomic.Int64
+	// started counts switches begun, done those returned; even means blue,
+	// odd green. A request sent after switch k returned must get colour k
+	// unless another switch began while it ran.
+	var started, done atomic.Int64
 	colorOf := func(g int64) string { return [2]string{"blue", "green"}[g%2] }
 	var failed, wrong, total atomic.Int64
 	ctx, cancel := context.WithCancel(context.Background())
@@ -399,7 +399,7 @@ func TestSwitchUnderLoad(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for ctx.Err() == nil {
-				before := gen.Load()
+				before := done.Load()
 				res, err := c.Get(f.front.URL)
 				if err != nil {
 					failed.Add(1)
@@ -412,17 +412,18 @@ func TestSwitchUnderLoad(t *testing.T) {
 					failed.Add(1)
 					continue
 				}
-				if string(b) != colorOf(before) && gen.Load() == before {
+				if string(b) != colorOf(before) && started.Load() == before {
 					wrong.Add(1)
 				}
 			}
 		}()
 	}
 	for i := range int64(50) {
+		started.Store(i + 1)
 		if err := f.rt.SetActive(colorOf(i+1), uint64(i+1)); err != nil {
 			t.Fatal(err)
 		}
-		gen.Store(i + 1)
+		done.Store(i + 1)
 		time.Sleep(5 * time.Millisecond) // pacing between switches, not a wait for an event
 	}
 	cancel()

@@ -44,7 +44,8 @@ type Event struct {
 	To         string    `json:"to"`      // colour active after the switch
 	Trigger    string    `json:"trigger"` // "api", "cli" or "auto-rollback"
 	Reason     string    `json:"reason,omitempty"`
-	Generation uint64    `json:"generation"` // generation of the state the switch produced
+	Generation uint64    `json:"generation"`       // generation of the state the switch produced
+	Forced     bool      `json:"forced,omitempty"` // the target's health was not checked
 }
 
 // State is the durable routing decision.

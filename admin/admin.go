@@ -1,0 +1,292 @@
+// Package admin is the HTTP face of the control plane: status, cutover,
+// rollback, history, liveness, readiness and metrics, on their own listener.
+// Mutating calls need a bearer token when one is configured.
+package admin
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/cryoprotect/bluegreen/health"
+	"github.com/cryoprotect/bluegreen/rollout"
+	"github.com/cryoprotect/bluegreen/state"
+)
+
+// MaxBodyBytes bounds a mutating request's body.
+const MaxBodyBytes = 64 << 10
+
+// maxReason bounds the reason recorded in history.
+const maxReason = 1024
+
+// Controller is what the admin API drives; *rollout.Controller implements it.
+type Controller interface {
+	State() state.State
+	Cutover(ctx context.Context, req rollout.Request) (rollout.Result, error)
+	Rollback(ctx context.Context, req rollout.Request) (rollout.Result, error)
+}
+
+// Config configures the admin handler.
+type Config struct {
+	// Token, when not empty, is required as "Authorization: Bearer <token>"
+	// on every mutating call.
+	Token      string
+	Controller Controller
+	Health     rollout.HealthView
+	Colors     [2]string
+	// Applied reports the colour and generation the data plane routes by.
+	Applied func() (color string, generation uint64)
+	// Ready reports whether the proxy should receive traffic: started, not
+	// shutting down, and the active colour has a healthy instance.
+	Ready    func() (bool, string)
+	Gatherer prometheus.Gatherer
+	Log      *slog.Logger
+	Replica  string
+	Version  string
+}
+
+type api struct {
+	cfg       Config
+	tokenHash [sha256.Size]byte
+}
+
+// New returns the admin handler.
+func New(cfg Config) http.Handler {
+	a := &api{cfg: cfg}
+	if cfg.Token != "" {
+		a.tokenHash = sha256.Sum256([]byte(cfg.Token))
+	}
+	r := chi.NewRouter()
+	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, "not_found", "no such endpoint: "+r.URL.Path)
+	})
+	r.MethodNotAllowed(func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusMethodNotAllowed, "method_not_allowed", r.Method+" is not allowed on "+r.URL.Path)
+	})
+	r.Get("/healthz", a.healthz)
+	r.Get("/readyz", a.readyz)
+	if cfg.Gatherer != nil {
+		r.Handle("/metrics", promhttp.HandlerFor(cfg.Gatherer, promhttp.HandlerOpts{}))
+	}
+	r.Route("/admin", func(r chi.Router) {
+		r.Get("/status", a.status)
+		r.Get("/history", a.history)
+		r.Group(func(r chi.Router) {
+			r.Use(a.auth)
+			r.Post("/cutover", a.switcher(false))
+			r.Post("/rollback", a.switcher(true))
+		})
+	})
+	return r
+}
+
+func (a *api) auth(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if a.cfg.Token == "" {
+			next.ServeHTTP(w, r)
+			return
+		}
+		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		h := sha256.Sum256([]byte(strings.TrimSpace(got)))
+		if !ok || subtle.ConstantTimeCompare(h[:], a.tokenHash[:]) != 1 {
+			a.cfg.Log.Warn("admin request refused: missing or wrong token", "method", r.Method, "path", r.URL.Path, "remote", r.RemoteAddr)
+			w.Header().Set("WWW-Authenticate", `Bearer realm="bluegreen"`)
+			writeError(w, http.StatusUnauthorized, "unauthorized", "missing or wrong bearer token")
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+func (a *api) healthz(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+}
+
+func (a *api) readyz(w http.ResponseWriter, r *http.Request) {
+	ok, why := a.cfg.Ready()
+	if !ok {
+		writeJSON(w, http.StatusServiceUnavailable, map[string]any{"ready": false, "reason": why})
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"ready": true})
+}
+
+// Status is the answer of GET /admin/status and of a switch.
+type Status struct {
+	Changed           *bool                  `json:"changed,omitempty"`
+	Active            string                 `json:"active"`
+	Previous          string                 `json:"previous,omitempty"`
+	Generation        uint64                 `json:"generation"`
+	AppliedGeneration uint64                 `json:"applied_generation"`
+	ChangedAt         time.Time              `json:"changed_at"`
+	Replica           string                 `json:"replica,omitempty"`
+	Version           string                 `json:"version,omitempty"`
+	Colors            map[string]ColorStatus `json:"colors"`
+}
+
+// ColorStatus is the health of one colour.
+type ColorStatus struct {
+	Healthy   int                     `json:"healthy"`
+	Total     int                     `json:"total"`
+	Instances []health.InstanceStatus `json:"instances"`
+}
+
+func (a *api) snapshot(st state.State) Status {
+	_, applied := a.cfg.Applied()
+	s := Status{
+		Active: st.Active, Previous: st.Previous, Generation: st.Generation,
+		AppliedGeneration: applied, ChangedAt: st.ChangedAt,
+		Replica: a.cfg.Replica, Version: a.cfg.Version,
+		Colors: make(map[string]ColorStatus, 2),
+	}
+	for _, c := range a.cfg.Colors {
+		inst := a.cfg.Health.Instances(c)
+		healthy := 0
+		for _, i := range inst {
+			if i.Healthy {
+				healthy++
+			}
+		}
+		s.Colors[c] = ColorStatus{Healthy: healthy, Total: len(inst), Instances: inst}
+	}
+	return s
+}
+
+func (a *api) status(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, a.snapshot(a.cfg.Controller.State()))
+}
+
+func (a *api) history(w http.ResponseWriter, r *http.Request) {
+	limit := 0
+	if v := r.URL.Query().Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 {
+			writeError(w, http.StatusBadRequest, "bad_request", "limit must be a positive integer")
+			return
+		}
+		limit = n
+	}
+	h := a.cfg.Controller.State().History
+	out := make([]state.Event, 0, len(h))
+	for i := len(h) - 1; i >= 0 && (limit == 0 || len(out) < limit); i-- {
+		out = append(out, h[i])
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"history": out})
+}
+
+// SwitchRequest is the optional body of POST /admin/cutover and /admin/rollback.
+type SwitchRequest struct {
+	To         string  `json:"to"`
+	Force      bool    `json:"force"`
+	Reason     string  `json:"reason"`
+	Generation *uint64 `json:"generation"`
+	Trigger    string  `json:"trigger"`
+}
+
+func (a *api) switcher(rollback bool) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBodyBytes))
+		if err != nil {
+			var mbe *http.MaxBytesError
+			if errors.As(err, &mbe) {
+				writeError(w, http.StatusRequestEntityTooLarge, "too_large", fmt.Sprintf("body larger than %d bytes", MaxBodyBytes))
+				return
+			}
+			writeError(w, http.StatusBadRequest, "bad_request", "reading body: "+err.Error())
+			return
+		}
+		req, err := parseSwitch(body)
+		if err != nil {
+			writeError(w, http.StatusBadRequest, "bad_request", err.Error())
+			return
+		}
+		rr := rollout.Request{To: req.To, Force: req.Force, Reason: req.Reason, Trigger: req.Trigger, Generation: req.Generation}
+		var res rollout.Result
+		if rollback {
+			res, err = a.cfg.Controller.Rollback(r.Context(), rr)
+		} else {
+			res, err = a.cfg.Controller.Cutover(r.Context(), rr)
+		}
+		if err != nil {
+			status, code := errorStatus(err)
+			writeError(w, status, code, err.Error())
+			return
+		}
+		s := a.snapshot(res.State)
+		s.Changed = &res.Changed
+		writeJSON(w, http.StatusOK, s)
+	}
+}
+
+// parseSwitch decodes an optional switch body strictly.
+func parseSwitch(body []byte) (SwitchRequest, error) {
+	var req SwitchRequest
+	if len(strings.TrimSpace(string(body))) == 0 {
+		return req, nil
+	}
+	dec := json.NewDecoder(strings.NewReader(string(body)))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		return req, fmt.Errorf("body is not a valid switch request: %v", err)
+	}
+	if dec.More() {
+		return req, errors.New("body has data after the JSON object")
+	}
+	if len(req.Reason) > maxReason {
+		return req, fmt.Errorf("reason longer than %d bytes", maxReason)
+	}
+	switch req.Trigger {
+	case "", state.TriggerAPI, state.TriggerCLI:
+	default:
+		return req, fmt.Errorf("trigger must be %q or %q", state.TriggerAPI, state.TriggerCLI)
+	}
+	return req, nil
+}
+
+func errorStatus(err error) (int, string) {
+	switch {
+	case errors.Is(err, rollout.ErrInvalid):
+		return http.StatusBadRequest, "bad_request"
+	case errors.Is(err, rollout.ErrUnhealthy):
+		return http.StatusConflict, "unhealthy"
+	case errors.Is(err, rollout.ErrConflict):
+		return http.StatusConflict, "conflict"
+	case errors.Is(err, rollout.ErrNoPrevious):
+		return http.StatusConflict, "no_previous"
+	case errors.Is(err, rollout.ErrStore):
+		return http.StatusServiceUnavailable, "store_unavailable"
+	}
+	return http.StatusInternalServerError, "internal"
+}
+
+// ErrorBody is the JSON body of every error answer.
+type ErrorBody struct {
+	Error string `json:"error"`
+	Code  string `json:"code"`
+}
+
+func writeError(w http.ResponseWriter, status int, code, msg string) {
+	writeJSON(w, status, ErrorBody{Error: msg, Code: code})
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v)
+}

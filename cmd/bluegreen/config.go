@@ -1,0 +1,285 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"reflect"
+	"strings"
+	"time"
+
+	"github.com/caarlos0/env/v11"
+
+	"github.com/cryoprotect/bluegreen/proxy"
+	"github.com/cryoprotect/bluegreen/state"
+)
+
+// envPrefix prefixes every configuration variable.
+const envPrefix = "BLUEGREEN_"
+
+// Config is the proxy's configuration, read from BLUEGREEN_* variables.
+type Config struct {
+	Listen              string        `env:"LISTEN" envDefault:":8080"`
+	AdminListen         string        `env:"ADMIN_LISTEN" envDefault:"127.0.0.1:8081"`
+	BlueURLs            string        `env:"BLUE_URLS,required"`
+	GreenURLs           string        `env:"GREEN_URLS,required"`
+	InitialColor        string        `env:"INITIAL_COLOR" envDefault:"blue"`
+	State               string        `env:"STATE" envDefault:"file:./bluegreen-state.json"`
+	HealthPath          string        `env:"HEALTH_PATH" envDefault:"/health"`
+	HealthInterval      time.Duration `env:"HEALTH_INTERVAL" envDefault:"2s"`
+	HealthTimeout       time.Duration `env:"HEALTH_TIMEOUT" envDefault:"1s"`
+	HealthRise          int           `env:"HEALTH_RISE" envDefault:"2"`
+	HealthFall          int           `env:"HEALTH_FALL" envDefault:"3"`
+	AdminToken          string        `env:"ADMIN_TOKEN"`
+	AdminTokenFile      string        `env:"ADMIN_TOKEN_FILE"`
+	AutoRollback        bool          `env:"AUTO_ROLLBACK" envDefault:"true"`
+	RollbackWindow      time.Duration `env:"ROLLBACK_WINDOW" envDefault:"5m"`
+	DrainTimeout        time.Duration `env:"DRAIN_TIMEOUT" envDefault:"30s"`
+	LogFormat           string        `env:"LOG_FORMAT" envDefault:"auto"`
+	LogLevel            string        `env:"LOG_LEVEL" envDefault:"info"`
+	AccessLog           bool          `env:"ACCESS_LOG" envDefault:"false"`
+	Preview             bool          `env:"PREVIEW" envDefault:"true"`
+	PreviewHeader       string        `env:"PREVIEW_HEADER" envDefault:"X-Bluegreen-Preview"`
+	PreviewCookie       string        `env:"PREVIEW_COOKIE" envDefault:"bluegreen_preview"`
+	Balance             string        `env:"BALANCE" envDefault:"round-robin"`
+	UpstreamIdleTimeout time.Duration `env:"UPSTREAM_IDLE_TIMEOUT" envDefault:"30s"`
+	ReplicaID           string        `env:"REPLICA_ID"`
+
+	// Derived by loadConfig.
+	blue, green []*url.URL
+	token       string
+	balance     proxy.Balance
+}
+
+// configError lists every bad variable, one line each.
+type configError []string
+
+func (e configError) Error() string { return strings.Join(e, "\n") }
+
+// loadConfig reads and validates the configuration from environ (KEY=VALUE
+// pairs). Each problem names the variable, the value and what is expected.
+func loadConfig(environ []string, hostname func() (string, error)) (Config, error) {
+	vars := make(map[string]string, len(environ))
+	for _, kv := range environ {
+		if k, v, ok := strings.Cut(kv, "="); ok {
+			vars[k] = v
+		}
+	}
+	var cfg Config
+	opts := env.Options{Prefix: envPrefix, Environment: vars}
+	var problems configError
+	if err := env.ParseWithOptions(&cfg, opts); err != nil {
+		problems = append(problems, describeEnvErrors(err, cfg, vars)...)
+	}
+	bad := func(name, value, expected string) {
+		if hasProblem(problems, name+"=") {
+			return // the variable was already reported as unparseable
+		}
+		problems = append(problems, fmt.Sprintf("%s%s=%q: %s", envPrefix, name, value, expected))
+	}
+
+	var err error
+	if vars[envPrefix+"BLUE_URLS"] != "" {
+		if cfg.blue, err = parseURLs(cfg.BlueURLs); err != nil {
+			bad("BLUE_URLS", cfg.BlueURLs, err.Error())
+		}
+	}
+	if vars[envPrefix+"GREEN_URLS"] != "" {
+		if cfg.green, err = parseURLs(cfg.GreenURLs); err != nil {
+			bad("GREEN_URLS", cfg.GreenURLs, err.Error())
+		}
+	}
+	if _, _, err := net.SplitHostPort(cfg.Listen); err != nil {
+		bad("LISTEN", cfg.Listen, "expected host:port or :port")
+	}
+	if _, _, err := net.SplitHostPort(cfg.AdminListen); err != nil {
+		bad("ADMIN_LISTEN", cfg.AdminListen, "expected host:port or :port")
+	}
+	if cfg.InitialColor != "blue" && cfg.InitialColor != "green" {
+		bad("INITIAL_COLOR", cfg.InitialColor, `expected "blue" or "green"`)
+	}
+	if scheme, _, err := state.ParseSpec(cfg.State); err != nil {
+		bad("STATE", cfg.State, "expected file:PATH or etcd://host:2379,host:2379/prefix")
+	} else if scheme != "file" {
+		bad("STATE", cfg.State, "etcd state stores are not built into this binary yet; use file:PATH")
+	}
+	if !strings.HasPrefix(cfg.HealthPath, "/") {
+		bad("HEALTH_PATH", cfg.HealthPath, "expected an absolute path such as /health")
+	}
+	positive := func(name string, d time.Duration) {
+		if d <= 0 {
+			bad(name, d.String(), "expected a positive duration such as 2s")
+		}
+	}
+	positive("HEALTH_INTERVAL", cfg.HealthInterval)
+	positive("HEALTH_TIMEOUT", cfg.HealthTimeout)
+	positive("ROLLBACK_WINDOW", cfg.RollbackWindow)
+	positive("DRAIN_TIMEOUT", cfg.DrainTimeout)
+	positive("UPSTREAM_IDLE_TIMEOUT", cfg.UpstreamIdleTimeout)
+	if cfg.HealthRise < 1 {
+		bad("HEALTH_RISE", fmt.Sprint(cfg.HealthRise), "expected an integer of at least 1")
+	}
+	if cfg.HealthFall < 1 {
+		bad("HEALTH_FALL", fmt.Sprint(cfg.HealthFall), "expected an integer of at least 1")
+	}
+	switch cfg.LogFormat {
+	case "auto", "json", "text":
+	default:
+		bad("LOG_FORMAT", cfg.LogFormat, `expected "auto", "json" or "text"`)
+	}
+	if _, err := parseLevel(cfg.LogLevel); err != nil {
+		bad("LOG_LEVEL", cfg.LogLevel, `expected "debug", "info", "warn" or "error"`)
+	}
+	if cfg.balance, err = proxy.ParseBalance(cfg.Balance); err != nil {
+		bad("BALANCE", cfg.Balance, fmt.Sprintf("expected %q or %q", proxy.RoundRobin, proxy.LeastInflight))
+	}
+	if cfg.Preview && cfg.PreviewHeader == "" && cfg.PreviewCookie == "" {
+		bad("PREVIEW", "true", "preview needs BLUEGREEN_PREVIEW_HEADER or BLUEGREEN_PREVIEW_COOKIE")
+	}
+	if cfg.PreviewHeader != "" && !validToken(cfg.PreviewHeader) {
+		bad("PREVIEW_HEADER", cfg.PreviewHeader, "expected an HTTP header name")
+	}
+	if cfg.PreviewCookie != "" && !validToken(cfg.PreviewCookie) {
+		bad("PREVIEW_COOKIE", cfg.PreviewCookie, "expected a cookie name")
+	}
+
+	switch {
+	case cfg.AdminToken != "" && cfg.AdminTokenFile != "":
+		problems = append(problems, envPrefix+"ADMIN_TOKEN and "+envPrefix+"ADMIN_TOKEN_FILE are both set: set only one")
+	case cfg.AdminTokenFile != "":
+		b, err := os.ReadFile(cfg.AdminTokenFile)
+		switch {
+		case err != nil:
+			bad("ADMIN_TOKEN_FILE", cfg.AdminTokenFile, "cannot read the token file: "+shortFileError(err))
+		case strings.TrimSpace(string(b)) == "":
+			bad("ADMIN_TOKEN_FILE", cfg.AdminTokenFile, "the token file is empty")
+		default:
+			cfg.token = strings.TrimSpace(string(b))
+		}
+	default:
+		cfg.token = cfg.AdminToken
+	}
+	if cfg.token == "" && !isLoopback(cfg.AdminListen) && !hasProblem(problems, "ADMIN_TOKEN") {
+		bad("ADMIN_LISTEN", cfg.AdminListen, "the admin listener is not loopback-only: set BLUEGREEN_ADMIN_TOKEN or BLUEGREEN_ADMIN_TOKEN_FILE")
+	}
+	if cfg.ReplicaID == "" && hostname != nil {
+		cfg.ReplicaID, _ = hostname()
+	}
+	if len(problems) > 0 {
+		return cfg, problems
+	}
+	return cfg, nil
+}
+
+func hasProblem(ps []string, name string) bool {
+	for _, p := range ps {
+		if strings.Contains(p, envPrefix+name) {
+			return true
+		}
+	}
+	return false
+}
+
+// describeEnvErrors turns the env library's errors into lines that name the
+// variable and the expected form.
+func describeEnvErrors(err error, cfg Config, vars map[string]string) []string {
+	keys := map[string]string{}
+	t := reflect.TypeOf(cfg)
+	for i := range t.NumField() {
+		if tag := t.Field(i).Tag.Get("env"); tag != "" {
+			name, _, _ := strings.Cut(tag, ",")
+			keys[t.Field(i).Name] = envPrefix + name
+		}
+	}
+	var out []string
+	var agg env.AggregateError
+	errs := []error{err}
+	if errors.As(err, &agg) {
+		errs = agg.Errors
+	}
+	for _, e := range errs {
+		var pe env.ParseError
+		var ns env.VarIsNotSetError
+		switch {
+		case errors.As(e, &pe):
+			key := keys[pe.Name]
+			out = append(out, fmt.Sprintf("%s=%q: %s", key, vars[key], expectedFor(pe.Type)))
+		case errors.As(e, &ns):
+			out = append(out, fmt.Sprintf("%s is required: comma-separated backend base URLs such as http://app-blue:5000", ns.Key))
+		default:
+			out = append(out, e.Error())
+		}
+	}
+	return out
+}
+
+func expectedFor(t reflect.Type) string {
+	switch t {
+	case reflect.TypeFor[time.Duration]():
+		return "expected a duration such as 2s, 500ms or 5m"
+	case reflect.TypeFor[int]():
+		return "expected an integer"
+	case reflect.TypeFor[bool]():
+		return "expected true or false"
+	}
+	return "expected a " + t.String()
+}
+
+// parseURLs parses a comma-separated list of backend base URLs.
+func parseURLs(s string) ([]*url.URL, error) {
+	var out []*url.URL
+	seen := map[string]bool{}
+	for part := range strings.SplitSeq(s, ",") {
+		part = strings.TrimSpace(part)
+		if part == "" {
+			continue
+		}
+		u, err := url.Parse(part)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return nil, fmt.Errorf("%q is not a backend URL: expected http://host:port[/base]", part)
+		}
+		if u.User != nil || u.RawQuery != "" || u.Fragment != "" {
+			return nil, fmt.Errorf("%q: a backend URL takes no user info, query or fragment", part)
+		}
+		if seen[u.String()] {
+			return nil, fmt.Errorf("%q is listed twice", part)
+		}
+		seen[u.String()] = true
+		out = append(out, u)
+	}
+	if len(out) == 0 {
+		return nil, errors.New("expected at least one backend URL")
+	}
+	return out, nil
+}
+
+func isLoopback(hostport string) bool {
+	host, _, err := net.SplitHostPort(hostport)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+func validToken(s string) bool {
+	for _, r := range s {
+		if r <= ' ' || r >= 0x7f || strings.ContainsRune(`()<>@,;:\"/[]?={}`, r) {
+			return false
+		}
+	}
+	return s != ""
+}
+
+func shortFileError(err error) string {
+	var pe *os.PathError
+	if errors.As(err, &pe) {
+		return pe.Err.Error()
+	}
+	return err.Error()
+}

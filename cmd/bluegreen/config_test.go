@@ -1,0 +1,110 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func baseEnv() []string {
+	return []string{
+		"BLUEGREEN_BLUE_URLS=http://127.0.0.1:5001,http://127.0.0.1:5002",
+		"BLUEGREEN_GREEN_URLS=http://127.0.0.1:5003",
+	}
+}
+
+func TestLoadConfigDefaults(t *testing.T) {
+	cfg, err := loadConfig(baseEnv(), func() (string, error) { return "host-1", nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Listen != ":8080" || cfg.AdminListen != "127.0.0.1:8081" || cfg.InitialColor != "blue" ||
+		cfg.State != "file:./bluegreen-state.json" || cfg.HealthPath != "/health" ||
+		cfg.HealthInterval != 2*time.Second || cfg.HealthTimeout != time.Second ||
+		cfg.HealthRise != 2 || cfg.HealthFall != 3 || !cfg.AutoRollback ||
+		cfg.RollbackWindow != 5*time.Minute || cfg.DrainTimeout != 30*time.Second ||
+		cfg.LogFormat != "auto" || cfg.LogLevel != "info" || cfg.ReplicaID != "host-1" {
+		t.Fatalf("defaults: %+v", cfg)
+	}
+	if len(cfg.blue) != 2 || len(cfg.green) != 1 || cfg.blue[1].String() != "http://127.0.0.1:5002" {
+		t.Fatalf("urls %v %v", cfg.blue, cfg.green)
+	}
+}
+
+func TestLoadConfigTokenFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "token")
+	os.WriteFile(path, []byte("tok-from-file\n"), 0o600)
+	cfg, err := loadConfig(append(baseEnv(), "BLUEGREEN_ADMIN_TOKEN_FILE="+path, "BLUEGREEN_ADMIN_LISTEN=0.0.0.0:8081"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.token != "tok-from-file" {
+		t.Fatalf("token %q", cfg.token)
+	}
+}
+
+// TestBadConfigExits2 checks that every bad value stops start-up with exit
+// status 2 and one line naming the variable.
+func TestBadConfigExits2(t *testing.T) {
+	dir := t.TempDir()
+	emptyToken := filepath.Join(dir, "empty")
+	os.WriteFile(emptyToken, nil, 0o600)
+	cases := []struct {
+		name string
+		env  []string
+		want string
+	}{
+		{"missing blue", []string{"BLUEGREEN_GREEN_URLS=http://a:1"}, "BLUEGREEN_BLUE_URLS is required"},
+		{"missing green", []string{"BLUEGREEN_BLUE_URLS=http://a:1"}, "BLUEGREEN_GREEN_URLS is required"},
+		{"unparseable url", append(baseEnv(), "BLUEGREEN_BLUE_URLS=http//nohost"), "BLUEGREEN_BLUE_URLS="},
+		{"not http", append(baseEnv(), "BLUEGREEN_GREEN_URLS=ftp://a:1"), "BLUEGREEN_GREEN_URLS="},
+		{"duplicate url", append(baseEnv(), "BLUEGREEN_GREEN_URLS=http://a:1,http://a:1"), "listed twice"},
+		{"bad duration", append(baseEnv(), "BLUEGREEN_HEALTH_INTERVAL=soon"), `BLUEGREEN_HEALTH_INTERVAL="soon": expected a duration`},
+		{"negative duration", append(baseEnv(), "BLUEGREEN_DRAIN_TIMEOUT=-1s"), "BLUEGREEN_DRAIN_TIMEOUT="},
+		{"zero timeout", append(baseEnv(), "BLUEGREEN_HEALTH_TIMEOUT=0s"), "BLUEGREEN_HEALTH_TIMEOUT="},
+		{"negative rise", append(baseEnv(), "BLUEGREEN_HEALTH_RISE=-1"), "BLUEGREEN_HEALTH_RISE="},
+		{"non-integer fall", append(baseEnv(), "BLUEGREEN_HEALTH_FALL=three"), `BLUEGREEN_HEALTH_FALL="three": expected an integer`},
+		{"unknown colour", append(baseEnv(), "BLUEGREEN_INITIAL_COLOR=purple"), "BLUEGREEN_INITIAL_COLOR="},
+		{"unknown state scheme", append(baseEnv(), "BLUEGREEN_STATE=redis://x"), "BLUEGREEN_STATE="},
+		{"bad bool", append(baseEnv(), "BLUEGREEN_AUTO_ROLLBACK=maybe"), `BLUEGREEN_AUTO_ROLLBACK="maybe": expected true or false`},
+		{"bad log format", append(baseEnv(), "BLUEGREEN_LOG_FORMAT=xml"), "BLUEGREEN_LOG_FORMAT="},
+		{"bad log level", append(baseEnv(), "BLUEGREEN_LOG_LEVEL=loud"), "BLUEGREEN_LOG_LEVEL="},
+		{"bad balance", append(baseEnv(), "BLUEGREEN_BALANCE=random"), "BLUEGREEN_BALANCE="},
+		{"bad listen", append(baseEnv(), "BLUEGREEN_LISTEN=8080"), "BLUEGREEN_LISTEN="},
+		{"health path", append(baseEnv(), "BLUEGREEN_HEALTH_PATH=health"), "BLUEGREEN_HEALTH_PATH="},
+		{"unreadable token file", append(baseEnv(), "BLUEGREEN_ADMIN_TOKEN_FILE="+filepath.Join(dir, "nope")), "BLUEGREEN_ADMIN_TOKEN_FILE="},
+		{"empty token file", append(baseEnv(), "BLUEGREEN_ADMIN_TOKEN_FILE="+emptyToken), "token file is empty"},
+		{"both tokens", append(baseEnv(), "BLUEGREEN_ADMIN_TOKEN=a", "BLUEGREEN_ADMIN_TOKEN_FILE="+emptyToken), "both set"},
+		{"public admin without token", append(baseEnv(), "BLUEGREEN_ADMIN_LISTEN=0.0.0.0:8081"), "BLUEGREEN_ADMIN_LISTEN="},
+		{"admin on all interfaces by port only", append(baseEnv(), "BLUEGREEN_ADMIN_LISTEN=:8081"), "BLUEGREEN_ADMIN_TOKEN"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			var stderr bytes.Buffer
+			code := run(context.Background(), []string{"serve"}, tc.env, io.Discard, &stderr)
+			if code != 2 {
+				t.Fatalf("exit %d, want 2; stderr %q", code, stderr.String())
+			}
+			lines := strings.Split(strings.TrimSpace(stderr.String()), "\n")
+			if len(lines) != 1 || !strings.Contains(lines[0], tc.want) {
+				t.Fatalf("stderr %q: want one line containing %q", stderr.String(), tc.want)
+			}
+		})
+	}
+}
+
+func TestIsLoopback(t *testing.T) {
+	for addr, want := range map[string]bool{
+		"127.0.0.1:8081": true, "[::1]:8081": true, "localhost:8081": true,
+		":8081": false, "0.0.0.0:8081": false, "10.0.0.1:8081": false,
+	} {
+		if got := isLoopback(addr); got != want {
+			t.Errorf("isLoopback(%q) = %v", addr, got)
+		}
+	}
+}

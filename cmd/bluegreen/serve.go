@@ -1,0 +1,224 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/cryoprotect/bluegreen/admin"
+	"github.com/cryoprotect/bluegreen/health"
+	"github.com/cryoprotect/bluegreen/proxy"
+	"github.com/cryoprotect/bluegreen/rollout"
+	"github.com/cryoprotect/bluegreen/state"
+)
+
+var colors = [2]string{"blue", "green"}
+
+// startupError is a problem with the configuration or the stored state: the
+// process exits 2 with its message.
+type startupError struct{ err error }
+
+func (e startupError) Error() string { return e.err.Error() }
+func (e startupError) Unwrap() error { return e.err }
+
+// checkers is the health of both colours as the control plane sees it.
+type checkers map[string]*health.Checker
+
+func (c checkers) Healthy(color string) int {
+	if ch := c[color]; ch != nil {
+		return ch.Healthy()
+	}
+	return 0
+}
+
+func (c checkers) Instances(color string) []health.InstanceStatus {
+	if ch := c[color]; ch != nil {
+		return ch.Status()
+	}
+	return nil
+}
+
+func (c checkers) probed() bool {
+	for _, ch := range c {
+		if !ch.Ready() {
+			return false
+		}
+	}
+	return true
+}
+
+// addrs are the bound listener addresses, reported once serving starts.
+type addrs struct{ public, admin string }
+
+// serve runs the proxy until ctx ends, then shuts down gracefully. ready,
+// when set, is called with the bound addresses once both listeners accept.
+func serve(ctx context.Context, cfg Config, log *slog.Logger, version string, ready func(addrs)) error {
+	store, err := state.Open(cfg.State)
+	if err != nil {
+		return startupError{fmt.Errorf("%sSTATE=%q: %w", envPrefix, cfg.State, err)}
+	}
+	defer store.Close()
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	pm, err := proxy.NewMetrics(reg)
+	if err != nil {
+		return err
+	}
+	hm, err := health.NewMetrics(reg)
+	if err != nil {
+		return err
+	}
+	rm, err := rollout.NewMetrics(reg)
+	if err != nil {
+		return err
+	}
+
+	var accessLog *slog.Logger
+	if cfg.AccessLog {
+		accessLog = log.With("log", "access")
+	}
+	pcfg := proxy.Config{
+		Colors:       [2]proxy.ColorConfig{{Name: colors[0], URLs: cfg.blue}, {Name: colors[1], URLs: cfg.green}},
+		Balance:      cfg.balance,
+		DrainTimeout: cfg.DrainTimeout,
+		RetryAfter:   cfg.HealthInterval,
+		Transport:    proxy.NewTransport(proxy.TransportConfig{IdleConnTimeout: cfg.UpstreamIdleTimeout}),
+		Metrics:      pm,
+		Log:          log,
+		AccessLog:    accessLog,
+	}
+	if cfg.Preview {
+		pcfg.PreviewHeader, pcfg.PreviewCookie = cfg.PreviewHeader, cfg.PreviewCookie
+	}
+	router, err := proxy.NewRouter(pcfg)
+	if err != nil {
+		return startupError{err}
+	}
+
+	// The controller learns of health changes through the same reporter
+	// that marks instances up and down in the pools.
+	var ctl *rollout.Controller
+	hcfg := health.Config{Path: cfg.HealthPath, Interval: cfg.HealthInterval, Timeout: cfg.HealthTimeout, Rise: cfg.HealthRise, Fall: cfg.HealthFall}
+	probeClient := &http.Client{Transport: proxy.NewTransport(proxy.TransportConfig{MaxIdleConnsPerHost: 2})}
+	hv := checkers{}
+	for i, urls := range [2][]*url.URL{cfg.blue, cfg.green} {
+		pool := router.Pool(colors[i])
+		rep := health.ReporterFunc(func(instance string, up bool) {
+			pool.SetStatus(instance, up)
+			ctl.HealthChanged()
+		})
+		hv[colors[i]] = health.NewChecker(colors[i], urls, hcfg, probeClient, rep, hm, log, time.Now)
+	}
+	ctl, err = rollout.New(rollout.Config{
+		Colors: colors, InitialColor: cfg.InitialColor,
+		AutoRollback: cfg.AutoRollback, Window: cfg.RollbackWindow,
+	}, store, router, hv, rm, log, time.Now)
+	if err != nil {
+		return startupError{err}
+	}
+	if err := ctl.Init(ctx); err != nil {
+		return startupError{err}
+	}
+
+	pubLn, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("public listener %sLISTEN=%q: %w", envPrefix, cfg.Listen, err)
+	}
+	admLn, err := net.Listen("tcp", cfg.AdminListen)
+	if err != nil {
+		pubLn.Close()
+		return fmt.Errorf("admin listener %sADMIN_LISTEN=%q: %w", envPrefix, cfg.AdminListen, err)
+	}
+
+	var stopping atomic.Bool
+	readiness := func() (bool, string) {
+		switch {
+		case stopping.Load():
+			return false, "shutting down"
+		case !hv.probed():
+			return false, "first health checks still running"
+		}
+		active, _ := router.Active()
+		if hv.Healthy(active) == 0 {
+			return false, "active colour " + active + " has no healthy instance"
+		}
+		return true, ""
+	}
+	admHandler := admin.New(admin.Config{
+		Token: cfg.token, Controller: ctl, Health: hv, Colors: colors,
+		Applied: router.Active, Ready: readiness, Gatherer: reg, Log: log,
+		Replica: cfg.ReplicaID, Version: version,
+	})
+	errLog := slog.NewLogLogger(log.Handler(), slog.LevelWarn)
+	pub := &http.Server{
+		Handler:           router,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       120 * time.Second,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          errLog,
+	}
+	adm := &http.Server{Handler: admHandler, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 60 * time.Second, ErrorLog: errLog}
+
+	bg, stopBG := context.WithCancel(context.WithoutCancel(ctx))
+	var wg sync.WaitGroup
+	for _, ch := range hv {
+		wg.Go(func() { ch.Run(bg) })
+	}
+	wg.Go(func() { ctl.Run(bg) })
+
+	serveErr := make(chan error, 2)
+	go func() { serveErr <- pub.Serve(pubLn) }()
+	go func() { serveErr <- adm.Serve(admLn) }()
+	active, gen := router.Active()
+	log.Info("bluegreen serving", "listen", pubLn.Addr().String(), "admin", admLn.Addr().String(),
+		"active", active, "generation", gen, "version", version, "auth", cfg.token != "")
+	if ready != nil {
+		ready(addrs{public: pubLn.Addr().String(), admin: admLn.Addr().String()})
+	}
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case err := <-serveErr:
+		runErr = fmt.Errorf("serve: %w", err)
+	}
+
+	// Graceful shutdown: readiness turns 503, listeners stop accepting,
+	// requests in flight finish within the drain timeout. Upgraded
+	// connections and event streams never finish by themselves, so they
+	// are closed at once; their clients reconnect elsewhere.
+	stopping.Store(true)
+	log.Info("shutting down", "drain_timeout", cfg.DrainTimeout.String())
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.DrainTimeout)
+	defer cancel()
+	if n := router.CloseStreams(); n > 0 {
+		log.Info("closed long-lived connections", "connections", n)
+	}
+	if err := pub.Shutdown(sctx); err != nil {
+		log.Warn("requests still running at the end of the drain timeout were cut", "err", err)
+		pub.Close()
+	}
+	actx, acancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+	defer acancel()
+	if err := adm.Shutdown(actx); err != nil {
+		adm.Close()
+	}
+	stopBG()
+	wg.Wait()
+	if runErr != nil && !errors.Is(runErr, http.ErrServerClosed) {
+		return runErr
+	}
+	log.Info("stopped")
+	return nil
+}

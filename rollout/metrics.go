@@ -1,0 +1,68 @@
+package rollout
+
+import (
+	"fmt"
+
+	"github.com/cryoprotect/bluegreen/state"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Metrics are the control plane's series. A nil *Metrics records nothing.
+type Metrics struct {
+	cutovers   *prometheus.CounterVec
+	lastSwitch prometheus.Gauge
+	active     *prometheus.GaugeVec
+	generation prometheus.Gauge
+}
+
+// NewMetrics creates the series and registers them on reg.
+func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
+	m := &Metrics{
+		cutovers: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "bluegreen_cutovers_total",
+			Help: "Switch requests by source colour, target colour, trigger (api, cli, auto-rollback) and result (success, noop, rejected, error).",
+		}, []string{"from", "to", "trigger", "result"}),
+		lastSwitch: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "bluegreen_last_cutover_timestamp_seconds",
+			Help: "Unix time of the last change of the active colour.",
+		}),
+		active: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "bluegreen_active_color",
+			Help: "1 for the colour that receives live traffic, 0 for the other.",
+		}, []string{"color"}),
+		generation: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "bluegreen_state_generation",
+			Help: "Generation of the state this proxy has applied.",
+		}),
+	}
+	for _, c := range []prometheus.Collector{m.cutovers, m.lastSwitch, m.active, m.generation} {
+		if err := reg.Register(c); err != nil {
+			return nil, fmt.Errorf("rollout metrics: %w", err)
+		}
+	}
+	return m, nil
+}
+
+func (m *Metrics) count(from, to, trigger, result string) {
+	if m == nil {
+		return
+	}
+	m.cutovers.WithLabelValues(from, to, trigger, result).Inc()
+}
+
+func (m *Metrics) applied(st state.State, colors [2]string) {
+	if m == nil {
+		return
+	}
+	for _, c := range colors {
+		v := 0.0
+		if c == st.Active {
+			v = 1
+		}
+		m.active.WithLabelValues(c).Set(v)
+	}
+	m.generation.Set(float64(st.Generation))
+	if !st.ChangedAt.IsZero() {
+		m.lastSwitch.Set(float64(st.ChangedAt.UnixNano()) / 1e9)
+	}
+}

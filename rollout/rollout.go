@@ -1,0 +1,366 @@
+// Package rollout makes the routing decisions: cutover, rollback and
+// auto-rollback. It is the only writer of the state store and the only
+// caller of the router's SetActive, so the store and the live routing always
+// agree: a switch is stored first (compare-and-swap on the generation) and
+// applied only once stored.
+package rollout
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/cryoprotect/bluegreen/health"
+	"github.com/cryoprotect/bluegreen/state"
+)
+
+// Errors returned by Cutover and Rollback. The admin API maps ErrInvalid to
+// 400, ErrUnhealthy, ErrConflict and ErrNoPrevious to 409, ErrStore to 503.
+var (
+	ErrInvalid    = errors.New("invalid request")
+	ErrUnhealthy  = errors.New("target colour has no healthy instance")
+	ErrConflict   = errors.New("generation conflict")
+	ErrNoPrevious = errors.New("no previous colour to roll back to")
+	ErrStore      = errors.New("state store unavailable")
+)
+
+// Router applies a routing decision to the data plane.
+type Router interface {
+	SetActive(color string, generation uint64) error
+}
+
+// HealthView tells how healthy each colour's instances are.
+type HealthView interface {
+	Healthy(color string) int
+	Instances(color string) []health.InstanceStatus
+}
+
+// Config configures a Controller.
+type Config struct {
+	Colors       [2]string     // the two colour names, e.g. blue and green
+	InitialColor string        // active colour when the store is empty
+	AutoRollback bool          // roll back when the new colour goes bad within Window
+	Window       time.Duration // watch window after a cutover
+	HistoryLimit int           // switches kept in the state; default 100
+}
+
+// Request asks for a switch.
+type Request struct {
+	To         string  // target colour; "" means the other colour (cutover) or the previous one (rollback)
+	Force      bool    // skip the target health check
+	Reason     string  // recorded in history
+	Trigger    string  // state.TriggerAPI (default), state.TriggerCLI
+	Generation *uint64 // when set, the switch happens only if the current generation equals it
+}
+
+// Result is the outcome of a switch request.
+type Result struct {
+	Changed bool
+	State   state.State
+}
+
+// Controller owns the active colour. Cutover, Rollback and the auto-rollback
+// loop are serialised by one mutex; the router, the store and the metrics are
+// called with it held, which is safe because none of them calls back. State
+// and Snapshot are safe for concurrent use.
+type Controller struct {
+	cfg     Config
+	store   state.Store
+	router  Router
+	health  HealthView
+	metrics *Metrics
+	log     *slog.Logger
+	now     func() time.Time
+
+	kick chan struct{} // health changed; buffered 1
+
+	mu  sync.Mutex
+	cur state.State // last state stored and applied
+}
+
+// New returns a Controller. Call Init before serving traffic and Run to
+// process health changes and state changes made by other replicas.
+func New(cfg Config, store state.Store, router Router, hv HealthView, m *Metrics, log *slog.Logger, now func() time.Time) (*Controller, error) {
+	if cfg.Colors[0] == "" || cfg.Colors[1] == "" || cfg.Colors[0] == cfg.Colors[1] {
+		return nil, fmt.Errorf("rollout: need two distinct colours, got %q", cfg.Colors)
+	}
+	if !slices.Contains(cfg.Colors[:], cfg.InitialColor) {
+		return nil, fmt.Errorf("rollout: initial colour %q is not one of %q", cfg.InitialColor, cfg.Colors)
+	}
+	if cfg.HistoryLimit <= 0 {
+		cfg.HistoryLimit = 100
+	}
+	if now == nil {
+		now = time.Now
+	}
+	if store == nil || router == nil || hv == nil || log == nil {
+		return nil, errors.New("rollout: store, router, health view and logger are required")
+	}
+	return &Controller{cfg: cfg, store: store, router: router, health: hv, metrics: m, log: log, now: now, kick: make(chan struct{}, 1)}, nil
+}
+
+// Init loads the stored state and applies it. An empty store is initialised
+// with the initial colour at generation 1 (so the choice is durable from the
+// first start and a write problem shows at once). A stored state that cannot
+// be read, or that names an unknown colour, is an error: it never falls back
+// to the initial colour.
+func (c *Controller) Init(ctx context.Context) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	st, err := c.store.Load(ctx)
+	switch {
+	case errors.Is(err, state.ErrNotFound):
+		st = state.State{Active: c.cfg.InitialColor, Generation: 1, ChangedAt: c.now().UTC()}
+		if err := c.store.CompareAndSwap(ctx, 0, st); err != nil {
+			if !errors.Is(err, state.ErrConflict) {
+				return fmt.Errorf("initialise state: %w", err)
+			}
+			// Another replica initialised it first: use theirs.
+			if st, err = c.store.Load(ctx); err != nil {
+				return fmt.Errorf("load state: %w", err)
+			}
+		}
+	case err != nil:
+		return fmt.Errorf("load state: %w", err)
+	}
+	if err := c.validate(st); err != nil {
+		return err
+	}
+	if err := c.router.SetActive(st.Active, st.Generation); err != nil {
+		return fmt.Errorf("apply state: %w", err)
+	}
+	c.cur = st
+	c.metrics.applied(st, c.cfg.Colors)
+	c.log.Info("state loaded", "active", st.Active, "previous", st.Previous, "generation", st.Generation)
+	return nil
+}
+
+func (c *Controller) validate(st state.State) error {
+	if !slices.Contains(c.cfg.Colors[:], st.Active) {
+		return fmt.Errorf("stored state: active colour %q is not one of %q", st.Active, c.cfg.Colors)
+	}
+	if st.Previous != "" && !slices.Contains(c.cfg.Colors[:], st.Previous) {
+		return fmt.Errorf("stored state: previous colour %q is not one of %q", st.Previous, c.cfg.Colors)
+	}
+	return nil
+}
+
+// State returns the state last applied.
+func (c *Controller) State() state.State {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.cur
+}
+
+func (c *Controller) other(color string) string {
+	if color == c.cfg.Colors[0] {
+		return c.cfg.Colors[1]
+	}
+	return c.cfg.Colors[0]
+}
+
+// Cutover switches live traffic to req.To (default: the idle colour).
+func (c *Controller) Cutover(ctx context.Context, req Request) (Result, error) {
+	if err := checkTrigger(req); err != nil {
+		return Result{State: c.State()}, err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if req.To == "" {
+		req.To = c.other(c.cur.Active)
+	}
+	return c.switchLocked(ctx, state.ActionCutover, req)
+}
+
+// Rollback switches live traffic back to the previous colour.
+func (c *Controller) Rollback(ctx context.Context, req Request) (Result, error) {
+	if err := checkTrigger(req); err != nil {
+		return Result{State: c.State()}, err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if req.To == "" {
+		if c.cur.Previous == "" {
+			c.metrics.count(c.cur.Active, "", triggerOf(req), resultRejected)
+			return Result{State: c.cur}, ErrNoPrevious
+		}
+		req.To = c.cur.Previous
+	}
+	return c.switchLocked(ctx, state.ActionRollback, req)
+}
+
+// checkTrigger rejects a trigger a caller may not set: anything but api
+// and cli. The auto-rollback trigger is reserved to the controller, so the
+// history cannot be made to show an auto-rollback that never happened, and
+// the trigger label of bluegreen_cutovers_total only takes known values.
+func checkTrigger(req Request) error {
+	switch triggerOf(req) {
+	case state.TriggerAPI, state.TriggerCLI:
+		return nil
+	}
+	return fmt.Errorf("%w: unknown trigger %q: expected %q or %q", ErrInvalid, req.Trigger, state.TriggerAPI, state.TriggerCLI)
+}
+
+func triggerOf(req Request) string {
+	if req.Trigger == "" {
+		return state.TriggerAPI
+	}
+	return req.Trigger
+}
+
+// Results counted in bluegreen_cutovers_total.
+const (
+	resultSuccess  = "success"
+	resultNoop     = "noop"
+	resultRejected = "rejected"
+	resultError    = "error"
+)
+
+func (c *Controller) switchLocked(ctx context.Context, action string, req Request) (Result, error) {
+	cur := c.cur
+	trigger := triggerOf(req)
+	switch trigger {
+	case state.TriggerAPI, state.TriggerCLI, state.TriggerAutoRollback:
+	default:
+		return Result{State: cur}, fmt.Errorf("%w: unknown trigger %q", ErrInvalid, req.Trigger)
+	}
+	if !slices.Contains(c.cfg.Colors[:], req.To) {
+		return Result{State: cur}, fmt.Errorf("%w: unknown colour %q: expected %q or %q", ErrInvalid, req.To, c.cfg.Colors[0], c.cfg.Colors[1])
+	}
+	if req.Generation != nil && *req.Generation != cur.Generation {
+		c.metrics.count(cur.Active, req.To, trigger, resultRejected)
+		return Result{State: cur}, fmt.Errorf("%w: expected generation %d, current is %d", ErrConflict, *req.Generation, cur.Generation)
+	}
+	if req.To == cur.Active {
+		c.metrics.count(cur.Active, req.To, trigger, resultNoop)
+		return Result{State: cur}, nil
+	}
+	if c.health.Healthy(req.To) == 0 {
+		c.metrics.count(cur.Active, req.To, trigger, resultRejected)
+		return Result{State: cur}, fmt.Errorf("%w: %s (use force to switch anyway)", ErrUnhealthy, req.To)
+	}
+	now := c.now().UTC()
+	next := state.State{
+		Active:     req.To,
+		Previous:   cur.Active,
+		Generation: cur.Generation + 1,
+		ChangedAt:  now,
+	}
+	hist := cur.History
+	if len(hist) >= c.cfg.HistoryLimit {
+		hist = hist[len(hist)-c.cfg.HistoryLimit+1:]
+	}
+	next.History = append(slices.Clip(hist), state.Event{
+		Time: now, Action: action, From: cur.Active, To: req.To,
+		Trigger: trigger, Reason: req.Reason, Generation: next.Generation, Forced: req.Force,
+	})
+	if err := c.store.CompareAndSwap(ctx, cur.Generation, next); err != nil {
+		if errors.Is(err, state.ErrConflict) {
+			c.metrics.count(cur.Active, req.To, trigger, resultRejected)
+			c.log.Warn("switch lost a race with another writer", "action", action, "to", req.To, "err", err)
+			return Result{State: cur}, fmt.Errorf("%w: %v", ErrConflict, err)
+		}
+		c.metrics.count(cur.Active, req.To, trigger, resultError)
+		c.log.Error("switch not stored; routing unchanged", "action", action, "from", cur.Active, "to", req.To, "err", err)
+		return Result{State: cur}, fmt.Errorf("%w: %v", ErrStore, err)
+	}
+	c.applyLocked(next)
+	c.metrics.count(cur.Active, req.To, trigger, resultSuccess)
+	c.log.Warn(action, "from", cur.Active, "to", req.To, "trigger", trigger, "reason", req.Reason, "generation", next.Generation, "forced", req.Force)
+	return Result{Changed: true, State: next}, nil
+}
+
+// applyLocked routes by st. The router only fails for an unknown colour,
+// which validate and switchLocked exclude.
+func (c *Controller) applyLocked(st state.State) {
+	if err := c.router.SetActive(st.Active, st.Generation); err != nil {
+		c.log.Error("apply state", "err", err)
+		return
+	}
+	c.cur = st
+	c.metrics.applied(st, c.cfg.Colors)
+}
+
+// HealthChanged tells the controller that some instance changed health. It
+// never blocks; wire it into the health checkers' Reporter.
+func (c *Controller) HealthChanged() {
+	select {
+	case c.kick <- struct{}{}:
+	default:
+	}
+}
+
+// Run evaluates auto-rollback after health changes and applies states that
+// other writers stored (a fleet of proxies sharing one store), until ctx
+// ends.
+func (c *Controller) Run(ctx context.Context) {
+	updates := c.store.Watch(ctx)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-c.kick:
+			c.maybeRollback(ctx)
+		case st, ok := <-updates:
+			if !ok {
+				updates = nil
+				continue
+			}
+			c.adopt(st)
+		}
+	}
+}
+
+// adopt applies a state stored by another writer if it is newer.
+func (c *Controller) adopt(st state.State) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if st.Generation <= c.cur.Generation {
+		return
+	}
+	if err := c.validate(st); err != nil {
+		c.log.Error("ignoring stored state", "err", err)
+		return
+	}
+	from := c.cur.Active
+	c.applyLocked(st)
+	c.log.Warn("applied state from store", "from", from, "to", st.Active, "generation", st.Generation)
+}
+
+// maybeRollback switches back when the colour made active by a cutover has
+// lost every healthy instance within the watch window and the previous
+// colour has a healthy one. A forced cutover, a rollback and an
+// auto-rollback are never rolled back automatically.
+func (c *Controller) maybeRollback(ctx context.Context) {
+	if !c.cfg.AutoRollback {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	cur := c.cur
+	if len(cur.History) == 0 || cur.Previous == "" {
+		return
+	}
+	last := cur.History[len(cur.History)-1]
+	if last.Action != state.ActionCutover || last.Forced || last.Generation != cur.Generation {
+		return
+	}
+	if c.now().Sub(cur.ChangedAt) > c.cfg.Window {
+		return
+	}
+	if c.health.Healthy(cur.Active) > 0 {
+		return
+	}
+	if c.health.Healthy(cur.Previous) == 0 {
+		c.log.Error("active colour has no healthy instance and the previous one neither; not rolling back", "active", cur.Active, "previous", cur.Previous)
+		return
+	}
+	reason := fmt.Sprintf("%s lost every healthy instance %s after the cutover (window %s)", cur.Active, c.now().Sub(cur.ChangedAt).Round(time.Millisecond), c.cfg.Window)
+	if _, err := c.switchLocked(ctx, state.ActionRollback, Request{To: cur.Previous, Reason: reason, Trigger: state.TriggerAutoRollback}); err != nil {
+		c.log.Error("auto-rollback failed", "to", cur.Previous, "err", err)
+	}
+}
