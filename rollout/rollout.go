@@ -239,7 +239,7 @@ func (c *Controller) switchLocked(ctx context.Context, action string, req Reques
 		c.metrics.count(cur.Active, req.To, trigger, resultNoop)
 		return Result{State: cur}, nil
 	}
-	if c.health.Healthy(req.To) == 0 {
+	if !req.Force && c.health.Healthy(req.To) == 0 {
 		c.metrics.count(cur.Active, req.To, trigger, resultRejected)
 		return Result{State: cur}, fmt.Errorf("%w: %s (use force to switch anyway)", ErrUnhealthy, req.To)
 	}
@@ -331,6 +331,21 @@ func (c *Controller) adopt(st state.State) {
 	c.log.Warn("applied state from store", "from", from, "to", st.Active, "generation", st.Generation)
 }
 
+// inspect counts the healthy instances of color and reports whether every
+// instance has been probed at least once (before that, "no healthy instance"
+// only means "not checked yet"). Both come from one reading of each
+// instance, so they agree with each other.
+func (c *Controller) inspect(color string) (healthy int, probed bool) {
+	probed = true
+	for _, in := range c.health.Instances(color) {
+		if in.Healthy {
+			healthy++
+		}
+		probed = probed && in.Checked
+	}
+	return healthy, probed
+}
+
 // maybeRollback switches back when the colour made active by a cutover has
 // lost every healthy instance within the watch window and the previous
 // colour has a healthy one. A forced cutover, a rollback and an
@@ -352,8 +367,8 @@ func (c *Controller) maybeRollback(ctx context.Context) {
 	if c.now().Sub(cur.ChangedAt) > c.cfg.Window {
 		return
 	}
-	if c.health.Healthy(cur.Active) > 0 {
-		return
+	if healthy, probed := c.inspect(cur.Active); healthy > 0 || !probed {
+		return // still healthy, or not every instance has answered a probe yet (start-up)
 	}
 	if c.health.Healthy(cur.Previous) == 0 {
 		c.log.Error("active colour has no healthy instance and the previous one neither; not rolling back", "active", cur.Active, "previous", cur.Previous)
