@@ -43,6 +43,23 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 	return m, nil
 }
 
+// prepare creates the successful-switch series at zero for every pair of
+// colours and every trigger, so increase() sees the first switch of each.
+func (m *Metrics) prepare(colors [2]string) {
+	if m == nil {
+		return
+	}
+	for _, from := range colors {
+		to := colors[0]
+		if from == to {
+			to = colors[1]
+		}
+		for _, trig := range []string{state.TriggerAPI, state.TriggerCLI, state.TriggerAutoRollback} {
+			m.cutovers.WithLabelValues(from, to, trig, resultSuccess)
+		}
+	}
+}
+
 func (m *Metrics) count(from, to, trigger, result string) {
 	if m == nil {
 		return

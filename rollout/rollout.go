@@ -100,6 +100,7 @@ func New(cfg Config, store state.Store, router Router, hv HealthView, m *Metrics
 	if store == nil || router == nil || hv == nil || log == nil {
 		return nil, errors.New("rollout: store, router, health view and logger are required")
 	}
+	m.prepare(cfg.Colors)
 	return &Controller{cfg: cfg, store: store, router: router, health: hv, metrics: m, log: log, now: now, kick: make(chan struct{}, 1)}, nil
 }
 

@@ -946,8 +946,12 @@ func TestMetrics(t *testing.T) {
 # HELP bluegreen_cutovers_total Switch requests by source colour, target colour, trigger (api, cli, auto-rollback) and result (success, noop, rejected, error).
 # TYPE bluegreen_cutovers_total counter
 bluegreen_cutovers_total{from="blue",result="success",to="green",trigger="api"} 1
+bluegreen_cutovers_total{from="blue",result="success",to="green",trigger="auto-rollback"} 0
+bluegreen_cutovers_total{from="blue",result="success",to="green",trigger="cli"} 0
 bluegreen_cutovers_total{from="green",result="noop",to="green",trigger="api"} 1
 bluegreen_cutovers_total{from="green",result="rejected",to="blue",trigger="api"} 1
+bluegreen_cutovers_total{from="green",result="success",to="blue",trigger="api"} 0
+bluegreen_cutovers_total{from="green",result="success",to="blue",trigger="auto-rollback"} 0
 bluegreen_cutovers_total{from="green",result="success",to="blue",trigger="cli"} 1
 `
 	if err := testutil.GatherAndCompare(e.reg, strings.NewReader(want), "bluegreen_cutovers_total"); err != nil {
@@ -974,8 +978,8 @@ func TestMetricsAfterRestart(t *testing.T) {
 	if want := float64(st.ChangedAt.UnixNano()) / 1e9; got < want-1e-3 || got > want+1e-3 {
 		t.Errorf("last_cutover_timestamp_seconds = %v, want %v", got, want)
 	}
-	if n := cutoverSeries(t, second.reg); n != 0 {
-		t.Errorf("a restart counted %d cutover series, want none", n)
+	if _, sum := cutoverTotals(t, second.reg, ""); sum != 0 {
+		t.Errorf("a restart counted %v cutovers, want none", sum)
 	}
 }
 
@@ -983,5 +987,15 @@ func TestHealthChangedNeverBlocks(t *testing.T) {
 	e := startedEnv(t, testConfig())
 	for range 1000 {
 		e.ctl.HealthChanged() // nobody runs the loop: must not block
+	}
+}
+
+// TestSuccessSeriesExistFromStart: every successful-switch series exists at
+// zero before the first switch, so increase() sees the first one.
+func TestSuccessSeriesExistFromStart(t *testing.T) {
+	e := startedEnv(t, testConfig())
+	for _, trig := range []string{state.TriggerAPI, state.TriggerCLI, state.TriggerAutoRollback} {
+		assertMetric(t, e.reg, 0, "bluegreen_cutovers_total", "from", blue, "to", green, "trigger", trig, "result", "success")
+		assertMetric(t, e.reg, 0, "bluegreen_cutovers_total", "from", green, "to", blue, "trigger", trig, "result", "success")
 	}
 }

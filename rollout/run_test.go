@@ -351,8 +351,8 @@ func TestRunAdoptsNewerStates(t *testing.T) {
 		if n := e.store.CASCalls(); n != 1 {
 			t.Errorf("%d CompareAndSwap calls, want only Init's", n)
 		}
-		if n := cutoverSeries(t, e.reg); n != 0 {
-			t.Errorf("%d cutover series after adopting, want 0", n)
+		if _, sum := cutoverTotals(t, e.reg, ""); sum != 0 {
+			t.Errorf("%v cutovers counted after adopting, want 0", sum)
 		}
 
 		// A closed watch channel does not stop the loop: health changes are

@@ -108,3 +108,17 @@ func TestIsLoopback(t *testing.T) {
 		}
 	}
 }
+
+func TestLoggerFormat(t *testing.T) {
+	var buf bytes.Buffer
+	newLogger(&buf, "auto", "info").Info("hello", "k", "v")
+	if !strings.HasPrefix(buf.String(), "{") || !strings.Contains(buf.String(), `"k":"v"`) {
+		t.Fatalf("auto off a terminal is not JSON: %q", buf.String())
+	}
+	buf.Reset()
+	newLogger(&buf, "text", "warn").Info("hidden")
+	newLogger(&buf, "text", "warn").Warn("shown", "k", "v")
+	if strings.Contains(buf.String(), "hidden") || !strings.Contains(buf.String(), "shown") || strings.HasPrefix(buf.String(), "{") {
+		t.Fatalf("text logger: %q", buf.String())
+	}
+}

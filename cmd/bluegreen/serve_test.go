@@ -35,6 +35,8 @@ type stack struct {
 	stop       func() error
 	logs       *lockedBuffer
 	httpClient *http.Client
+	// entered receives the colour of every /slow request an app starts.
+	entered chan string
 }
 
 type lockedBuffer struct {
@@ -54,12 +56,24 @@ func (l *lockedBuffer) String() string {
 	return l.b.String()
 }
 
-func newApps(t *testing.T, color string, n int) ([]*httptest.Server, []*app.App) {
+func newApps(t *testing.T, color string, n int, entered chan<- string) ([]*httptest.Server, []*app.App) {
 	var srvs []*httptest.Server
 	var apps []*app.App
 	for i := range n {
 		a := app.New(app.Config{Color: color, Version: fmt.Sprintf("v%d", i), StreamInterval: 10 * time.Millisecond}, nil)
-		s := httptest.NewUnstartedServer(a)
+		h := http.Handler(a)
+		if entered != nil {
+			h = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if r.URL.Path == "/slow" {
+					select {
+					case entered <- color:
+					default:
+					}
+				}
+				a.ServeHTTP(w, r)
+			})
+		}
+		s := httptest.NewUnstartedServer(h)
 		s.Config.RegisterOnShutdown(a.CloseStreams)
 		s.Start()
 		t.Cleanup(func() { a.CloseStreams(); s.Close() })
@@ -80,10 +94,10 @@ func urls(srvs []*httptest.Server) string {
 // startStack starts serve with fast health checks; extra overrides env.
 func startStack(t *testing.T, nBlue, nGreen int, extra ...string) *stack {
 	t.Helper()
-	st := &stack{t: t, apps: map[string][]*app.App{}, logs: &lockedBuffer{}}
+	st := &stack{t: t, apps: map[string][]*app.App{}, logs: &lockedBuffer{}, entered: make(chan string, 16)}
 	var ba, ga []*app.App
-	st.blue, ba = newApps(t, "blue", nBlue)
-	st.green, ga = newApps(t, "green", nGreen)
+	st.blue, ba = newApps(t, "blue", nBlue, st.entered)
+	st.green, ga = newApps(t, "green", nGreen, st.entered)
 	st.apps["blue"], st.apps["green"] = ba, ga
 	st.statePath = filepath.Join(t.TempDir(), "state.json")
 	env := []string{
@@ -93,7 +107,7 @@ func startStack(t *testing.T, nBlue, nGreen int, extra ...string) *stack {
 		"BLUEGREEN_ADMIN_LISTEN=127.0.0.1:0",
 		"BLUEGREEN_STATE=file:" + st.statePath,
 		"BLUEGREEN_HEALTH_INTERVAL=50ms",
-		"BLUEGREEN_HEALTH_TIMEOUT=500ms",
+		"BLUEGREEN_HEALTH_TIMEOUT=2s",
 		"BLUEGREEN_HEALTH_RISE=1",
 		"BLUEGREEN_HEALTH_FALL=1",
 		"BLUEGREEN_DRAIN_TIMEOUT=2s",
@@ -374,7 +388,9 @@ func TestServeZeroFailedRequestsAcrossCutovers(t *testing.T) {
 		res.Body.Close()
 		held <- res.Header.Get(app.ColorHeader)
 	}()
-	time.Sleep(50 * time.Millisecond) // let the held request reach blue
+	if c := <-st.entered; c != "blue" {
+		t.Fatalf("held request reached %s", c)
+	}
 	for i := range int64(50) {
 		started.Store(i + 1)
 		code, body := st.post("/admin/cutover", fmt.Sprintf(`{"to":%q}`, colorOf(i+1)))
@@ -531,7 +547,7 @@ func TestServeReadyzWaitsForFirstProbe(t *testing.T) {
 			close(release)
 		}
 	}()
-	green, _ := newApps(t, "green", 1)
+	green, _ := newApps(t, "green", 1, nil)
 	cfg, err := loadConfig([]string{
 		"BLUEGREEN_BLUE_URLS=" + slowHealth.URL, "BLUEGREEN_GREEN_URLS=" + green[0].URL,
 		"BLUEGREEN_LISTEN=127.0.0.1:0", "BLUEGREEN_ADMIN_LISTEN=127.0.0.1:0",
@@ -598,7 +614,9 @@ func TestServeGracefulShutdown(t *testing.T) {
 		res.Body.Close()
 		got <- fmt.Sprintf("%d %s", res.StatusCode, b)
 	}()
-	time.Sleep(100 * time.Millisecond) // let the request reach the backend
+	if c := <-st.entered; c != "blue" {
+		t.Fatalf("request reached %s", c)
+	}
 	stopped := make(chan error, 1)
 	go func() { stopped <- st.stop() }()
 	// While draining, readiness is refused (or the listener is already gone).

@@ -1,0 +1,255 @@
+package admin
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/cryoprotect/bluegreen/health"
+	"github.com/cryoprotect/bluegreen/rollout"
+	"github.com/cryoprotect/bluegreen/state"
+)
+
+// fakeController records requests and answers with a preset error.
+type fakeController struct {
+	mu   sync.Mutex
+	st   state.State
+	err  error
+	reqs []rollout.Request
+}
+
+func (f *fakeController) State() state.State {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.st
+}
+
+func (f *fakeController) do(req rollout.Request, to string) (rollout.Result, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.reqs = append(f.reqs, req)
+	if f.err != nil {
+		return rollout.Result{State: f.st}, f.err
+	}
+	f.st = state.State{Active: to, Previous: f.st.Active, Generation: f.st.Generation + 1,
+		History: append(f.st.History, state.Event{To: to, Generation: f.st.Generation + 1, Reason: req.Reason})}
+	return rollout.Result{Changed: true, State: f.st}, nil
+}
+
+func (f *fakeController) Cutover(ctx context.Context, req rollout.Request) (rollout.Result, error) {
+	to := req.To
+	if to == "" {
+		to = "green"
+	}
+	return f.do(req, to)
+}
+
+func (f *fakeController) Rollback(ctx context.Context, req rollout.Request) (rollout.Result, error) {
+	return f.do(req, "blue")
+}
+
+type fakeHealth map[string][]health.InstanceStatus
+
+func (h fakeHealth) Healthy(color string) int {
+	n := 0
+	for _, i := range h[color] {
+		if i.Healthy {
+			n++
+		}
+	}
+	return n
+}
+
+func (h fakeHealth) Instances(color string) []health.InstanceStatus { return h[color] }
+
+func newAPI(t *testing.T, token string, ready bool) (*httptest.Server, *fakeController) {
+	t.Helper()
+	fc := &fakeController{st: state.State{Active: "blue", Generation: 1}}
+	fh := fakeHealth{
+		"blue":  {{URL: "http://b:1", Healthy: true, LastCheck: time.Unix(100, 0).UTC()}},
+		"green": {{URL: "http://g:1", Healthy: false, LastError: "status 503"}},
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(prometheus.NewCounter(prometheus.CounterOpts{Name: "bluegreen_test_total", Help: "x"}))
+	h := New(Config{
+		Token: token, Controller: fc, Health: fh, Colors: [2]string{"blue", "green"},
+		Applied:  func() (string, uint64) { return "blue", 1 },
+		Ready:    func() (bool, string) { return ready, "not ready for a reason" },
+		Gatherer: reg, Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Replica: "r1", Version: "v",
+	})
+	srv := httptest.NewServer(h)
+	t.Cleanup(srv.Close)
+	return srv, fc
+}
+
+func call(t *testing.T, method, url, body string, hdr ...string) (int, map[string]any, http.Header) {
+	t.Helper()
+	req, _ := http.NewRequest(method, url, strings.NewReader(body))
+	for i := 0; i+1 < len(hdr); i += 2 {
+		req.Header.Set(hdr[i], hdr[i+1])
+	}
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	var m map[string]any
+	b, _ := io.ReadAll(res.Body)
+	if strings.HasPrefix(res.Header.Get("Content-Type"), "application/json") {
+		if err := json.Unmarshal(b, &m); err != nil {
+			t.Fatalf("answer is not JSON: %q", b)
+		}
+	}
+	return res.StatusCode, m, res.Header
+}
+
+func TestStatusShape(t *testing.T) {
+	srv, _ := newAPI(t, "", true)
+	code, m, _ := call(t, "GET", srv.URL+"/admin/status", "")
+	if code != 200 || m["active"] != "blue" || m["generation"] != 1.0 || m["applied_generation"] != 1.0 || m["replica"] != "r1" {
+		t.Fatalf("%d %v", code, m)
+	}
+	green := m["colors"].(map[string]any)["green"].(map[string]any)
+	inst := green["instances"].([]any)[0].(map[string]any)
+	if green["healthy"] != 0.0 || green["total"] != 1.0 || inst["last_error"] != "status 503" || inst["url"] != "http://g:1" {
+		t.Fatalf("green %v", green)
+	}
+	if _, ok := m["changed"]; ok {
+		t.Fatal("status carries changed")
+	}
+}
+
+func TestSwitchErrorsMapToStatus(t *testing.T) {
+	cases := []struct {
+		err  error
+		code int
+		word string
+	}{
+		{fmt.Errorf("%w: purple", rollout.ErrInvalid), 400, "bad_request"},
+		{fmt.Errorf("%w: green", rollout.ErrUnhealthy), 409, "unhealthy"},
+		{fmt.Errorf("%w: gen", rollout.ErrConflict), 409, "conflict"},
+		{rollout.ErrNoPrevious, 409, "no_previous"},
+		{fmt.Errorf("%w: disk full", rollout.ErrStore), 503, "store_unavailable"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.word, func(t *testing.T) {
+			srv, fc := newAPI(t, "", true)
+			fc.err = tc.err
+			for _, path := range []string{"/admin/cutover", "/admin/rollback"} {
+				code, m, _ := call(t, "POST", srv.URL+path, "")
+				if code != tc.code || m["code"] != tc.word || !strings.Contains(fmt.Sprint(m["error"]), tc.err.Error()) {
+					t.Fatalf("%s: %d %v", path, code, m)
+				}
+			}
+		})
+	}
+}
+
+func TestBadRequests(t *testing.T) {
+	srv, fc := newAPI(t, "", true)
+	cases := []struct {
+		name, method, path, body string
+		code                     int
+	}{
+		{"not json", "POST", "/admin/cutover", "to=green", 400},
+		{"unknown field", "POST", "/admin/cutover", `{"colour":"green"}`, 400},
+		{"trailing data", "POST", "/admin/cutover", `{"to":"green"} {}`, 400},
+		{"wrong type", "POST", "/admin/cutover", `{"force":"yes"}`, 400},
+		{"forged trigger", "POST", "/admin/cutover", `{"trigger":"auto-rollback"}`, 400},
+		{"long reason", "POST", "/admin/rollback", `{"reason":"` + strings.Repeat("x", 2000) + `"}`, 400},
+		{"too large", "POST", "/admin/cutover", `{"reason":"` + strings.Repeat("x", MaxBodyBytes) + `"}`, 413},
+		{"bad limit", "GET", "/admin/history?limit=0", "", 400},
+		{"method", "GET", "/admin/cutover", "", 405},
+		{"unknown path", "GET", "/admin/nope", "", 404},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			code, m, _ := call(t, tc.method, srv.URL+tc.path, tc.body)
+			if code != tc.code || m["error"] == nil || m["error"] == "" {
+				t.Fatalf("%d %v, want %d with a JSON reason", code, m, tc.code)
+			}
+		})
+	}
+	if len(fc.reqs) != 0 {
+		t.Fatalf("bad requests reached the controller: %v", fc.reqs)
+	}
+}
+
+func TestSwitchBodyPassedOn(t *testing.T) {
+	srv, fc := newAPI(t, "", true)
+	code, m, _ := call(t, "POST", srv.URL+"/admin/cutover", `{"to":"green","force":true,"reason":"r","generation":1,"trigger":"cli"}`)
+	if code != 200 || m["changed"] != true || m["active"] != "green" {
+		t.Fatalf("%d %v", code, m)
+	}
+	r := fc.reqs[0]
+	if r.To != "green" || !r.Force || r.Reason != "r" || r.Generation == nil || *r.Generation != 1 || r.Trigger != "cli" {
+		t.Fatalf("request %+v", r)
+	}
+}
+
+func TestTokenOnMutationsOnly(t *testing.T) {
+	srv, fc := newAPI(t, "tok", true)
+	for _, path := range []string{"/admin/cutover", "/admin/rollback"} {
+		for _, auth := range []string{"", "Bearer", "Bearer nope", "Basic dG9rOg==", "tok", "Bearer tokx"} {
+			code, m, hdr := call(t, "POST", srv.URL+path, "", "Authorization", auth)
+			if code != 401 || m["code"] != "unauthorized" || hdr.Get("WWW-Authenticate") == "" {
+				t.Fatalf("%s with %q: %d %v", path, auth, code, m)
+			}
+		}
+	}
+	if len(fc.reqs) != 0 {
+		t.Fatal("an unauthorised call reached the controller")
+	}
+	if code, _, _ := call(t, "GET", srv.URL+"/admin/status", ""); code != 200 {
+		t.Fatal("status needs no token")
+	}
+	if code, _, _ := call(t, "POST", srv.URL+"/admin/cutover", "", "Authorization", "Bearer tok"); code != 200 {
+		t.Fatal("right token refused")
+	}
+}
+
+func TestProbesAndMetrics(t *testing.T) {
+	srv, _ := newAPI(t, "", false)
+	if code, m, _ := call(t, "GET", srv.URL+"/readyz", ""); code != 503 || m["reason"] != "not ready for a reason" {
+		t.Fatalf("readyz %d %v", code, m)
+	}
+	if code, _, _ := call(t, "GET", srv.URL+"/healthz", ""); code != 200 {
+		t.Fatal("healthz")
+	}
+	res, err := http.Get(srv.URL + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(res.Body)
+	res.Body.Close()
+	if !strings.Contains(string(b), "bluegreen_test_total 0") {
+		t.Fatalf("metrics %q", b)
+	}
+	srv2, _ := newAPI(t, "", true)
+	if code, m, _ := call(t, "GET", srv2.URL+"/readyz", ""); code != 200 || m["ready"] != true {
+		t.Fatalf("readyz %d %v", code, m)
+	}
+}
+
+func TestHistoryNewestFirst(t *testing.T) {
+	srv, _ := newAPI(t, "", true)
+	for i := range 3 {
+		call(t, "POST", srv.URL+"/admin/cutover", fmt.Sprintf(`{"reason":"r%d"}`, i))
+	}
+	_, m, _ := call(t, "GET", srv.URL+"/admin/history?limit=2", "")
+	h := m["history"].([]any)
+	if len(h) != 2 || h[0].(map[string]any)["reason"] != "r2" || h[1].(map[string]any)["reason"] != "r1" {
+		t.Fatalf("history %v", h)
+	}
+}

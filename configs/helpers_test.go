@@ -1,0 +1,619 @@
+package configs
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Paths of the shipped files, relative to this package.
+const (
+	prometheusConfigFile = "prometheus/prometheus.yml"
+	alertRulesFile       = "prometheus/alerts.yml"
+	alertTestsFile       = "prometheus/alerts_test.yml"
+	dashboardFile        = "grafana/dashboards/bluegreen.json"
+	datasourceFile       = "grafana/provisioning/datasources/prometheus.yml"
+	dashboardProvFile    = "grafana/provisioning/dashboards/bluegreen.yml"
+	readmeFile           = "README.md"
+)
+
+// httpClient is the client of every test request; no request may hang a test.
+var httpClient = &http.Client{Timeout: 5 * time.Second}
+
+// binaries are the programs under test, built from this module.
+type binaries struct{ proxy, demo string }
+
+// buildBinaries builds cmd/bluegreen and cmd/demo-app into a temporary
+// directory.
+func buildBinaries(t *testing.T) binaries {
+	t.Helper()
+	goTool, err := exec.LookPath("go")
+	if err != nil {
+		t.Fatalf("the go command is needed to build the programs under test: %v", err)
+	}
+	dir := t.TempDir()
+	b := binaries{proxy: filepath.Join(dir, "bluegreen"), demo: filepath.Join(dir, "demo-app")}
+	for out, pkg := range map[string]string{b.proxy: "../cmd/bluegreen", b.demo: "../cmd/demo-app"} {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+		cmd := exec.CommandContext(ctx, goTool, "build", "-o", out, pkg)
+		output, err := cmd.CombinedOutput()
+		cancel()
+		if err != nil {
+			t.Fatalf("go build %s: %v\n%s", pkg, err, output)
+		}
+	}
+	return b
+}
+
+// freePort returns a TCP port on 127.0.0.1 that nothing listens on now.
+func freePort(t *testing.T) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+func loopback(port int) string { return "127.0.0.1:" + strconv.Itoa(port) }
+
+// startProcess runs bin with args and extra environment variables, its
+// output going to a log file. Cleanup stops it with SIGTERM (SIGKILL after
+// 10 s) and, when the test failed, prints the end of its log.
+func startProcess(t *testing.T, name, bin string, env []string, args ...string) {
+	t.Helper()
+	logPath := filepath.Join(t.TempDir(), name+".log")
+	logFile, err := os.Create(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, args...)
+	cmd.Env = append(os.Environ(), env...)
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	setPdeathsig(cmd)
+	if err := cmd.Start(); err != nil {
+		logFile.Close()
+		t.Fatalf("start %s: %v", name, err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			_ = cmd.Process.Kill()
+			<-done
+		}
+		logFile.Close()
+		if t.Failed() {
+			if b, err := os.ReadFile(logPath); err == nil {
+				if len(b) > 4000 {
+					b = b[len(b)-4000:]
+				}
+				t.Logf("--- end of %s log ---\n%s", name, b)
+			}
+		}
+	})
+}
+
+// waitFor polls cond every 100 ms until it returns true, and fails the test
+// when timeout passes first, with the last error cond returned.
+func waitFor(t *testing.T, timeout time.Duration, what string, cond func() (bool, error)) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	var lastErr error
+	for {
+		ok, err := cond()
+		if ok {
+			return
+		}
+		lastErr = err
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s (last error: %v)", timeout, what, lastErr)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// httpDo does one request and returns its status code, the value of
+// X-Deployment-Color and the body.
+func httpDo(method, rawURL, body string) (int, string, []byte, error) {
+	var r io.Reader
+	if body != "" {
+		r = strings.NewReader(body)
+	}
+	req, err := http.NewRequest(method, rawURL, r)
+	if err != nil {
+		return 0, "", nil, err
+	}
+	if body != "" {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := httpClient.Do(req)
+	if err != nil {
+		return 0, "", nil, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	return resp.StatusCode, resp.Header.Get("X-Deployment-Color"), b, err
+}
+
+// mustDo is httpDo that fails the test on a transport error or an
+// unexpected status.
+func mustDo(t *testing.T, method, rawURL, body string, wantStatus int) []byte {
+	t.Helper()
+	code, _, b, err := httpDo(method, rawURL, body)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, rawURL, err)
+	}
+	if code != wantStatus {
+		t.Fatalf("%s %s: status %d, want %d: %s", method, rawURL, code, wantStatus, b)
+	}
+	return b
+}
+
+// waitHTTP200 waits until GET rawURL answers 200.
+func waitHTTP200(t *testing.T, rawURL string) {
+	t.Helper()
+	waitFor(t, 30*time.Second, "GET "+rawURL+" to answer 200", func() (bool, error) {
+		code, _, b, err := httpDo(http.MethodGet, rawURL, "")
+		if err != nil {
+			return false, err
+		}
+		return code == http.StatusOK, fmt.Errorf("status %d: %.200s", code, b)
+	})
+}
+
+// demoApp starts a demo app of the given colour on a free loopback port and
+// returns its base URL once it answers.
+func demoApp(t *testing.T, bin binaries, color string) string {
+	t.Helper()
+	port := freePort(t)
+	startProcess(t, "demo-app-"+color, bin.demo, []string{
+		"DEPLOYMENT_COLOR=" + color, "APP_VERSION=test-" + color,
+		"PORT=" + strconv.Itoa(port), "LISTEN_ADDR=127.0.0.1",
+	})
+	base := "http://" + loopback(port)
+	waitHTTP200(t, base+"/health")
+	return base
+}
+
+// proxy is one running bluegreen process.
+type proxy struct {
+	public string // base URL of the public listener
+	admin  string // base URL of the admin listener
+	target string // host:port of the admin listener, the scrape target
+}
+
+// startProxy starts bluegreen in front of the blue and green URLs with fast
+// health checks and its own state file, and waits until it is ready.
+func startProxy(t *testing.T, bin binaries, name, blue, green string) proxy {
+	t.Helper()
+	pub, adm := freePort(t), freePort(t)
+	state := filepath.Join(t.TempDir(), "state.json")
+	startProcess(t, name, bin.proxy, []string{
+		"BLUEGREEN_BLUE_URLS=" + blue,
+		"BLUEGREEN_GREEN_URLS=" + green,
+		"BLUEGREEN_LISTEN=" + loopback(pub),
+		"BLUEGREEN_ADMIN_LISTEN=" + loopback(adm),
+		"BLUEGREEN_STATE=file:" + state,
+		"BLUEGREEN_HEALTH_INTERVAL=200ms",
+		"BLUEGREEN_HEALTH_TIMEOUT=150ms",
+		"BLUEGREEN_HEALTH_RISE=1",
+		"BLUEGREEN_HEALTH_FALL=1",
+		"BLUEGREEN_DRAIN_TIMEOUT=2s",
+		"BLUEGREEN_REPLICA_ID=" + name,
+		"BLUEGREEN_LOG_FORMAT=json",
+	}, "serve")
+	p := proxy{public: "http://" + loopback(pub), admin: "http://" + loopback(adm), target: loopback(adm)}
+	waitHTTP200(t, p.admin+"/readyz")
+	return p
+}
+
+// adminStatus is the part of GET /admin/status the tests read.
+type adminStatus struct {
+	Active     string    `json:"active"`
+	Generation uint64    `json:"generation"`
+	ChangedAt  time.Time `json:"changed_at"`
+	Colors     map[string]struct {
+		Healthy int `json:"healthy"`
+	} `json:"colors"`
+}
+
+func (p proxy) status() (adminStatus, error) {
+	var st adminStatus
+	code, _, b, err := httpDo(http.MethodGet, p.admin+"/admin/status", "")
+	if err != nil {
+		return st, err
+	}
+	if code != http.StatusOK {
+		return st, fmt.Errorf("GET /admin/status: status %d: %.200s", code, b)
+	}
+	return st, json.Unmarshal(b, &st)
+}
+
+// promSample is one series of a query result with its values: one for an
+// instant query, one per step for a range query.
+type promSample struct {
+	Labels map[string]string
+	Times  []float64
+	Values []float64
+}
+
+func (s promSample) String() string {
+	return labelString(s.Labels) + " " + formatValues(s.Values)
+}
+
+func labelString(m map[string]string) string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	parts := make([]string, len(keys))
+	for i, k := range keys {
+		parts[i] = fmt.Sprintf("%s=%q", k, m[k])
+	}
+	return "{" + strings.Join(parts, ", ") + "}"
+}
+
+func formatValues(vs []float64) string {
+	if len(vs) == 1 {
+		return "= " + formatValue(vs[0])
+	}
+	parts := make([]string, len(vs))
+	for i, v := range vs {
+		parts[i] = formatValue(v)
+	}
+	return "= [" + strings.Join(parts, " ") + "]"
+}
+
+// formatValue prints v with 6 significant digits, or to the millisecond when
+// it is a Unix time (in seconds or milliseconds).
+func formatValue(v float64) string {
+	if math.Abs(v) >= 1e6 && !math.IsInf(v, 0) {
+		return strconv.FormatFloat(v, 'f', 3, 64)
+	}
+	return strconv.FormatFloat(v, 'g', 6, 64)
+}
+
+// promClient queries Prometheus's HTTP API.
+type promClient struct{ base string }
+
+// query runs an instant query; a query that does not parse or fails is an
+// error.
+func (c promClient) query(expr string) ([]promSample, error) {
+	return c.get("/api/v1/query", url.Values{"query": {expr}})
+}
+
+// queryRange runs a range query from start to end, with both aligned to step
+// as Grafana does.
+func (c promClient) queryRange(expr string, start, end time.Time, step time.Duration) ([]promSample, error) {
+	s := start.Truncate(step)
+	e := end.Truncate(step)
+	return c.get("/api/v1/query_range", url.Values{
+		"query": {expr},
+		"start": {strconv.FormatInt(s.Unix(), 10)},
+		"end":   {strconv.FormatInt(e.Unix(), 10)},
+		"step":  {strconv.FormatFloat(step.Seconds(), 'f', -1, 64)},
+	})
+}
+
+func (c promClient) get(path string, params url.Values) ([]promSample, error) {
+	code, _, body, err := httpDo(http.MethodGet, c.base+path+"?"+params.Encode(), "")
+	if err != nil {
+		return nil, err
+	}
+	var r struct {
+		Status    string `json:"status"`
+		ErrorType string `json:"errorType"`
+		Error     string `json:"error"`
+		Data      struct {
+			ResultType string          `json:"resultType"`
+			Result     json.RawMessage `json:"result"`
+		} `json:"data"`
+	}
+	if err := json.Unmarshal(body, &r); err != nil {
+		return nil, fmt.Errorf("status %d, undecodable answer %.200q: %w", code, body, err)
+	}
+	if r.Status != "success" {
+		return nil, fmt.Errorf("status %d: %s: %s", code, r.ErrorType, r.Error)
+	}
+	var out []promSample
+	switch r.Data.ResultType {
+	case "vector":
+		var v []struct {
+			Metric map[string]string `json:"metric"`
+			Value  [2]any            `json:"value"`
+		}
+		if err := json.Unmarshal(r.Data.Result, &v); err != nil {
+			return nil, err
+		}
+		for _, s := range v {
+			ts, val, err := parsePoint(s.Value)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, promSample{Labels: s.Metric, Times: []float64{ts}, Values: []float64{val}})
+		}
+	case "matrix":
+		var m []struct {
+			Metric map[string]string `json:"metric"`
+			Values [][2]any          `json:"values"`
+		}
+		if err := json.Unmarshal(r.Data.Result, &m); err != nil {
+			return nil, err
+		}
+		for _, s := range m {
+			ps := promSample{Labels: s.Metric}
+			for _, p := range s.Values {
+				ts, val, err := parsePoint(p)
+				if err != nil {
+					return nil, err
+				}
+				ps.Times = append(ps.Times, ts)
+				ps.Values = append(ps.Values, val)
+			}
+			out = append(out, ps)
+		}
+	case "scalar":
+		var p [2]any
+		if err := json.Unmarshal(r.Data.Result, &p); err != nil {
+			return nil, err
+		}
+		ts, val, err := parsePoint(p)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, promSample{Labels: map[string]string{}, Times: []float64{ts}, Values: []float64{val}})
+	default:
+		return nil, fmt.Errorf("unexpected result type %q", r.Data.ResultType)
+	}
+	return out, nil
+}
+
+// parsePoint decodes a [timestamp, "value"] pair of the HTTP API.
+func parsePoint(p [2]any) (float64, float64, error) {
+	ts, ok := p[0].(float64)
+	s, ok2 := p[1].(string)
+	if !ok || !ok2 {
+		return 0, 0, fmt.Errorf("bad sample %v", p)
+	}
+	v, err := strconv.ParseFloat(s, 64)
+	return ts, v, err
+}
+
+// queryValue returns the single value of an instant query, or an error when
+// the result is not exactly one sample.
+func (c promClient) queryValue(expr string) (float64, error) {
+	res, err := c.query(expr)
+	if err != nil {
+		return 0, err
+	}
+	if len(res) != 1 {
+		return 0, fmt.Errorf("%s: %d series, want 1", expr, len(res))
+	}
+	return res[0].Values[0], nil
+}
+
+// hasFinite reports whether any value of the result is a number (not NaN,
+// not infinite).
+func hasFinite(res []promSample) bool {
+	for _, s := range res {
+		for _, v := range s.Values {
+			if !math.IsNaN(v) && !math.IsInf(v, 0) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// trafficLoop sends GET / through the proxy every interval until stopped,
+// so that every rate window of the queries has requests in it.
+type trafficLoop struct {
+	stop context.CancelFunc
+	wg   sync.WaitGroup
+}
+
+func startTraffic(t *testing.T, proxyURL string, every time.Duration) {
+	ctx, cancel := context.WithCancel(context.Background())
+	l := &trafficLoop{stop: cancel}
+	l.wg.Add(1)
+	go func() {
+		defer l.wg.Done()
+		tick := time.NewTicker(every)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+				_, _, _, _ = httpDo(http.MethodGet, proxyURL+"/", "")
+			}
+		}
+	}()
+	t.Cleanup(func() { l.stop(); l.wg.Wait() })
+}
+
+// metricNameRE matches the bluegreen metric names in an expression or file.
+var metricNameRE = regexp.MustCompile(`\bbluegreen_[a-zA-Z0-9_:]+`)
+
+// dashboard is the part of the dashboard JSON the tests read.
+type dashboard struct {
+	UID           string `json:"uid"`
+	Title         string `json:"title"`
+	SchemaVersion int    `json:"schemaVersion"`
+	Annotations   struct {
+		List []annotation `json:"list"`
+	} `json:"annotations"`
+	Templating struct {
+		List []struct {
+			Name  string `json:"name"`
+			Type  string `json:"type"`
+			Query string `json:"query"`
+		} `json:"list"`
+	} `json:"templating"`
+	Panels []panel `json:"panels"`
+}
+
+type datasourceRef struct {
+	Type string `json:"type"`
+	UID  string `json:"uid"`
+}
+
+type annotation struct {
+	Name            string          `json:"name"`
+	Enable          bool            `json:"enable"`
+	Datasource      *datasourceRef  `json:"datasource"`
+	Expr            string          `json:"expr"`
+	Step            string          `json:"step"`
+	UseValueForTime bool            `json:"useValueForTime"`
+	TitleFormat     string          `json:"titleFormat"`
+	Filter          json.RawMessage `json:"filter"`
+}
+
+type panel struct {
+	ID          int            `json:"id"`
+	Type        string         `json:"type"`
+	Title       string         `json:"title"`
+	Description string         `json:"description"`
+	Datasource  *datasourceRef `json:"datasource"`
+	GridPos     struct {
+		H, W, X, Y int
+	} `json:"gridPos"`
+	Targets []struct {
+		Datasource   *datasourceRef `json:"datasource"`
+		Expr         string         `json:"expr"`
+		LegendFormat string         `json:"legendFormat"`
+		RefID        string         `json:"refId"`
+	} `json:"targets"`
+	FieldConfig struct {
+		Defaults struct {
+			Mappings []struct {
+				Type    string          `json:"type"`
+				Options json.RawMessage `json:"options"`
+			} `json:"mappings"`
+		} `json:"defaults"`
+	} `json:"fieldConfig"`
+	Panels []panel `json:"panels"` // of a collapsed row
+}
+
+// allPanels returns the panels, those inside rows included.
+func (d dashboard) allPanels() []panel {
+	var out []panel
+	var walk func([]panel)
+	walk = func(ps []panel) {
+		for _, p := range ps {
+			out = append(out, p)
+			walk(p.Panels)
+		}
+	}
+	walk(d.Panels)
+	return out
+}
+
+func loadDashboard(t *testing.T) (dashboard, []byte) {
+	t.Helper()
+	raw, err := os.ReadFile(dashboardFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var d dashboard
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	if err := dec.Decode(&d); err != nil {
+		t.Fatalf("%s: %v", dashboardFile, err)
+	}
+	return d, raw
+}
+
+// grafanaVars are the values the tests give Grafana's built-in variables:
+// what Grafana would use for a short range with a 1 s scrape interval.
+var grafanaVars = strings.NewReplacer(
+	"$__rate_interval", "1m",
+	"${__rate_interval}", "1m",
+	"$__interval", "15s",
+	"${__interval}", "15s",
+	"$__range", "1h",
+	"${__range}", "1h",
+)
+
+// expandExpr substitutes Grafana's variables in expr; interval, when not
+// empty, replaces $__interval (an annotation's step).
+func expandExpr(expr, interval string) (string, error) {
+	if interval != "" {
+		expr = strings.NewReplacer("${__interval}", interval, "$__interval", interval).Replace(expr)
+	}
+	expr = grafanaVars.Replace(expr)
+	if strings.Contains(expr, "$") {
+		return "", fmt.Errorf("unknown variable left in %q", expr)
+	}
+	return expr, nil
+}
+
+// legendLabels are the label names a legend format such as "{{color}}
+// {{backend}}" refers to.
+func legendLabels(format string) []string {
+	var out []string
+	for _, m := range regexp.MustCompile(`\{\{\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*\}\}`).FindAllStringSubmatch(format, -1) {
+		if !slices.Contains(out, m[1]) {
+			out = append(out, m[1])
+		}
+	}
+	return out
+}
+
+// readFileString reads one of the shipped files.
+func readFileString(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+// replaceOnce replaces old by new in s and fails the test unless old occurs
+// exactly once: the test must not silently drift from the shipped file.
+func replaceOnce(t *testing.T, s, old, new string) string {
+	t.Helper()
+	if n := strings.Count(s, old); n != 1 {
+		t.Fatalf("%s: want exactly one %q, found %d", prometheusConfigFile, old, n)
+	}
+	return strings.Replace(s, old, new, 1)
+}
+
+// lookPrometheus finds the prometheus server, or skips the test (fails it
+// when the CI variable is set).
+func lookPrometheus(t *testing.T) string {
+	t.Helper()
+	p, err := exec.LookPath("prometheus")
+	if err != nil {
+		msg := "the prometheus server is not installed (Debian: apt-get install prometheus)"
+		if os.Getenv("CI") != "" {
+			t.Fatal(msg + "; CI must run this test")
+		}
+		t.Skip(msg)
+	}
+	return p
+}
