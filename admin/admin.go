@@ -56,6 +56,16 @@ type Config struct {
 	Log      *slog.Logger
 	Replica  string
 	Version  string
+	// Store, when set, reports the state store's kind and reachability.
+	Store func() StoreStatus
+}
+
+// StoreStatus is the state store as one replica sees it.
+type StoreStatus struct {
+	Kind string `json:"kind"` // "file" or "etcd"
+	Up   bool   `json:"up"`   // the last operation or probe reached the store
+	// Leader is set in a fleet: whether this replica runs auto-rollback.
+	Leader *bool `json:"leader,omitempty"`
 }
 
 type api struct {
@@ -135,6 +145,7 @@ type Status struct {
 	Replica           string                 `json:"replica,omitempty"`
 	Version           string                 `json:"version,omitempty"`
 	Colors            map[string]ColorStatus `json:"colors"`
+	Store             *StoreStatus           `json:"store,omitempty"`
 }
 
 // ColorStatus is the health of one colour.
@@ -161,6 +172,10 @@ func (a *api) snapshot(st state.State) Status {
 			}
 		}
 		s.Colors[c] = ColorStatus{Healthy: healthy, Total: len(inst), Instances: inst}
+	}
+	if a.cfg.Store != nil {
+		ss := a.cfg.Store()
+		s.Store = &ss
 	}
 	return s
 }

@@ -120,6 +120,11 @@ type InstanceStatus struct {
 	LastCheck time.Time `json:"last_check"`
 	// LastError describes the last probe's failure; "" after a pass.
 	LastError string `json:"last_error"`
+	// Ejected reports that passive outlier detection on the data path has
+	// taken the instance out of balancing until EjectedUntil. The Checker
+	// does not set these; the process that owns both views fills them in.
+	Ejected      bool       `json:"ejected"`
+	EjectedUntil *time.Time `json:"ejected_until,omitempty"`
 }
 
 // Health states of an instance, kept in instance.state.

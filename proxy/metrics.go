@@ -17,6 +17,8 @@ type Metrics struct {
 	inflight       *prometheus.GaugeVec
 	upstreamErrors *prometheus.CounterVec
 	draining       *prometheus.GaugeVec
+	retries        *prometheus.CounterVec
+	ejections      *prometheus.CounterVec
 }
 
 // DurationBuckets are the request_duration_seconds buckets: finer than the
@@ -47,8 +49,16 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Name: "bluegreen_draining_connections",
 			Help: "Long-lived connections (upgrades, event streams) on a colour that is no longer active, waiting to be closed.",
 		}, []string{"color"}),
+		retries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "bluegreen_upstream_retries_total",
+			Help: "Requests sent a second time, to another instance of the colour when there is one, after a failure that made it safe: refused connection, or a reset before any response byte of an idempotent request without a body.",
+		}, []string{"color"}),
+		ejections: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "bluegreen_outlier_ejections_total",
+			Help: "Times passive outlier detection took an instance out of balancing after consecutive failures.",
+		}, []string{"color", "instance"}),
 	}
-	for _, c := range []prometheus.Collector{m.requests, m.duration, m.inflight, m.upstreamErrors, m.draining} {
+	for _, c := range []prometheus.Collector{m.requests, m.duration, m.inflight, m.upstreamErrors, m.draining, m.retries, m.ejections} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("proxy metrics: %w", err)
 		}
@@ -95,6 +105,8 @@ type colorMetrics struct {
 	inflight prometheus.Gauge
 	draining prometheus.Gauge
 	errs     *prometheus.CounterVec
+	retries  prometheus.Counter
+	ejects   *prometheus.CounterVec
 }
 
 func (m *Metrics) forColor(color string) *colorMetrics {
@@ -108,6 +120,8 @@ func (m *Metrics) forColor(color string) *colorMetrics {
 		inflight: m.inflight.WithLabelValues(color),
 		draining: m.draining.WithLabelValues(color),
 		errs:     m.upstreamErrors,
+		retries:  m.retries.WithLabelValues(color),
+		ejects:   m.ejections,
 	}
 }
 
@@ -171,4 +185,19 @@ func (cm *colorMetrics) drainingGauge() prometheus.Gauge {
 		return nil
 	}
 	return cm.draining
+}
+
+func (cm *colorMetrics) retried() {
+	if cm != nil {
+		cm.retries.Inc()
+	}
+}
+
+// ejectionCounter is an instance's outlier_ejections_total child, created at
+// zero; nil without metrics.
+func (cm *colorMetrics) ejectionCounter(instance string) prometheus.Counter {
+	if cm == nil {
+		return nil
+	}
+	return cm.ejects.WithLabelValues(cm.color, instance)
 }

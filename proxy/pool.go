@@ -5,6 +5,12 @@
 // The request path reads only atomics: one routing snapshot behind an
 // atomic.Pointer and per-instance health and load counters. Health reaches a
 // pool through Pool.SetStatus; the pool never imports the health checker.
+//
+// Every attempt's outcome feeds passive outlier detection (OutlierConfig),
+// which takes an instance that keeps failing out of balancing for a growing
+// cool-down. A request that is safe to send again (an idempotent method
+// without a body, refused or reset before any response byte) is retried once
+// on another instance of the same colour.
 package proxy
 
 import (
@@ -39,10 +45,12 @@ type Backend struct {
 	url      *url.URL
 	name     string
 	pool     *Pool
+	rt       *Router
 	up       atomic.Bool
 	inflight atomic.Int64
 	rp       *httputil.ReverseProxy
 	errs     *upstreamErrorCounters
+	out      outlierState
 }
 
 // URL returns the instance's base URL.
@@ -67,6 +75,7 @@ type Pool struct {
 	next     atomic.Uint32
 	streams  *streamSet
 	metrics  *colorMetrics
+	poolOutliers
 }
 
 // Color is the colour this pool serves.
@@ -97,17 +106,35 @@ func (p *Pool) Healthy() int {
 	return n
 }
 
-// Pick chooses a healthy instance, or returns nil when none is healthy; the
-// caller turns nil into 503. It never falls over to another colour.
+// Pick chooses a healthy instance that outlier detection has not ejected,
+// or returns nil when there is none; the caller turns nil into 503. It never
+// falls over to another colour.
 func (p *Pool) Pick() *Backend {
 	if p.balance == LeastInflight {
-		return p.pickLeast()
+		return p.pickLeast(nil)
 	}
+	return p.pickRoundRobin(nil)
+}
+
+// pickOther is Pick without except: the target of a retry.
+func (p *Pool) pickOther(except *Backend) *Backend {
+	if p.balance == LeastInflight {
+		return p.pickLeast(except)
+	}
+	return p.pickRoundRobin(except)
+}
+
+func (p *Pool) pickRoundRobin(except *Backend) *Backend {
 	n := uint32(len(p.backends))
-	start := p.next.Add(1)
+	var start uint32
+	if except == nil {
+		start = p.next.Add(1)
+	} else {
+		start = p.next.Load() + 1 // a retry leaves the rotation alone
+	}
 	for i := range n {
 		b := p.backends[(start+i)%n]
-		if b.up.Load() {
+		if b != except && p.available(b) {
 			return b
 		}
 	}
@@ -116,14 +143,14 @@ func (p *Pool) Pick() *Backend {
 
 // pickLeast returns the healthy instance with the fewest requests in flight,
 // starting the scan at a rotating offset so ties are spread.
-func (p *Pool) pickLeast() *Backend {
+func (p *Pool) pickLeast(except *Backend) *Backend {
 	n := uint32(len(p.backends))
 	start := p.next.Add(1)
 	var best *Backend
 	var bestLoad int64
 	for i := range n {
 		b := p.backends[(start+i)%n]
-		if !b.up.Load() {
+		if b == except || !p.available(b) {
 			continue
 		}
 		if load := b.inflight.Load(); best == nil || load < bestLoad {

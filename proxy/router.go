@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httputil"
+	"net/netip"
 	"net/url"
 	"strconv"
 	"strings"
@@ -46,6 +47,17 @@ type Config struct {
 	Log *slog.Logger
 	// AccessLog, when set, receives one record per request.
 	AccessLog *slog.Logger
+	// Outlier configures passive outlier detection; the zero value disables it.
+	Outlier OutlierConfig
+	// Now is the clock of outlier detection; nil means time.Now.
+	Now func() time.Time
+	// TrustedProxies are the peers whose X-Forwarded-For, X-Forwarded-Host,
+	// X-Forwarded-Proto and Forwarded headers are kept (X-Forwarded-For is
+	// appended to). From any other peer every X-Forwarded-* header, Forwarded
+	// and X-Real-Ip are dropped and set afresh.
+	TrustedProxies []netip.Prefix
+	// StripPreviewHeader removes PreviewHeader before forwarding.
+	StripPreviewHeader bool
 }
 
 // snapshot is one immutable routing decision. A request loads it once.
@@ -67,6 +79,9 @@ type Router struct {
 	retryAfter    string
 	log           *slog.Logger
 	access        *slog.Logger
+	trusted       []netip.Prefix
+	stripPreview  bool
+	transport     http.RoundTripper
 	setMu         sync.Mutex // serialises SetActive
 }
 
@@ -89,6 +104,9 @@ func NewRouter(cfg Config) (*Router, error) {
 	if cfg.Transport == nil {
 		cfg.Transport = NewTransport(TransportConfig{})
 	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
 	if cfg.Colors[0].Name == "" || cfg.Colors[1].Name == "" || cfg.Colors[0].Name == cfg.Colors[1].Name {
 		return nil, fmt.Errorf("proxy: need two distinct colour names, got %q and %q", cfg.Colors[0].Name, cfg.Colors[1].Name)
 	}
@@ -98,6 +116,9 @@ func NewRouter(cfg Config) (*Router, error) {
 		retryAfter:    strconv.Itoa(int((cfg.RetryAfter + time.Second - 1) / time.Second)),
 		log:           cfg.Log,
 		access:        cfg.AccessLog,
+		trusted:       cfg.TrustedProxies,
+		transport:     cfg.Transport,
+		stripPreview:  cfg.StripPreviewHeader && cfg.PreviewHeader != "",
 	}
 	buffers := newBufferPool(1024)
 	errLog := slog.NewLogLogger(cfg.Log.Handler(), slog.LevelWarn)
@@ -107,6 +128,7 @@ func NewRouter(cfg Config) (*Router, error) {
 		}
 		cm := cfg.Metrics.forColor(cc.Name)
 		p := &Pool{color: cc.Name, balance: cfg.Balance, metrics: cm}
+		p.outlier, p.now, p.log = cfg.Outlier.policy(), cfg.Now, cfg.Log
 		p.streams = newStreamSet(cc.Name, cfg.DrainTimeout, cfg.Log, cm.drainingGauge())
 		seen := make(map[string]bool)
 		for _, u := range cc.URLs {
@@ -118,10 +140,11 @@ func NewRouter(cfg Config) (*Router, error) {
 				return nil, fmt.Errorf("proxy: colour %s: instance %s listed twice", cc.Name, name)
 			}
 			seen[name] = true
-			b := &Backend{url: u, name: name, pool: p, errs: cm.forInstance(name)}
+			b := &Backend{url: u, name: name, pool: p, rt: rt, errs: cm.forInstance(name)}
+			b.out.counter = cm.ejectionCounter(name)
 			b.rp = &httputil.ReverseProxy{
 				Rewrite:        b.rewrite,
-				Transport:      cfg.Transport,
+				Transport:      &backendTransport{b: b, base: cfg.Transport},
 				BufferPool:     buffers,
 				ErrorLog:       errLog,
 				ModifyResponse: b.modifyResponse,
@@ -184,6 +207,14 @@ func (rt *Router) Streams(color string) (open, draining int) {
 	return p.streams.Len(), p.streams.Draining()
 }
 
+// CloseIdleConnections closes the kept-alive connections to the instances
+// that are not carrying a request, when the transport supports it.
+func (rt *Router) CloseIdleConnections() {
+	if c, ok := rt.transport.(interface{ CloseIdleConnections() }); ok {
+		c.CloseIdleConnections()
+	}
+}
+
 // CloseStreams closes every upgraded connection and event stream at once;
 // used at the end of a graceful shutdown, since http.Server.Shutdown does not
 // wait for hijacked connections. It returns how many were closed.
@@ -215,6 +246,12 @@ func truthy(v string) bool { return v == "1" || strings.EqualFold(v, "true") }
 
 // ServeHTTP routes one request.
 func (rt *Router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method == http.MethodConnect {
+		// Not a forward proxy: no tunnels to anywhere.
+		w.Header().Set("Allow", "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS")
+		http.Error(w, "405 method not allowed", http.StatusMethodNotAllowed)
+		return
+	}
 	s := rt.snap.Load()
 	pool := s.active
 	if (rt.previewHeader != "" || rt.previewCookie != "") && rt.wantsPreview(r) {
@@ -288,18 +325,65 @@ func (rt *Router) errorHandler(b *Backend) func(http.ResponseWriter, *http.Reque
 			w.WriteHeader(http.StatusBadGateway)
 			return
 		}
-		b.errs.inc(kind)
-		rt.log.Warn("upstream error", "color", b.pool.color, "instance", b.name, "kind", kind, "method", r.Method, "path", r.URL.Path, "err", err)
+		inst := b
+		if ae := errAttempt(err); ae != nil {
+			inst = ae.b // counted by the transport already
+		} else {
+			b.errs.inc(kind)
+			b.failed()
+		}
+		rt.log.Warn("upstream error", "color", b.pool.color, "instance", inst.name, "kind", kind, "method", r.Method, "path", r.URL.Path, "err", err)
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		w.WriteHeader(status)
 		_, _ = io.WriteString(w, http.StatusText(status)+"\n")
 	}
 }
 
+// rewrite builds the outgoing request. Its URL always comes from the
+// instance: an absolute request URI or a Host header only ever change the
+// Host header the instance sees, never where the proxy connects.
 func (b *Backend) rewrite(pr *httputil.ProxyRequest) {
+	rt := b.rt
 	pr.SetURL(b.url)
 	pr.Out.Host = pr.In.Host // the instance sees the Host the client asked for
-	pr.SetXForwarded()
+	in, out := pr.In.Header, pr.Out.Header
+	if len(rt.trusted) > 0 && rt.trustedPeer(pr.In.RemoteAddr) {
+		// ReverseProxy dropped these from Out; a trusted proxy's values stand.
+		if v := in["X-Forwarded-For"]; len(v) > 0 {
+			out["X-Forwarded-For"] = v // SetXForwarded appends the peer
+		}
+		pr.SetXForwarded()
+		for _, k := range [...]string{"X-Forwarded-Host", "X-Forwarded-Proto", "Forwarded"} {
+			if v := in[k]; len(v) > 0 {
+				out[k] = v
+			}
+		}
+	} else {
+		for k := range out {
+			if strings.HasPrefix(k, "X-Forwarded-") || k == "X-Real-Ip" {
+				delete(out, k)
+			}
+		}
+		pr.SetXForwarded()
+	}
+	if rt.stripPreview {
+		delete(out, rt.previewHeader)
+	}
+}
+
+// trustedPeer reports whether the connection's peer is a trusted proxy.
+func (rt *Router) trustedPeer(remoteAddr string) bool {
+	ap, err := netip.ParseAddrPort(remoteAddr)
+	if err != nil {
+		return false
+	}
+	ip := ap.Addr().Unmap()
+	for _, p := range rt.trusted {
+		if p.Contains(ip) {
+			return true
+		}
+	}
+	return false
 }
 
 func (b *Backend) modifyResponse(res *http.Response) error {

@@ -39,7 +39,7 @@ func newBackend(t *testing.T, color string, n int) *backend {
 	return b
 }
 
-func mustURL(t *testing.T, s string) *url.URL {
+func mustURL(t testing.TB, s string) *url.URL {
 	t.Helper()
 	u, err := url.Parse(s)
 	if err != nil {
@@ -48,7 +48,7 @@ func mustURL(t *testing.T, s string) *url.URL {
 	return u
 }
 
-func testLogger(t *testing.T) *slog.Logger {
+func testLogger(t testing.TB) *slog.Logger {
 	return slog.New(slog.NewTextHandler(io.Discard, nil))
 }
 
@@ -92,6 +92,7 @@ func newFixture(t *testing.T, blue, green []string, mutate func(*Config)) *fixtu
 		}
 	}
 	front := httptest.NewServer(rt)
+	t.Cleanup(rt.CloseIdleConnections) // after front.Close: cleanups run last-in first-out
 	t.Cleanup(front.Close)
 	return &fixture{rt: rt, front: front, reg: reg}
 }

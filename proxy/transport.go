@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -88,7 +89,8 @@ func classify(ctx context.Context, err error) (status int, kind string) {
 	if errors.As(err, &oe) && oe.Op == "dial" {
 		return http.StatusBadGateway, KindDial
 	}
-	if errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+	if errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		strings.Contains(err.Error(), "server closed idle connection") { // net/http's unexported errServerClosedIdle
 		return http.StatusBadGateway, KindReset
 	}
 	return http.StatusBadGateway, KindOther

@@ -33,6 +33,14 @@ type Router interface {
 	SetActive(color string, generation uint64) error
 }
 
+// Leadership tells whether this replica may run auto-rollback. In a fleet
+// sharing one store exactly one replica holds it (an election); a nil
+// Leadership in Config means this replica always leads (a single proxy).
+// IsLeader must be cheap and safe for concurrent use.
+type Leadership interface {
+	IsLeader() bool
+}
+
 // HealthView tells how healthy each colour's instances are.
 type HealthView interface {
 	Healthy(color string) int
@@ -46,6 +54,7 @@ type Config struct {
 	AutoRollback bool          // roll back when the new colour goes bad within Window
 	Window       time.Duration // watch window after a cutover
 	HistoryLimit int           // switches kept in the state; default 100
+	Leadership   Leadership    // nil: always leader
 }
 
 // Request asks for a switch.
@@ -295,6 +304,16 @@ func (c *Controller) HealthChanged() {
 	}
 }
 
+// LeaderChanged tells the controller that this replica gained or lost the
+// leadership, so a new leader evaluates auto-rollback at once instead of
+// waiting for the next health change. It never blocks.
+func (c *Controller) LeaderChanged() { c.HealthChanged() }
+
+// leads reports whether this replica may run auto-rollback.
+func (c *Controller) leads() bool {
+	return c.cfg.Leadership == nil || c.cfg.Leadership.IsLeader()
+}
+
 // Run evaluates auto-rollback after health changes and applies states that
 // other writers stored (a fleet of proxies sharing one store), until ctx
 // ends.
@@ -350,9 +369,10 @@ func (c *Controller) inspect(color string) (healthy int, probed bool) {
 // maybeRollback switches back when the colour made active by a cutover has
 // lost every healthy instance within the watch window and the previous
 // colour has a healthy one. A forced cutover, a rollback and an
-// auto-rollback are never rolled back automatically.
+// auto-rollback are never rolled back automatically. Only the leader (see
+// Leadership) rolls back; the others follow its decision through the store.
 func (c *Controller) maybeRollback(ctx context.Context) {
-	if !c.cfg.AutoRollback {
+	if !c.cfg.AutoRollback || !c.leads() {
 		return
 	}
 	c.mu.Lock()

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"net/url"
 	"os"
 	"reflect"
@@ -45,12 +46,27 @@ type Config struct {
 	PreviewCookie       string        `env:"PREVIEW_COOKIE" envDefault:"bluegreen_preview"`
 	Balance             string        `env:"BALANCE" envDefault:"round-robin"`
 	UpstreamIdleTimeout time.Duration `env:"UPSTREAM_IDLE_TIMEOUT" envDefault:"30s"`
+	OutlierConsecutive  int           `env:"OUTLIER_CONSECUTIVE" envDefault:"5"`
+	OutlierEject        time.Duration `env:"OUTLIER_EJECT" envDefault:"30s"`
+	TrustedProxies      string        `env:"TRUSTED_PROXIES"`
+	PreviewStrip        bool          `env:"PREVIEW_STRIP" envDefault:"true"`
+	ReadHeaderTimeout   time.Duration `env:"READ_HEADER_TIMEOUT" envDefault:"10s"`
 	ReplicaID           string        `env:"REPLICA_ID"`
+	EtcdCAFile          string        `env:"ETCD_CA_FILE"`
+	EtcdCertFile        string        `env:"ETCD_CERT_FILE"`
+	EtcdKeyFile         string        `env:"ETCD_KEY_FILE"`
+	EtcdUsername        string        `env:"ETCD_USERNAME"`
+	EtcdPassword        string        `env:"ETCD_PASSWORD"`
+	EtcdPasswordFile    string        `env:"ETCD_PASSWORD_FILE"`
+	EtcdTimeout         time.Duration `env:"ETCD_TIMEOUT" envDefault:"2s"`
+	EtcdLeaseTTL        time.Duration `env:"ETCD_LEASE_TTL" envDefault:"5s"`
 
 	// Derived by loadConfig.
 	blue, green []*url.URL
 	token       string
+	etcd        etcdOptions
 	balance     proxy.Balance
+	trusted     []netip.Prefix
 }
 
 // configError lists every bad variable, one line each.
@@ -81,12 +97,12 @@ func loadConfig(environ []string, hostname func() (string, error)) (Config, erro
 	}
 
 	var err error
-	if vars[envPrefix+"BLUE_URLS"] != "" {
+	if _, set := vars[envPrefix+"BLUE_URLS"]; set {
 		if cfg.blue, err = parseURLs(cfg.BlueURLs); err != nil {
 			bad("BLUE_URLS", cfg.BlueURLs, err.Error())
 		}
 	}
-	if vars[envPrefix+"GREEN_URLS"] != "" {
+	if _, set := vars[envPrefix+"GREEN_URLS"]; set {
 		if cfg.green, err = parseURLs(cfg.GreenURLs); err != nil {
 			bad("GREEN_URLS", cfg.GreenURLs, err.Error())
 		}
@@ -102,8 +118,8 @@ func loadConfig(environ []string, hostname func() (string, error)) (Config, erro
 	}
 	if scheme, _, err := state.ParseSpec(cfg.State); err != nil {
 		bad("STATE", cfg.State, "expected file:PATH or etcd://host:2379,host:2379/prefix")
-	} else if scheme != "file" {
-		bad("STATE", cfg.State, "etcd state stores are not built into this binary yet; use file:PATH")
+	} else if scheme == "etcd" {
+		problems = append(problems, cfg.loadEtcd(bad)...)
 	}
 	if !strings.HasPrefix(cfg.HealthPath, "/") {
 		bad("HEALTH_PATH", cfg.HealthPath, "expected an absolute path such as /health")
@@ -118,6 +134,14 @@ func loadConfig(environ []string, hostname func() (string, error)) (Config, erro
 	positive("ROLLBACK_WINDOW", cfg.RollbackWindow)
 	positive("DRAIN_TIMEOUT", cfg.DrainTimeout)
 	positive("UPSTREAM_IDLE_TIMEOUT", cfg.UpstreamIdleTimeout)
+	positive("OUTLIER_EJECT", cfg.OutlierEject)
+	positive("READ_HEADER_TIMEOUT", cfg.ReadHeaderTimeout)
+	if cfg.OutlierConsecutive < 0 {
+		bad("OUTLIER_CONSECUTIVE", fmt.Sprint(cfg.OutlierConsecutive), "expected an integer of at least 0 (0 disables outlier detection)")
+	}
+	if cfg.trusted, err = parsePrefixes(cfg.TrustedProxies); err != nil {
+		bad("TRUSTED_PROXIES", cfg.TrustedProxies, err.Error())
+	}
 	if cfg.HealthRise < 1 {
 		bad("HEALTH_RISE", fmt.Sprint(cfg.HealthRise), "expected an integer of at least 1")
 	}
@@ -282,4 +306,26 @@ func shortFileError(err error) string {
 		return pe.Err.Error()
 	}
 	return err.Error()
+}
+
+// parsePrefixes parses a comma-separated list of CIDR prefixes or single
+// addresses (10.0.0.0/8, 192.168.1.5, fd00::/8).
+func parsePrefixes(s string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for part := range strings.SplitSeq(s, ",") {
+		part = strings.TrimSpace(part)
+		if part == "" {
+			continue
+		}
+		if p, err := netip.ParsePrefix(part); err == nil {
+			out = append(out, p.Masked())
+			continue
+		}
+		a, err := netip.ParseAddr(part)
+		if err != nil || a.Zone() != "" {
+			return nil, fmt.Errorf("%q is not an address or CIDR prefix: expected a list such as 10.0.0.0/8,192.168.1.5", part)
+		}
+		out = append(out, netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()))
+	}
+	return out, nil
 }

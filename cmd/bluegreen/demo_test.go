@@ -50,6 +50,7 @@ func TestDemo(t *testing.T) {
 	if b := get(pub + "/"); !strings.HasPrefix(b, "color=blue version=v1") {
 		t.Fatalf("demo proxy answered %q", b)
 	}
+	get(adm + "/readyz") // every instance probed: green is known healthy
 	res, err := http.Post(adm+"/admin/cutover", "", nil)
 	if err != nil || res.StatusCode != 200 {
 		t.Fatalf("cutover without a token on loopback: %v %v", err, res)

@@ -19,7 +19,6 @@ import (
 	"github.com/cryoprotect/bluegreen/health"
 	"github.com/cryoprotect/bluegreen/proxy"
 	"github.com/cryoprotect/bluegreen/rollout"
-	"github.com/cryoprotect/bluegreen/state"
 )
 
 var colors = [2]string{"blue", "green"}
@@ -63,7 +62,7 @@ type addrs struct{ public, admin string }
 // serve runs the proxy until ctx ends, then shuts down gracefully. ready,
 // when set, is called with the bound addresses once both listeners accept.
 func serve(ctx context.Context, cfg Config, log *slog.Logger, version string, ready func(addrs)) error {
-	store, err := state.Open(cfg.State)
+	store, es, err := openStore(ctx, cfg, log)
 	if err != nil {
 		return startupError{fmt.Errorf("%sSTATE=%q: %w", envPrefix, cfg.State, err)}
 	}
@@ -83,6 +82,11 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, version string, re
 	if err != nil {
 		return err
 	}
+	// In a fleet (etcd store) one elected replica runs auto-rollback.
+	fleet := newFleet(es)
+	if err := fleet.register(reg); err != nil {
+		return err
+	}
 
 	var accessLog *slog.Logger
 	if cfg.AccessLog {
@@ -98,6 +102,8 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, version string, re
 		Log:          log,
 		AccessLog:    accessLog,
 	}
+	pcfg.Outlier = proxy.OutlierConfig{Consecutive: cfg.OutlierConsecutive, Eject: cfg.OutlierEject}
+	pcfg.TrustedProxies, pcfg.StripPreviewHeader = cfg.trusted, cfg.PreviewStrip
 	if cfg.Preview {
 		pcfg.PreviewHeader, pcfg.PreviewCookie = cfg.PreviewHeader, cfg.PreviewCookie
 	}
@@ -123,6 +129,7 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, version string, re
 	ctl, err = rollout.New(rollout.Config{
 		Colors: colors, InitialColor: cfg.InitialColor,
 		AutoRollback: cfg.AutoRollback, Window: cfg.RollbackWindow,
+		Leadership: fleet.leadership(),
 	}, store, router, hv, rm, log, time.Now)
 	if err != nil {
 		return startupError{err}
@@ -156,14 +163,14 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, version string, re
 		return true, ""
 	}
 	admHandler := admin.New(admin.Config{
-		Token: cfg.token, Controller: ctl, Health: hv, Colors: colors,
+		Token: cfg.token, Controller: ctl, Health: withEjections{hv, router}, Colors: colors,
 		Applied: router.Active, Ready: readiness, Gatherer: reg, Log: log,
-		Replica: cfg.ReplicaID, Version: version,
+		Replica: cfg.ReplicaID, Version: version, Store: fleet.status,
 	})
 	errLog := slog.NewLogLogger(log.Handler(), slog.LevelWarn)
 	pub := &http.Server{
 		Handler:           router,
-		ReadHeaderTimeout: 10 * time.Second,
+		ReadHeaderTimeout: cfg.ReadHeaderTimeout,
 		IdleTimeout:       120 * time.Second,
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          errLog,
@@ -176,6 +183,9 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, version string, re
 		wg.Go(func() { ch.Run(bg) })
 	}
 	wg.Go(func() { ctl.Run(bg) })
+	if es != nil {
+		wg.Go(func() { fleet.elect(bg, cfg.ReplicaID, cfg.etcd.ttl, ctl.LeaderChanged) })
+	}
 
 	serveErr := make(chan error, 2)
 	go func() { serveErr <- pub.Serve(pubLn) }()

@@ -1,0 +1,264 @@
+package main
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// countingApp is an instance that answers /health and counts every other
+// request it receives.
+func countingApp(t *testing.T) (*httptest.Server, *atomic.Int64) {
+	var n atomic.Int64
+	s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/health" {
+			n.Add(1)
+		}
+		_, _ = io.Copy(io.Discard, r.Body)
+		_, _ = io.WriteString(w, "ok")
+	}))
+	t.Cleanup(s.Close)
+	return s, &n
+}
+
+// rawExchange writes raw bytes to the public listener and reads one answer.
+func rawExchange(t *testing.T, pub, raw string) *http.Response {
+	t.Helper()
+	c, err := net.Dial("tcp", strings.TrimPrefix(pub, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.WriteString(c, raw); err != nil {
+		t.Fatal(err)
+	}
+	res, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatalf("reading the answer to %q: %v", raw, err)
+	}
+	_, _ = io.Copy(io.Discard, res.Body)
+	res.Body.Close()
+	return res
+}
+
+// TestServeRejectsSmugglingAndOversize: malformed framing is refused by the
+// public listener itself and never reaches an instance.
+func TestServeRejectsSmugglingAndOversize(t *testing.T) {
+	be, hits := countingApp(t)
+	st := startStack(t, 1, 1, "BLUEGREEN_BLUE_URLS="+be.URL)
+	big := strings.Repeat("a", 70<<10)
+	cases := []struct {
+		name string
+		raw  string
+		want int
+	}{
+		{"duplicate differing Content-Length", "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!", 400},
+		{"Content-Length list", "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5, 6\r\n\r\nhello!", 400},
+		{"signed Content-Length", "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: +5\r\n\r\nhello", 400},
+		{"space before colon", "POST / HTTP/1.1\r\nHost: x\r\nContent-Length : 5\r\n\r\nhello", 400},
+		{"Transfer-Encoding other than chunked", "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", 501},
+		{"Transfer-Encoding chunked twice", "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 501},
+		{"no Host in HTTP/1.1", "GET / HTTP/1.1\r\n\r\n", 400},
+		{"oversized headers", "GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + big + "\r\n\r\n", 431},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			before := hits.Load()
+			res := rawExchange(t, st.pub, tc.raw)
+			if res.StatusCode != tc.want {
+				t.Errorf("status %d, want %d", res.StatusCode, tc.want)
+			}
+			if hits.Load() != before {
+				t.Errorf("the instance received the request")
+			}
+		})
+	}
+	// Both Content-Length and Transfer-Encoding: net/http drops the
+	// Content-Length and reads the chunked body, and the proxy sends the
+	// instance a freshly framed request, so the instance and the proxy
+	// never disagree on where a request ends: the bytes after the chunked
+	// body are a second request of the same client, not a smuggled one.
+	before := hits.Load()
+	res := rawExchange(t, st.pub, "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nA\r\n0\r\n\r\n")
+	if res.StatusCode != 200 || hits.Load() != before+1 {
+		t.Fatalf("CL+TE: %s, instance hits %d", res.Status, hits.Load())
+	}
+	t.Logf("%d malformed requests refused by the listener, 0 reached the instance", len(cases))
+}
+
+// TestServeSlowlorisCut: a client that sends its headers a byte at a time
+// is cut off after BLUEGREEN_READ_HEADER_TIMEOUT.
+func TestServeSlowlorisCut(t *testing.T) {
+	be, hits := countingApp(t)
+	st := startStack(t, 1, 1, "BLUEGREEN_BLUE_URLS="+be.URL, "BLUEGREEN_READ_HEADER_TIMEOUT=300ms")
+	c, err := net.Dial("tcp", strings.TrimPrefix(st.pub, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	start := time.Now()
+	head := "GET / HTTP/1.1\r\nHost: x\r\nX-Slow: " + strings.Repeat("a", 1000)
+	// The server either answers 408 or just closes; both end the read.
+	closed := make(chan error, 1)
+	go func() {
+		b := make([]byte, 1)
+		_, err := c.Read(b)
+		if err == nil && b[0] != 'H' {
+			err = fmt.Errorf("unexpected byte %q", b[0])
+		}
+		closed <- err
+	}()
+	sent := 0
+	tick := time.NewTicker(50 * time.Millisecond) // the slow client's pace
+	defer tick.Stop()
+loop:
+	for ; sent < len(head); sent++ {
+		select {
+		case err := <-closed:
+			if err != nil && !errors.Is(err, io.EOF) && !strings.Contains(err.Error(), "reset") {
+				t.Fatalf("unexpected read result: %v", err)
+			}
+			break loop
+		case <-tick.C:
+			if _, err := c.Write([]byte{head[sent]}); err != nil {
+				break loop
+			}
+		}
+	}
+	took := time.Since(start)
+	if sent == len(head) || took > 5*time.Second {
+		t.Fatalf("slow client not cut: sent %d bytes over %v", sent, took)
+	}
+	if hits.Load() != 0 {
+		t.Fatal("the instance received the slow request")
+	}
+	t.Logf("slow client cut after %d bytes in %v (read header timeout 300ms)", sent, took.Round(time.Millisecond))
+}
+
+// TestServeOutlierEjectionShown: passive ejection shows in /admin/status
+// and in bluegreen_outlier_ejections_total.
+func TestServeOutlierEjectionShown(t *testing.T) {
+	st := startStack(t, 2, 1, "BLUEGREEN_OUTLIER_CONSECUTIVE=2", "BLUEGREEN_OUTLIER_EJECT=1m")
+	for range 10 {
+		if _, code := st.colorOf("/status/500"); code != 500 {
+			t.Fatalf("status %d", code)
+		}
+	}
+	ejected := 0
+	for _, in := range st.status().Colors["blue"].Instances {
+		if in.Ejected {
+			ejected++
+			if in.EjectedUntil == nil || time.Until(*in.EjectedUntil) <= 0 {
+				t.Fatalf("ejected instance without a future ejected_until: %+v", in)
+			}
+		}
+	}
+	if ejected != 1 {
+		t.Fatalf("%d blue instances ejected, want 1 (never the last one)", ejected)
+	}
+	res, err := http.Get(st.adm + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(res.Body)
+	res.Body.Close()
+	if !strings.Contains(string(b), `bluegreen_outlier_ejections_total{color="blue",instance="`) ||
+		!strings.Contains(grep(string(b), "bluegreen_outlier_ejections_total{color=\"blue\""), "} 1") {
+		t.Fatalf("ejection metric missing:\n%s", grep(string(b), "outlier"))
+	}
+}
+
+func TestConfigHardeningVariables(t *testing.T) {
+	base := []string{"BLUEGREEN_BLUE_URLS=http://b:1", "BLUEGREEN_GREEN_URLS=http://g:1"}
+	cfg, err := loadConfig(base, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.OutlierConsecutive != 5 || cfg.OutlierEject != 30*time.Second || !cfg.PreviewStrip ||
+		cfg.ReadHeaderTimeout != 10*time.Second || len(cfg.trusted) != 0 {
+		t.Fatalf("defaults: %+v", cfg)
+	}
+	cfg, err = loadConfig(append(base, "BLUEGREEN_TRUSTED_PROXIES=10.0.0.0/8, 192.168.1.5,fd00::/8", "BLUEGREEN_OUTLIER_CONSECUTIVE=0"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(cfg.trusted) != "[10.0.0.0/8 192.168.1.5/32 fd00::/8]" || cfg.OutlierConsecutive != 0 {
+		t.Fatalf("trusted %v consecutive %d", cfg.trusted, cfg.OutlierConsecutive)
+	}
+	for _, kv := range []string{
+		"BLUEGREEN_TRUSTED_PROXIES=10.0.0.0/33",
+		"BLUEGREEN_TRUSTED_PROXIES=proxy.example",
+		"BLUEGREEN_OUTLIER_CONSECUTIVE=-1",
+		"BLUEGREEN_OUTLIER_EJECT=0s",
+		"BLUEGREEN_READ_HEADER_TIMEOUT=-1s",
+		"BLUEGREEN_PREVIEW_STRIP=maybe",
+	} {
+		_, err := loadConfig(append(base, kv), nil)
+		name, _, _ := strings.Cut(kv, "=")
+		if err == nil || !strings.Contains(err.Error(), name) {
+			t.Errorf("%s: error %v does not name the variable", kv, err)
+		}
+	}
+}
+
+// TestServeBackendKilledUnderLoad: the whole serve stack (health checks,
+// outlier detection, retry) with two instances per colour; one blue
+// instance is killed hard while 64 clients send GETs. None fails.
+func TestServeBackendKilledUnderLoad(t *testing.T) {
+	st := startStack(t, 2, 2)
+	const clients, perClient, killAt = 64, 25, 64 * 6
+	var sent, failed atomic.Int64
+	var firstErr atomic.Value
+	victim := st.blue[1]
+	var wg sync.WaitGroup
+	for range clients {
+		wg.Go(func() {
+			for range perClient {
+				if sent.Add(1) == killAt {
+					victim.Listener.Close()
+					victim.CloseClientConnections()
+				}
+				res, err := st.httpClient.Get(st.pub + "/")
+				if err != nil {
+					failed.Add(1)
+					firstErr.CompareAndSwap(nil, err.Error())
+					continue
+				}
+				_, _ = io.Copy(io.Discard, res.Body)
+				res.Body.Close()
+				if res.StatusCode != http.StatusOK {
+					failed.Add(1)
+					firstErr.CompareAndSwap(nil, res.Status)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	m := metricsText(t, st.adm)
+	t.Logf("%d GETs by %d clients, blue instance killed after %d: %d failed\n%s", sent.Load(), clients, killAt, failed.Load(),
+		grep(m, "bluegreen_upstream_retries_total{color=\"blue\"}"))
+	if failed.Load() != 0 {
+		t.Fatalf("%d of %d requests failed; first: %v", failed.Load(), sent.Load(), firstErr.Load())
+	}
+}
+
+func metricsText(t *testing.T, adm string) string {
+	t.Helper()
+	res, err := http.Get(adm + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	b, _ := io.ReadAll(res.Body)
+	return string(b)
+}

@@ -1,0 +1,168 @@
+package proxy
+
+import (
+	"bufio"
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"strings"
+	"sync/atomic"
+	"testing"
+)
+
+// recorder is an instance that keeps the last request's headers and Host.
+type recorder struct {
+	*httptest.Server
+	hits atomic.Int64
+	last atomic.Pointer[http.Request]
+}
+
+func newRecorder(t testing.TB) *recorder {
+	r := &recorder{}
+	r.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		r.hits.Add(1)
+		r.last.Store(req.Clone(req.Context()))
+	}))
+	t.Cleanup(r.Close)
+	return r
+}
+
+func TestForwardedHeadersTrust(t *testing.T) {
+	cases := []struct {
+		name    string
+		trusted []netip.Prefix
+		wantXFF string
+		wantXFH string
+		wantXFP string
+		wantEx  string // X-Forwarded-Port
+	}{
+		{"untrusted peer", nil, "127.0.0.1", "front.example", "http", ""},
+		{"other network trusted", []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}, "127.0.0.1", "front.example", "http", ""},
+		{"trusted peer", []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}, "6.6.6.6, 127.0.0.1", "lb.example", "https", "443"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			be := newRecorder(t)
+			green := newBackend(t, "green", 0)
+			f := newFixture(t, []string{be.URL}, []string{green.URL}, func(c *Config) { c.TrustedProxies = tc.trusted })
+			req, _ := http.NewRequest(http.MethodGet, f.front.URL, nil)
+			req.Host = "front.example"
+			req.Header.Set("X-Forwarded-For", "6.6.6.6")
+			req.Header.Set("X-Forwarded-Host", "lb.example")
+			req.Header.Set("X-Forwarded-Proto", "https")
+			req.Header.Set("X-Forwarded-Port", "443")
+			req.Header.Set("X-Real-Ip", "6.6.6.6")
+			res, err := f.front.Client().Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			res.Body.Close()
+			h := be.last.Load().Header
+			if got := h.Get("X-Forwarded-For"); got != tc.wantXFF {
+				t.Errorf("X-Forwarded-For %q, want %q", got, tc.wantXFF)
+			}
+			if got := h.Get("X-Forwarded-Host"); got != tc.wantXFH {
+				t.Errorf("X-Forwarded-Host %q, want %q", got, tc.wantXFH)
+			}
+			if got := h.Get("X-Forwarded-Proto"); got != tc.wantXFP {
+				t.Errorf("X-Forwarded-Proto %q, want %q", got, tc.wantXFP)
+			}
+			if got := h.Get("X-Forwarded-Port"); got != tc.wantEx {
+				t.Errorf("X-Forwarded-Port %q, want %q", got, tc.wantEx)
+			}
+			if tc.trusted == nil && h.Get("X-Real-Ip") != "" {
+				t.Error("X-Real-Ip from an untrusted client was forwarded")
+			}
+		})
+	}
+}
+
+func TestPreviewHeaderStripped(t *testing.T) {
+	for _, strip := range []bool{true, false} {
+		blue := newRecorder(t)
+		green := newRecorder(t)
+		f := newFixture(t, []string{blue.URL}, []string{green.URL}, func(c *Config) { c.StripPreviewHeader = strip })
+		get(t, f.front.Client(), f.front.URL, map[string]string{"X-Bluegreen-Preview": "1"})
+		if green.hits.Load() != 1 {
+			t.Fatal("preview request did not reach the idle colour")
+		}
+		if got := green.last.Load().Header.Get("X-Bluegreen-Preview"); (got == "") != strip {
+			t.Errorf("strip=%v: instance saw preview header %q", strip, got)
+		}
+	}
+}
+
+func TestHopByHopHeadersStripped(t *testing.T) {
+	be := newRecorder(t)
+	green := newBackend(t, "green", 0)
+	f := newFixture(t, []string{be.URL}, []string{green.URL}, nil)
+	req, _ := http.NewRequest(http.MethodGet, f.front.URL, nil)
+	for _, h := range []string{"Keep-Alive", "Proxy-Authorization", "Proxy-Connection", "Te", "Trailer", "X-Drop-Me"} {
+		req.Header.Set(h, "x")
+	}
+	req.Header.Set("Connection", "X-Drop-Me")
+	req.Header.Set("X-Keep-Me", "y")
+	res, err := f.front.Client().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	h := be.last.Load().Header
+	for _, k := range []string{"Keep-Alive", "Proxy-Authorization", "Proxy-Connection", "Trailer", "X-Drop-Me"} {
+		if v := h.Get(k); v != "" {
+			t.Errorf("hop-by-hop %s=%q forwarded", k, v)
+		}
+	}
+	if h.Get("X-Keep-Me") != "y" {
+		t.Error("an end-to-end header was dropped")
+	}
+}
+
+// TestNoOpenProxy: absolute request URIs for another host, any Host header
+// and CONNECT never make the proxy connect anywhere but a configured
+// instance.
+func TestNoOpenProxy(t *testing.T) {
+	be := newRecorder(t)
+	other := newRecorder(t) // a listener the proxy must never reach
+	green := newBackend(t, "green", 0)
+	f := newFixture(t, []string{be.URL}, []string{green.URL}, nil)
+	otherHost := strings.TrimPrefix(other.URL, "http://")
+	front := strings.TrimPrefix(f.front.URL, "http://")
+	raw := []string{
+		"GET http://" + otherHost + "/steal HTTP/1.1\r\nHost: " + otherHost + "\r\n\r\n",
+		"GET /steal HTTP/1.1\r\nHost: " + otherHost + "\r\n\r\n",
+		"GET http://" + otherHost + "/steal HTTP/1.1\r\nHost: " + front + "\r\n\r\n",
+		"GET //" + otherHost + "/steal HTTP/1.1\r\nHost: " + front + "\r\n\r\n",
+		"CONNECT " + otherHost + " HTTP/1.1\r\nHost: " + otherHost + "\r\n\r\n",
+	}
+	wantBackend := int64(0)
+	for i, r := range raw {
+		c, err := net.Dial("tcp", front)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprint(c, r)
+		res, err := http.ReadResponse(bufio.NewReader(c), nil)
+		c.Close()
+		if err != nil {
+			t.Fatalf("request %d: %v", i, err)
+		}
+		res.Body.Close()
+		if strings.HasPrefix(r, "CONNECT") {
+			if res.StatusCode != http.StatusMethodNotAllowed {
+				t.Errorf("CONNECT: %s, want 405", res.Status)
+			}
+			continue
+		}
+		wantBackend++
+		if res.StatusCode != http.StatusOK || be.hits.Load() != wantBackend {
+			t.Errorf("request %d: %s, backend hits %d, want 200 and %d", i, res.Status, be.hits.Load(), wantBackend)
+		}
+	}
+	if n := other.hits.Load(); n != 0 {
+		t.Fatalf("the proxy connected to a host that is not a configured instance: %d requests", n)
+	}
+	t.Logf("%d hostile requests: configured instance got %d, other listener got 0", len(raw), be.hits.Load())
+}

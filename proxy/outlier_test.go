@@ -1,0 +1,162 @@
+package proxy
+
+import (
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+)
+
+type fakeClock struct{ ns atomic.Int64 }
+
+func newFakeClock() *fakeClock {
+	c := &fakeClock{}
+	c.ns.Store(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC).UnixNano())
+	return c
+}
+
+func (c *fakeClock) Now() time.Time          { return time.Unix(0, c.ns.Load()) }
+func (c *fakeClock) Advance(d time.Duration) { c.ns.Add(int64(d)) }
+
+// failing is an instance whose answers turn 500 while bad is set.
+func failing(t *testing.T, bad *atomic.Bool, hits *atomic.Int64) *httptest.Server {
+	s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hits.Add(1)
+		if bad.Load() {
+			w.WriteHeader(http.StatusInternalServerError)
+			return
+		}
+		_, _ = io.WriteString(w, "ok")
+	}))
+	t.Cleanup(s.Close)
+	return s
+}
+
+func TestOutlierEjectionGrowsAndExpires(t *testing.T) {
+	var bad atomic.Bool
+	var badHits, goodHits atomic.Int64
+	bad.Store(true)
+	b0 := failing(t, &bad, &badHits)
+	var never atomic.Bool
+	b1 := failing(t, &never, &goodHits)
+	green := newBackend(t, "green", 0)
+	clock := newFakeClock()
+	f := newFixture(t, []string{b0.URL, b1.URL}, []string{green.URL}, func(c *Config) {
+		c.Outlier = OutlierConfig{Consecutive: 3, Eject: 10 * time.Second, MaxEject: 30 * time.Second}
+		c.Now = clock.Now
+	})
+	be := f.rt.pools[0].backends[0]
+	c := f.front.Client()
+	// sendUntilEjected sends requests until the bad instance is out and
+	// returns how many 500s it answered.
+	sendUntilEjected := func() int64 {
+		t.Helper()
+		start := badHits.Load()
+		for i := 0; i < 20; i++ {
+			if ej, _ := be.Ejected(); ej {
+				return badHits.Load() - start
+			}
+			get(t, c, f.front.URL, nil)
+		}
+		t.Fatal("bad instance never ejected")
+		return 0
+	}
+	for i, want := range []time.Duration{10 * time.Second, 20 * time.Second, 30 * time.Second, 30 * time.Second} {
+		if n := sendUntilEjected(); n != 3 {
+			t.Fatalf("ejection %d after %d failures, want 3", i+1, n)
+		}
+		_, until := be.Ejected()
+		if got := until.Sub(clock.Now()); got != want {
+			t.Fatalf("ejection %d: cool-down %v, want %v", i+1, got, want)
+		}
+		before := badHits.Load()
+		for range 10 {
+			if code, _, _ := get(t, c, f.front.URL, nil); code != 200 {
+				t.Fatalf("ejected instance still answered: %d", code)
+			}
+		}
+		if badHits.Load() != before {
+			t.Fatal("an ejected instance got traffic")
+		}
+		clock.Advance(want)
+	}
+	if got := testutil.ToFloat64(be.out.counter); got != 4 {
+		t.Fatalf("bluegreen_outlier_ejections_total = %v, want 4", got)
+	}
+	// Back in after the cool-down; healthy answers reset the count, and
+	// staying in longer than MaxEject starts the cool-downs over.
+	bad.Store(false)
+	for range 4 {
+		get(t, c, f.front.URL, nil)
+	}
+	if ej, _ := be.Ejected(); ej || badHits.Load() == 0 {
+		t.Fatal("instance not back after its cool-down")
+	}
+	clock.Advance(31 * time.Second)
+	bad.Store(true)
+	sendUntilEjected()
+	if _, until := be.Ejected(); until.Sub(clock.Now()) != 10*time.Second {
+		t.Fatalf("cool-down did not start over: %v", until.Sub(clock.Now()))
+	}
+}
+
+func TestOutlierNeverEjectsLastInstance(t *testing.T) {
+	var bad0, bad1 atomic.Bool
+	bad0.Store(true)
+	bad1.Store(true)
+	var h0, h1 atomic.Int64
+	b0, b1 := failing(t, &bad0, &h0), failing(t, &bad1, &h1)
+	green := newBackend(t, "green", 0)
+	clock := newFakeClock()
+	f := newFixture(t, []string{b0.URL, b1.URL}, []string{green.URL}, func(c *Config) {
+		c.Outlier = OutlierConfig{Consecutive: 2, Eject: time.Minute}
+		c.Now = clock.Now
+	})
+	for range 20 {
+		if code, _, _ := get(t, f.front.Client(), f.front.URL, nil); code != 500 {
+			t.Fatalf("status %d: with every instance failing the answers pass through, never 503", code)
+		}
+	}
+	ejected := 0
+	for _, b := range f.rt.pools[0].backends {
+		if ej, _ := b.Ejected(); ej {
+			ejected++
+		}
+	}
+	if ejected != 1 {
+		t.Fatalf("%d instances ejected, want exactly 1: the last one stays", ejected)
+	}
+}
+
+func TestOutlierDisabledAndDialFailures(t *testing.T) {
+	dead := httptest.NewServer(http.NotFoundHandler())
+	deadURL := dead.URL
+	dead.Close()
+	for _, consecutive := range []int{0, 5} {
+		live := newBackend(t, "blue", 1)
+		green := newBackend(t, "green", 0)
+		clock := newFakeClock()
+		f := newFixture(t, []string{deadURL, live.URL}, []string{green.URL}, func(c *Config) {
+			c.Outlier = OutlierConfig{Consecutive: consecutive}
+			c.Now = clock.Now
+		})
+		for range 20 {
+			if code, _, _ := get(t, f.front.Client(), f.front.URL, nil); code != 200 {
+				t.Fatalf("consecutive=%d: status %d; a refused connection is retried", consecutive, code)
+			}
+		}
+		ej, until := f.rt.pools[0].backends[0].Ejected()
+		if want := consecutive > 0; ej != want {
+			t.Fatalf("consecutive=%d: ejected=%v, want %v", consecutive, ej, want)
+		}
+		if ej && until.Sub(clock.Now()) != 30*time.Second {
+			t.Fatalf("default cool-down %v, want 30s", until.Sub(clock.Now()))
+		}
+		t.Logf("consecutive=%d: 20 requests, 0 failed, %d retried, dead instance ejected=%v",
+			consecutive, int(testutil.ToFloat64(f.rt.pools[0].metrics.retries)), ej)
+	}
+}

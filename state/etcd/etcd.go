@@ -1,0 +1,498 @@
+// Package etcd is a state.Store kept in etcd, for a fleet of proxies that
+// share one active colour.
+//
+// The state lives under one key, <prefix>/state, encoded with state.Encode.
+// A CompareAndSwap is one etcd transaction guarded by the key's mod
+// revision, so two replicas switching at once cannot both win. Every Watch
+// follows the key and resumes after a broken watch (a lost member, a lost
+// leader) by reloading the key and watching again from the revision it
+// read, so a replica that was cut off catches up as soon as the cluster
+// answers again.
+//
+// It lives in its own package so that package state, and a build that only
+// uses the file store, carry no etcd dependency.
+package etcd
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
+	"github.com/cryoprotect/bluegreen/state"
+)
+
+// ErrUnavailable reports that etcd did not answer in time (no reachable
+// member, or no quorum). Errors from a Store wrap it together with the cause.
+var ErrUnavailable = errors.New("etcd unavailable")
+
+// Defaults for Options.
+const (
+	DefaultOpTimeout     = 2 * time.Second
+	DefaultProbeInterval = time.Second
+)
+
+// Options configure a Store. The zero value connects without TLS or
+// authentication and uses the defaults above.
+type Options struct {
+	// OpTimeout bounds every read and write, so a caller learns quickly that
+	// etcd is away (a cutover then answers 503 instead of hanging).
+	OpTimeout time.Duration
+	// ProbeInterval is how often Up is refreshed by a read of the key.
+	ProbeInterval time.Duration
+
+	// CAFile verifies the members' certificates; setting it (or CertFile)
+	// switches the connection to TLS.
+	CAFile string
+	// CertFile and KeyFile are a client certificate for mutual TLS; both or
+	// neither.
+	CertFile, KeyFile string
+	// Username and Password authenticate with etcd's user store.
+	Username, Password string
+
+	// Log receives watch and connectivity changes; nil discards them.
+	Log *slog.Logger
+}
+
+// Spec is a parsed etcd store spec.
+type Spec struct {
+	Endpoints []string // host:port of each member
+	Prefix    string   // key prefix, starting with "/" and without a trailing "/"
+}
+
+// Key returns the key that holds the state.
+func (s Spec) Key() string { return s.Prefix + "/state" }
+
+// ParseSpec parses "etcd://host1:2379,host2:2379/prefix/path". The rest
+// after "etcd://" is also accepted alone (as returned by state.ParseSpec).
+func ParseSpec(spec string) (Spec, error) {
+	rest := strings.TrimPrefix(spec, "etcd://")
+	hosts, path, ok := strings.Cut(rest, "/")
+	if !ok || strings.Trim(path, "/") == "" {
+		return Spec{}, fmt.Errorf("etcd spec %q: no key prefix (want etcd://host:2379,host:2379/prefix)", spec)
+	}
+	var sp Spec
+	for h := range strings.SplitSeq(hosts, ",") {
+		h = strings.TrimSpace(h)
+		if h == "" {
+			continue
+		}
+		if host, port, err := net.SplitHostPort(h); err != nil || host == "" || port == "" {
+			return Spec{}, fmt.Errorf("etcd spec %q: endpoint %q: want host:port", spec, h)
+		}
+		sp.Endpoints = append(sp.Endpoints, h)
+	}
+	if len(sp.Endpoints) == 0 {
+		return Spec{}, fmt.Errorf("etcd spec %q: no endpoints (want etcd://host:2379,host:2379/prefix)", spec)
+	}
+	sp.Prefix = "/" + strings.Trim(path, "/")
+	return sp, nil
+}
+
+// Store is a state.Store in etcd. It is safe for concurrent use. Each Watch
+// runs one goroutine until its context ends or the Store is closed; Close
+// waits for them. A Store must not be copied.
+type Store struct {
+	cli   *clientv3.Client
+	spec  Spec
+	key   string
+	opts  Options
+	log   *slog.Logger
+	up    atomic.Bool
+	ctx   context.Context // ends at Close
+	stop  context.CancelFunc
+	wg    sync.WaitGroup
+	once  sync.Once
+	close atomic.Bool
+}
+
+var _ state.Store = (*Store)(nil)
+
+// Open connects to the cluster named by spec. It does not wait for a
+// member to answer: a cluster that is down shows in the first Load. Bad
+// options (unreadable certificate files, half a key pair) are errors here.
+func Open(ctx context.Context, spec string, opts Options) (*Store, error) {
+	sp, err := ParseSpec(spec)
+	if err != nil {
+		return nil, err
+	}
+	if opts.OpTimeout <= 0 {
+		opts.OpTimeout = DefaultOpTimeout
+	}
+	if opts.ProbeInterval <= 0 {
+		opts.ProbeInterval = DefaultProbeInterval
+	}
+	log := opts.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	tlsCfg, err := tlsConfig(opts)
+	if err != nil {
+		return nil, fmt.Errorf("etcd store: %w", err)
+	}
+	cli, err := clientv3.New(clientv3.Config{
+		Endpoints:            sp.Endpoints,
+		DialTimeout:          opts.OpTimeout,
+		DialKeepAliveTime:    2 * time.Second,
+		DialKeepAliveTimeout: opts.OpTimeout,
+		TLS:                  tlsCfg,
+		Username:             opts.Username,
+		Password:             opts.Password,
+		Logger:               zap.NewNop(),
+		Context:              context.WithoutCancel(ctx),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("etcd store %s: %w", strings.Join(sp.Endpoints, ","), err)
+	}
+	sctx, stop := context.WithCancel(context.WithoutCancel(ctx))
+	s := &Store{cli: cli, spec: sp, key: sp.Key(), opts: opts, log: log, ctx: sctx, stop: stop}
+	s.up.Store(true)
+	s.wg.Go(s.probe)
+	return s, nil
+}
+
+func tlsConfig(o Options) (*tls.Config, error) {
+	if o.CAFile == "" && o.CertFile == "" && o.KeyFile == "" {
+		return nil, nil
+	}
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
+	if o.CAFile != "" {
+		pem, err := os.ReadFile(o.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("CA file: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("CA file %s: no PEM certificate found", o.CAFile)
+		}
+		cfg.RootCAs = pool
+	}
+	if (o.CertFile == "") != (o.KeyFile == "") {
+		return nil, errors.New("client certificate and key must be given together")
+	}
+	if o.CertFile != "" {
+		cert, err := tls.LoadX509KeyPair(o.CertFile, o.KeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("client certificate: %w", err)
+		}
+		cfg.Certificates = []tls.Certificate{cert}
+	}
+	return cfg, nil
+}
+
+// Client returns the etcd client, for an election that shares the
+// connection (see Elect).
+func (s *Store) Client() *clientv3.Client { return s.cli }
+
+// Spec returns the parsed spec.
+func (s *Store) Spec() Spec { return s.spec }
+
+// Up reports whether the last operation or probe reached a quorum.
+func (s *Store) Up() bool { return s.up.Load() }
+
+// setUp records reachability from an operation's result and logs changes.
+// An answer (success, conflict, absent key) means up; ErrUnavailable means
+// down; anything else (a cancelled caller, a closed store) tells nothing.
+func (s *Store) setUp(err error) {
+	var up bool
+	switch {
+	case err == nil, errors.Is(err, state.ErrConflict), errors.Is(err, state.ErrNotFound):
+		up = true
+	case errors.Is(err, ErrUnavailable):
+		up = false
+	default:
+		return
+	}
+	if s.up.Swap(up) != up {
+		if up {
+			s.log.Info("etcd reachable again", "key", s.key)
+		} else {
+			s.log.Error("etcd unreachable: routing stays on the last applied state, switches fail", "key", s.key, "err", err)
+		}
+	}
+}
+
+// probe refreshes Up with a linearizable read every ProbeInterval.
+func (s *Store) probe() {
+	t := time.NewTicker(s.opts.ProbeInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.ctx.Done():
+			return
+		case <-t.C:
+			_, err := s.get(s.ctx)
+			if s.ctx.Err() == nil {
+				s.setUp(err)
+			}
+		}
+	}
+}
+
+// opCtx bounds one operation by the caller's context, OpTimeout and Close.
+func (s *Store) opCtx(ctx context.Context) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithTimeout(ctx, s.opts.OpTimeout)
+	stop := context.AfterFunc(s.ctx, cancel)
+	return ctx, func() { stop(); cancel() }
+}
+
+// wrap turns a client error into one that names the key and, when the
+// cluster did not answer, wraps ErrUnavailable.
+func (s *Store) wrap(ctx context.Context, op string, err error) error {
+	if s.ctx.Err() != nil {
+		return fmt.Errorf("state: etcd %s %s: %w", op, s.key, state.ErrClosed)
+	}
+	if errors.Is(ctx.Err(), context.DeadlineExceeded) || errors.Is(err, context.DeadlineExceeded) {
+		return fmt.Errorf("state: etcd %s %s: %w: no answer from %s within %s", op, s.key, ErrUnavailable, strings.Join(s.spec.Endpoints, ","), s.opts.OpTimeout)
+	}
+	return fmt.Errorf("state: etcd %s %s: %w: %w", op, s.key, ErrUnavailable, err)
+}
+
+func (s *Store) get(ctx context.Context) (*clientv3.GetResponse, error) {
+	octx, cancel := s.opCtx(ctx)
+	defer cancel()
+	resp, err := s.cli.Get(octx, s.key)
+	if err != nil {
+		if ctx.Err() != nil && s.ctx.Err() == nil {
+			return nil, fmt.Errorf("state: etcd load %s: %w", s.key, ctx.Err())
+		}
+		return nil, s.wrap(octx, "load", err)
+	}
+	return resp, nil
+}
+
+// Load reads the state with a linearizable read. An absent key wraps
+// state.ErrNotFound; an unreachable cluster wraps ErrUnavailable.
+func (s *Store) Load(ctx context.Context) (state.State, error) {
+	if s.close.Load() {
+		return state.State{}, fmt.Errorf("state: etcd load %s: %w", s.key, state.ErrClosed)
+	}
+	resp, err := s.get(ctx)
+	s.setUp(err)
+	if err != nil {
+		return state.State{}, err
+	}
+	if len(resp.Kvs) == 0 {
+		return state.State{}, fmt.Errorf("state: etcd load %s: %w", s.key, state.ErrNotFound)
+	}
+	st, err := state.Decode(resp.Kvs[0].Value)
+	if err != nil {
+		return state.State{}, fmt.Errorf("state: etcd load %s: corrupt state: %w", s.key, err)
+	}
+	return st, nil
+}
+
+// CompareAndSwap stores next if the stored generation equals expect (0: the
+// key must not exist). It reads the key, checks its generation, and writes
+// in a transaction that succeeds only if the key's mod revision is still the
+// one read, so a concurrent writer makes it fail with state.ErrConflict.
+func (s *Store) CompareAndSwap(ctx context.Context, expect uint64, next state.State) error {
+	if s.close.Load() {
+		return fmt.Errorf("state: etcd store %s: %w", s.key, state.ErrClosed)
+	}
+	if next.Generation <= expect {
+		return fmt.Errorf("state: etcd store %s: next generation %d must be greater than expected generation %d", s.key, next.Generation, expect)
+	}
+	data, err := state.Encode(next)
+	if err != nil {
+		return fmt.Errorf("state: etcd store %s: %w", s.key, err)
+	}
+	err = s.cas(ctx, expect, data)
+	s.setUp(err)
+	return err
+}
+
+func (s *Store) cas(ctx context.Context, expect uint64, data []byte) error {
+	var cmp clientv3.Cmp
+	if expect == 0 {
+		cmp = clientv3.Compare(clientv3.CreateRevision(s.key), "=", 0)
+	} else {
+		resp, err := s.get(ctx)
+		if err != nil {
+			return err
+		}
+		cur, rev, err := s.current(resp)
+		if err != nil {
+			return err
+		}
+		if cur != expect {
+			return s.conflict(expect, cur)
+		}
+		cmp = clientv3.Compare(clientv3.ModRevision(s.key), "=", rev)
+	}
+	octx, cancel := s.opCtx(ctx)
+	defer cancel()
+	resp, err := s.cli.Txn(octx).If(cmp).Then(clientv3.OpPut(s.key, string(data))).Else(clientv3.OpGet(s.key)).Commit()
+	if err != nil {
+		if ctx.Err() != nil && s.ctx.Err() == nil {
+			return fmt.Errorf("state: etcd store %s: %w", s.key, ctx.Err())
+		}
+		return s.wrap(octx, "store", err)
+	}
+	if resp.Succeeded {
+		return nil
+	}
+	var cur uint64
+	if rs := resp.Responses; len(rs) == 1 && rs[0].GetResponseRange() != nil {
+		if kvs := rs[0].GetResponseRange().Kvs; len(kvs) == 1 {
+			if st, err := state.Decode(kvs[0].Value); err == nil {
+				cur = st.Generation
+			}
+		}
+	}
+	return s.conflict(expect, cur)
+}
+
+// current decodes the generation and mod revision of a read of the key
+// (0, 0 when absent).
+func (s *Store) current(resp *clientv3.GetResponse) (gen uint64, rev int64, err error) {
+	if len(resp.Kvs) == 0 {
+		return 0, 0, nil
+	}
+	st, err := state.Decode(resp.Kvs[0].Value)
+	if err != nil {
+		return 0, 0, fmt.Errorf("state: etcd store %s: corrupt state, not overwriting it: %w", s.key, err)
+	}
+	return st.Generation, resp.Kvs[0].ModRevision, nil
+}
+
+func (s *Store) conflict(expect, cur uint64) error {
+	if cur == 0 {
+		return fmt.Errorf("state: etcd store %s: expected generation %d, store is empty or changed: %w", s.key, expect, state.ErrConflict)
+	}
+	return fmt.Errorf("state: etcd store %s: expected generation %d, stored generation is %d: %w", s.key, expect, cur, state.ErrConflict)
+}
+
+// Watch delivers the stored state and then every state stored after it, by
+// any writer, in generation order with latest-value semantics. The first
+// state may be one the reader already has (it is the state at the time the
+// watch starts, so nothing stored between the reader's Load and its Watch is
+// missed); readers ignore generations they have. When the watch breaks
+// (member down, no leader, compaction) it reloads the key, delivers it if it
+// is newer than the last state delivered, and watches again from the
+// revision of that read; while etcd is unreachable it retries with a short
+// backoff. The channel is closed when ctx ends or the Store is closed.
+func (s *Store) Watch(ctx context.Context) <-chan state.State {
+	out := make(chan state.State, 1)
+	if s.close.Load() {
+		close(out)
+		return out
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	stop := context.AfterFunc(s.ctx, cancel)
+	s.wg.Go(func() {
+		defer close(out)
+		defer stop()
+		defer cancel()
+		s.watch(ctx, out)
+	})
+	return out
+}
+
+func (s *Store) watch(ctx context.Context, out chan state.State) {
+	var seen int64 // mod revision of the last state delivered
+	backoff := 50 * time.Millisecond
+	for ctx.Err() == nil {
+		resp, err := s.get(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		s.setUp(err)
+		if err != nil {
+			s.log.Debug("etcd watch: reload failed, retrying", "key", s.key, "err", err, "backoff", backoff)
+			if !sleep(ctx, backoff) {
+				return
+			}
+			backoff = min(2*backoff, time.Second)
+			continue
+		}
+		backoff = 50 * time.Millisecond
+		if len(resp.Kvs) == 1 && resp.Kvs[0].ModRevision > seen {
+			seen = resp.Kvs[0].ModRevision
+			s.deliver(out, resp.Kvs[0].Value)
+		}
+		from := resp.Header.Revision + 1
+		err = s.follow(ctx, from, &seen, out)
+		if ctx.Err() != nil {
+			return
+		}
+		s.log.Warn("etcd watch broken; reloading and resuming", "key", s.key, "from_revision", from, "err", err)
+	}
+}
+
+// follow watches the key from revision from until the watch breaks.
+func (s *Store) follow(ctx context.Context, from int64, seen *int64, out chan state.State) error {
+	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+	defer cancel()
+	for wr := range s.cli.Watch(wctx, s.key, clientv3.WithRev(from)) {
+		if err := wr.Err(); err != nil {
+			return err
+		}
+		for _, ev := range wr.Events {
+			if ev.Type != clientv3.EventTypePut || ev.Kv.ModRevision <= *seen {
+				continue
+			}
+			*seen = ev.Kv.ModRevision
+			s.deliver(out, ev.Kv.Value)
+		}
+	}
+	return errors.New("watch channel closed")
+}
+
+// deliver decodes a stored value and offers it to out, replacing a state
+// the reader has not taken yet. Only the watch goroutine sends on out.
+func (s *Store) deliver(out chan state.State, data []byte) {
+	st, err := state.Decode(data)
+	if err != nil {
+		s.log.Error("etcd watch: ignoring a corrupt state", "key", s.key, "err", err)
+		return
+	}
+	select {
+	case out <- st:
+		return
+	default:
+	}
+	select {
+	case <-out:
+	default:
+	}
+	out <- st
+}
+
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+// Close ends every Watch (closing its channel), waits for their goroutines
+// and closes the client. Calls after the first return nil.
+func (s *Store) Close() error {
+	var err error
+	s.once.Do(func() {
+		s.close.Store(true)
+		s.stop()
+		s.wg.Wait()
+		err = s.cli.Close()
+		if errors.Is(err, context.Canceled) {
+			err = nil
+		}
+	})
+	return err
+}
