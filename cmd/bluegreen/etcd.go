@@ -1,3 +1,5 @@
+//go:build !noetcd
+
 package main
 
 import (
@@ -10,10 +12,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-
-	"github.com/cryoprotect/bluegreen/admin"
-	"github.com/cryoprotect/bluegreen/rollout"
 	"github.com/cryoprotect/bluegreen/state"
 	"github.com/cryoprotect/bluegreen/state/etcd"
 )
@@ -73,83 +71,32 @@ func (cfg *Config) loadEtcd(bad func(name, value, expected string)) []string {
 	return problems
 }
 
-// fleet is what serve knows about the store and the election. With the
-// file store es is nil: the store is always up and this proxy always leads.
-type fleet struct {
+// etcdFleet is the etcd side of a fleet: the store's health and the
+// election of the replica that runs auto-rollback.
+type etcdFleet struct {
 	es     *etcd.Store
 	leader atomic.Pointer[etcd.Leader] // set once the campaign has started
 }
 
-func newFleet(es *etcd.Store) *fleet { return &fleet{es: es} }
-
-func (f *fleet) up() bool { return f.es == nil || f.es.Up() }
-
-// isLeader reports whether this replica runs auto-rollback.
-func (f *fleet) isLeader() bool {
-	if f.es == nil {
-		return true
-	}
-	l := f.leader.Load()
+func (e *etcdFleet) isLeader() bool {
+	l := e.leader.Load()
 	return l != nil && l.IsLeader()
 }
 
-// leadership is the controller's view: nil (always leader) without etcd.
-func (f *fleet) leadership() rollout.Leadership {
-	if f.es == nil {
-		return nil
-	}
-	return leaderFunc(f.isLeader)
-}
-
-type leaderFunc func() bool
-
-func (l leaderFunc) IsLeader() bool { return l() }
-
-// elect campaigns until ctx ends; changed is called on every change.
-func (f *fleet) elect(ctx context.Context, id string, ttl time.Duration, changed func()) {
-	l := f.es.Elect(ctx, id, ttl, func(bool) { changed() })
-	f.leader.Store(l)
+// campaign runs for the leadership until ctx ends; changed is called on
+// every change.
+func (e *etcdFleet) campaign(ctx context.Context, id string, ttl time.Duration, changed func()) {
+	l := e.es.Elect(ctx, id, ttl, func(bool) { changed() })
+	e.leader.Store(l)
 	<-l.Done()
-}
-
-func (f *fleet) status() admin.StoreStatus {
-	if f.es == nil {
-		return admin.StoreStatus{Kind: "file", Up: true}
-	}
-	lead := f.isLeader()
-	return admin.StoreStatus{Kind: "etcd", Up: f.es.Up(), Leader: &lead}
-}
-
-func (f *fleet) register(reg prometheus.Registerer) error {
-	b := func(v bool) float64 {
-		if v {
-			return 1
-		}
-		return 0
-	}
-	for _, c := range []prometheus.Collector{
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name: "bluegreen_state_store_up",
-			Help: "1 when the state store answered the last operation or probe, 0 when it is unreachable (routing keeps the last applied state).",
-		}, func() float64 { return b(f.up()) }),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name: "bluegreen_auto_rollback_leader",
-			Help: "1 when this replica runs auto-rollback (always with a file store; the elected replica in a fleet).",
-		}, func() float64 { return b(f.isLeader()) }),
-	} {
-		if err := reg.Register(c); err != nil {
-			return fmt.Errorf("fleet metrics: %w", err)
-		}
-	}
-	return nil
 }
 
 // openStore opens the state store named by cfg.State: the file store, or
 // the etcd store for an etcd:// spec.
-func openStore(ctx context.Context, cfg Config, log *slog.Logger) (state.Store, *etcd.Store, error) {
+func openStore(ctx context.Context, cfg Config, log *slog.Logger) (state.Store, *fleet, error) {
 	store, err := state.Open(cfg.State)
 	if err == nil {
-		return store, nil, nil
+		return store, fileFleet(), nil
 	}
 	if !errors.Is(err, state.ErrUnsupportedScheme) {
 		return nil, nil, err
@@ -163,5 +110,6 @@ func openStore(ctx context.Context, cfg Config, log *slog.Logger) (state.Store, 
 	if err != nil {
 		return nil, nil, fmt.Errorf("open state store: %w", err)
 	}
-	return es, es, nil
+	ef := &etcdFleet{es: es}
+	return es, &fleet{kind: "etcd", up: es.Up, leads: ef.isLeader, elect: ef.campaign}, nil
 }

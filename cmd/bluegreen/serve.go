@@ -62,7 +62,7 @@ type addrs struct{ public, admin string }
 // serve runs the proxy until ctx ends, then shuts down gracefully. ready,
 // when set, is called with the bound addresses once both listeners accept.
 func serve(ctx context.Context, cfg Config, log *slog.Logger, version string, ready func(addrs)) error {
-	store, es, err := openStore(ctx, cfg, log)
+	store, fleet, err := openStore(ctx, cfg, log)
 	if err != nil {
 		return startupError{fmt.Errorf("%sSTATE=%q: %w", envPrefix, cfg.State, err)}
 	}
@@ -83,7 +83,6 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, version string, re
 		return err
 	}
 	// In a fleet (etcd store) one elected replica runs auto-rollback.
-	fleet := newFleet(es)
 	if err := fleet.register(reg); err != nil {
 		return err
 	}
@@ -183,7 +182,7 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, version string, re
 		wg.Go(func() { ch.Run(bg) })
 	}
 	wg.Go(func() { ctl.Run(bg) })
-	if es != nil {
+	if fleet.elect != nil {
 		wg.Go(func() { fleet.elect(bg, cfg.ReplicaID, cfg.etcd.ttl, ctl.LeaderChanged) })
 	}
 
