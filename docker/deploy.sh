@@ -1,0 +1,185 @@
+#!/usr/bin/env bash
+# deploy.sh: release VERSION of the app to the idle colour of a running
+# docker/compose.yml stack, then switch live traffic to it.
+#
+#   docker/deploy.sh v2
+#
+# 1. asks the proxy which colour is active (bluegreen status --json, run in the
+#    proxy container); the other one is idle;
+# 2. recreates the idle app service with image tag VERSION
+#    (docker-compose up -d --no-deps app-<idle>);
+# 3. waits until the proxy's own health checks see the new containers healthy;
+# 4. smoke-tests them through the public port with the preview header, which
+#    the proxy routes to the idle colour: every answer must be 2xx and come
+#    from the idle colour (X-Deployment-Color);
+# 5. cuts over with a reason and watches the new colour for WATCH; the proxy
+#    rolls back by itself if the new colour loses all healthy instances.
+#
+# Exit status: 0 deployed and live; 1 failed before the switch (live traffic
+# never moved; the idle colour is put back on its previous tag); 2 bad usage;
+# 4 failed after the switch, traffic is back on the previous colour.
+#
+# Environment (defaults in brackets):
+#   COMPOSE              compose command ["docker-compose"; "docker compose" works]
+#   COMPOSE_FILE         compose file(s) [docker/compose.yml next to this script]
+#   COMPOSE_PROJECT_NAME project name [compose's default: the directory name]
+#   PUBLIC_URL           the proxy's public address [http://127.0.0.1:${PUBLIC_PORT:-8080}]
+#   PREVIEW_HEADER       header that routes to the idle colour [X-Bluegreen-Preview]
+#   WAIT_HEALTHY         how long the new containers may take to turn healthy [120s]
+#   SMOKE_REQUESTS       smoke-test requests [20]
+#   SMOKE_PATH           path they request [/]
+#   SMOKE_EXPECT         text every smoke answer must contain [none]
+#   WATCH                how long to watch after the switch [60s]
+#   REASON               reason recorded in the history ["deploy VERSION"]
+#   KEEP_FAILED=1        leave a failed idle colour on VERSION (for debugging)
+# The token for the cutover is the proxy container's own secret file.
+set -euo pipefail
+
+usage() { sed -n '2,/^set -euo/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//'; }
+case "${1:-}" in
+  -h|--help) usage; exit 0 ;;
+  ""|-*) usage >&2; exit 2 ;;
+esac
+VERSION="$1"
+if ! [[ "$VERSION" =~ ^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$ ]]; then
+  echo "deploy: $VERSION is not a valid image tag" >&2; exit 2
+fi
+
+here="$(cd "$(dirname "$0")" && pwd)"
+read -r -a COMPOSE_CMD <<<"${COMPOSE:-docker-compose}"
+compose_args=()
+[ -z "${COMPOSE_FILE:-}" ] && compose_args+=(-f "$here/compose.yml")
+PUBLIC_URL="${PUBLIC_URL:-http://127.0.0.1:${PUBLIC_PORT:-8080}}"
+PREVIEW_HEADER="${PREVIEW_HEADER:-X-Bluegreen-Preview}"
+WAIT_HEALTHY="${WAIT_HEALTHY:-120s}"
+SMOKE_REQUESTS="${SMOKE_REQUESTS:-20}"
+SMOKE_PATH="${SMOKE_PATH:-/}"
+SMOKE_EXPECT="${SMOKE_EXPECT:-}"
+WATCH="${WATCH:-60s}"
+REASON="${REASON:-deploy $VERSION}"
+
+for tool in jq curl docker; do
+  command -v "$tool" >/dev/null || { echo "deploy: needs $tool" >&2; exit 2; }
+done
+
+log() { printf '%s deploy: %s\n' "$(date -u +%H:%M:%S)" "$*"; }
+dc() { "${COMPOSE_CMD[@]}" "${compose_args[@]}" "$@"; }
+# The bluegreen CLI, run inside the proxy container: it reaches the admin API
+# on loopback and reads the token from /run/secrets/admin_token.
+bg() { dc exec -T bluegreen /bluegreen "$@"; }
+seconds() { # 90s, 2m, 1m30s -> seconds
+  local d="$1" total=0 n
+  while [[ "$d" =~ ^([0-9]+)([hms])(.*)$ ]]; do
+    n=${BASH_REMATCH[1]}
+    case ${BASH_REMATCH[2]} in h) n=$((n * 3600)) ;; m) n=$((n * 60)) ;; esac
+    total=$((total + n)); d=${BASH_REMATCH[3]}
+  done
+  [ -z "$d" ] || { echo "deploy: bad duration $1 (use 90s, 2m, 1m30s)" >&2; exit 2; }
+  echo "$total"
+}
+wait_secs=$(seconds "$WAIT_HEALTHY")
+seconds "$WATCH" >/dev/null
+
+# 1. Who is live?
+status=$(bg status --json) || { echo "deploy: cannot read the proxy's status (is the stack up?)" >&2; exit 1; }
+active=$(jq -r .active <<<"$status")
+case "$active" in
+  blue) idle=green ;;
+  green) idle=blue ;;
+  *) echo "deploy: unexpected active colour '$active'" >&2; exit 1 ;;
+esac
+
+# Keep each colour on the tag it runs now; only the idle one changes.
+tag_of() {
+  local id
+  id=$(dc ps -q "app-$1" | head -n 1)
+  [ -n "$id" ] || { echo ""; return; }
+  local image
+  image=$(docker inspect -f '{{.Config.Image}}' "$id")
+  echo "${image##*:}"
+}
+blue_tag=$(tag_of blue); green_tag=$(tag_of green)
+export BLUE_TAG="${blue_tag:-${BLUE_TAG:-latest}}" GREEN_TAG="${green_tag:-${GREEN_TAG:-latest}}"
+if [ "$idle" = blue ]; then old_tag=$BLUE_TAG live_tag=$GREEN_TAG; else old_tag=$GREEN_TAG live_tag=$BLUE_TAG; fi
+log "live: $active; deploying $VERSION to $idle (now on ${old_tag:-nothing})"
+
+set_idle_tag() { if [ "$idle" = blue ]; then export BLUE_TAG="$1"; else export GREEN_TAG="$1"; fi; }
+
+abort() { # before the switch: live traffic never moved
+  log "FAILED before the switch: $*"
+  if [ "${KEEP_FAILED:-0}" != 1 ] && [ -n "$old_tag" ] && [ "$old_tag" != "$VERSION" ]; then
+    log "putting $idle back on $old_tag"
+    set_idle_tag "$old_tag"
+    dc up -d --no-deps "app-$idle" || log "could not restore app-$idle to $old_tag"
+  fi
+  exit 1
+}
+
+# 2. Start the new version on the idle colour.
+set_idle_tag "$VERSION"
+dc up -d --no-deps "app-$idle" || abort "could not start app-$idle:$VERSION"
+
+# 3. Healthy: Docker's health check of every new container, then the proxy's
+# own checks, with results taken after the containers started.
+deadline=$(( $(date +%s) + wait_secs ))
+ids=$(dc ps -q "app-$idle")
+[ -n "$ids" ] || abort "no container for app-$idle"
+started=0
+for id in $ids; do
+  until [ "$(docker inspect -f '{{if .State.Health}}{{.State.Health.Status}}{{else}}{{.State.Status}}{{end}}' "$id")" = healthy ]; do
+    [ "$(date +%s)" -lt "$deadline" ] || abort "container $id not healthy after $WAIT_HEALTHY"
+    [ "$(docker inspect -f '{{.State.Status}}' "$id")" = running ] || abort "container $id is $(docker inspect -f '{{.State.Status}}' "$id")"
+    sleep 1
+  done
+  s=$(docker inspect -f '{{.State.StartedAt}}' "$id" | jq -R 'sub("\\.[0-9]+";"") | fromdateiso8601')
+  [ "$s" -gt "$started" ] && started=$s
+done
+log "app-$idle containers healthy; waiting for the proxy's health checks"
+jq_fresh='.colors[$c] as $x | $x.total > 0 and $x.healthy == $x.total and
+  all($x.instances[]; .last_check | sub("\\.[0-9]+";"") | fromdateiso8601 > $t)'
+until bg status --json | jq -e --arg c "$idle" --argjson t "$started" "$jq_fresh" >/dev/null; do
+  [ "$(date +%s)" -lt "$deadline" ] || abort "the proxy does not see $idle healthy after $WAIT_HEALTHY"
+  sleep 1
+done
+log "proxy sees $idle healthy"
+
+# 4. Smoke test through the proxy with the preview header.
+tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+for i in $(seq 1 "$SMOKE_REQUESTS"); do
+  code=$(curl -sS -m 5 -o "$tmp/body" -D "$tmp/headers" -w '%{http_code}' \
+    -H "$PREVIEW_HEADER: 1" "$PUBLIC_URL$SMOKE_PATH") || abort "smoke request $i: curl failed"
+  color=$(tr -d '\r' <"$tmp/headers" | awk -F': *' 'tolower($1)=="x-deployment-color"{print $2}')
+  [[ "$code" == 2* ]] || abort "smoke request $i: HTTP $code"
+  [ "$color" = "$idle" ] || abort "smoke request $i: answered by '${color:-?}', not $idle"
+  if [ -n "$SMOKE_EXPECT" ] && ! grep -qF -- "$SMOKE_EXPECT" "$tmp/body"; then
+    abort "smoke request $i: answer lacks '$SMOKE_EXPECT'"
+  fi
+done
+log "smoke test passed: $SMOKE_REQUESTS requests answered by $idle"
+
+# 5. Switch and watch. The CLI exits 4 when the proxy rolled back during the
+# watch, 1 when the switch was refused, 3 when the admin API is unreachable.
+log "cutover to $idle (watch $WATCH)"
+rc=0
+bg cutover --to "$idle" --reason "$REASON" --wait-healthy 30s --watch "$WATCH" || rc=$?
+final=$(bg status --json 2>/dev/null | jq -r .active 2>/dev/null || echo unknown)
+case "$rc" in
+  0)
+    if [ "$final" = "$idle" ]; then
+      log "done: $idle live on $VERSION; $active stays on $live_tag as the rollback target"
+      log "to recreate the stack with these tags: BLUE_TAG=$BLUE_TAG GREEN_TAG=$GREEN_TAG"
+      exit 0
+    fi
+    log "FAILED: the watch ended with $final live"; exit 4 ;;
+  4)
+    log "FAILED: the proxy rolled back to $final during the watch"
+    bg history 2>/dev/null | tail -n 3 || true
+    exit 4 ;;
+esac
+if [ "$final" = "$active" ]; then
+  abort "cutover refused (exit $rc)"
+fi
+# Unknown outcome after the switch: go back explicitly.
+log "FAILED after the switch (exit $rc, live: $final); rolling back to $active"
+bg cutover --to "$active" --reason "deploy $VERSION failed" --wait-healthy 30s || bg cutover --to "$active" --force --reason "deploy $VERSION failed"
+exit 4
