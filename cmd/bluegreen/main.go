@@ -131,7 +131,7 @@ Runs the proxy. Configuration comes from the environment:
   BLUEGREEN_LISTEN             public listener (default :8080)
   BLUEGREEN_ADMIN_LISTEN       admin listener (default 127.0.0.1:8081)
   BLUEGREEN_INITIAL_COLOR      active colour when the state store is empty (default blue)
-  BLUEGREEN_STATE              file:PATH (default file:./bluegreen-state.json)
+  BLUEGREEN_STATE              file:PATH (default file:./bluegreen-state.json) or etcd://host:2379,.../prefix
   BLUEGREEN_HEALTH_PATH        probe path (default /health)
   BLUEGREEN_HEALTH_INTERVAL    probe cadence (default 2s)
   BLUEGREEN_HEALTH_TIMEOUT     probe timeout (default 1s)
@@ -148,6 +148,12 @@ Runs the proxy. Configuration comes from the environment:
   BLUEGREEN_BALANCE            round-robin|least-inflight (default round-robin)
   BLUEGREEN_UPSTREAM_IDLE_TIMEOUT  idle upstream connections are closed after this (default 30s)
   BLUEGREEN_REPLICA_ID         name shown in status (default the host name)
+  BLUEGREEN_OUTLIER_CONSECUTIVE / _EJECT  passive ejection after N failures, cool-down (default 5 / 30s)
+  BLUEGREEN_TRUSTED_PROXIES    CIDRs whose X-Forwarded-* headers are kept (default none)
+  BLUEGREEN_PREVIEW_STRIP      remove the preview header before forwarding (default true)
+  BLUEGREEN_READ_HEADER_TIMEOUT  time a client gets to send its headers (default 10s)
+  BLUEGREEN_ETCD_*             CA_FILE, CERT_FILE, KEY_FILE, USERNAME, PASSWORD[_FILE],
+                               TIMEOUT (2s), LEASE_TTL (5s) for an etcd:// state store
 
 Exit status: 0 after a clean shutdown, 1 on a runtime failure, 2 on bad
 configuration or an unreadable state file.
