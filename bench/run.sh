@@ -27,8 +27,9 @@ usage: bench/run.sh [options]
   --duration S          seconds per measured wrk run (default $DURATION)
   --conc "64 256"       client concurrencies (default "$CONCS")
   --c1000               add concurrency 1000
-  --targets "LIST"      subset/order of: direct nginx haproxy caddy bluegreen bluegreen-gmp1
-                        (default "$TARGETS"; bluegreen-gmp1 = bluegreen with GOMAXPROCS=1)
+  --targets "LIST"      subset/order of: direct nginx haproxy caddy bluegreen bluegreen-gmp1 bluegreen-nethttp
+                        (default "$TARGETS"; bluegreen-gmp1 = bluegreen with GOMAXPROCS=1,
+                        bluegreen-nethttp = bluegreen with BLUEGREEN_FAST_PATH=false)
   --idle-conns N        idle keep-alive connections held per proxy (default $IDLE_N; max ~6000 here)
   --switch-duration S   seconds of the switch-under-load run (default $SWITCH_DURATION)
   --no-load | --no-idle | --no-switch   skip a part
@@ -299,10 +300,11 @@ start_target() {
       XDG_DATA_HOME="$T/caddy" XDG_CONFIG_HOME="$T/caddy" HOME="$T/caddy" \
         caddy run --config "$T/caddy/Caddyfile" --adapter caddyfile >"$T/caddy.out" 2>&1 &
       ;;
-    bluegreen|bluegreen-gmp1)
+    bluegreen|bluegreen-gmp1|bluegreen-nethttp)
       rm -f "$T/bg-state.json"
       local gmp=()
       [ "$name" = bluegreen-gmp1 ] && gmp=(GOMAXPROCS=1)
+      [ "$name" = bluegreen-nethttp ] && gmp=(BLUEGREEN_FAST_PATH=false)
       env "${gmp[@]}" \
         BLUEGREEN_LISTEN="127.0.0.1:$PROXY_PORT" BLUEGREEN_ADMIN_LISTEN="127.0.0.1:$ADMIN_PORT" \
         BLUEGREEN_BLUE_URLS="http://127.0.0.1:$BLUE_PORT" BLUEGREEN_GREEN_URLS="http://127.0.0.1:$GREEN_PORT" \

@@ -49,6 +49,7 @@ type Backend struct {
 	up       atomic.Bool
 	inflight atomic.Int64
 	rp       *httputil.ReverseProxy
+	conns    *upstream // the fast path's connections
 	errs     *upstreamErrorCounters
 	out      outlierState
 }

@@ -39,7 +39,11 @@ type Config struct {
 	// RetryAfter is the Retry-After hint sent with 503 when a colour has no
 	// healthy instance. Default 2s.
 	RetryAfter time.Duration
-	// Transport reaches the instances; nil means NewTransport(TransportConfig{}).
+	// Upstream tunes the connections to the instances: those of the fast
+	// path (see Server) and, when Transport is nil, NewTransport's.
+	Upstream TransportConfig
+	// Transport reaches the instances on the net/http path; nil means
+	// NewTransport(Upstream). A custom Transport turns the fast path off.
 	Transport http.RoundTripper
 	// Metrics may be nil.
 	Metrics *Metrics
@@ -83,6 +87,15 @@ type Router struct {
 	stripPreview  bool
 	transport     http.RoundTripper
 	setMu         sync.Mutex // serialises SetActive
+
+	// The fast path (see Server).
+	fast              bool
+	bufs              buffers
+	exchanges         exchangePool
+	date              dateCache
+	previewLower      string
+	respHeaderTimeout time.Duration
+	upstreamIdle      time.Duration
 }
 
 // NewRouter builds the pools and their reverse proxies. The first colour is
@@ -101,8 +114,10 @@ func NewRouter(cfg Config) (*Router, error) {
 	if cfg.RetryAfter <= 0 {
 		cfg.RetryAfter = 2 * time.Second
 	}
+	cfg.Upstream = cfg.Upstream.withDefaults()
+	fast := cfg.Transport == nil
 	if cfg.Transport == nil {
-		cfg.Transport = NewTransport(TransportConfig{})
+		cfg.Transport = NewTransport(cfg.Upstream)
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
@@ -119,6 +134,10 @@ func NewRouter(cfg Config) (*Router, error) {
 		trusted:       cfg.TrustedProxies,
 		transport:     cfg.Transport,
 		stripPreview:  cfg.StripPreviewHeader && cfg.PreviewHeader != "",
+
+		previewLower:      strings.ToLower(cfg.PreviewHeader),
+		respHeaderTimeout: cfg.Upstream.ResponseHeaderTimeout,
+		upstreamIdle:      cfg.Upstream.IdleConnTimeout,
 	}
 	buffers := newBufferPool(1024)
 	errLog := slog.NewLogLogger(cfg.Log.Handler(), slog.LevelWarn)
@@ -141,6 +160,10 @@ func NewRouter(cfg Config) (*Router, error) {
 			}
 			seen[name] = true
 			b := &Backend{url: u, name: name, pool: p, rt: rt, errs: cm.forInstance(name)}
+			if u.Scheme != "http" || u.RawQuery != "" || u.User != nil || u.Fragment != "" {
+				fast = false
+			}
+			b.conns = newUpstream(u.Host, u.EscapedPath(), cfg.Upstream, &rt.bufs, cfg.Now)
 			b.out.counter = cm.ejectionCounter(name)
 			b.rp = &httputil.ReverseProxy{
 				Rewrite:        b.rewrite,
@@ -154,6 +177,7 @@ func NewRouter(cfg Config) (*Router, error) {
 		}
 		rt.pools[i] = p
 	}
+	rt.fast = fast
 	rt.snap.Store(&snapshot{active: rt.pools[0], idle: rt.pools[1]})
 	return rt, nil
 }
@@ -213,7 +237,17 @@ func (rt *Router) CloseIdleConnections() {
 	if c, ok := rt.transport.(interface{ CloseIdleConnections() }); ok {
 		c.CloseIdleConnections()
 	}
+	for _, p := range rt.pools {
+		for _, b := range p.backends {
+			b.conns.closeIdle(false)
+		}
+	}
 }
+
+// FastPath reports whether Server can serve plain requests on the fast
+// path: every instance is plain http without a query and no custom
+// Transport was given.
+func (rt *Router) FastPath() bool { return rt.fast }
 
 // CloseStreams closes every upgraded connection and event stream at once;
 // used at the end of a graceful shutdown, since http.Server.Shutdown does not

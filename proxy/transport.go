@@ -23,15 +23,7 @@ type TransportConfig struct {
 // sized for proxying, no transparent compression (bodies pass through as the
 // instance sent them), HTTP/1.1 to the instances, no environment proxy.
 func NewTransport(cfg TransportConfig) *http.Transport {
-	if cfg.DialTimeout <= 0 {
-		cfg.DialTimeout = 5 * time.Second
-	}
-	if cfg.IdleConnTimeout <= 0 {
-		cfg.IdleConnTimeout = 30 * time.Second
-	}
-	if cfg.MaxIdleConnsPerHost <= 0 {
-		cfg.MaxIdleConnsPerHost = 1024
-	}
+	cfg = cfg.withDefaults()
 	d := &net.Dialer{Timeout: cfg.DialTimeout, KeepAlive: 30 * time.Second}
 	return &http.Transport{
 		Proxy:                 nil,
@@ -44,6 +36,19 @@ func NewTransport(cfg TransportConfig) *http.Transport {
 		DisableCompression:    true,
 		ForceAttemptHTTP2:     false,
 	}
+}
+
+func (cfg TransportConfig) withDefaults() TransportConfig {
+	if cfg.DialTimeout <= 0 {
+		cfg.DialTimeout = 5 * time.Second
+	}
+	if cfg.IdleConnTimeout <= 0 {
+		cfg.IdleConnTimeout = 30 * time.Second
+	}
+	if cfg.MaxIdleConnsPerHost <= 0 {
+		cfg.MaxIdleConnsPerHost = 1024
+	}
+	return cfg
 }
 
 // bufferPool lends the 32 KiB copy buffers of httputil.ReverseProxy. A

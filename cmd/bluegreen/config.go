@@ -51,6 +51,7 @@ type Config struct {
 	TrustedProxies      string        `env:"TRUSTED_PROXIES"`
 	PreviewStrip        bool          `env:"PREVIEW_STRIP" envDefault:"true"`
 	ReadHeaderTimeout   time.Duration `env:"READ_HEADER_TIMEOUT" envDefault:"10s"`
+	FastPath            bool          `env:"FAST_PATH" envDefault:"true"`
 	ReplicaID           string        `env:"REPLICA_ID"`
 	EtcdCAFile          string        `env:"ETCD_CA_FILE"`
 	EtcdCertFile        string        `env:"ETCD_CERT_FILE"`

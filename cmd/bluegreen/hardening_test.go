@@ -70,6 +70,10 @@ func TestServeRejectsSmugglingAndOversize(t *testing.T) {
 		{"Transfer-Encoding chunked twice", "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 501},
 		{"no Host in HTTP/1.1", "GET / HTTP/1.1\r\n\r\n", 400},
 		{"oversized headers", "GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + big + "\r\n\r\n", 431},
+		// RFC 9112 §6.1: a request with both ought to be handled as an
+		// error; the fast path refuses it rather than trusting either.
+		{"Content-Length and Transfer-Encoding", "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nA\r\n0\r\n\r\n", 400},
+		{"Transfer-Encoding and Content-Length", "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n1\r\nA\r\n0\r\n\r\n", 400},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -82,16 +86,6 @@ func TestServeRejectsSmugglingAndOversize(t *testing.T) {
 				t.Errorf("the instance received the request")
 			}
 		})
-	}
-	// Both Content-Length and Transfer-Encoding: net/http drops the
-	// Content-Length and reads the chunked body, and the proxy sends the
-	// instance a freshly framed request, so the instance and the proxy
-	// never disagree on where a request ends: the bytes after the chunked
-	// body are a second request of the same client, not a smuggled one.
-	before := hits.Load()
-	res := rawExchange(t, st.pub, "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nA\r\n0\r\n\r\n")
-	if res.StatusCode != 200 || hits.Load() != before+1 {
-		t.Fatalf("CL+TE: %s, instance hits %d", res.Status, hits.Load())
 	}
 	t.Logf("%d malformed requests refused by the listener, 0 reached the instance", len(cases))
 }

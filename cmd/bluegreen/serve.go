@@ -96,13 +96,16 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, version string, re
 		Balance:      cfg.balance,
 		DrainTimeout: cfg.DrainTimeout,
 		RetryAfter:   cfg.HealthInterval,
-		Transport:    proxy.NewTransport(proxy.TransportConfig{IdleConnTimeout: cfg.UpstreamIdleTimeout}),
+		Upstream:     proxy.TransportConfig{IdleConnTimeout: cfg.UpstreamIdleTimeout},
 		Metrics:      pm,
 		Log:          log,
 		AccessLog:    accessLog,
 	}
 	pcfg.Outlier = proxy.OutlierConfig{Consecutive: cfg.OutlierConsecutive, Eject: cfg.OutlierEject}
 	pcfg.TrustedProxies, pcfg.StripPreviewHeader = cfg.trusted, cfg.PreviewStrip
+	if !cfg.FastPath {
+		pcfg.Transport = proxy.NewTransport(pcfg.Upstream)
+	}
 	if cfg.Preview {
 		pcfg.PreviewHeader, pcfg.PreviewCookie = cfg.PreviewHeader, cfg.PreviewCookie
 	}
@@ -167,12 +170,17 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, version string, re
 		Replica: cfg.ReplicaID, Version: version, Store: fleet.status,
 	})
 	errLog := slog.NewLogLogger(log.Handler(), slog.LevelWarn)
-	pub := &http.Server{
-		Handler:           router,
+	pub := &proxy.Server{
+		Router: router,
+		Fallback: &http.Server{
+			Handler:           router,
+			ReadHeaderTimeout: cfg.ReadHeaderTimeout,
+			IdleTimeout:       120 * time.Second,
+			MaxHeaderBytes:    64 << 10,
+			ErrorLog:          errLog,
+		},
 		ReadHeaderTimeout: cfg.ReadHeaderTimeout,
 		IdleTimeout:       120 * time.Second,
-		MaxHeaderBytes:    64 << 10,
-		ErrorLog:          errLog,
 	}
 	adm := &http.Server{Handler: admHandler, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 60 * time.Second, ErrorLog: errLog}
 
@@ -191,7 +199,7 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, version string, re
 	go func() { serveErr <- adm.Serve(admLn) }()
 	active, gen := router.Active()
 	log.Info("bluegreen serving", "listen", pubLn.Addr().String(), "admin", admLn.Addr().String(),
-		"active", active, "generation", gen, "version", version, "auth", cfg.token != "")
+		"active", active, "generation", gen, "version", version, "auth", cfg.token != "", "fast_path", router.FastPath())
 	if ready != nil {
 		ready(addrs{public: pubLn.Addr().String(), admin: admLn.Addr().String()})
 	}

@@ -1,0 +1,206 @@
+package proxy
+
+import (
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"syscall"
+)
+
+// Buffer sizes of the fast path. A client connection holds a read buffer
+// only while a request is arriving or being served and a write buffer only
+// while a response is being written; an idle keep-alive connection holds
+// neither.
+const (
+	clientBufSize   = 8 << 10  // request head limit of the fast path; larger heads go to net/http
+	upstreamBufSize = 16 << 10 // response head limit (nginx's default is 4–8 KiB)
+)
+
+// bufPool lends fixed-size byte slices. Pointers to arrays go in and out of
+// the sync.Pool, so neither Get nor Put allocates.
+type bufPool[T any] struct{ p sync.Pool }
+
+func (bp *bufPool[T]) get() *T {
+	if v, _ := bp.p.Get().(*T); v != nil {
+		return v
+	}
+	return new(T)
+}
+
+func (bp *bufPool[T]) put(b *T) { bp.p.Put(b) }
+
+type (
+	clientBuf   = [clientBufSize]byte
+	upstreamBuf = [upstreamBufSize]byte
+)
+
+// buffers are the pools one Router's fast path shares.
+type buffers struct {
+	client   bufPool[clientBuf]
+	upstream bufPool[upstreamBuf]
+}
+
+var errBufferFull = errors.New("proxy: head larger than the read buffer")
+
+// connReader is a read buffer over a connection that gives its memory back
+// while the connection waits: waitData parks on the poller with no buffer
+// and takes one only when bytes have arrived.
+type connReader struct {
+	nc   net.Conn
+	rc   syscall.RawConn // nil when the connection has none: waits hold the buffer
+	buf  []byte          // nil while released
+	r, w int
+	take func() []byte
+	give func([]byte)
+
+	// The poller callback and its results, kept here so a wait allocates
+	// nothing.
+	readFn func(fd uintptr) bool
+	rn     int
+	rerr   error
+}
+
+func newConnReader(nc net.Conn, take func() []byte, give func([]byte)) *connReader {
+	cr := &connReader{nc: nc, take: take, give: give}
+	if sc, ok := nc.(syscall.Conn); ok {
+		if rc, err := sc.SyscallConn(); err == nil {
+			cr.rc = rc
+			cr.readFn = cr.readReady
+		}
+	}
+	return cr
+}
+
+// readReady is the RawConn.Read callback: it reads when bytes are there and
+// holds no buffer when they are not.
+func (cr *connReader) readReady(fd uintptr) bool {
+	if cr.buf == nil {
+		cr.buf = cr.take()
+	}
+	for {
+		cr.rn, cr.rerr = syscall.Read(int(fd), cr.buf)
+		if cr.rerr != syscall.EINTR {
+			break
+		}
+	}
+	if cr.rerr == syscall.EAGAIN {
+		cr.give(cr.buf)
+		cr.buf = nil
+		return false
+	}
+	return true
+}
+
+func (cr *connReader) buffered() int { return cr.w - cr.r }
+
+func (cr *connReader) bytes() []byte { return cr.buf[cr.r:cr.w] }
+
+func (cr *connReader) discard(n int) {
+	cr.r += n
+	if cr.r == cr.w {
+		cr.r, cr.w = 0, 0
+	}
+}
+
+// release gives the buffer back; only when nothing is buffered.
+func (cr *connReader) release() {
+	if cr.buf != nil && cr.r == cr.w {
+		cr.give(cr.buf)
+		cr.buf, cr.r, cr.w = nil, 0, 0
+	}
+}
+
+// waitData blocks until the connection has bytes to read (or fails) and
+// reads them. Nothing may be buffered. Without a RawConn it reads into a
+// buffer taken before blocking.
+func (cr *connReader) waitData() error {
+	if cr.rc == nil {
+		if cr.buf == nil {
+			cr.buf = cr.take()
+		}
+		return cr.fill()
+	}
+	cr.rn, cr.rerr = 0, nil
+	if err := cr.rc.Read(cr.readFn); err != nil {
+		return err
+	}
+	if cr.rerr != nil {
+		return cr.rerr
+	}
+	if cr.rn <= 0 {
+		return io.EOF
+	}
+	cr.r, cr.w = 0, cr.rn
+	return nil
+}
+
+// fill reads more bytes after what is buffered, moving the buffered bytes
+// to the front first when the buffer's end is reached. errBufferFull when
+// there is no room.
+func (cr *connReader) fill() error {
+	if cr.buf == nil {
+		cr.buf = cr.take()
+	}
+	if cr.w == len(cr.buf) {
+		if cr.r == 0 {
+			return errBufferFull
+		}
+		cr.w = copy(cr.buf, cr.buf[cr.r:cr.w])
+		cr.r = 0
+	}
+	n, err := cr.nc.Read(cr.buf[cr.w:])
+	cr.w += n
+	if n > 0 {
+		return nil
+	}
+	if err == nil {
+		err = io.ErrNoProgress
+	}
+	return err
+}
+
+// outBuf batches what goes to a connection so a small response leaves in
+// one write.
+type outBuf struct {
+	nc  net.Conn
+	b   []byte // len is what is pending; nil while released
+	err error
+}
+
+func (o *outBuf) pending() int { return len(o.b) }
+
+func (o *outBuf) write(p []byte) {
+	if o.err != nil {
+		return
+	}
+	if len(o.b)+len(p) > cap(o.b) {
+		o.flush()
+		if len(p) > cap(o.b) {
+			_, o.err = o.nc.Write(p)
+			return
+		}
+	}
+	o.b = append(o.b, p...)
+}
+
+func (o *outBuf) writeString(s string) {
+	if o.err != nil {
+		return
+	}
+	if len(o.b)+len(s) > cap(o.b) {
+		o.flush()
+		if len(s) > cap(o.b) {
+			_, o.err = io.WriteString(o.nc, s)
+			return
+		}
+	}
+	o.b = append(o.b, s...)
+}
+
+func (o *outBuf) flush() {
+	if o.err == nil && len(o.b) > 0 {
+		_, o.err = o.nc.Write(o.b)
+	}
+	o.b = o.b[:0]
+}

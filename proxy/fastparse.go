@@ -1,0 +1,467 @@
+package proxy
+
+import (
+	"bytes"
+	"errors"
+)
+
+// The fast path parses HTTP/1.1 heads itself, strictly: anything it does not
+// fully understand is not guessed at but handed to net/http, whose parser
+// then decides (and answers 400, 431 and so on). The one thing it refuses
+// itself is a request with both Content-Length and Transfer-Encoding, which
+// net/http would accept after dropping the Content-Length.
+
+// fieldID names the header fields the fast path acts on.
+type fieldID uint8
+
+const (
+	fOther fieldID = iota
+	fHost
+	fContentLength
+	fTransferEncoding
+	fConnection
+	fUpgrade
+	fExpect
+	fTE
+	fKeepAlive
+	fProxyConnection
+	fProxyAuthenticate
+	fProxyAuthorization
+	fTrailer
+	fXForwardedFor
+	fXForwardedHost
+	fXForwardedProto
+	fXForwardedOther
+	fForwarded
+	fXRealIP
+	fCookie
+	fContentType
+	fDate
+)
+
+type field struct {
+	name, value []byte
+	id          fieldID
+}
+
+const maxFields = 100
+
+// head is one parsed request or response head. Its slices point into the
+// read buffer and are valid until that buffer is consumed.
+type head struct {
+	// request line
+	method string // one of the fast path's methods (a constant)
+	target []byte
+	// status line
+	code   int
+	reason []byte
+	http10 bool
+
+	fields []field
+	arr    [maxFields]field
+	end    int // length of the head including the blank line
+
+	contentLength int64 // -1: none
+	nCL           int
+	chunked       bool
+	te            int // Transfer-Encoding fields
+	closeConn     bool
+	connTokens    [8][]byte // other Connection tokens (responses)
+	nConnTokens   int
+	hosts         int
+	sse           bool
+	hasDate       bool
+}
+
+// verdicts of parseRequest besides ok.
+var (
+	errFallback = errors.New("fast path: not a plain request")
+	errCLTE     = errors.New("both Content-Length and Transfer-Encoding")
+)
+
+// findHeadEnd returns the length of the head at the start of b including the
+// blank line, 0 when it is not complete yet, or -1 when a line ends in a bare
+// LF (net/http decides about those).
+func findHeadEnd(b []byte) int {
+	i := 0
+	for {
+		j := bytes.IndexByte(b[i:], '\n')
+		if j < 0 {
+			return 0
+		}
+		j += i
+		if j == 0 || b[j-1] != '\r' {
+			return -1
+		}
+		if j == i+1 && i > 0 { // an empty line: "\r\n" right after the previous "\n"
+			return j + 1
+		}
+		i = j + 1
+	}
+}
+
+var fastMethods = [...]string{"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"}
+
+// parseRequest parses the complete head b (as found by findHeadEnd).
+// errFallback: let net/http serve the connection; errCLTE: refuse with 400.
+func (h *head) parseRequest(b []byte) error {
+	h.reset(len(b))
+	line, rest := cutLine(b)
+	sp := bytes.IndexByte(line, ' ')
+	if sp <= 0 {
+		return errFallback
+	}
+	m := line[:sp]
+	h.method = ""
+	for _, fm := range fastMethods {
+		if string(m) == fm {
+			h.method = fm
+			break
+		}
+	}
+	if h.method == "" {
+		return errFallback
+	}
+	line = line[sp+1:]
+	sp = bytes.IndexByte(line, ' ')
+	if sp <= 0 || line[0] != '/' || string(line[sp+1:]) != "HTTP/1.1" {
+		return errFallback
+	}
+	h.target = line[:sp]
+	for _, c := range h.target {
+		if c <= ' ' || c >= 0x7f || c == '#' {
+			return errFallback
+		}
+	}
+	if !h.parseFields(rest) {
+		return errFallback
+	}
+	if h.te > 0 && h.nCL > 0 {
+		return errCLTE
+	}
+	if h.te > 0 || h.nCL > 1 || h.hosts != 1 {
+		return errFallback
+	}
+	return nil
+}
+
+// parseResponse parses a complete response head.
+func (h *head) parseResponse(b []byte) error {
+	h.reset(len(b))
+	line, rest := cutLine(b)
+	switch {
+	case bytes.HasPrefix(line, []byte("HTTP/1.1 ")):
+	case bytes.HasPrefix(line, []byte("HTTP/1.0 ")):
+		h.http10 = true
+	default:
+		return errors.New("malformed status line")
+	}
+	line = line[9:]
+	if len(line) < 3 || (len(line) > 3 && line[3] != ' ') {
+		return errors.New("malformed status line")
+	}
+	code := 0
+	for _, c := range line[:3] {
+		if c < '0' || c > '9' {
+			return errors.New("malformed status code")
+		}
+		code = code*10 + int(c-'0')
+	}
+	if code < 100 {
+		return errors.New("malformed status code")
+	}
+	h.code = code
+	if len(line) > 3 {
+		h.reason = line[4:]
+	}
+	for _, c := range h.reason {
+		if c < ' ' && c != '\t' || c == 0x7f {
+			return errors.New("malformed reason phrase")
+		}
+	}
+	if !h.parseFields(rest) {
+		return errors.New("malformed header field")
+	}
+	if h.te > 1 {
+		return errors.New("more than one Transfer-Encoding")
+	}
+	if h.te == 1 && !h.chunked {
+		return errors.New("unsupported Transfer-Encoding")
+	}
+	return nil
+}
+
+func (h *head) reset(end int) {
+	*h = head{end: end, contentLength: -1, fields: h.arr[:0]}
+}
+
+func cutLine(b []byte) (line, rest []byte) {
+	i := bytes.IndexByte(b, '\n') // present: findHeadEnd checked every line
+	return b[:i-1], b[i+1:]
+}
+
+// parseFields parses the field lines up to the blank line.
+func (h *head) parseFields(b []byte) bool {
+	for {
+		line, rest := cutLine(b)
+		b = rest
+		if len(line) == 0 {
+			return true
+		}
+		colon := bytes.IndexByte(line, ':')
+		if colon <= 0 || len(h.fields) == maxFields {
+			return false
+		}
+		name := line[:colon]
+		for _, c := range name {
+			if !isTokenChar(c) {
+				return false // also a leading space: obsolete line folding
+			}
+		}
+		v := line[colon+1:]
+		for len(v) > 0 && (v[0] == ' ' || v[0] == '\t') {
+			v = v[1:]
+		}
+		for len(v) > 0 && (v[len(v)-1] == ' ' || v[len(v)-1] == '\t') {
+			v = v[:len(v)-1]
+		}
+		for _, c := range v {
+			if c < ' ' && c != '\t' || c == 0x7f {
+				return false
+			}
+		}
+		id := classifyField(name)
+		switch id {
+		case fHost:
+			h.hosts++
+		case fContentLength:
+			n, ok := parseDecimal(v)
+			if !ok || (h.nCL > 0 && n != h.contentLength) {
+				return false
+			}
+			h.contentLength = n
+			h.nCL++
+		case fTransferEncoding:
+			h.te++
+			h.chunked = equalFold(v, "chunked")
+		case fConnection:
+			if !h.connection(v) {
+				return false
+			}
+		case fContentType:
+			h.sse = len(v) >= 17 && equalFold(v[:17], "text/event-stream")
+		case fDate:
+			h.hasDate = true
+		}
+		h.fields = append(h.fields, field{name: name, value: v, id: id})
+	}
+}
+
+// connection records the tokens of a Connection field.
+func (h *head) connection(v []byte) bool {
+	for len(v) > 0 {
+		var tok []byte
+		if i := bytes.IndexByte(v, ','); i >= 0 {
+			tok, v = v[:i], v[i+1:]
+		} else {
+			tok, v = v, nil
+		}
+		tok = bytes.Trim(tok, " \t")
+		switch {
+		case len(tok) == 0:
+		case equalFold(tok, "close"):
+			h.closeConn = true
+		case equalFold(tok, "keep-alive"):
+		default:
+			if h.nConnTokens == len(h.connTokens) {
+				return false
+			}
+			h.connTokens[h.nConnTokens] = tok
+			h.nConnTokens++
+		}
+	}
+	return true
+}
+
+// connectionNamed reports whether the Connection field listed name.
+func (h *head) connectionNamed(name []byte) bool {
+	for _, t := range h.connTokens[:h.nConnTokens] {
+		if len(t) == len(name) && equalFoldBytes(t, name) {
+			return true
+		}
+	}
+	return false
+}
+
+func parseDecimal(v []byte) (int64, bool) {
+	if len(v) == 0 || len(v) > 18 {
+		return 0, false
+	}
+	var n int64
+	for _, c := range v {
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		n = n*10 + int64(c-'0')
+	}
+	return n, true
+}
+
+// parseHex parses a chunk-size line (without its CRLF): hex digits and
+// optional extensions after ';'.
+func parseChunkSize(line []byte) (int64, bool) {
+	if i := bytes.IndexByte(line, ';'); i >= 0 {
+		line = line[:i]
+	}
+	line = bytes.TrimRight(line, " \t")
+	if len(line) == 0 || len(line) > 15 {
+		return 0, false
+	}
+	var n int64
+	for _, c := range line {
+		var d byte
+		switch {
+		case c >= '0' && c <= '9':
+			d = c - '0'
+		case c >= 'a' && c <= 'f':
+			d = c - 'a' + 10
+		case c >= 'A' && c <= 'F':
+			d = c - 'A' + 10
+		default:
+			return 0, false
+		}
+		n = n<<4 | int64(d)
+	}
+	return n, true
+}
+
+func classifyField(n []byte) fieldID {
+	switch len(n) {
+	case 2:
+		if equalFold(n, "te") {
+			return fTE
+		}
+	case 4:
+		if equalFold(n, "host") {
+			return fHost
+		}
+		if equalFold(n, "date") {
+			return fDate
+		}
+	case 6:
+		if equalFold(n, "expect") {
+			return fExpect
+		}
+		if equalFold(n, "cookie") {
+			return fCookie
+		}
+	case 7:
+		if equalFold(n, "upgrade") {
+			return fUpgrade
+		}
+		if equalFold(n, "trailer") {
+			return fTrailer
+		}
+	case 9:
+		if equalFold(n, "forwarded") {
+			return fForwarded
+		}
+		if equalFold(n, "x-real-ip") {
+			return fXRealIP
+		}
+	case 10:
+		if equalFold(n, "connection") {
+			return fConnection
+		}
+		if equalFold(n, "keep-alive") {
+			return fKeepAlive
+		}
+	case 12:
+		if equalFold(n, "content-type") {
+			return fContentType
+		}
+	case 14:
+		if equalFold(n, "content-length") {
+			return fContentLength
+		}
+	case 15:
+		if equalFold(n, "x-forwarded-for") {
+			return fXForwardedFor
+		}
+	case 16:
+		if equalFold(n, "x-forwarded-host") {
+			return fXForwardedHost
+		}
+		if equalFold(n, "proxy-connection") {
+			return fProxyConnection
+		}
+	case 17:
+		if equalFold(n, "transfer-encoding") {
+			return fTransferEncoding
+		}
+		if equalFold(n, "x-forwarded-proto") {
+			return fXForwardedProto
+		}
+	case 18:
+		if equalFold(n, "proxy-authenticate") {
+			return fProxyAuthenticate
+		}
+	case 19:
+		if equalFold(n, "proxy-authorization") {
+			return fProxyAuthorization
+		}
+	}
+	if len(n) > 12 && equalFold(n[:12], "x-forwarded-") {
+		return fXForwardedOther
+	}
+	return fOther
+}
+
+// equalFold compares ASCII case-insensitively; s is lower case.
+func equalFold(b []byte, s string) bool {
+	if len(b) != len(s) {
+		return false
+	}
+	for i := range len(b) {
+		c := b[i]
+		if 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		if c != s[i] {
+			return false
+		}
+	}
+	return true
+}
+
+func equalFoldBytes(a, b []byte) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range len(a) {
+		x, y := a[i], b[i]
+		if 'A' <= x && x <= 'Z' {
+			x += 'a' - 'A'
+		}
+		if 'A' <= y && y <= 'Z' {
+			y += 'a' - 'A'
+		}
+		if x != y {
+			return false
+		}
+	}
+	return true
+}
+
+// isTokenChar reports RFC 9110 tchar.
+func isTokenChar(c byte) bool {
+	switch {
+	case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
+		return true
+	}
+	switch c {
+	case '!', '#', '$', '%', '&', '\'', '*', '+', '-', '.', '^', '_', '`', '|', '~':
+		return true
+	}
+	return false
+}
