@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bytes"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -217,4 +218,119 @@ func BenchmarkLoopback(b *testing.B) {
 			}
 		}
 	})
+}
+
+// BenchmarkFront compares the two front ends over real sockets with the
+// same Router and instances: the fast path (Server) and net/http
+// (http.Server with the Router as handler). The clients are raw keep-alive
+// connections that allocate nothing, so -benchmem counts the proxy and the
+// instance only (the instance allocates nothing either).
+func BenchmarkFront(b *testing.B) {
+	run := func(b *testing.B, addr string) {
+		req := []byte("GET /path HTTP/1.1\r\nHost: bench.example\r\nUser-Agent: bench\r\n\r\n")
+		b.ReportAllocs()
+		b.SetBytes(int64(len(benchBody)))
+		b.RunParallel(func(pb *testing.PB) {
+			c, err := net.Dial("tcp", addr)
+			if err != nil {
+				b.Error(err)
+				return
+			}
+			defer c.Close()
+			buf := make([]byte, 4096)
+			for pb.Next() {
+				if _, err := c.Write(req); err != nil {
+					b.Error(err)
+					return
+				}
+				if err := readBenchResponse(c, buf); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		})
+	}
+	b.Run("fast", func(b *testing.B) {
+		rt := newBenchRouterFast(b)
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			b.Fatal(err)
+		}
+		srv := &Server{Router: rt, Fallback: &http.Server{Handler: rt}}
+		done := make(chan struct{})
+		go func() { defer close(done); _ = srv.Serve(ln) }()
+		b.Cleanup(func() { srv.Close(); <-done })
+		run(b, ln.Addr().String())
+	})
+	b.Run("nethttp", func(b *testing.B) {
+		rt := newBenchRouter(b, true)
+		front := httptest.NewServer(rt)
+		b.Cleanup(front.Close)
+		run(b, front.Listener.Addr().String())
+	})
+}
+
+// newBenchRouterFast is newBenchRouter with metrics and without a custom
+// Transport, so Server uses the fast path.
+func newBenchRouterFast(tb testing.TB) *Router {
+	tb.Helper()
+	m, err := NewMetrics(prometheus.NewRegistry())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	cfg := Config{
+		PreviewHeader: "X-Bluegreen-Preview",
+		PreviewCookie: "bluegreen_preview",
+		Metrics:       m,
+		Log:           slog.New(slog.NewTextHandler(io.Discard, nil)),
+	}
+	cfg.Colors[0] = ColorConfig{Name: "blue", URLs: []*url.URL{newBenchBackend(tb)}}
+	cfg.Colors[1] = ColorConfig{Name: "green", URLs: []*url.URL{newBenchBackend(tb)}}
+	rt, err := NewRouter(cfg)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if !rt.FastPath() {
+		tb.Fatal("router cannot use the fast path")
+	}
+	for _, color := range []string{"blue", "green"} {
+		p := rt.Pool(color)
+		for _, b := range p.Backends() {
+			p.SetStatus(b.Name(), true)
+		}
+	}
+	tb.Cleanup(rt.CloseIdleConnections)
+	return rt
+}
+
+// readBenchResponse reads one response with a Content-Length body of
+// len(benchBody) bytes from c.
+func readBenchResponse(c net.Conn, buf []byte) error {
+	have := 0
+	for {
+		n, err := c.Read(buf[have:])
+		if err != nil {
+			return err
+		}
+		have += n
+		i := bytes.Index(buf[:have], []byte("\r\n\r\n"))
+		if i < 0 {
+			continue
+		}
+		if !bytes.HasPrefix(buf, []byte("HTTP/1.1 200 ")) {
+			return fmt.Errorf("unexpected answer %q", buf[:i])
+		}
+		want := i + 4 + len(benchBody)
+		for have < want {
+			n, err := c.Read(buf[have:])
+			if err != nil {
+				return err
+			}
+			have += n
+		}
+		if have != want {
+			return fmt.Errorf("%d bytes more than the response", have-want)
+		}
+		return nil
+	}
 }

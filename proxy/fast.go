@@ -612,10 +612,7 @@ func (s streamCloser) Close() error {
 func (c *fconn) writeHead(res *head, chunked, addDate, closeConn bool) {
 	o := &c.out
 	o.writeString("HTTP/1.1 ")
-	var code [3]byte
-	code[0], code[1], code[2] = byte('0'+res.code/100), byte('0'+res.code/10%10), byte('0'+res.code%10)
-	o.write(code[:])
-	o.writeString(" ")
+	o.writeCode(res.code)
 	if len(res.reason) > 0 {
 		o.write(res.reason)
 	} else {

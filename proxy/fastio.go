@@ -204,3 +204,14 @@ func (o *outBuf) flush() {
 	}
 	o.b = o.b[:0]
 }
+
+// writeCode writes a three-digit status code and a space.
+func (o *outBuf) writeCode(code int) {
+	if o.err != nil {
+		return
+	}
+	if len(o.b)+4 > cap(o.b) {
+		o.flush()
+	}
+	o.b = append(o.b, byte('0'+code/100), byte('0'+code/10%10), byte('0'+code%10), ' ')
+}
