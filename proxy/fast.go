@@ -63,6 +63,8 @@ type fconn struct {
 	remote   string
 	clientIP string
 	trusted  bool
+
+	deadlineCleared bool // a request body was read without a deadline
 }
 
 // exchange is the scratch space of one request, pooled: two heads of up to
@@ -175,6 +177,7 @@ func (s *Server) serveConn(c *fconn) {
 		}
 		s.forget(c)
 	}()
+	var idleArmed time.Time // when the idle deadline was set; zero: another deadline is set
 	for {
 		if c.cr.buffered() == 0 {
 			c.cr.release()
@@ -182,20 +185,26 @@ func (s *Server) serveConn(c *fconn) {
 			if s.shutdown.Load() {
 				return
 			}
-			_ = c.nc.SetReadDeadline(time.Now().Add(s.IdleTimeout))
+			// Re-arming a deadline costs a timer update; a busy connection
+			// re-arms it once a second, so the idle timeout may end up to
+			// a second early.
+			if now := time.Now(); idleArmed.IsZero() || now.Sub(idleArmed) > time.Second {
+				_ = c.nc.SetReadDeadline(now.Add(s.IdleTimeout))
+				idleArmed = now
+			}
 			err := c.cr.waitData()
 			if !c.state.CompareAndSwap(stateIdle, stateActive) || err != nil {
 				return
 			}
 		}
 		start := time.Now()
-		_ = c.nc.SetReadDeadline(start.Add(s.ReadHeaderTimeout))
-		n := 0
-		for {
-			n = findHeadEnd(c.cr.bytes())
-			if n != 0 {
-				break
-			}
+		n := findHeadEnd(c.cr.bytes())
+		if n == 0 {
+			// The head came in pieces: from now on it has ReadHeaderTimeout.
+			_ = c.nc.SetReadDeadline(start.Add(s.ReadHeaderTimeout))
+			idleArmed = time.Time{}
+		}
+		for n == 0 {
 			if err := c.cr.fill(); err != nil {
 				if err == errBufferFull {
 					n = -1
@@ -203,6 +212,7 @@ func (s *Server) serveConn(c *fconn) {
 				}
 				return // header timeout, or the client went away
 			}
+			n = findHeadEnd(c.cr.bytes())
 		}
 		if n < 0 {
 			handedOff = s.handOff(c)
@@ -222,6 +232,9 @@ func (s *Server) serveConn(c *fconn) {
 			return
 		}
 		keep := s.serveRequest(c, x, start)
+		if c.deadlineCleared {
+			idleArmed, c.deadlineCleared = time.Time{}, false
+		}
 		if !x.consumed {
 			c.cr.discard(x.req.end)
 		}
@@ -467,6 +480,7 @@ func (s *Server) send(c *fconn, x *exchange, uc *upConn, b *Backend) (bodyStarte
 			x.path = string(pathOf(req.target))
 		}
 		_ = c.nc.SetReadDeadline(time.Time{})
+		c.deadlineCleared = true
 		for rem > 0 {
 			if c.cr.buffered() == 0 {
 				if err := c.cr.fill(); err != nil {
