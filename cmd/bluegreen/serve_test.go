@@ -345,7 +345,12 @@ func TestServeAdminTokenRequired(t *testing.T) {
 // a cutover answer arrived is served by the new colour; a request held in
 // flight on the old colour across a cutover completes there.
 func TestServeZeroFailedRequestsAcrossCutovers(t *testing.T) {
-	st := startStack(t, 2, 2)
+	t.Run("fast path", func(t *testing.T) { testZeroFailedAcrossCutovers(t) })
+	t.Run("net/http", func(t *testing.T) { testZeroFailedAcrossCutovers(t, "BLUEGREEN_FAST_PATH=false") })
+}
+
+func testZeroFailedAcrossCutovers(t *testing.T, extra ...string) {
+	st := startStack(t, 2, 2, extra...)
 	// started counts cutovers sent, done those answered; even = blue, odd =
 	// green. A request sent after cutover k was answered must get colour k,
 	// unless another cutover started while it ran.
