@@ -433,6 +433,9 @@ func (s *Server) send(c *fconn, x *exchange, uc *upConn, b *Backend) (bodyStarte
 				continue
 			}
 		}
+		if req.nConnTokens > 0 && req.connectionNamed(f.name) {
+			continue // a hop-by-hop field named by Connection
+		}
 		w = append(w, f.name...)
 		w = append(w, ": "...)
 		w = append(w, f.value...)

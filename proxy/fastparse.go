@@ -71,6 +71,8 @@ type head struct {
 	hosts         int
 	sse           bool
 	hasDate       bool
+	upgrade       bool // an Upgrade field
+	expect        bool // an Expect field
 }
 
 // verdicts of parseRequest besides ok.
@@ -139,7 +141,10 @@ func (h *head) parseRequest(b []byte) error {
 	if h.te > 0 && h.nCL > 0 {
 		return errCLTE
 	}
-	if h.te > 0 || h.nCL > 1 || h.hosts != 1 {
+	// Upgrades (WebSocket), Expect: 100-continue and chunked bodies are
+	// net/http's; so are duplicate Content-Length fields (it drops the
+	// copies) and a missing or repeated Host (it answers 400).
+	if h.te > 0 || h.nCL > 1 || h.hosts != 1 || h.upgrade || h.expect {
 		return errFallback
 	}
 	return nil
@@ -234,6 +239,9 @@ func (h *head) parseFields(b []byte) bool {
 		switch id {
 		case fHost:
 			h.hosts++
+			if !validHost(v) {
+				return false // net/http answers 400
+			}
 		case fContentLength:
 			n, ok := parseDecimal(v)
 			if !ok || (h.nCL > 0 && n != h.contentLength) {
@@ -252,6 +260,10 @@ func (h *head) parseFields(b []byte) bool {
 			h.sse = len(v) >= 17 && equalFold(v[:17], "text/event-stream")
 		case fDate:
 			h.hasDate = true
+		case fUpgrade:
+			h.upgrade = true
+		case fExpect:
+			h.expect = true
 		}
 		h.fields = append(h.fields, field{name: name, value: v, id: id})
 	}
@@ -464,4 +476,21 @@ func isTokenChar(c byte) bool {
 		return true
 	}
 	return false
+}
+
+// validHost reports whether a Host value has only the bytes net/http
+// accepts in one (letters, digits and "!$%&'()*+,-.:;=@[]_~").
+func validHost(v []byte) bool {
+	for _, c := range v {
+		switch {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
+			continue
+		}
+		switch c {
+		case '!', '$', '%', '&', '\'', '(', ')', '*', '+', ',', '-', '.', ':', ';', '=', '@', '[', ']', '_', '~':
+			continue
+		}
+		return false
+	}
+	return true
 }
