@@ -1,6 +1,7 @@
 // Package admin is the HTTP face of the control plane: status, cutover,
 // rollback, history, liveness, readiness and metrics, on their own listener.
-// Mutating calls need a bearer token when one is configured.
+// Mutating calls need a bearer token when one is configured; the optional
+// profiling endpoints under /debug/pprof/ always need it.
 package admin
 
 import (
@@ -58,6 +59,10 @@ type Config struct {
 	Version  string
 	// Store, when set, reports the state store's kind and reachability.
 	Store func() StoreStatus
+	// Pprof serves net/http/pprof's handlers under /debug/pprof/. Every
+	// request there needs the token, GET included; with no Token set they
+	// are all refused.
+	Pprof bool
 }
 
 // StoreStatus is the state store as one replica sees it.
@@ -100,18 +105,35 @@ func New(cfg Config) http.Handler {
 			r.Post("/rollback", a.switcher(true))
 		})
 	})
+	if cfg.Pprof {
+		a.mountPprof(r)
+		if cfg.Log != nil {
+			cfg.Log.Info("profiling enabled on the admin listener", "path", "/debug/pprof/", "auth", cfg.Token != "")
+		}
+	}
 	return r
 }
 
+// auth guards the mutating calls: it needs the token when one is set.
 func (a *api) auth(next http.Handler) http.Handler {
+	guarded := a.requireToken(next)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if a.cfg.Token == "" {
 			next.ServeHTTP(w, r)
 			return
 		}
+		guarded.ServeHTTP(w, r)
+	})
+}
+
+// requireToken lets a request through only with the right bearer token; with
+// no token configured it refuses every request. A refusal is logged without
+// the credentials that were sent.
+func (a *api) requireToken(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 		h := sha256.Sum256([]byte(strings.TrimSpace(got)))
-		if !ok || subtle.ConstantTimeCompare(h[:], a.tokenHash[:]) != 1 {
+		if a.cfg.Token == "" || !ok || subtle.ConstantTimeCompare(h[:], a.tokenHash[:]) != 1 {
 			a.cfg.Log.Warn("admin request refused: missing or wrong token", "method", r.Method, "path", r.URL.Path, "remote", r.RemoteAddr)
 			w.Header().Set("WWW-Authenticate", `Bearer realm="bluegreen"`)
 			writeError(w, http.StatusUnauthorized, "unauthorized", "missing or wrong bearer token")

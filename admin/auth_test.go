@@ -44,6 +44,7 @@ func TestEveryMutatingRouteNeedsToken(t *testing.T) {
 		Applied: func() (string, uint64) { return "blue", 1 },
 		Ready:   func() (bool, string) { return true, "" },
 		Log:     slog.New(slog.NewJSONHandler(logs, nil)),
+		Pprof:   true, // so POST /debug/pprof/symbol is walked too
 	})
 	var mutating []string
 	err := chi.Walk(h.(chi.Routes), func(method, route string, _ http.Handler, _ ...func(http.Handler) http.Handler) error {

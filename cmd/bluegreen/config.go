@@ -52,6 +52,7 @@ type Config struct {
 	PreviewStrip        bool          `env:"PREVIEW_STRIP" envDefault:"true"`
 	ReadHeaderTimeout   time.Duration `env:"READ_HEADER_TIMEOUT" envDefault:"10s"`
 	FastPath            bool          `env:"FAST_PATH" envDefault:"true"`
+	Pprof               bool          `env:"PPROF" envDefault:"false"`
 	ReplicaID           string        `env:"REPLICA_ID"`
 	EtcdCAFile          string        `env:"ETCD_CA_FILE"`
 	EtcdCertFile        string        `env:"ETCD_CERT_FILE"`
@@ -186,8 +187,13 @@ func loadConfig(environ []string, hostname func() (string, error)) (Config, erro
 	default:
 		cfg.token = cfg.AdminToken
 	}
+	tokenProblem := hasProblem(problems, "ADMIN_TOKEN") // a token variable was already reported
 	if cfg.token == "" && !isLoopback(cfg.AdminListen) && !hasProblem(problems, "ADMIN_TOKEN") {
 		bad("ADMIN_LISTEN", cfg.AdminListen, "the admin listener is not loopback-only: set BLUEGREEN_ADMIN_TOKEN or BLUEGREEN_ADMIN_TOKEN_FILE")
+	}
+	// Profiles are never served without the token, even on loopback.
+	if cfg.Pprof && cfg.token == "" && !tokenProblem {
+		bad("PPROF", vars[envPrefix+"PPROF"], "profiling needs the admin token: set BLUEGREEN_ADMIN_TOKEN or BLUEGREEN_ADMIN_TOKEN_FILE")
 	}
 	if cfg.ReplicaID == "" && hostname != nil {
 		cfg.ReplicaID, _ = hostname()

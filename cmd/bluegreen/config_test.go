@@ -82,6 +82,8 @@ func TestBadConfigExits2(t *testing.T) {
 		{"both tokens", append(baseEnv(), "BLUEGREEN_ADMIN_TOKEN=a", "BLUEGREEN_ADMIN_TOKEN_FILE="+emptyToken), "both set"},
 		{"public admin without token", append(baseEnv(), "BLUEGREEN_ADMIN_LISTEN=0.0.0.0:8081"), "BLUEGREEN_ADMIN_LISTEN="},
 		{"admin on all interfaces by port only", append(baseEnv(), "BLUEGREEN_ADMIN_LISTEN=:8081"), "BLUEGREEN_ADMIN_TOKEN"},
+		{"pprof without token", append(baseEnv(), "BLUEGREEN_PPROF=true"), `BLUEGREEN_PPROF="true": profiling needs the admin token`},
+		{"bad pprof bool", append(baseEnv(), "BLUEGREEN_PPROF=on"), `BLUEGREEN_PPROF="on": expected true or false`},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

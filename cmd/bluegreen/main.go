@@ -152,6 +152,8 @@ Runs the proxy. Configuration comes from the environment:
   BLUEGREEN_TRUSTED_PROXIES    CIDRs whose X-Forwarded-* headers are kept (default none)
   BLUEGREEN_PREVIEW_STRIP      remove the preview header before forwarding (default true)
   BLUEGREEN_READ_HEADER_TIMEOUT  time a client gets to send its headers (default 10s)
+  BLUEGREEN_PPROF              Go profiles under /debug/pprof/ on the admin listener, token
+                               required: needs BLUEGREEN_ADMIN_TOKEN[_FILE] (default false)
   BLUEGREEN_FAST_PATH            built-in HTTP/1.1 fast path for plain requests (default true)
   BLUEGREEN_ETCD_*             CA_FILE, CERT_FILE, KEY_FILE, USERNAME, PASSWORD[_FILE],
                                TIMEOUT (2s), LEASE_TTL (5s) for an etcd:// state store
