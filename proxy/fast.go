@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -39,6 +40,7 @@ type Server struct {
 	IdleTimeout time.Duration
 
 	shutdown atomic.Bool
+	closed   atomic.Bool // Close was called: connections are cut, not drained
 	mu       sync.Mutex
 	lns      map[net.Listener]struct{}
 	conns    map[*fconn]struct{}
@@ -65,6 +67,28 @@ type fconn struct {
 	trusted  bool
 
 	deadlineCleared bool // a request body was read without a deadline
+	linger          bool // closing with request bytes unread: half-close and drain first
+
+	upstream atomic.Pointer[upConn] // the instance connection of the request in flight, for Close
+}
+
+// lingerClose half-closes and reads what the client still sends for a
+// moment before the close, as net/http does: closing a socket with unread
+// bytes sends a reset, which can destroy the answer before the client
+// reads it.
+func (c *fconn) lingerClose() {
+	if cw, ok := c.nc.(interface{ CloseWrite() error }); ok {
+		_ = cw.CloseWrite()
+	}
+	_ = c.nc.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+	buf := make([]byte, 4096)
+	for total := 0; total < 256<<10; {
+		n, err := c.nc.Read(buf)
+		total += n
+		if err != nil {
+			return
+		}
+	}
 }
 
 // exchange is the scratch space of one request, pooled: two heads of up to
@@ -170,6 +194,9 @@ func (s *Server) serveConn(c *fconn) {
 			s.Router.log.Error("panic serving a connection", "remote", c.remote, "panic", v, "stack", string(debug.Stack()))
 		}
 		if !handedOff {
+			if c.linger {
+				c.lingerClose()
+			}
 			c.nc.Close()
 			c.cr.discard(c.cr.buffered())
 			c.cr.release()
@@ -225,6 +252,7 @@ func (s *Server) serveConn(c *fconn) {
 		case errCLTE:
 			s.Router.exchanges.put(x)
 			c.badRequest("Content-Length and Transfer-Encoding together")
+			c.linger = true
 			return
 		default:
 			s.Router.exchanges.put(x)
@@ -293,6 +321,7 @@ func (s *Server) serveRequest(c *fconn, x *exchange, start time.Time) bool {
 	if b == nil {
 		pool.metrics.count(req.method, http.StatusServiceUnavailable)
 		keep := req.contentLength <= 0 && !req.closeConn && !s.shutdown.Load()
+		c.linger = req.contentLength > 0
 		c.writeUnavailable(req, pool, keep, start)
 		return keep && c.out.err == nil
 	}
@@ -302,6 +331,7 @@ func (s *Server) serveRequest(c *fconn, x *exchange, start time.Time) bool {
 		cm.inflight.Inc()
 	}
 	code, inst, stream, keep := s.forward(c, x, pool, b, start)
+	c.upstream.Store(nil)
 	b.inflight.Add(-1)
 	elapsed := time.Since(start)
 	if cm != nil {
@@ -335,6 +365,10 @@ func (s *Server) forward(c *fconn, x *exchange, pool *Pool, b *Backend, start ti
 		uc, err := attempt.conns.get(fresh)
 		bodyStarted := false
 		if err == nil {
+			c.upstream.Store(uc)
+			if s.shutdown.Load() && s.closed.Load() {
+				uc.nc.Close() // Close ran between the pick and the store
+			}
 			bodyStarted, err = s.send(c, x, uc, attempt)
 			if err == nil {
 				err = s.readResponseHead(c, x, uc)
@@ -373,6 +407,7 @@ func (s *Server) forward(c *fconn, x *exchange, pool *Pool, b *Backend, start ti
 		keep := !bodyStarted && req.contentLength <= 0 && !req.closeConn && !s.shutdown.Load()
 		if req.contentLength > 0 && !bodyStarted {
 			keep = false // the body is still unread
+			c.linger = true
 		}
 		c.writeStatus(req, status, http.StatusText(status)+"\n", keep, start)
 		return status, attempt, false, keep && c.out.err == nil
@@ -432,9 +467,6 @@ func (s *Server) send(c *fconn, x *exchange, uc *upConn, b *Backend) (bodyStarte
 			if rt.stripPreview && equalFold(f.name, rt.previewLower) {
 				continue
 			}
-		}
-		if req.nConnTokens > 0 && req.connectionNamed(f.name) {
-			continue // a hop-by-hop field named by Connection
 		}
 		w = append(w, f.name...)
 		w = append(w, ": "...)
@@ -650,8 +682,8 @@ func (c *fconn) writeHead(res *head, chunked, addDate, closeConn bool) {
 				continue
 			}
 		}
-		if res.nConnTokens > 0 && res.connectionNamed(f.name) {
-			continue
+		if res.nConnTokens > 0 && f.id != fContentLength && f.id != fTransferEncoding && res.connectionNamed(f.name) {
+			continue // hop-by-hop by the instance's word; the framing stays, it is relayed as is
 		}
 		o.write(f.name)
 		o.writeString(": ")
@@ -839,19 +871,29 @@ func pathOf(target []byte) []byte {
 	return target
 }
 
-// wantsPreviewFast is wantsPreview on a parsed head.
+// wantsPreviewFast is wantsPreview on a parsed head, with net/http's
+// reading: the first preview field decides, and the first cookie of that
+// name.
 func (rt *Router) wantsPreviewFast(h *head) bool {
+	headerSeen, cookieSeen := rt.previewHeader == "", rt.previewCookie == ""
 	for i := range h.fields {
 		f := &h.fields[i]
 		switch {
-		case rt.previewHeader != "" && f.id == fOther && equalFold(f.name, rt.previewLower):
+		case !headerSeen && f.id == fOther && equalFold(f.name, rt.previewLower):
+			headerSeen = true
 			if truthyBytes(f.value) {
 				return true
 			}
-		case rt.previewCookie != "" && f.id == fCookie:
-			if cookieTruthy(f.value, rt.previewCookie) {
-				return true
+		case !cookieSeen && f.id == fCookie:
+			if val, ok := cookieValue(f.value, rt.previewCookie); ok {
+				cookieSeen = true
+				if truthyBytes(val) {
+					return true
+				}
 			}
+		}
+		if headerSeen && cookieSeen {
+			return false
 		}
 	}
 	return false
@@ -859,9 +901,10 @@ func (rt *Router) wantsPreviewFast(h *head) bool {
 
 func truthyBytes(v []byte) bool { return string(v) == "1" || equalFold(v, "true") }
 
-// cookieTruthy reports whether the Cookie field value v sets name to a
-// truthy value.
-func cookieTruthy(v []byte, name string) bool {
+// cookieValue finds the first cookie called name in the Cookie field value
+// v, read as net/http reads it: names trimmed, a quoted value unquoted, a
+// value with bytes a cookie cannot hold skipped.
+func cookieValue(v []byte, name string) ([]byte, bool) {
 	for len(v) > 0 {
 		var part []byte
 		if i := indexByte(v, ';'); i >= 0 {
@@ -869,22 +912,30 @@ func cookieTruthy(v []byte, name string) bool {
 		} else {
 			part, v = v, nil
 		}
-		for len(part) > 0 && part[0] == ' ' {
-			part = part[1:]
-		}
+		part = bytes.Trim(part, " \t")
 		eq := indexByte(part, '=')
-		if eq < 0 || string(part[:eq]) != name {
+		if eq < 0 {
+			continue
+		}
+		if string(bytes.Trim(part[:eq], " \t")) != name {
 			continue
 		}
 		val := part[eq+1:]
 		if len(val) >= 2 && val[0] == '"' && val[len(val)-1] == '"' {
 			val = val[1 : len(val)-1]
 		}
-		if truthyBytes(val) {
-			return true
+		ok := true
+		for _, c := range val {
+			if c <= ' ' || c >= 0x7f || c == '"' || c == ';' || c == '\\' || c == ',' {
+				ok = false
+				break
+			}
+		}
+		if ok {
+			return val, true
 		}
 	}
-	return false
+	return nil, false
 }
 
 func indexByte(b []byte, c byte) int {
@@ -947,9 +998,13 @@ func (s *Server) Close() error {
 	for ln := range s.lns {
 		ln.Close()
 	}
+	s.closed.Store(true)
 	for c := range s.conns {
 		c.state.Store(stateClosed)
 		c.nc.Close()
+		if uc := c.upstream.Load(); uc != nil {
+			uc.nc.Close()
+		}
 	}
 	started := s.lns != nil
 	s.mu.Unlock()

@@ -130,8 +130,20 @@ func (h *head) parseRequest(b []byte) error {
 		return errFallback
 	}
 	h.target = line[:sp]
-	for _, c := range h.target {
+	query := false
+	for i, c := range h.target {
 		if c <= ' ' || c >= 0x7f || c == '#' {
+			return errFallback
+		}
+		// net/http's reverse proxy drops query parameters it cannot parse
+		// (a ';' or a bad escape), so proxy and instance never read the
+		// query differently; those requests go there.
+		query = query || c == '?'
+		if query && c == ';' {
+			return errFallback
+		}
+		// A '%' must start an escape (net/http answers 400 in the path).
+		if c == '%' && (i+2 >= len(h.target) || !isHex(h.target[i+1]) || !isHex(h.target[i+2])) {
 			return errFallback
 		}
 	}
@@ -143,8 +155,10 @@ func (h *head) parseRequest(b []byte) error {
 	}
 	// Upgrades (WebSocket), Expect: 100-continue and chunked bodies are
 	// net/http's; so are duplicate Content-Length fields (it drops the
-	// copies) and a missing or repeated Host (it answers 400).
-	if h.te > 0 || h.nCL > 1 || h.hosts != 1 || h.upgrade || h.expect {
+	// copies), a missing or repeated Host (it answers 400), and a
+	// Connection field naming other fields (it drops them without letting
+	// that touch the framing).
+	if h.te > 0 || h.nCL > 1 || h.hosts != 1 || h.upgrade || h.expect || h.nConnTokens > 0 {
 		return errFallback
 	}
 	return nil
@@ -493,4 +507,8 @@ func validHost(v []byte) bool {
 		return false
 	}
 	return true
+}
+
+func isHex(c byte) bool {
+	return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F'
 }

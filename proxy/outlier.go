@@ -15,7 +15,9 @@ import (
 // from balancing for a cool-down. Each further ejection doubles the
 // cool-down up to MaxEject; the count starts over once the instance has
 // stayed in for MaxEject. Passive evidence alone never ejects the last
-// instance of a colour that is healthy and not ejected.
+// instance of a colour that is healthy and not ejected; when that last one
+// keeps failing, the cool-downs of the healthy ejected instances end early,
+// and while every healthy instance is ejected, Pick uses them anyway.
 type OutlierConfig struct {
 	// Consecutive failures that eject an instance; 0 disables detection.
 	Consecutive int
@@ -120,7 +122,16 @@ func (p *Pool) eject(b *Backend) {
 		}
 	}
 	if others == 0 {
-		p.log.Debug("not ejecting the last available instance", "color", p.color, "instance", b.name)
+		// b is failing and nothing else is in rotation: the instances
+		// ejected earlier, healthy by their probes, are a better bet than
+		// b. End their cool-downs now.
+		for _, o := range p.backends {
+			if o != b && o.up.Load() && o.out.ejected.CompareAndSwap(true, false) {
+				p.nEjected.Add(-1)
+				p.log.Info("outlier ejection ended early: the last instance in rotation is failing",
+					"color", p.color, "instance", o.name, "failing", b.name)
+			}
+		}
 		return
 	}
 	now := p.now()

@@ -116,19 +116,69 @@ func TestOutlierNeverEjectsLastInstance(t *testing.T) {
 		c.Outlier = OutlierConfig{Consecutive: 2, Eject: time.Minute}
 		c.Now = clock.Now
 	})
+	maxEjected := 0
 	for range 20 {
 		if code, _, _ := get(t, f.front.Client(), f.front.URL, nil); code != 500 {
 			t.Fatalf("status %d: with every instance failing the answers pass through, never 503", code)
 		}
-	}
-	ejected := 0
-	for _, b := range f.rt.pools[0].backends {
-		if ej, _ := b.Ejected(); ej {
-			ejected++
+		ejected := 0
+		for _, b := range f.rt.pools[0].backends {
+			if ej, _ := b.Ejected(); ej {
+				ejected++
+			}
+		}
+		maxEjected = max(maxEjected, ejected)
+		if ejected > 1 {
+			t.Fatalf("%d instances ejected: the last one must stay", ejected)
 		}
 	}
-	if ejected != 1 {
-		t.Fatalf("%d instances ejected, want exactly 1: the last one stays", ejected)
+	if maxEjected != 1 {
+		t.Fatalf("no instance was ever ejected")
+	}
+}
+
+// TestOutlierEjectedInstancesServeWhenNothingElseCan: an instance ejected
+// earlier but healthy by its probes takes the traffic (and the retries)
+// when the only instance in rotation dies, instead of a 502 or a 503 for the
+// rest of the cool-down.
+func TestOutlierEjectedInstancesServeWhenNothingElseCan(t *testing.T) {
+	var bad0 atomic.Bool
+	bad0.Store(true)
+	var h0 atomic.Int64
+	b0 := failing(t, &bad0, &h0)
+	b1 := newBackend(t, "blue", 1)
+	green := newBackend(t, "green", 0)
+	clock := newFakeClock()
+	f := newFixture(t, []string{b0.URL, b1.URL}, []string{green.URL}, func(c *Config) {
+		c.Outlier = OutlierConfig{Consecutive: 2, Eject: time.Hour}
+		c.Now = clock.Now
+	})
+	pool := f.rt.pools[0]
+	for i := 0; ; i++ {
+		if ej, _ := pool.backends[0].Ejected(); ej {
+			break
+		}
+		if i == 20 {
+			t.Fatal("the failing instance was never ejected")
+		}
+		get(t, f.front.Client(), f.front.URL, nil)
+	}
+	bad0.Store(false) // it recovers, its probes pass, but the cool-down runs on
+	b1.Close()        // and now the only instance in rotation dies
+	failed := 0
+	for range 20 {
+		if code, _, _ := get(t, f.front.Client(), f.front.URL, nil); code != 200 {
+			failed++
+		}
+	}
+	if failed != 0 {
+		t.Fatalf("%d of 20 requests failed with the dead instance still marked up: the retry must use the ejected one", failed)
+	}
+	pool.SetStatus(pool.backends[1].name, false) // the probes notice the death
+	for range 10 {
+		if code, _, _ := get(t, f.front.Client(), f.front.URL, nil); code != 200 {
+			t.Fatalf("status %d with one healthy (ejected) instance left: want it to serve, not 503", code)
+		}
 	}
 }
 

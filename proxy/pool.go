@@ -108,21 +108,50 @@ func (p *Pool) Healthy() int {
 }
 
 // Pick chooses a healthy instance that outlier detection has not ejected,
-// or returns nil when there is none; the caller turns nil into 503. It never
-// falls over to another colour.
+// or returns nil when there is none; the caller turns nil into 503. When
+// every healthy instance is ejected it picks one of them anyway: passive
+// evidence takes an instance out of rotation while others can serve, never
+// the whole colour (Envoy's panic threshold does the same). It never falls
+// over to another colour.
 func (p *Pool) Pick() *Backend {
+	var b *Backend
 	if p.balance == LeastInflight {
-		return p.pickLeast(nil)
+		b = p.pickLeast(nil)
+	} else {
+		b = p.pickRoundRobin(nil)
 	}
-	return p.pickRoundRobin(nil)
+	if b == nil && p.nEjected.Load() > 0 {
+		b = p.pickEjected(nil)
+	}
+	return b
 }
 
 // pickOther is Pick without except: the target of a retry.
 func (p *Pool) pickOther(except *Backend) *Backend {
+	var b *Backend
 	if p.balance == LeastInflight {
-		return p.pickLeast(except)
+		b = p.pickLeast(except)
+	} else {
+		b = p.pickRoundRobin(except)
 	}
-	return p.pickRoundRobin(except)
+	if b == nil && p.nEjected.Load() > 0 {
+		b = p.pickEjected(except)
+	}
+	return b
+}
+
+// pickEjected returns a healthy instance other than except that outlier
+// detection ejected, rotating among them.
+func (p *Pool) pickEjected(except *Backend) *Backend {
+	n := uint32(len(p.backends))
+	start := p.next.Load()
+	for i := range n {
+		b := p.backends[(start+i)%n]
+		if b != except && b.up.Load() && b.out.ejected.Load() {
+			return b
+		}
+	}
+	return nil
 }
 
 func (p *Pool) pickRoundRobin(except *Backend) *Backend {

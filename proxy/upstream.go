@@ -33,11 +33,6 @@ type upConn struct {
 	reused   bool
 }
 
-// staleCheckAfter is the idle time after which a pooled connection is
-// checked for a close by the instance before it is used: a non-blocking
-// peek, one system call.
-const staleCheckAfter = 200 * time.Millisecond
-
 func newUpstream(hostport, path string, cfg TransportConfig, bufs *buffers, now func() time.Time) *upstream {
 	if _, _, err := net.SplitHostPort(hostport); err != nil {
 		hostport = net.JoinHostPort(strings.Trim(hostport, "[]"), "80")
@@ -54,6 +49,10 @@ func newUpstream(hostport, path string, cfg TransportConfig, bufs *buffers, now 
 }
 
 // get returns a pooled connection that still looks open, or dials one.
+// Every pooled connection is peeked at first (one non-blocking system
+// call): one the instance closed is not used, and neither is one on which
+// the instance sent bytes nobody asked for, which would otherwise be read
+// as the answer to the next request.
 func (u *upstream) get(fresh bool) (*upConn, error) {
 	if !fresh {
 		now := u.now()
@@ -68,8 +67,7 @@ func (u *upstream) get(fresh bool) (*upConn, error) {
 			u.idle[n-1] = nil
 			u.idle = u.idle[:n-1]
 			u.mu.Unlock()
-			idle := now.Sub(c.lastUsed)
-			if idle >= u.idleTimeout || (idle >= staleCheckAfter && !c.open()) {
+			if now.Sub(c.lastUsed) >= u.idleTimeout || !c.open() {
 				c.close()
 				continue
 			}
