@@ -414,8 +414,14 @@ func (s *Server) forward(c *fconn, x *exchange, pool *Pool, b *Backend, start ti
 	}
 }
 
+// retryableFast: a refused connection means nothing was sent, so any
+// request may go elsewhere (its body is still unread); after a reset only
+// idempotent requests without a body may.
 func retryableFast(req *head, kind string) bool {
-	if kind != KindDial && kind != KindReset || req.contentLength > 0 {
+	if kind == KindDial {
+		return true
+	}
+	if kind != KindReset || req.contentLength > 0 {
 		return false
 	}
 	switch req.method {
