@@ -908,8 +908,9 @@ func (rt *Router) wantsPreviewFast(h *head) bool {
 func truthyBytes(v []byte) bool { return string(v) == "1" || equalFold(v, "true") }
 
 // cookieValue finds the first cookie called name in the Cookie field value
-// v, read as net/http reads it: names trimmed, a quoted value unquoted, a
-// value with bytes a cookie cannot hold skipped.
+// v, read exactly as net/http reads it: parts and names trimmed, a part
+// without '=' is a cookie with an empty value, a quoted value is unquoted,
+// and a value with a byte a cookie cannot hold is skipped.
 func cookieValue(v []byte, name string) ([]byte, bool) {
 	for len(v) > 0 {
 		var part []byte
@@ -919,20 +920,22 @@ func cookieValue(v []byte, name string) ([]byte, bool) {
 			part, v = v, nil
 		}
 		part = bytes.Trim(part, " \t")
-		eq := indexByte(part, '=')
-		if eq < 0 {
+		if len(part) == 0 {
 			continue
 		}
-		if string(bytes.Trim(part[:eq], " \t")) != name {
+		n, val := part, []byte(nil)
+		if eq := indexByte(part, '='); eq >= 0 {
+			n, val = part[:eq], part[eq+1:]
+		}
+		if string(bytes.Trim(n, " \t")) != name {
 			continue
 		}
-		val := part[eq+1:]
-		if len(val) >= 2 && val[0] == '"' && val[len(val)-1] == '"' {
+		if len(val) > 1 && val[0] == '"' && val[len(val)-1] == '"' {
 			val = val[1 : len(val)-1]
 		}
 		ok := true
 		for _, c := range val {
-			if c <= ' ' || c >= 0x7f || c == '"' || c == ';' || c == '\\' || c == ',' {
+			if c < 0x20 || c >= 0x7f || c == '"' || c == ';' || c == '\\' {
 				ok = false
 				break
 			}

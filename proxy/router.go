@@ -286,6 +286,12 @@ func (rt *Router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "405 method not allowed", http.StatusMethodNotAllowed)
 		return
 	}
+	if r.URL.Opaque != "" {
+		// "GET x:secret/admin": no path, and the instance would get a
+		// request target without its leading slash.
+		http.Error(w, "400 bad request: the request target has no path", http.StatusBadRequest)
+		return
+	}
 	s := rt.snap.Load()
 	pool := s.active
 	if (rt.previewHeader != "" || rt.previewCookie != "") && rt.wantsPreview(r) {
