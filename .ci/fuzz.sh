@@ -17,6 +17,10 @@ targets="
 ./admin FuzzParseSwitch
 ./cmd/bluegreen FuzzLoadConfig
 ./proxy FuzzRouterHeaders
+./proxy FuzzParseRequest
+./proxy FuzzParseResponse
+./proxy FuzzFastServer
+./proxy FuzzFastUpstream
 ./state FuzzDecode
 "
 

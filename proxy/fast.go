@@ -205,6 +205,7 @@ func (s *Server) serveConn(c *fconn) {
 		s.forget(c)
 	}()
 	var idleArmed time.Time // when the idle deadline was set; zero: another deadline is set
+	rearm := min(s.IdleTimeout/8, time.Second)
 	for {
 		if c.cr.buffered() == 0 {
 			c.cr.release()
@@ -213,9 +214,9 @@ func (s *Server) serveConn(c *fconn) {
 				return
 			}
 			// Re-arming a deadline costs a timer update; a busy connection
-			// re-arms it once a second, so the idle timeout may end up to
-			// a second early.
-			if now := time.Now(); idleArmed.IsZero() || now.Sub(idleArmed) > time.Second {
+			// re-arms it at most every rearm (an eighth of the idle timeout,
+			// up to a second), so the idle timeout may end that much early.
+			if now := time.Now(); idleArmed.IsZero() || now.Sub(idleArmed) > rearm {
 				_ = c.nc.SetReadDeadline(now.Add(s.IdleTimeout))
 				idleArmed = now
 			}
