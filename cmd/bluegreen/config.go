@@ -46,6 +46,7 @@ type Config struct {
 	PreviewCookie       string        `env:"PREVIEW_COOKIE" envDefault:"bluegreen_preview"`
 	Balance             string        `env:"BALANCE" envDefault:"round-robin"`
 	UpstreamIdleTimeout time.Duration `env:"UPSTREAM_IDLE_TIMEOUT" envDefault:"30s"`
+	UpstreamTimeout     time.Duration `env:"UPSTREAM_TIMEOUT" envDefault:"0s"`
 	OutlierConsecutive  int           `env:"OUTLIER_CONSECUTIVE" envDefault:"5"`
 	OutlierEject        time.Duration `env:"OUTLIER_EJECT" envDefault:"30s"`
 	TrustedProxies      string        `env:"TRUSTED_PROXIES"`
@@ -138,6 +139,9 @@ func loadConfig(environ []string, hostname func() (string, error)) (Config, erro
 	positive("UPSTREAM_IDLE_TIMEOUT", cfg.UpstreamIdleTimeout)
 	positive("OUTLIER_EJECT", cfg.OutlierEject)
 	positive("READ_HEADER_TIMEOUT", cfg.ReadHeaderTimeout)
+	if cfg.UpstreamTimeout < 0 {
+		bad("UPSTREAM_TIMEOUT", cfg.UpstreamTimeout.String(), "expected a duration of at least 0 (0: no limit)")
+	}
 	if cfg.OutlierConsecutive < 0 {
 		bad("OUTLIER_CONSECUTIVE", fmt.Sprint(cfg.OutlierConsecutive), "expected an integer of at least 0 (0 disables outlier detection)")
 	}

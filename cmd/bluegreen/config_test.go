@@ -67,6 +67,7 @@ func TestBadConfigExits2(t *testing.T) {
 		{"bad duration", append(baseEnv(), "BLUEGREEN_HEALTH_INTERVAL=soon"), `BLUEGREEN_HEALTH_INTERVAL="soon": expected a duration`},
 		{"negative duration", append(baseEnv(), "BLUEGREEN_DRAIN_TIMEOUT=-1s"), "BLUEGREEN_DRAIN_TIMEOUT="},
 		{"zero timeout", append(baseEnv(), "BLUEGREEN_HEALTH_TIMEOUT=0s"), "BLUEGREEN_HEALTH_TIMEOUT="},
+		{"negative upstream timeout", append(baseEnv(), "BLUEGREEN_UPSTREAM_TIMEOUT=-1s"), "BLUEGREEN_UPSTREAM_TIMEOUT="},
 		{"negative rise", append(baseEnv(), "BLUEGREEN_HEALTH_RISE=-1"), "BLUEGREEN_HEALTH_RISE="},
 		{"non-integer fall", append(baseEnv(), "BLUEGREEN_HEALTH_FALL=three"), `BLUEGREEN_HEALTH_FALL="three": expected an integer`},
 		{"unknown colour", append(baseEnv(), "BLUEGREEN_INITIAL_COLOR=purple"), "BLUEGREEN_INITIAL_COLOR="},

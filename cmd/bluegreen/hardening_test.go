@@ -279,3 +279,24 @@ func metricsText(t *testing.T, adm string) string {
 	b, _ := io.ReadAll(res.Body)
 	return string(b)
 }
+
+// TestServeUpstreamTimeout: an instance that takes longer than
+// BLUEGREEN_UPSTREAM_TIMEOUT to answer gets the client a 504 after about
+// that long, on both paths; a quicker one is not affected.
+func TestServeUpstreamTimeout(t *testing.T) {
+	for _, path := range []string{"true", "false"} {
+		t.Run("fast_path="+path, func(t *testing.T) {
+			st := startStack(t, 1, 1, "BLUEGREEN_UPSTREAM_TIMEOUT=300ms", "BLUEGREEN_FAST_PATH="+path)
+			start := time.Now()
+			if _, code := st.colorOf("/slow?d=3s"); code != http.StatusGatewayTimeout {
+				t.Fatalf("slow instance: status %d, want 504", code)
+			}
+			if took := time.Since(start); took < 300*time.Millisecond || took > 2*time.Second {
+				t.Fatalf("504 after %v, want about 300ms", took)
+			}
+			if _, code := st.colorOf("/slow?d=50ms"); code != http.StatusOK {
+				t.Fatalf("quick instance: status %d, want 200", code)
+			}
+		})
+	}
+}
