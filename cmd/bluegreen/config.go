@@ -46,7 +46,7 @@ type Config struct {
 	PreviewCookie       string        `env:"PREVIEW_COOKIE" envDefault:"bluegreen_preview"`
 	Balance             string        `env:"BALANCE" envDefault:"round-robin"`
 	UpstreamIdleTimeout time.Duration `env:"UPSTREAM_IDLE_TIMEOUT" envDefault:"30s"`
-	UpstreamTimeout     time.Duration `env:"UPSTREAM_TIMEOUT" envDefault:"0s"`
+	UpstreamTimeout     time.Duration `env:"UPSTREAM_TIMEOUT" envDefault:"60s"`
 	OutlierConsecutive  int           `env:"OUTLIER_CONSECUTIVE" envDefault:"5"`
 	OutlierEject        time.Duration `env:"OUTLIER_EJECT" envDefault:"30s"`
 	TrustedProxies      string        `env:"TRUSTED_PROXIES"`

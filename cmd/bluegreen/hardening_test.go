@@ -202,7 +202,7 @@ func TestConfigHardeningVariables(t *testing.T) {
 		t.Fatal(err)
 	}
 	if cfg.OutlierConsecutive != 5 || cfg.OutlierEject != 30*time.Second || !cfg.PreviewStrip ||
-		cfg.ReadHeaderTimeout != 10*time.Second || len(cfg.trusted) != 0 {
+		cfg.ReadHeaderTimeout != 10*time.Second || len(cfg.trusted) != 0 || cfg.UpstreamTimeout != time.Minute {
 		t.Fatalf("defaults: %+v", cfg)
 	}
 	cfg, err = loadConfig(append(base, "BLUEGREEN_TRUSTED_PROXIES=10.0.0.0/8, 192.168.1.5,fd00::/8", "BLUEGREEN_OUTLIER_CONSECUTIVE=0"), nil)
