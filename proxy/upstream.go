@@ -31,6 +31,10 @@ type upConn struct {
 	cr       *connReader
 	lastUsed time.Time
 	reused   bool
+
+	peekFn func(fd uintptr) bool // c.peek, bound once
+	alive  bool
+	one    [1]byte
 }
 
 func newUpstream(hostport, path string, cfg TransportConfig, bufs *buffers, now func() time.Time) *upstream {
@@ -81,6 +85,7 @@ func (u *upstream) get(fresh bool) (*upConn, error) {
 	}
 	c := &upConn{nc: nc}
 	c.cr = newConnReader(nc, u.takeBuf, u.giveBuf)
+	c.peekFn = c.peek
 	return c, nil
 }
 
@@ -138,16 +143,16 @@ func (c *upConn) open() bool {
 	if c.cr.rc == nil {
 		return true
 	}
-	alive := true
-	var one [1]byte
-	err := c.cr.rc.Read(func(fd uintptr) bool {
-		n, _, err := syscall.Recvfrom(int(fd), one[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
-		if err == syscall.EAGAIN {
-			return true // nothing to read: still open
-		}
-		alive = false // EOF, an error, or bytes nobody asked for
-		_ = n
-		return true
-	})
-	return err == nil && alive
+	c.alive = false
+	return c.cr.rc.Read(c.peekFn) == nil && c.alive
+}
+
+// peek is open's RawConn callback, kept in the connection so a check
+// allocates nothing.
+func (c *upConn) peek(fd uintptr) bool {
+	_, _, err := syscall.Recvfrom(int(fd), c.one[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+	// EAGAIN: nothing to read, still open. Anything else is EOF, an error,
+	// or bytes nobody asked for.
+	c.alive = err == syscall.EAGAIN
+	return true
 }
