@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"runtime/debug"
@@ -46,7 +45,6 @@ type Server struct {
 	conns    map[*fconn]struct{}
 	handoff  *handoffListener
 	done     chan struct{}
-	fbErr    chan error
 }
 
 // Connection states of the fast path, for graceful shutdown.
@@ -127,8 +125,7 @@ func (s *Server) Serve(ln net.Listener) error {
 		s.conns = make(map[*fconn]struct{})
 		s.handoff = &handoffListener{addr: ln.Addr(), ch: make(chan net.Conn), done: make(chan struct{})}
 		s.done = make(chan struct{})
-		s.fbErr = make(chan error, 1)
-		go func() { s.fbErr <- s.Fallback.Serve(s.handoff) }()
+		go func() { _ = s.Fallback.Serve(s.handoff) }() // ends when handoff is closed
 		go s.reap()
 	}
 	s.lns[ln] = struct{}{}
@@ -321,35 +318,17 @@ func (s *Server) serveRequest(c *fconn, x *exchange, start time.Time) bool {
 	b := pool.Pick()
 	if b == nil {
 		pool.metrics.count(req.method, http.StatusServiceUnavailable)
-		keep := req.contentLength <= 0 && !req.closeConn && !s.shutdown.Load()
-		c.linger = req.contentLength > 0
-		c.writeUnavailable(req, pool, keep, start)
+		keep := s.keepAfterError(c, req, false)
+		c.writeStatus(req, http.StatusServiceUnavailable, "Retry-After: "+rt.retryAfter+"\r\nCache-Control: no-store\r\n",
+			unavailableBody(pool), keep, start)
 		return keep && c.out.err == nil
 	}
-	cm := pool.metrics
-	b.inflight.Add(1)
-	if cm != nil {
-		cm.inflight.Inc()
-	}
+	pool.begin(b)
 	code, inst, stream, keep := s.forward(c, x, pool, b, start)
 	c.upstream.Store(nil)
-	b.inflight.Add(-1)
-	elapsed := time.Since(start)
-	if cm != nil {
-		cm.inflight.Dec()
-		if !stream {
-			cm.duration.Observe(elapsed.Seconds())
-		}
-	}
+	elapsed := pool.end(b, start, stream)
 	if rt.access != nil {
-		rt.access.LogAttrs(context.Background(), slog.LevelInfo, "request",
-			slog.String("method", req.method),
-			slog.String("path", x.path),
-			slog.Int("status", code),
-			slog.String("color", pool.color),
-			slog.String("instance", inst.name),
-			slog.Duration("duration", elapsed),
-			slog.String("remote", c.remote))
+		rt.logAccess(context.Background(), req.method, x.path, code, pool, inst, elapsed, c.remote)
 	}
 	return keep
 }
@@ -367,7 +346,7 @@ func (s *Server) forward(c *fconn, x *exchange, pool *Pool, b *Backend, start ti
 		bodyStarted := false
 		if err == nil {
 			c.upstream.Store(uc)
-			if s.shutdown.Load() && s.closed.Load() {
+			if s.closed.Load() {
 				uc.nc.Close() // Close ran between the pick and the store
 			}
 			bodyStarted, err = s.send(c, x, uc, attempt)
@@ -405,12 +384,8 @@ func (s *Server) forward(c *fconn, x *exchange, pool *Pool, b *Backend, start ti
 		}
 		rt.log.Warn("upstream error", "color", pool.color, "instance", attempt.name, "kind", kind,
 			"method", req.method, "path", path, "err", err)
-		keep := !bodyStarted && req.contentLength <= 0 && !req.closeConn && !s.shutdown.Load()
-		if req.contentLength > 0 && !bodyStarted {
-			keep = false // the body is still unread
-			c.linger = true
-		}
-		c.writeStatus(req, status, http.StatusText(status)+"\n", keep, start)
+		keep := s.keepAfterError(c, req, bodyStarted)
+		c.writeStatus(req, status, "", http.StatusText(status)+"\n", keep, start)
 		return status, attempt, false, keep && c.out.err == nil
 	}
 }
@@ -418,18 +393,16 @@ func (s *Server) forward(c *fconn, x *exchange, pool *Pool, b *Backend, start ti
 // retryableFast: a refused connection means nothing was sent, so any
 // request may go elsewhere (its body is still unread); after a reset only
 // idempotent requests without a body may.
+// keepAfterError reports whether the client connection can carry another
+// request after an error answer: not when a body is left unread (or half
+// read) on it; an unread body also makes the close linger.
+func (s *Server) keepAfterError(c *fconn, req *head, bodyStarted bool) bool {
+	c.linger = req.contentLength > 0 && !bodyStarted
+	return req.contentLength <= 0 && !req.closeConn && !s.shutdown.Load()
+}
+
 func retryableFast(req *head, kind string) bool {
-	if kind == KindDial {
-		return true
-	}
-	if kind != KindReset || req.contentLength > 0 {
-		return false
-	}
-	switch req.method {
-	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodPut, http.MethodDelete:
-		return true
-	}
-	return false
+	return kind == KindDial || mayRetry(req.method, req.contentLength > 0, kind)
 }
 
 // send writes the request head, rebuilt with the forwarding headers and
@@ -837,26 +810,12 @@ func (s *Server) copyChunked(c *fconn, uc *upConn) error {
 	return nil
 }
 
-// writeStatus answers with a short plain-text error.
-func (c *fconn) writeStatus(req *head, code int, body string, keep bool, start time.Time) {
+// writeStatus answers with a short plain-text error; extra holds more
+// header lines, each ending in CRLF.
+func (c *fconn) writeStatus(req *head, code int, extra, body string, keep bool, start time.Time) {
 	o := &c.out
-	o.writeString("HTTP/1.1 " + strconv.Itoa(code) + " " + http.StatusText(code) + "\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: " + strconv.Itoa(len(body)) + "\r\nDate: ")
-	o.write(c.s.Router.date.get(start))
-	if !keep {
-		o.writeString("\r\nConnection: close")
-	}
-	o.writeString("\r\n\r\n")
-	if req.method != http.MethodHead {
-		o.writeString(body)
-	}
-	o.flush()
-}
-
-func (c *fconn) writeUnavailable(req *head, p *Pool, keep bool, start time.Time) {
-	o := &c.out
-	body := "503 no healthy " + p.color + " instance\n"
-	o.writeString("HTTP/1.1 503 Service Unavailable\r\nRetry-After: " + c.s.Router.retryAfter +
-		"\r\nCache-Control: no-store\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: " + strconv.Itoa(len(body)) + "\r\nDate: ")
+	o.writeString("HTTP/1.1 " + strconv.Itoa(code) + " " + http.StatusText(code) + "\r\n" + extra +
+		"Content-Type: text/plain; charset=utf-8\r\nContent-Length: " + strconv.Itoa(len(body)) + "\r\nDate: ")
 	o.write(c.s.Router.date.get(start))
 	if !keep {
 		o.writeString("\r\nConnection: close")
@@ -870,10 +829,8 @@ func (c *fconn) writeUnavailable(req *head, p *Pool, keep bool, start time.Time)
 
 // pathOf is the path of an origin-form target.
 func pathOf(target []byte) []byte {
-	for i, ch := range target {
-		if ch == '?' {
-			return target[:i]
-		}
+	if i := bytes.IndexByte(target, '?'); i >= 0 {
+		return target[:i]
 	}
 	return target
 }
@@ -915,7 +872,7 @@ func truthyBytes(v []byte) bool { return string(v) == "1" || equalFold(v, "true"
 func cookieValue(v []byte, name string) ([]byte, bool) {
 	for len(v) > 0 {
 		var part []byte
-		if i := indexByte(v, ';'); i >= 0 {
+		if i := bytes.IndexByte(v, ';'); i >= 0 {
 			part, v = v[:i], v[i+1:]
 		} else {
 			part, v = v, nil
@@ -925,7 +882,7 @@ func cookieValue(v []byte, name string) ([]byte, bool) {
 			continue
 		}
 		n, val := part, []byte(nil)
-		if eq := indexByte(part, '='); eq >= 0 {
+		if eq := bytes.IndexByte(part, '='); eq >= 0 {
 			n, val = part[:eq], part[eq+1:]
 		}
 		if string(bytes.Trim(n, " \t")) != name {
@@ -946,15 +903,6 @@ func cookieValue(v []byte, name string) ([]byte, bool) {
 		}
 	}
 	return nil, false
-}
-
-func indexByte(b []byte, c byte) int {
-	for i, x := range b {
-		if x == c {
-			return i
-		}
-	}
-	return -1
 }
 
 // Shutdown stops accepting, closes idle connections, and waits for the

@@ -312,7 +312,7 @@ func (h *head) connection(v []byte) bool {
 // connectionNamed reports whether the Connection field listed name.
 func (h *head) connectionNamed(name []byte) bool {
 	for _, t := range h.connTokens[:h.nConnTokens] {
-		if len(t) == len(name) && equalFoldBytes(t, name) {
+		if bytes.EqualFold(t, name) {
 			return true
 		}
 	}
@@ -454,25 +454,6 @@ func equalFold(b []byte, s string) bool {
 			c += 'a' - 'A'
 		}
 		if c != s[i] {
-			return false
-		}
-	}
-	return true
-}
-
-func equalFoldBytes(a, b []byte) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range len(a) {
-		x, y := a[i], b[i]
-		if 'A' <= x && x <= 'Z' {
-			x += 'a' - 'A'
-		}
-		if 'A' <= y && y <= 'Z' {
-			y += 'a' - 'A'
-		}
-		if x != y {
 			return false
 		}
 	}

@@ -338,8 +338,11 @@ func TestFastHelpers(t *testing.T) {
 	if !equalFold([]byte("Content-LENGTH"), "content-length") || equalFold([]byte("content-lengtx"), "content-length") || equalFold([]byte("a"), "ab") {
 		t.Error("equalFold")
 	}
-	if !equalFoldBytes([]byte("X-A"), []byte("x-a")) || equalFoldBytes([]byte("X-A"), []byte("x-b")) {
-		t.Error("equalFoldBytes")
+	var h head
+	h.reset(0)
+	h.connection([]byte("X-A"))
+	if !h.connectionNamed([]byte("x-a")) || h.connectionNamed([]byte("x-b")) {
+		t.Error("connectionNamed")
 	}
 	for _, n := range []string{"Host", "TE", "X-Forwarded-For", "x-forwarded-port", "Content-Length", "transfer-encoding"} {
 		if classifyField([]byte(n)) == fOther {

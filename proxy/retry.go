@@ -89,13 +89,16 @@ func (b *Backend) attemptFailed(ctx context.Context, err error) string {
 // idempotent and the failure came before any response byte, and it has no
 // body that was consumed.
 func retryable(req *http.Request, kind string) bool {
-	if kind != KindDial && kind != KindReset {
+	return mayRetry(req.Method, req.Body != nil && req.Body != http.NoBody, kind)
+}
+
+// mayRetry is the retry policy of both paths: a refused connection or a
+// reset before any response byte, of an idempotent method without a body.
+func mayRetry(method string, hasBody bool, kind string) bool {
+	if kind != KindDial && kind != KindReset || hasBody {
 		return false
 	}
-	if req.Body != nil && req.Body != http.NoBody {
-		return false
-	}
-	switch req.Method {
+	switch method {
 	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace, http.MethodPut, http.MethodDelete:
 		return true
 	}

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -308,32 +309,49 @@ func (rt *Router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		rec = &statusRecorder{ResponseWriter: w}
 		w = rec
 	}
-	cm := pool.metrics
-	b.inflight.Add(1)
-	if cm != nil {
-		cm.inflight.Inc()
-	}
+	pool.begin(b)
 	defer func() {
-		b.inflight.Add(-1)
-		elapsed := time.Since(start)
-		if cm != nil {
-			cm.inflight.Dec()
-			if !longLived(r) {
-				cm.duration.Observe(elapsed.Seconds())
-			}
-		}
+		elapsed := pool.end(b, start, longLived(r))
 		if rec != nil {
-			rt.access.LogAttrs(r.Context(), slog.LevelInfo, "request",
-				slog.String("method", r.Method),
-				slog.String("path", r.URL.Path),
-				slog.Int("status", rec.status()),
-				slog.String("color", pool.color),
-				slog.String("instance", b.name),
-				slog.Duration("duration", elapsed),
-				slog.String("remote", r.RemoteAddr))
+			rt.logAccess(r.Context(), r.Method, r.URL.Path, rec.status(), pool, b, elapsed, r.RemoteAddr)
 		}
 	}()
 	b.rp.ServeHTTP(w, r)
+}
+
+// begin counts a request in flight on b, an instance of p.
+func (p *Pool) begin(b *Backend) {
+	b.inflight.Add(1)
+	if cm := p.metrics; cm != nil {
+		cm.inflight.Inc()
+	}
+}
+
+// end undoes begin and observes the request's duration, unless it was a
+// long-lived connection (an upgrade or an event stream). It returns the
+// duration.
+func (p *Pool) end(b *Backend, start time.Time, longLived bool) time.Duration {
+	b.inflight.Add(-1)
+	elapsed := time.Since(start)
+	if cm := p.metrics; cm != nil {
+		cm.inflight.Dec()
+		if !longLived {
+			cm.duration.Observe(elapsed.Seconds())
+		}
+	}
+	return elapsed
+}
+
+// logAccess writes one access-log record; rt.access must be set.
+func (rt *Router) logAccess(ctx context.Context, method, path string, status int, p *Pool, b *Backend, elapsed time.Duration, remote string) {
+	rt.access.LogAttrs(ctx, slog.LevelInfo, "request",
+		slog.String("method", method),
+		slog.String("path", path),
+		slog.Int("status", status),
+		slog.String("color", p.color),
+		slog.String("instance", b.name),
+		slog.Duration("duration", elapsed),
+		slog.String("remote", remote))
 }
 
 // longLived reports requests whose duration is a connection's lifetime, not
@@ -353,8 +371,12 @@ func (rt *Router) unavailable(w http.ResponseWriter, r *http.Request, p *Pool) {
 	h.Set("Content-Type", "text/plain; charset=utf-8")
 	h.Set("Cache-Control", "no-store")
 	w.WriteHeader(http.StatusServiceUnavailable)
-	_, _ = io.WriteString(w, "503 no healthy "+p.color+" instance\n")
+	_, _ = io.WriteString(w, unavailableBody(p))
 }
+
+// unavailableBody is the text of the 503 a colour without a healthy
+// instance answers with.
+func unavailableBody(p *Pool) string { return "503 no healthy " + p.color + " instance\n" }
 
 func (rt *Router) errorHandler(b *Backend) func(http.ResponseWriter, *http.Request, error) {
 	return func(w http.ResponseWriter, r *http.Request, err error) {

@@ -95,9 +95,7 @@ func runDemo(ctx context.Context, args, environ []string, stdout, stderr io.Writ
 	}
 	cfg, err := loadConfig(append(demoEnv, own...), os.Hostname)
 	if err != nil {
-		for line := range strings.SplitSeq(err.Error(), "\n") {
-			fmt.Fprintf(stderr, "bluegreen: config: %s\n", line)
-		}
+		printConfigErrors(stderr, err)
 		return exitConfig
 	}
 	log := newLogger(stderr, cfg.LogFormat, cfg.LogLevel)

@@ -174,13 +174,19 @@ func runServe(ctx context.Context, args, environ []string, stdout, stderr io.Wri
 	}
 	cfg, err := loadConfig(environ, os.Hostname)
 	if err != nil {
-		for line := range strings.SplitSeq(err.Error(), "\n") {
-			fmt.Fprintf(stderr, "bluegreen: config: %s\n", line)
-		}
+		printConfigErrors(stderr, err)
 		return exitConfig
 	}
 	log := newLogger(stderr, cfg.LogFormat, cfg.LogLevel)
 	return exitCode(serve(ctx, cfg, log, versionString(), nil), stderr)
+}
+
+// printConfigErrors writes each configuration problem (one a line, each
+// naming its variable) to stderr.
+func printConfigErrors(stderr io.Writer, err error) {
+	for line := range strings.SplitSeq(err.Error(), "\n") {
+		fmt.Fprintf(stderr, "bluegreen: config: %s\n", line)
+	}
 }
 
 func exitCode(err error, stderr io.Writer) int {
