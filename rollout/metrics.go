@@ -13,6 +13,10 @@ type Metrics struct {
 	lastSwitch prometheus.Gauge
 	active     *prometheus.GaugeVec
 	generation prometheus.Gauge
+
+	rolloutWeight *prometheus.GaugeVec
+	rolloutStep   prometheus.Gauge
+	analysis      *prometheus.CounterVec
 }
 
 // NewMetrics creates the series and registers them on reg.
@@ -34,8 +38,20 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Name: "bluegreen_state_generation",
 			Help: "Generation of the state this proxy has applied.",
 		}),
+		rolloutWeight: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "bluegreen_rollout_weight",
+			Help: "Percentage of clients each colour receives (100 and 0 outside a progressive rollout).",
+		}, []string{"color"}),
+		rolloutStep: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "bluegreen_rollout_step",
+			Help: "1-based step of the progressive rollout in progress; 0 when none runs.",
+		}),
+		analysis: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "bluegreen_rollout_analysis_total",
+			Help: "Rollout step evaluations by result (pass, continue, hold, paused, abort) on the replica that runs them.",
+		}, []string{"result"}),
 	}
-	for _, c := range []prometheus.Collector{m.cutovers, m.lastSwitch, m.active, m.generation} {
+	for _, c := range []prometheus.Collector{m.cutovers, m.lastSwitch, m.active, m.generation, m.rolloutWeight, m.rolloutStep, m.analysis} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("rollout metrics: %w", err)
 		}
@@ -58,6 +74,16 @@ func (m *Metrics) prepare(colors [2]string) {
 			m.cutovers.WithLabelValues(from, to, trig, resultSuccess)
 		}
 	}
+	for _, r := range []string{analysisPass, analysisContinue, analysisHold, analysisPaused, analysisAbort} {
+		m.analysis.WithLabelValues(r)
+	}
+}
+
+func (m *Metrics) analysed(result string) {
+	if m == nil {
+		return
+	}
+	m.analysis.WithLabelValues(result).Inc()
 }
 
 func (m *Metrics) count(from, to, trigger, result string) {
@@ -79,6 +105,18 @@ func (m *Metrics) applied(st state.State, colors [2]string) {
 		m.active.WithLabelValues(c).Set(v)
 	}
 	m.generation.Set(float64(st.Generation))
+	w, step := 0, 0
+	if r := st.Rollout; r != nil {
+		w, step = r.Weight, r.Step+1
+	}
+	for _, c := range colors {
+		v := float64(w)
+		if c == st.Active {
+			v = float64(100 - w)
+		}
+		m.rolloutWeight.WithLabelValues(c).Set(v)
+	}
+	m.rolloutStep.Set(float64(step))
 	if !st.ChangedAt.IsZero() {
 		m.lastSwitch.Set(float64(st.ChangedAt.UnixNano()) / 1e9)
 	}

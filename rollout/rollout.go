@@ -55,6 +55,12 @@ type Config struct {
 	Window       time.Duration // watch window after a cutover
 	HistoryLimit int           // switches kept in the state; default 100
 	Leadership   Leadership    // nil: always leader
+	// Progressive rollouts: Stats reads the data plane's per-colour
+	// windows (nil: no analysis, steps never pass by themselves);
+	// AnalysisEvery is the time between evaluations (default and maximum
+	// MaxAnalysisEvery).
+	Stats         Stats
+	AnalysisEvery time.Duration
 }
 
 // Request asks for a switch.
@@ -103,6 +109,9 @@ func New(cfg Config, store state.Store, router Router, hv HealthView, m *Metrics
 	if cfg.HistoryLimit <= 0 {
 		cfg.HistoryLimit = 100
 	}
+	if cfg.AnalysisEvery <= 0 || cfg.AnalysisEvery > MaxAnalysisEvery {
+		cfg.AnalysisEvery = MaxAnalysisEvery
+	}
 	if now == nil {
 		now = time.Now
 	}
@@ -140,7 +149,7 @@ func (c *Controller) Init(ctx context.Context) error {
 	if err := c.validate(st); err != nil {
 		return err
 	}
-	if err := c.router.SetActive(st.Active, st.Generation); err != nil {
+	if err := c.route(st); err != nil {
 		return fmt.Errorf("apply state: %w", err)
 	}
 	c.cur = st
@@ -155,6 +164,9 @@ func (c *Controller) validate(st state.State) error {
 	}
 	if st.Previous != "" && !slices.Contains(c.cfg.Colors[:], st.Previous) {
 		return fmt.Errorf("stored state: previous colour %q is not one of %q", st.Previous, c.cfg.Colors)
+	}
+	if r := st.Rollout; r != nil && (!slices.Contains(c.cfg.Colors[:], r.To) || r.From != st.Active) {
+		return fmt.Errorf("stored state: rollout from %q to %q does not match active colour %q", r.From, r.To, st.Active)
 	}
 	return nil
 }
@@ -259,6 +271,8 @@ func (c *Controller) switchLocked(ctx context.Context, action string, req Reques
 		Previous:   cur.Active,
 		Generation: cur.Generation + 1,
 		ChangedAt:  now,
+		// An explicit switch ends a rollout in progress: the switch wins.
+		LastRollout: c.endRollout(cur, action, req.To, trigger),
 	}
 	hist := cur.History
 	if len(hist) >= c.cfg.HistoryLimit {
@@ -287,12 +301,21 @@ func (c *Controller) switchLocked(ctx context.Context, action string, req Reques
 // applyLocked routes by st. The router only fails for an unknown colour,
 // which validate and switchLocked exclude.
 func (c *Controller) applyLocked(st state.State) {
-	if err := c.router.SetActive(st.Active, st.Generation); err != nil {
+	if err := c.route(st); err != nil {
 		c.log.Error("apply state", "err", err)
 		return
 	}
 	c.cur = st
 	c.metrics.applied(st, c.cfg.Colors)
+}
+
+// route applies st's active colour and rollout weight in one call when the
+// router can weigh, else the active colour alone.
+func (c *Controller) route(st state.State) error {
+	if wr, ok := c.router.(WeightedRouter); ok {
+		return wr.SetActiveWeighted(st.Active, st.Generation, weightOf(st))
+	}
+	return c.router.SetActive(st.Active, st.Generation)
 }
 
 // HealthChanged tells the controller that some instance changed health. It
@@ -319,12 +342,17 @@ func (c *Controller) leads() bool {
 // ends.
 func (c *Controller) Run(ctx context.Context) {
 	updates := c.store.Watch(ctx)
+	tick := time.NewTicker(c.cfg.AnalysisEvery)
+	defer tick.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
+		case <-tick.C:
+			c.EvaluateRollout(ctx)
 		case <-c.kick:
 			c.maybeRollback(ctx)
+			c.EvaluateRollout(ctx)
 		case st, ok := <-updates:
 			if !ok {
 				updates = nil

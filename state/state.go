@@ -23,6 +23,9 @@ import (
 const (
 	ActionCutover  = "cutover"
 	ActionRollback = "rollback"
+	// ActionAbort ends a progressive rollout: the target's weight goes back
+	// to 0 at once; the active colour does not change.
+	ActionAbort = "abort"
 )
 
 // Triggers recorded in [Event.Trigger].
@@ -30,6 +33,10 @@ const (
 	TriggerAPI          = "api"
 	TriggerCLI          = "cli"
 	TriggerAutoRollback = "auto-rollback"
+	// TriggerRollout is the cutover that ends a rollout's last step.
+	TriggerRollout = "rollout"
+	// TriggerSLOAbort is a rollout aborted by its own analysis.
+	TriggerSLOAbort = "slo-abort"
 )
 
 // FormatVersion is the value of the top-level "format" field written by
@@ -66,6 +73,12 @@ type State struct {
 	ChangedAt time.Time `json:"changed_at"`
 	// History lists the switches, oldest first.
 	History []Event `json:"history"`
+	// Rollout is the progressive rollout in progress, if any: a share of
+	// the clients goes to the idle colour Rollout.To. Absent in states
+	// written before rollouts existed.
+	Rollout *Rollout `json:"rollout,omitempty"`
+	// LastRollout is the rollout that ended last, with its outcome.
+	LastRollout *Rollout `json:"last_rollout,omitempty"`
 }
 
 // ErrNotFound reports that a store holds no state yet.
@@ -117,6 +130,16 @@ func validate(s State) error {
 	}
 	if s.Generation == 0 {
 		return errors.New("generation is 0")
+	}
+	if r := s.Rollout; r != nil {
+		switch {
+		case r.To == "" || r.To == s.Active:
+			return fmt.Errorf("rollout target %q must be the colour that is not active", r.To)
+		case r.Step < 0 || r.Step >= len(r.Steps):
+			return fmt.Errorf("rollout step %d is not an index into its %d steps", r.Step, len(r.Steps))
+		case r.Weight < 0 || r.Weight > 100:
+			return fmt.Errorf("rollout weight %d is not a percentage", r.Weight)
+		}
 	}
 	return nil
 }
