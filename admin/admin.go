@@ -59,6 +59,9 @@ type Config struct {
 	Version  string
 	// Store, when set, reports the state store's kind and reachability.
 	Store func() StoreStatus
+	// Rollouts, when set, serves the progressive-rollout endpoints under
+	// /admin/rollout.
+	Rollouts Rollouts
 	// Pprof serves net/http/pprof's handlers under /debug/pprof/. Every
 	// request there needs the token, GET included; with no Token set they
 	// are all refused.
@@ -104,6 +107,9 @@ func New(cfg Config) http.Handler {
 			r.Post("/cutover", a.switcher(false))
 			r.Post("/rollback", a.switcher(true))
 		})
+		if cfg.Rollouts != nil {
+			a.mountRollout(r)
+		}
 	})
 	if cfg.Pprof {
 		a.mountPprof(r)
@@ -303,6 +309,10 @@ func errorStatus(err error) (int, string) {
 		return http.StatusConflict, "conflict"
 	case errors.Is(err, rollout.ErrNoPrevious):
 		return http.StatusConflict, "no_previous"
+	case errors.Is(err, rollout.ErrRolloutRunning):
+		return http.StatusConflict, "rollout_running"
+	case errors.Is(err, rollout.ErrNoRollout):
+		return http.StatusConflict, "no_rollout"
 	case errors.Is(err, rollout.ErrStore):
 		return http.StatusServiceUnavailable, "store_unavailable"
 	}
