@@ -318,6 +318,7 @@ func (s *Server) serveRequest(c *fconn, x *exchange, start time.Time) bool {
 	b := pool.Pick()
 	if b == nil {
 		pool.metrics.count(req.method, http.StatusServiceUnavailable)
+		rt.record(pool, http.StatusServiceUnavailable, time.Time{}, -1, true)
 		keep := s.keepAfterError(c, req, false)
 		c.writeStatus(req, http.StatusServiceUnavailable, "Retry-After: "+rt.retryAfter+"\r\nCache-Control: no-store\r\n",
 			unavailableBody(pool), keep, start)
@@ -327,6 +328,7 @@ func (s *Server) serveRequest(c *fconn, x *exchange, start time.Time) bool {
 	code, inst, stream, keep := s.forward(c, x, pool, b, start)
 	c.upstream.Store(nil)
 	elapsed := pool.end(b, start, stream)
+	rt.record(pool, code, start, elapsed, stream)
 	if rt.access != nil {
 		rt.logAccess(context.Background(), req.method, x.path, code, pool, inst, elapsed, c.remote)
 	}

@@ -15,6 +15,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/cryoprotect/bluegreen/proxy/stats"
 )
 
 // ColorConfig names a colour and its instances.
@@ -63,6 +65,9 @@ type Config struct {
 	TrustedProxies []netip.Prefix
 	// StripPreviewHeader removes PreviewHeader before forwarding.
 	StripPreviewHeader bool
+	// Stats, when set, counts every finished request per colour (see
+	// package stats).
+	Stats *stats.Recorder
 }
 
 // snapshot is one immutable routing decision. A request loads it once.
@@ -87,6 +92,7 @@ type Router struct {
 	trusted       []netip.Prefix
 	stripPreview  bool
 	transport     http.RoundTripper
+	stats         *stats.Recorder
 	setMu         sync.Mutex // serialises SetActive
 
 	// The fast path (see Server).
@@ -135,6 +141,7 @@ func NewRouter(cfg Config) (*Router, error) {
 		trusted:       cfg.TrustedProxies,
 		transport:     cfg.Transport,
 		stripPreview:  cfg.StripPreviewHeader && cfg.PreviewHeader != "",
+		stats:         cfg.Stats,
 
 		previewLower:      strings.ToLower(cfg.PreviewHeader),
 		respHeaderTimeout: cfg.Upstream.ResponseHeaderTimeout,
@@ -305,14 +312,18 @@ func (rt *Router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	start := time.Now()
 	var rec *statusRecorder
-	if rt.access != nil {
+	if rt.access != nil || rt.stats != nil {
 		rec = &statusRecorder{ResponseWriter: w}
 		w = rec
 	}
 	pool.begin(b)
 	defer func() {
-		elapsed := pool.end(b, start, longLived(r))
-		if rec != nil {
+		ll := longLived(r)
+		elapsed := pool.end(b, start, ll)
+		if rt.stats != nil {
+			rt.record(pool, statusOrGone(r, rec.status()), start, elapsed, ll)
+		}
+		if rt.access != nil {
 			rt.logAccess(r.Context(), r.Method, r.URL.Path, rec.status(), pool, b, elapsed, r.RemoteAddr)
 		}
 	}()
@@ -366,6 +377,7 @@ func longLived(r *http.Request) bool {
 
 func (rt *Router) unavailable(w http.ResponseWriter, r *http.Request, p *Pool) {
 	p.metrics.count(r.Method, http.StatusServiceUnavailable)
+	rt.record(p, http.StatusServiceUnavailable, time.Time{}, -1, true)
 	h := w.Header()
 	h.Set("Retry-After", rt.retryAfter)
 	h.Set("Content-Type", "text/plain; charset=utf-8")

@@ -18,6 +18,7 @@ import (
 	"github.com/cryoprotect/bluegreen/admin"
 	"github.com/cryoprotect/bluegreen/health"
 	"github.com/cryoprotect/bluegreen/proxy"
+	"github.com/cryoprotect/bluegreen/proxy/stats"
 	"github.com/cryoprotect/bluegreen/rollout"
 )
 
@@ -100,6 +101,7 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, version string, re
 		Metrics:      pm,
 		Log:          log,
 		AccessLog:    accessLog,
+		Stats:        stats.New(colors[:], time.Now),
 	}
 	pcfg.Outlier = proxy.OutlierConfig{Consecutive: cfg.OutlierConsecutive, Eject: cfg.OutlierEject}
 	pcfg.TrustedProxies, pcfg.StripPreviewHeader = cfg.trusted, cfg.PreviewStrip

@@ -1,0 +1,35 @@
+package proxy
+
+import (
+	"net/http"
+	"time"
+
+	"github.com/cryoprotect/bluegreen/proxy/stats"
+)
+
+// record counts a finished request of p in Config.Stats, if any: status is
+// what the client got, start and elapsed when it started and how long it
+// took (a zero start means "now"). The latency of a long-lived request is
+// not a response time and is left out.
+func (rt *Router) record(p *Pool, status int, start time.Time, elapsed time.Duration, longLived bool) {
+	if rt.stats == nil {
+		return
+	}
+	if longLived {
+		elapsed = -1
+	}
+	if start.IsZero() {
+		rt.stats.Record(p.color, status, elapsed, stats.FaultOf(status))
+		return
+	}
+	rt.stats.RecordAt(p.color, start.Add(max(elapsed, 0)), status, elapsed, stats.FaultOf(status))
+}
+
+// statusOrGone is the status a net/http-path request ended with, or 499 when
+// the client went away (the error handler writes 502 to nobody then).
+func statusOrGone(r *http.Request, status int) int {
+	if r.Context().Err() != nil && status == http.StatusBadGateway {
+		return 499
+	}
+	return status
+}
