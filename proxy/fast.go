@@ -245,6 +245,9 @@ func (s *Server) serveConn(c *fconn) {
 		}
 		x := s.Router.exchanges.get()
 		err := x.req.parseRequest(c.cr.bytes()[:n])
+		if err == nil && s.Router.needsRolloutID(&x.req) {
+			err = errFallback // net/http sets the rollout cookie
+		}
 		switch err {
 		case nil:
 		case errCLTE:
@@ -309,6 +312,8 @@ func (s *Server) serveRequest(c *fconn, x *exchange, start time.Time) bool {
 	snap := rt.snap.Load()
 	pool := snap.active
 	if (rt.previewHeader != "" || rt.previewCookie != "") && rt.wantsPreviewFast(req) {
+		pool = snap.idle
+	} else if snap.weight > 0 && rt.weightedFast(req, c.clientIP, snap.weight) {
 		pool = snap.idle
 	}
 	if rt.access != nil {

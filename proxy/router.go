@@ -68,12 +68,16 @@ type Config struct {
 	// Stats, when set, counts every finished request per colour (see
 	// package stats).
 	Stats *stats.Recorder
+	// RolloutKey recognises a client during a progressive rollout (see
+	// SetActiveWeighted); the zero value is the rollout cookie.
+	RolloutKey RolloutKey
 }
 
 // snapshot is one immutable routing decision. A request loads it once.
 type snapshot struct {
 	active, idle *Pool
 	generation   uint64
+	weight       uint32 // rollout: buckets below it go to idle (see weight.go)
 }
 
 // Router is the public listener's handler: it sends each request to a
@@ -93,7 +97,10 @@ type Router struct {
 	stripPreview  bool
 	transport     http.RoundTripper
 	stats         *stats.Recorder
-	setMu         sync.Mutex // serialises SetActive
+	rolloutKey    RolloutKey
+	// rolloutKeyLower is the key header's name in lower case (fast path).
+	rolloutKeyLower string
+	setMu           sync.Mutex // serialises SetActive
 
 	// The fast path (see Server).
 	fast              bool
@@ -142,6 +149,9 @@ func NewRouter(cfg Config) (*Router, error) {
 		transport:     cfg.Transport,
 		stripPreview:  cfg.StripPreviewHeader && cfg.PreviewHeader != "",
 		stats:         cfg.Stats,
+		rolloutKey:    cfg.RolloutKey,
+
+		rolloutKeyLower: strings.ToLower(cfg.RolloutKey.Header),
 
 		previewLower:      strings.ToLower(cfg.PreviewHeader),
 		respHeaderTimeout: cfg.Upstream.ResponseHeaderTimeout,
@@ -211,6 +221,13 @@ func (rt *Router) Active() (color string, generation uint64) {
 // on the colour they started on; long-lived connections on the colour that
 // lost the traffic are closed after the drain timeout.
 func (rt *Router) SetActive(color string, generation uint64) error {
+	return rt.SetActiveWeighted(color, generation, 0)
+}
+
+// SetActiveWeighted is SetActive during a progressive rollout: weight
+// percent of the clients (by a stable hash of their key) go to the other
+// colour. Both change in one swap.
+func (rt *Router) SetActiveWeighted(color string, generation uint64, weight int) error {
 	next := rt.Pool(color)
 	if next == nil {
 		return fmt.Errorf("proxy: unknown colour %q", color)
@@ -221,7 +238,7 @@ func (rt *Router) SetActive(color string, generation uint64) error {
 	}
 	rt.setMu.Lock()
 	defer rt.setMu.Unlock()
-	prev := rt.snap.Swap(&snapshot{active: next, idle: idle, generation: generation})
+	prev := rt.snap.Swap(&snapshot{active: next, idle: idle, generation: generation, weight: weightOf(weight)})
 	if prev.active != next {
 		next.streams.undrain()
 		prev.active.streams.drain()
@@ -303,6 +320,8 @@ func (rt *Router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s := rt.snap.Load()
 	pool := s.active
 	if (rt.previewHeader != "" || rt.previewCookie != "") && rt.wantsPreview(r) {
+		pool = s.idle
+	} else if s.weight > 0 && rt.weightedHTTP(w, r, s.weight) {
 		pool = s.idle
 	}
 	b := pool.Pick()
