@@ -63,6 +63,9 @@ type Config struct {
 	EtcdPasswordFile    string        `env:"ETCD_PASSWORD_FILE"`
 	EtcdTimeout         time.Duration `env:"ETCD_TIMEOUT" envDefault:"2s"`
 	EtcdLeaseTTL        time.Duration `env:"ETCD_LEASE_TTL" envDefault:"5s"`
+	// Progressive delivery (rollout): how clients are keyed, how often a step is analysed.
+	RolloutKey              string        `env:"ROLLOUT_KEY" envDefault:"cookie"`
+	RolloutAnalysisInterval time.Duration `env:"ROLLOUT_ANALYSIS_INTERVAL" envDefault:"10s"`
 
 	// Derived by loadConfig.
 	blue, green []*url.URL
@@ -174,6 +177,7 @@ func loadConfig(environ []string, hostname func() (string, error)) (Config, erro
 	if cfg.PreviewCookie != "" && !validToken(cfg.PreviewCookie) {
 		bad("PREVIEW_COOKIE", cfg.PreviewCookie, "expected a cookie name")
 	}
+	cfg.checkRollout(bad)
 
 	switch {
 	case cfg.AdminToken != "" && cfg.AdminTokenFile != "":

@@ -102,6 +102,7 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, version string, re
 		Log:          log,
 		AccessLog:    accessLog,
 		Stats:        stats.New(colors[:], time.Now),
+		RolloutKey:   cfg.rolloutKey(),
 	}
 	pcfg.Outlier = proxy.OutlierConfig{Consecutive: cfg.OutlierConsecutive, Eject: cfg.OutlierEject}
 	pcfg.TrustedProxies, pcfg.StripPreviewHeader = cfg.trusted, cfg.PreviewStrip
@@ -134,6 +135,7 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, version string, re
 		Colors: colors, InitialColor: cfg.InitialColor,
 		AutoRollback: cfg.AutoRollback, Window: cfg.RollbackWindow,
 		Leadership: fleet.leadership(),
+		Stats:      rolloutStats{pcfg.Stats}, AnalysisEvery: cfg.RolloutAnalysisInterval,
 	}, store, router, hv, rm, log, time.Now)
 	if err != nil {
 		return startupError{err}
@@ -167,7 +169,7 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, version string, re
 		return true, ""
 	}
 	admHandler := admin.New(admin.Config{
-		Token: cfg.token, Controller: ctl, Health: withEjections{hv, router}, Colors: colors,
+		Token: cfg.token, Controller: ctl, Rollouts: ctl, Health: withEjections{hv, router}, Colors: colors,
 		Applied: router.Active, Ready: readiness, Gatherer: reg, Log: log,
 		Replica: cfg.ReplicaID, Version: version, Store: fleet.status,
 		Pprof: cfg.Pprof,

@@ -1,0 +1,33 @@
+package main
+
+import (
+	"time"
+
+	"github.com/cryoprotect/bluegreen/proxy"
+	"github.com/cryoprotect/bluegreen/proxy/stats"
+	"github.com/cryoprotect/bluegreen/rollout"
+)
+
+// checkRollout validates the progressive-delivery variables.
+func (cfg *Config) checkRollout(bad func(name, value, expected string)) {
+	if _, err := proxy.ParseRolloutKey(cfg.RolloutKey); err != nil {
+		bad("ROLLOUT_KEY", cfg.RolloutKey, `expected "cookie", "header:NAME" or "ip"`)
+	}
+	if d := cfg.RolloutAnalysisInterval; d <= 0 || d > rollout.MaxAnalysisEvery {
+		bad("ROLLOUT_ANALYSIS_INTERVAL", d.String(), "expected a positive duration of at most "+rollout.MaxAnalysisEvery.String())
+	}
+}
+
+// rolloutKey is the parsed BLUEGREEN_ROLLOUT_KEY (validated by checkRollout).
+func (cfg *Config) rolloutKey() proxy.RolloutKey {
+	k, _ := proxy.ParseRolloutKey(cfg.RolloutKey)
+	return k
+}
+
+// rolloutStats lets the rollout analysis read the proxy's own windows.
+type rolloutStats struct{ r *stats.Recorder }
+
+func (s rolloutStats) Window(color string, since time.Time) (requests, instanceErrors int64, p99 time.Duration) {
+	sum := s.r.Window(color, since)
+	return sum.Requests, sum.InstanceErrors, sum.P99
+}
