@@ -108,6 +108,8 @@ func runClientWith(ctx context.Context, o clientOptions, cmd string, args []stri
 		return c.rollback(ctx, args)
 	case "healthcheck":
 		return c.healthcheck(ctx, args)
+	case "rollout":
+		return c.rollout(ctx, args)
 	}
 	fmt.Fprintf(stderr, "bluegreen: unknown client command %q\n", cmd)
 	return clientExitUsage

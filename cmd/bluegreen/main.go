@@ -52,6 +52,7 @@ Usage:
   bluegreen cutover        switch live traffic to the other colour
   bluegreen rollback       switch back to the previous colour
   bluegreen history        list recent switches
+  bluegreen rollout        shift traffic to the other colour in steps (promote|pause|resume|abort|status)
   bluegreen healthcheck    exit 0 when the proxy is ready (for Docker HEALTHCHECK)
   bluegreen version        print the version
 
@@ -81,7 +82,7 @@ func run(ctx context.Context, args, environ []string, stdout, stderr io.Writer) 
 		return runServe(ctx, args, environ, stdout, stderr)
 	case "demo":
 		return runDemo(ctx, args, environ, stdout, stderr)
-	case "status", "cutover", "rollback", "history", "healthcheck":
+	case "status", "cutover", "rollback", "history", "healthcheck", "rollout":
 		return runClient(ctx, cmd, args, getenv, stdout, stderr)
 	case "version":
 		if wantsHelp(args) {
