@@ -211,7 +211,7 @@ func TestDashboardMetricNames(t *testing.T) {
 	green := demoApp(t, bin, "green")
 	p := startProxy(t, bin, "bluegreen", blue, green)
 	expectColor(t, p.public+"/", http.StatusOK, "blue")
-	mustDo(t, http.MethodPost, p.admin+"/admin/cutover", `{"to":"green"}`, http.StatusOK)
+	p.cutover(t, "green", "")
 	expectColor(t, p.public+"/", http.StatusOK, "green")
 
 	exposed := exposedNames(t, mustDo(t, http.MethodGet, p.admin+"/metrics", "", http.StatusOK))

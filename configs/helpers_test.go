@@ -22,6 +22,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/cryoprotect/bluegreen/admin"
+	"github.com/cryoprotect/bluegreen/internal/adminclient"
 )
 
 // Paths of the shipped files, relative to this package.
@@ -203,6 +206,7 @@ type proxy struct {
 	public string // base URL of the public listener
 	admin  string // base URL of the admin listener
 	target string // host:port of the admin listener, the scrape target
+	api    *adminclient.Client
 }
 
 // startProxy starts bluegreen in front of the blue and green URLs with fast
@@ -226,30 +230,27 @@ func startProxy(t *testing.T, bin binaries, name, blue, green string) proxy {
 		"BLUEGREEN_LOG_FORMAT=json",
 	}, "serve")
 	p := proxy{public: "http://" + loopback(pub), admin: "http://" + loopback(adm), target: loopback(adm)}
+	p.api = adminclient.New(&url.URL{Scheme: "http", Host: p.target}, "", adminclient.Options{RequestTimeout: 5 * time.Second})
+	t.Cleanup(p.api.Close)
 	waitHTTP200(t, p.admin+"/readyz")
 	return p
 }
 
-// adminStatus is the part of GET /admin/status the tests read.
-type adminStatus struct {
-	Active     string    `json:"active"`
-	Generation uint64    `json:"generation"`
-	ChangedAt  time.Time `json:"changed_at"`
-	Colors     map[string]struct {
-		Healthy int `json:"healthy"`
-	} `json:"colors"`
+// status is the proxy's GET /admin/status.
+func (p proxy) status() (admin.Status, error) {
+	st, _, err := p.api.Status(context.Background())
+	return st, err
 }
 
-func (p proxy) status() (adminStatus, error) {
-	var st adminStatus
-	code, _, b, err := httpDo(http.MethodGet, p.admin+"/admin/status", "")
+// cutover switches the proxy to the colour to through its admin API, and
+// fails the test when the switch is refused.
+func (p proxy) cutover(t *testing.T, to, reason string) admin.Status {
+	t.Helper()
+	st, _, err := p.api.Cutover(t.Context(), admin.SwitchRequest{To: to, Reason: reason})
 	if err != nil {
-		return st, err
+		t.Fatalf("cutover to %s: %v", to, err)
 	}
-	if code != http.StatusOK {
-		return st, fmt.Errorf("GET /admin/status: status %d: %.200s", code, b)
-	}
-	return st, json.Unmarshal(b, &st)
+	return st
 }
 
 // promSample is one series of a query result with its values: one for an

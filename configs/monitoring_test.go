@@ -13,6 +13,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/cryoprotect/bluegreen/admin"
 )
 
 // TestMonitoringEndToEnd runs the real programs: two demo apps (blue and
@@ -59,10 +61,7 @@ func TestMonitoringEndToEnd(t *testing.T) {
 	waitProm(t, prom, "both replicas scraped", `count(bluegreen_state_generation)`, func(v float64) bool { return v == 2 })
 
 	// Cutover to green through the admin API.
-	var cut adminStatus
-	if err := json.Unmarshal(mustDo(t, http.MethodPost, a.admin+"/admin/cutover", `{"to":"green","reason":"monitoring test"}`, http.StatusOK), &cut); err != nil {
-		t.Fatal(err)
-	}
+	cut := a.cutover(t, "green", "monitoring test")
 	if cut.Active != "green" {
 		t.Fatalf("cutover: active %q, want green", cut.Active)
 	}
@@ -82,7 +81,7 @@ func TestMonitoringEndToEnd(t *testing.T) {
 
 	// Green fails its health checks: the proxy rolls back to blue by itself.
 	mustDo(t, http.MethodPost, green+"/health/fail", "", http.StatusOK)
-	var rb adminStatus
+	var rb admin.Status
 	waitFor(t, 20*time.Second, "the auto-rollback to blue", func() (bool, error) {
 		var err error
 		rb, err = a.status()

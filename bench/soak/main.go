@@ -46,6 +46,10 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/cryoprotect/bluegreen/admin"
+	"github.com/cryoprotect/bluegreen/health"
+	"github.com/cryoprotect/bluegreen/internal/adminclient"
 )
 
 // Chaos schedule: uniform random intervals drawn from the seeded source.
@@ -389,51 +393,15 @@ func (l *loader) phase(ctx context.Context, d time.Duration, during func(stop <-
 
 // ---------------------------------------------------------------- admin API
 
-type adminClient struct {
-	base, token string
-	client      *http.Client
-}
-
-type instStatus struct {
-	URL     string `json:"url"`
-	Healthy bool   `json:"healthy"`
-	Ejected bool   `json:"ejected"`
-}
-
-type status struct {
-	Active string `json:"active"`
-	Colors map[string]struct {
-		Healthy   int          `json:"healthy"`
-		Total     int          `json:"total"`
-		Instances []instStatus `json:"instances"`
-	} `json:"colors"`
-}
-
-func (a *adminClient) get(path string) ([]byte, int, error) {
-	res, err := a.client.Get(a.base + path)
-	if err != nil {
-		return nil, 0, err
-	}
-	defer res.Body.Close()
-	b, err := io.ReadAll(io.LimitReader(res.Body, 8<<20))
-	return b, res.StatusCode, err
-}
-
-func (a *adminClient) status() (status, error) {
-	var st status
-	b, code, err := a.get("/admin/status")
-	if err != nil {
-		return st, err
-	}
-	if code != http.StatusOK {
-		return st, fmt.Errorf("GET /admin/status: %d %s", code, bytes.TrimSpace(b))
-	}
-	return st, json.Unmarshal(b, &st)
+// newAdminClient is the admin API's client of the soak: one attempt per
+// call (no retries), so a failed call is reported as it happened.
+func newAdminClient(adminAddr, token string) *adminclient.Client {
+	return adminclient.New(&url.URL{Scheme: "http", Host: adminAddr}, token, adminclient.Options{RequestTimeout: 5 * time.Second})
 }
 
 // instances maps instance URL to its status.
-func (st status) instances() map[string]instStatus {
-	m := map[string]instStatus{}
+func instances(st admin.Status) map[string]health.InstanceStatus {
+	m := map[string]health.InstanceStatus{}
 	for _, c := range st.Colors {
 		for _, in := range c.Instances {
 			m[in.URL] = in
@@ -444,35 +412,25 @@ func (st status) instances() map[string]instStatus {
 
 // cutover asks for a switch to the colour to; it returns the HTTP status and
 // the active colour the answer names.
-func (a *adminClient) cutover(to string) (int, string, error) {
-	body := fmt.Sprintf(`{"to":%q,"reason":"soak"}`, to)
-	req, err := http.NewRequest(http.MethodPost, a.base+"/admin/cutover", strings.NewReader(body))
+func cutover(ctx context.Context, a *adminclient.Client, to string) (int, string, error) {
+	st, _, err := a.Cutover(ctx, admin.SwitchRequest{To: to, Reason: "soak"})
+	var ae *adminclient.APIError
+	if errors.As(err, &ae) {
+		return ae.Status, "", nil
+	}
 	if err != nil {
 		return 0, "", err
 	}
-	req.Header.Set("Authorization", "Bearer "+a.token)
-	req.Header.Set("Content-Type", "application/json")
-	res, err := a.client.Do(req)
-	if err != nil {
-		return 0, "", err
-	}
-	defer res.Body.Close()
-	var st status
-	b, _ := io.ReadAll(io.LimitReader(res.Body, 1<<20))
-	_ = json.Unmarshal(b, &st)
-	return res.StatusCode, st.Active, nil
+	return http.StatusOK, st.Active, nil
 }
 
 // metrics is one scrape of /metrics: series ("name{labels}") to value.
 type metrics map[string]float64
 
-func (a *adminClient) metrics() (metrics, error) {
-	b, code, err := a.get("/metrics")
+func scrape(ctx context.Context, a *adminclient.Client) (metrics, error) {
+	b, err := a.Metrics(ctx)
 	if err != nil {
 		return nil, err
-	}
-	if code != http.StatusOK {
-		return nil, fmt.Errorf("GET /metrics: %d", code)
 	}
 	return parseMetrics(b), nil
 }
@@ -568,7 +526,7 @@ type soak struct {
 	dir     string
 	procs   *procs
 	st      *stats
-	admin   *adminClient
+	admin   *adminclient.Client
 	demoBin string
 	insts   []*instance
 	rng     *rand.Rand
@@ -674,7 +632,7 @@ func run(ctx context.Context, o options) int {
 	if err != nil {
 		return fail("start bluegreen: %v", err)
 	}
-	s.admin = &adminClient{base: "http://" + adminAddr, token: token, client: &http.Client{Timeout: 5 * time.Second}}
+	s.admin = newAdminClient(adminAddr, token)
 	if err := s.waitReady(ctx, proxy, 30*time.Second); err != nil {
 		if ctx.Err() == nil {
 			tail(proxyLog, 20)
@@ -724,7 +682,7 @@ func run(ctx context.Context, o options) int {
 				case <-stop:
 					return
 				case <-t.C:
-					if m, err := s.admin.metrics(); err == nil {
+					if m, err := scrape(context.Background(), s.admin); err == nil {
 						smu.Lock()
 						samples = append(samples, m.sample(time.Since(loadStart)))
 						smu.Unlock()
@@ -745,7 +703,7 @@ func run(ctx context.Context, o options) int {
 	if err != nil {
 		return fail("end sample: %v", err)
 	}
-	final, err := s.admin.metrics()
+	final, err := scrape(context.Background(), s.admin)
 	if err != nil {
 		return fail("final scrape: %v", err)
 	}
@@ -784,13 +742,13 @@ func interrupted() int {
 // (its idle upstream connections time out) and samples it.
 func (s *soak) atRest(ctx context.Context, tr *http.Transport) (sample, error) {
 	tr.CloseIdleConnections()
-	s.admin.client.CloseIdleConnections()
+	s.admin.Close()
 	select {
 	case <-time.After(s.o.settle):
 	case <-ctx.Done():
 		return sample{}, ctx.Err()
 	}
-	m, err := s.admin.metrics()
+	m, err := scrape(ctx, s.admin)
 	if err != nil {
 		return sample{}, err
 	}
@@ -866,15 +824,15 @@ func (s *soak) startInstance(ctx context.Context, in *instance) error {
 func (s *soak) waitReady(ctx context.Context, proxy *child, limit time.Duration) error {
 	deadline := time.Now().Add(limit)
 	for {
-		_, code, err := s.admin.get("/readyz")
-		if err == nil && code == http.StatusOK {
+		err := adminclient.Probe(ctx, s.admin.Base(), adminclient.ReadyPath, 5*time.Second)
+		if err == nil {
 			return nil
 		}
 		if proxy.exited() {
 			return fmt.Errorf("bluegreen exited: %v", proxy.err)
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("no 200 from /readyz within %s (last: %d %v)", limit, code, err)
+			return fmt.Errorf("no 200 from /readyz within %s (last: %v)", limit, err)
 		}
 		select {
 		case <-ctx.Done():
@@ -888,7 +846,7 @@ func (s *soak) waitReady(ctx context.Context, proxy *child, limit time.Duration)
 func (s *soak) waitAllHealthy(ctx context.Context, limit time.Duration) error {
 	deadline := time.Now().Add(limit)
 	for {
-		st, err := s.admin.status()
+		st, _, err := s.admin.Status(ctx)
 		if err == nil && allHealthy(st, len(s.insts)) {
 			return nil
 		}
@@ -903,8 +861,8 @@ func (s *soak) waitAllHealthy(ctx context.Context, limit time.Duration) error {
 	}
 }
 
-func allHealthy(st status, n int) bool {
-	ins := st.instances()
+func allHealthy(st admin.Status, n int) bool {
+	ins := instances(st)
 	if len(ins) != n {
 		return false
 	}
@@ -958,7 +916,7 @@ func (s *soak) chaos(ctx context.Context, stop <-chan struct{}) {
 			nextCut = now.Add(s.between(cutoverMin, cutoverMax))
 		}
 		if down == nil && now.After(nextKill) {
-			st, err := s.admin.status()
+			st, _, err := s.admin.Status(ctx)
 			if err != nil || !allHealthy(st, len(s.insts)) {
 				nextKill = now.Add(250 * time.Millisecond) // wait for the last restart to be seen healthy
 				continue
@@ -972,7 +930,7 @@ func (s *soak) chaos(ctx context.Context, stop <-chan struct{}) {
 }
 
 func (s *soak) cutover() {
-	st, err := s.admin.status()
+	st, _, err := s.admin.Status(context.Background())
 	if err != nil {
 		s.cutovers["status error"]++
 		s.st.event("cutover: status: %v", err)
@@ -997,7 +955,7 @@ func (s *soak) cutover() {
 	// The event is dated when the request leaves: the switch takes effect
 	// before the answer arrives.
 	at := s.st.since()
-	code, active, err := s.admin.cutover(to)
+	code, active, err := cutover(context.Background(), s.admin, to)
 	switch {
 	case err != nil:
 		s.cutovers["error"]++
@@ -1012,8 +970,8 @@ func (s *soak) cutover() {
 	}
 }
 
-func (s *soak) kill(in *instance, st status) {
-	ins := st.instances()
+func (s *soak) kill(in *instance, st admin.Status) {
+	ins := instances(st)
 	sibling := ""
 	for _, o := range s.insts {
 		if o.color == in.color && o != in && ins[o.url].Ejected {

@@ -2,37 +2,18 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
-	"net/http"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/cryoprotect/bluegreen/admin"
+	"github.com/cryoprotect/bluegreen/internal/adminclient"
 	"github.com/cryoprotect/bluegreen/rollout"
 	"github.com/cryoprotect/bluegreen/state"
 )
-
-// rolloutCall calls a rollout endpoint (GET when body is nil) and decodes
-// the answer.
-func (a *adminClient) rolloutCall(ctx context.Context, path string, body any) (rollout.RolloutView, []byte, error) {
-	var v rollout.RolloutView
-	method := http.MethodGet
-	if body != nil {
-		method = http.MethodPost
-	}
-	data, err := a.do(ctx, method, path, nil, body)
-	if err != nil {
-		return v, nil, err
-	}
-	if err := json.Unmarshal(data, &v); err != nil {
-		return v, nil, fmt.Errorf("the %s answer is not valid: %w", path, err)
-	}
-	return v, data, nil
-}
 
 // parseSteps reads "1,5,25,50,100".
 func parseSteps(s string) ([]int, error) {
@@ -84,7 +65,9 @@ func (c *clientCmd) rolloutStart(ctx context.Context, args []string) int {
 target colour, step by step; the proxy's own counters decide whether a step
 passes and abort it on too many errors or too slow answers. The last step
 (100) is a cutover. The admin API refuses (exit 1) when a rollout already
-runs or the target has no healthy instance.`,
+runs or the target has no healthy instance. With --watch the exit status is
+0 when the rollout completes and 4 when it is aborted or ended by another
+switch.`,
 		token: true,
 	}, args, clientExitUsage); done {
 		return code
@@ -97,11 +80,11 @@ runs or the target has no healthy instance.`,
 	if ac == nil {
 		return code
 	}
-	defer ac.close()
+	defer ac.Close()
 	info := c.progress(*asJSON)
 	target := *to
 	if target == "" {
-		st, _, err := ac.status(ctx)
+		st, _, err := ac.Status(ctx)
 		if err != nil {
 			return c.fail(err, false)
 		}
@@ -121,7 +104,7 @@ runs or the target has no healthy instance.`,
 	if *maxP99 > 0 {
 		req.MaxP99 = maxP99.String()
 	}
-	v, raw, err := ac.rolloutCall(ctx, "admin/rollout", req)
+	v, raw, err := ac.StartRollout(ctx, req)
 	if err != nil {
 		return c.fail(err, *asJSON)
 	}
@@ -136,7 +119,7 @@ runs or the target has no healthy instance.`,
 }
 
 // rolloutWatch polls until the rollout started as v ends.
-func (c *clientCmd) rolloutWatch(ctx context.Context, ac *adminClient, info io.Writer, v rollout.RolloutView) int {
+func (c *clientCmd) rolloutWatch(ctx context.Context, ac *adminclient.Client, info io.Writer, v rollout.RolloutView) int {
 	var started time.Time
 	if r := v.Rollout; r != nil {
 		started = r.StartedAt
@@ -168,7 +151,7 @@ func (c *clientCmd) rolloutWatch(ctx context.Context, ac *adminClient, info io.W
 		case <-tick.C:
 		}
 		var err error
-		if v, _, err = ac.rolloutCall(ctx, "admin/rollout", nil); err != nil {
+		if v, _, err = ac.Rollout(ctx); err != nil {
 			return c.fail(err, false)
 		}
 		if line := rolloutLine(v); line != last && v.Rollout != nil {
@@ -200,8 +183,8 @@ func (c *clientCmd) rolloutAction(ctx context.Context, sub string, args []string
 	if ac == nil {
 		return code
 	}
-	defer ac.close()
-	v, raw, err := ac.rolloutCall(ctx, "admin/rollout/"+sub, admin.RolloutActionRequest{Full: full, Reason: *reason, Trigger: state.TriggerCLI})
+	defer ac.Close()
+	v, raw, err := ac.RolloutAction(ctx, sub, admin.RolloutActionRequest{Full: full, Reason: *reason, Trigger: state.TriggerCLI})
 	if err != nil {
 		return c.fail(err, *asJSON)
 	}
@@ -223,8 +206,8 @@ func (c *clientCmd) rolloutStatus(ctx context.Context, args []string) int {
 	if ac == nil {
 		return code
 	}
-	defer ac.close()
-	v, raw, err := ac.rolloutCall(ctx, "admin/rollout", nil)
+	defer ac.Close()
+	v, raw, err := ac.Rollout(ctx)
 	if err != nil {
 		return c.fail(err, *asJSON)
 	}
