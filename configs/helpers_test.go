@@ -228,6 +228,7 @@ func startProxy(t *testing.T, bin binaries, name, blue, green string) proxy {
 		"BLUEGREEN_DRAIN_TIMEOUT=2s",
 		"BLUEGREEN_REPLICA_ID=" + name,
 		"BLUEGREEN_LOG_FORMAT=json",
+		"BLUEGREEN_ROLLOUT_ANALYSIS_INTERVAL=500ms",
 	}, "serve")
 	p := proxy{public: "http://" + loopback(pub), admin: "http://" + loopback(adm), target: loopback(adm)}
 	p.api = adminclient.New(&url.URL{Scheme: "http", Host: p.target}, "", adminclient.Options{RequestTimeout: 5 * time.Second})

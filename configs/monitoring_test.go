@@ -60,6 +60,12 @@ func TestMonitoringEndToEnd(t *testing.T) {
 	}
 	waitProm(t, prom, "both replicas scraped", `count(bluegreen_state_generation)`, func(v float64) bool { return v == 2 })
 
+	// A progressive rollout to green whose clients get 503s from green: its
+	// own analysis aborts it.
+	abortRollout(t, a)
+	waitProm(t, prom, "the rollout abort counted",
+		`sum(bluegreen_rollout_analysis_total{result="abort"})`, func(v float64) bool { return v >= 1 })
+
 	// Cutover to green through the admin API.
 	cut := a.cutover(t, "green", "monitoring test")
 	if cut.Active != "green" {
