@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -301,5 +302,36 @@ func TestServeRolloutCompletesAndSurvivesRestart(t *testing.T) {
 	l.stop()
 	if r.code != 0 || st.status().Active != "blue" {
 		t.Fatalf("rollout --watch: exit %d, active %s", r.code, st.status().Active)
+	}
+}
+
+func TestRolloutCLIUsage(t *testing.T) {
+	env := map[string]string{envAdminURL: "http://127.0.0.1:1"}
+	for _, tc := range []struct {
+		args []string
+		code int
+		out  string
+	}{
+		{[]string{"--help"}, clientExitOK, "Usage: bluegreen rollout"},
+		{[]string{"promote", "--help"}, clientExitOK, "--full"},
+		{[]string{"--steps", "1,five,100"}, clientExitUsage, `"five" is not a whole percentage`},
+		{[]string{"restart"}, clientExitUsage, "unknown rollout command"},
+		{[]string{"status", "extra"}, clientExitUsage, "unexpected argument"},
+		{[]string{"status"}, clientExitUnreachable, ""},
+	} {
+		r := runClientT(t, env, "rollout", tc.args...)
+		if r.code != tc.code || !strings.Contains(r.stdout+r.stderr, tc.out) {
+			t.Errorf("rollout %q: exit %d, want %d with %q", tc.args, r.code, tc.code, tc.out)
+		}
+	}
+}
+
+func TestParseSteps(t *testing.T) {
+	got, err := parseSteps(" 1, 5%,25,50 ,100")
+	if err != nil || !slices.Equal(got, []int{1, 5, 25, 50, 100}) {
+		t.Fatalf("%v %v", got, err)
+	}
+	if got, err := parseSteps(""); got != nil || err != nil {
+		t.Fatalf("empty: %v %v", got, err)
 	}
 }
