@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"net/http"
 	"time"
 
 	"github.com/cryoprotect/bluegreen/proxy/stats"
@@ -23,13 +22,4 @@ func (rt *Router) record(p *Pool, status int, start time.Time, elapsed time.Dura
 		return
 	}
 	rt.stats.RecordAt(p.color, start.Add(max(elapsed, 0)), status, elapsed, stats.FaultOf(status))
-}
-
-// statusOrGone is the status a net/http-path request ended with, or 499 when
-// the client went away (the error handler writes 502 to nobody then).
-func statusOrGone(r *http.Request, status int) int {
-	if r.Context().Err() != nil && status == http.StatusBadGateway {
-		return 499
-	}
-	return status
 }

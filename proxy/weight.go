@@ -7,6 +7,9 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"unsafe"
+
+	"github.com/cryoprotect/bluegreen/proxy/h1"
 )
 
 // RolloutCookie is the cookie that carries a client's rollout key when the
@@ -105,75 +108,64 @@ func rolloutSetCookie(id string) string {
 	return RolloutCookie + "=" + id + "; Path=/; Max-Age=" + fmt.Sprint(rolloutCookieMaxAge) + "; HttpOnly; SameSite=Lax"
 }
 
-// weightedHTTP decides on the net/http path whether r goes to the rollout
-// target (weight > 0). With the cookie key and no cookie it gives the
-// client an id through a Set-Cookie on w and decides by that id.
-func (rt *Router) weightedHTTP(w http.ResponseWriter, r *http.Request, weight uint32) bool {
+// rolloutRunning reports whether a progressive rollout sends clients to
+// the idle colour; only then do the codecs look for the client's key.
+func (rt *Router) rolloutRunning() bool { return rt.snap.Load().weight > 0 }
+
+// bytesOf is a read-only view of s as bytes, for hashing without a copy.
+func bytesOf(s string) []byte { return unsafe.Slice(unsafe.StringData(s), len(s)) }
+
+// peerHost is the address without the port of a peer "host:port".
+func peerHost(remote string) string {
+	if host, _, err := net.SplitHostPort(remote); err == nil {
+		return host
+	}
+	return remote
+}
+
+// rolloutKeyHTTP is the client's rollout key on the net/http codec (nil:
+// none, the client stays on the active colour). With the cookie key and no
+// cookie it gives the client a fresh id through a Set-Cookie on w, and
+// routes it by that id.
+func (rt *Router) rolloutKeyHTTP(w http.ResponseWriter, r *http.Request) []byte {
 	switch rt.rolloutKey.Kind {
 	case KeyHeader:
-		v := r.Header.Get(rt.rolloutKey.Header)
-		return v != "" && onTarget(v, weight)
+		return bytesOf(r.Header.Get(rt.rolloutKey.Header))
 	case KeyIP:
-		host, _, err := net.SplitHostPort(r.RemoteAddr)
-		if err != nil {
-			host = r.RemoteAddr
-		}
-		return onTarget(host, weight)
+		return bytesOf(peerHost(r.RemoteAddr))
 	}
 	if c, err := r.Cookie(RolloutCookie); err == nil && c.Value != "" {
-		return onTarget(c.Value, weight)
+		return bytesOf(c.Value)
 	}
 	id := newRolloutID()
 	w.Header().Add("Set-Cookie", rolloutSetCookie(id))
-	return onTarget(id, weight)
+	return bytesOf(id)
 }
 
-// weightedFast is weightedHTTP on the fast path. needID reports that the
-// client has no rollout cookie yet: such a request goes to net/http, which
-// sets one (see needsRolloutID); if it gets here anyway (the weight rose in
-// between) it stays on the active colour.
-func (rt *Router) weightedFast(h *head, clientIP string, weight uint32) bool {
+// rolloutKeyH1 is rolloutKeyHTTP on the fast codec. A client without its
+// cookie was handed to net/http (see needsRolloutID); if it gets here
+// anyway (the rollout began in between) it stays on the active colour.
+func (rt *Router) rolloutKeyH1(h *h1.Head, remote string) []byte {
 	switch rt.rolloutKey.Kind {
 	case KeyHeader:
-		for i := range h.fields {
-			f := &h.fields[i]
-			if f.id == fOther && equalFold(f.name, rt.rolloutKeyLower) {
-				return len(f.value) > 0 && onTarget(f.value, weight)
-			}
-		}
-		return false
+		v, _ := h.Field(rt.rolloutKeyLower)
+		return v
 	case KeyIP:
-		return onTarget(clientIP, weight)
+		return bytesOf(peerHost(remote))
 	}
-	if v, ok := rt.rolloutCookieFast(h); ok {
-		return onTarget(v, weight)
-	}
-	return false
+	v, _ := h.Cookie(RolloutCookie)
+	return v
 }
 
-// rolloutCookieFast finds the rollout cookie as net/http's r.Cookie would.
-func (rt *Router) rolloutCookieFast(h *head) ([]byte, bool) {
-	for i := range h.fields {
-		f := &h.fields[i]
-		if f.id != fCookie {
-			continue
-		}
-		if v, ok := cookieValue(f.value, RolloutCookie); ok {
-			return v, len(v) > 0
-		}
-	}
-	return nil, false
-}
-
-// needsRolloutID reports whether the fast path should hand this request to
-// net/http so the client gets a rollout cookie: a rollout runs, the key is
-// the cookie, the client has none and does not ask for the preview.
-func (rt *Router) needsRolloutID(h *head) bool {
-	if rt.rolloutKey.Kind != KeyCookie || rt.snap.Load().weight == 0 {
+// needsRolloutID tells the fast codec to hand a request to net/http so the
+// client gets a rollout cookie: a rollout runs, the key is the cookie, the
+// client has none (or an empty one) and does not ask for the preview.
+func (rt *Router) needsRolloutID(h *h1.Head) bool {
+	if rt.rolloutKey.Kind != KeyCookie || !rt.rolloutRunning() {
 		return false
 	}
-	if _, ok := rt.rolloutCookieFast(h); ok {
+	if v, ok := h.Cookie(RolloutCookie); ok && len(v) > 0 {
 		return false
 	}
-	return !((rt.previewHeader != "" || rt.previewCookie != "") && rt.wantsPreviewFast(h))
+	return !(rt.previewable() && h.WantsPreview(rt.previewLower, rt.previewCookie))
 }
