@@ -376,3 +376,24 @@ func TestRolloutTargetUnhealthyAborts(t *testing.T) {
 		t.Fatalf("%+v", v)
 	}
 }
+
+// The cutover at the end of a rollout is watched by auto-rollback as any
+// cutover.
+func TestAutoRollbackAfterRolloutCompletes(t *testing.T) {
+	e := newRenv(t, filepath.Join(t.TempDir(), "state.json"))
+	e.start(t, stdRequest())
+	if v, err := e.ctl.Promote(t.Context(), rollout.RolloutAction{Full: true}); err != nil || v.Active != green {
+		t.Fatalf("full promote: %+v %v", v, err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan struct{})
+	go func() { defer close(done); e.ctl.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	e.health.Set(green, 0)
+	e.ctl.HealthChanged()
+	waitFor(t, "auto-rollback", func() bool { return e.ctl.State().Active == blue })
+	last := e.ctl.State().History[len(e.ctl.State().History)-1]
+	if last.Action != state.ActionRollback || last.Trigger != state.TriggerAutoRollback {
+		t.Fatalf("last event %+v", last)
+	}
+}
