@@ -63,6 +63,8 @@ type Config struct {
 	EtcdPasswordFile    string        `env:"ETCD_PASSWORD_FILE"`
 	EtcdTimeout         time.Duration `env:"ETCD_TIMEOUT" envDefault:"2s"`
 	EtcdLeaseTTL        time.Duration `env:"ETCD_LEASE_TTL" envDefault:"5s"`
+	// Status page: where a passing health probe's answer carries the instance's version.
+	HealthVersion string `env:"HEALTH_VERSION" envDefault:"header:X-App-Version"`
 
 	// Derived by loadConfig.
 	blue, green []*url.URL
@@ -199,6 +201,7 @@ func loadConfig(environ []string, hostname func() (string, error)) (Config, erro
 	if cfg.Pprof && cfg.token == "" && !tokenProblem {
 		bad("PPROF", vars[envPrefix+"PPROF"], "profiling needs the admin token: set BLUEGREEN_ADMIN_TOKEN or BLUEGREEN_ADMIN_TOKEN_FILE")
 	}
+	cfg.checkUI(bad)
 	if cfg.ReplicaID == "" && hostname != nil {
 		cfg.ReplicaID, _ = hostname()
 	}
