@@ -45,6 +45,7 @@ type ui struct {
 func newUI(a *api) *ui {
 	page := template.Must(template.New("index.html").Funcs(template.FuncMap{
 		"when":    fmtTime,
+		"clock":   fmtClock,
 		"ago":     ago,
 		"dur":     fmtDur,
 		"ratio":   fmtRatio,
@@ -184,6 +185,14 @@ func fmtTime(t time.Time) string {
 		return "never"
 	}
 	return t.UTC().Format("2006-01-02 15:04:05Z")
+}
+
+// fmtClock is the time of day (UTC) of a recent instant.
+func fmtClock(t time.Time) string {
+	if t.IsZero() {
+		return "never"
+	}
+	return t.UTC().Format("15:04:05Z")
 }
 
 func ago(now, t time.Time) string {

@@ -121,11 +121,11 @@
       lastOK = new Date();
       render(stats);
       const c = $("conn");
-      c.textContent = "live · updated " + lastOK.toLocaleTimeString();
+      c.textContent = "live · updated " + lastOK.toLocaleTimeString([], { hour12: false });
       c.classList.remove("offline");
     } catch (e) {
       const c = $("conn");
-      c.textContent = "OFFLINE: the proxy does not answer" + (lastOK ? " since " + lastOK.toLocaleTimeString() : "") + "; retrying";
+      c.textContent = "OFFLINE: the proxy does not answer" + (lastOK ? " since " + lastOK.toLocaleTimeString([], { hour12: false }) : "") + "; retrying";
       c.classList.add("offline");
     }
     timer = setTimeout(poll, POLL_MS);
@@ -136,6 +136,11 @@
     if (!s || s.startsWith("0001-")) return "never";
     const d = new Date(s);
     return d.toISOString().replace("T", " ").replace(/\.\d+Z$/, "Z");
+  }
+  // clock is the time of day (UTC) of a recent instant.
+  function clock(s) {
+    if (!s || s.startsWith("0001-")) return "never";
+    return new Date(s).toISOString().slice(11, 19) + "Z";
   }
   function ago(s) {
     if (!s || s.startsWith("0001-")) return "";
@@ -214,13 +219,13 @@
         else { cls = "st-down"; text = "✗ unhealthy"; }
         if (i.ejected) {
           if (i.healthy) cls = "st-ejected";
-          text += " · ⚠ ejected until " + fmtTime(i.ejected_until);
+          text += " · ⚠ ejected until " + clock(i.ejected_until);
         }
         tr.className = cls;
         cell(tr, "url", i.url);
         cell(tr, "state", text);
         cell(tr, "iver", i.version || "–");
-        cell(tr, "checked", fmtTime(i.last_check));
+        cell(tr, "checked", clock(i.last_check));
         cell(tr, "err", i.last_error || "–");
         rows.push(tr);
       }
@@ -258,7 +263,7 @@
   }
 
   // ---- charts ------------------------------------------------------------
-  const W = 600, H = 130, L = 44, R = 8, T = 8, B = 18;
+  const W = 560, H = 150, L = 50, R = 8, T = 10, B = 18;
   function el(name, attrs, text) {
     const e = document.createElementNS(SVG, name);
     for (const k in attrs) e.setAttribute(k, attrs[k]);

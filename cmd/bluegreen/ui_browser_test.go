@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -53,14 +54,20 @@ func artifactDir(t *testing.T) string {
 // token gets the API's 401 message; the right token and "Cut over" with a
 // reason show green within 2 s with the history row; a green instance that
 // dies is shown unhealthy within a health interval (plus one poll); a
-// 1280×800 screenshot is written as an artifact.
+// 1280×800 screenshot is written as an artifact; across a restart of the
+// proxy the page says it is offline, then goes on and rolls back.
 func TestStatusPageInBrowser(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts chromium")
 	}
 	exe := chromiumPath(t)
 	const interval = time.Second
-	st := startStack(t, 1, 2, "BLUEGREEN_ADMIN_TOKEN=s3cret-token", "BLUEGREEN_HEALTH_INTERVAL="+interval.String())
+	// Fixed ports, so the page survives the proxy's restart at the end.
+	ports := []string{"BLUEGREEN_LISTEN=127.0.0.1:" + freePort(t), "BLUEGREEN_ADMIN_LISTEN=127.0.0.1:" + freePort(t),
+		"BLUEGREEN_ADMIN_TOKEN=s3cret-token", "BLUEGREEN_HEALTH_INTERVAL=" + interval.String()}
+	st := startStack(t, 1, 2, ports...)
+	pub, client := st.pub, &http.Client{Timeout: 5 * time.Second}
+	defer client.CloseIdleConnections()
 	st.eventually(func() bool { return st.status().Colors["green"].Healthy == 2 }, "both green instances healthy")
 
 	// Some traffic, so the charts have lines.
@@ -73,7 +80,7 @@ func TestStatusPageInBrowser(t *testing.T) {
 				return
 			case <-time.After(20 * time.Millisecond):
 			}
-			if res, err := st.httpClient.Get(st.pub + "/"); err == nil {
+			if res, err := client.Get(pub + "/"); err == nil {
 				res.Body.Close()
 			}
 		}
@@ -209,6 +216,28 @@ func TestStatusPageInBrowser(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("screenshot: %s", out)
+
+	// The proxy restarts: the page says it is offline, then carries on
+	// (the token still in the tab) and rolls back.
+	if err := st.stop(); err != nil {
+		t.Fatalf("stop: %v", err)
+	}
+	waitFor("the page to notice the proxy is gone", `document.getElementById("conn").textContent.startsWith("OFFLINE")`, 10*time.Second)
+	st.start(append([]string{
+		"BLUEGREEN_BLUE_URLS=" + urls(st.blue), "BLUEGREEN_GREEN_URLS=" + urls(st.green),
+		"BLUEGREEN_STATE=file:" + st.statePath, "BLUEGREEN_HEALTH_RISE=1", "BLUEGREEN_HEALTH_FALL=1",
+	}, ports...))
+	waitFor("the page to be live again", `document.getElementById("conn").textContent.startsWith("live")`, 10*time.Second)
+	if got := text("#active-color"); got != "GREEN" {
+		t.Fatalf("after the restart the page shows %q", got)
+	}
+	run("roll back",
+		chromedp.Click(chromedp.CSS("#btn-rollback")),
+		chromedp.WaitVisible(chromedp.CSS("#reason")),
+		chromedp.SendKeys(chromedp.CSS("#reason"), "green looks slow"),
+		chromedp.Click(chromedp.CSS("#confirm-ok")))
+	waitFor("blue shown live after the roll back", `document.getElementById("active-color").textContent === "BLUE"`, 2*time.Second)
+	waitFor("the roll back in the history", `document.querySelector("#history tbody tr").textContent.includes("green looks slow")`, 2*time.Second)
 
 	csp, err := chromedp.Run(ctx, chromedp.Evaluate[[]string](`window.cspViolations`))
 	if err != nil {
