@@ -309,7 +309,8 @@
     for (const s of switches) {
       const sx = x(s.t);
       svg.appendChild(el("line", { class: "switch", x1: sx, y1: T, x2: sx, y2: H - B }));
-      svg.appendChild(el("text", { class: "switch-label", x: sx + 3, y: T + 8 }, s.label));
+      const right = sx > W - 70; // near the right edge: label on the left of the line
+      svg.appendChild(el("text", { class: "switch-label", x: right ? sx - 3 : sx + 3, y: T + 10, "text-anchor": right ? "end" : "start" }, s.label));
     }
     for (const c of Object.keys(series).sort()) {
       let d = "", pen = false;
