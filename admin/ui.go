@@ -145,6 +145,7 @@ func (u *ui) index(w http.ResponseWriter, r *http.Request) {
 // StatsAnswer is the answer of GET /admin/stats.
 type StatsAnswer struct {
 	Now         time.Time              `json:"now"`
+	Since       time.Time              `json:"since"` // when counting started (the process start)
 	StepSeconds int                    `json:"step_seconds"`
 	SpanSeconds int                    `json:"span_seconds"`
 	Colors      map[string]ColorSeries `json:"colors"`
@@ -173,7 +174,7 @@ func (a *api) statsHandler(w http.ResponseWriter, r *http.Request) {
 		step = d.Truncate(time.Second)
 	}
 	now := time.Now()
-	out := StatsAnswer{Now: now.UTC(), StepSeconds: int(step / time.Second), SpanSeconds: int(stats.Span / time.Second), Colors: map[string]ColorSeries{}}
+	out := StatsAnswer{Now: now.UTC(), Since: a.cfg.Stats.Started().UTC(), StepSeconds: int(step / time.Second), SpanSeconds: int(stats.Span / time.Second), Colors: map[string]ColorSeries{}}
 	for _, c := range a.cfg.Colors {
 		out.Colors[c] = ColorSeries{LastMinute: a.cfg.Stats.Window(c, now.Add(-time.Minute)), Points: a.cfg.Stats.Series(c, step)}
 	}

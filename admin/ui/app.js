@@ -274,9 +274,11 @@
     const now = new Date(stats.now).getTime();
     const from = now - stats.span_seconds * 1000;
     const step = stats.step_seconds;
+    const since = new Date(stats.since).getTime() - step * 1000; // no data before the process started
     const series = {};
     for (const c of Object.keys(stats.colors)) {
-      const pts = stats.colors[c].points.slice(0, -1); // the last step is unfinished
+      const pts = stats.colors[c].points.slice(0, -1) // the last step is unfinished
+        .filter((p) => new Date(p.t).getTime() >= since);
       series[c] = pts.map((p) => ({
         t: new Date(p.t).getTime() + step * 500,
         rate: p.requests / step,
