@@ -367,7 +367,12 @@ func (c *Checker) probe(ctx context.Context, in *instance) error {
 	}
 	// A bounded read: a short body is drained so the connection can be
 	// reused; a long one is cut off.
-	body, _ := io.ReadAll(io.LimitReader(resp.Body, maxBodyRead))
+	var body []byte
+	if c.cfg.Version.field != "" {
+		body, _ = io.ReadAll(io.LimitReader(resp.Body, maxBodyRead))
+	} else {
+		_, _ = io.CopyN(io.Discard, resp.Body, maxBodyRead)
+	}
 	_ = resp.Body.Close()
 	if resp.StatusCode < 200 || resp.StatusCode > 399 {
 		return fmt.Errorf("status %d", resp.StatusCode)
