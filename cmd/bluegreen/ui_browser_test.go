@@ -55,7 +55,8 @@ func artifactDir(t *testing.T) string {
 // reason show green within 2 s with the history row; a green instance that
 // dies is shown unhealthy within a health interval (plus one poll); a
 // 1280×800 screenshot is written as an artifact; across a restart of the
-// proxy the page says it is offline, then goes on and rolls back.
+// proxy the page says it is offline, then goes on and rolls back; a cut over
+// to a colour with no healthy instance shows the API's 409.
 func TestStatusPageInBrowser(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts chromium")
@@ -238,6 +239,18 @@ func TestStatusPageInBrowser(t *testing.T) {
 		chromedp.Click(chromedp.CSS("#confirm-ok")))
 	waitFor("blue shown live after the roll back", `document.getElementById("active-color").textContent === "BLUE"`, 2*time.Second)
 	waitFor("the roll back in the history", `document.querySelector("#history tbody tr").textContent.includes("green looks slow")`, 2*time.Second)
+
+	// With no healthy green instance left, a cut over is refused with the
+	// API's 409 and its reason.
+	st.green[0].CloseClientConnections()
+	st.green[0].Close()
+	waitFor("green shown with no healthy instance", `document.querySelector("#color-green .healthy-count").textContent.startsWith("0/2")`, interval+5*time.Second)
+	cutover("s3cret-token", "try green again")
+	waitFor("the 409 message", `document.getElementById("message").textContent.includes("409")`, 5*time.Second)
+	t.Logf("refusal shown: %q", text("#message"))
+	if a := st.status().Active; a != "blue" {
+		t.Fatalf("a refused cutover switched to %s", a)
+	}
 
 	csp, err := chromedp.Run(ctx, chromedp.Evaluate[[]string](`window.cspViolations`))
 	if err != nil {
