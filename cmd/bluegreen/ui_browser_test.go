@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -30,6 +31,17 @@ func chromiumPath(t *testing.T) string {
 	}
 	t.Skip("chromium is not installed")
 	return ""
+}
+
+// loopbackAddr returns a loopback address whose port was free a moment ago.
+func loopbackAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
 }
 
 // artifactDir is where the browser test writes its screenshot:
@@ -64,7 +76,7 @@ func TestStatusPageInBrowser(t *testing.T) {
 	exe := chromiumPath(t)
 	const interval = time.Second
 	// Fixed ports, so the page survives the proxy's restart at the end.
-	ports := []string{"BLUEGREEN_LISTEN=127.0.0.1:" + freePort(t), "BLUEGREEN_ADMIN_LISTEN=127.0.0.1:" + freePort(t),
+	ports := []string{"BLUEGREEN_LISTEN=" + loopbackAddr(t), "BLUEGREEN_ADMIN_LISTEN=" + loopbackAddr(t),
 		"BLUEGREEN_ADMIN_TOKEN=s3cret-token", "BLUEGREEN_HEALTH_INTERVAL=" + interval.String()}
 	st := startStack(t, 1, 2, ports...)
 	pub, client := st.pub, &http.Client{Timeout: 5 * time.Second}
