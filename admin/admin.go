@@ -23,6 +23,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/cryoprotect/bluegreen/health"
+	"github.com/cryoprotect/bluegreen/proxy/stats"
 	"github.com/cryoprotect/bluegreen/rollout"
 	"github.com/cryoprotect/bluegreen/state"
 )
@@ -66,6 +67,8 @@ type Config struct {
 	// request there needs the token, GET included; with no Token set they
 	// are all refused.
 	Pprof bool
+	// Stats, when set, feeds GET /admin/stats and the status page's traffic.
+	Stats *stats.Recorder
 }
 
 // StoreStatus is the state store as one replica sees it.
@@ -102,6 +105,7 @@ func New(cfg Config) http.Handler {
 	r.Route("/admin", func(r chi.Router) {
 		r.Get("/status", a.status)
 		r.Get("/history", a.history)
+		r.Get("/stats", a.statsHandler)
 		r.Group(func(r chi.Router) {
 			r.Use(a.auth)
 			r.Post("/cutover", a.switcher(false))
@@ -111,6 +115,7 @@ func New(cfg Config) http.Handler {
 			a.mountRollout(r)
 		}
 	})
+	newUI(a).mount(r)
 	if cfg.Pprof {
 		a.mountPprof(r)
 		if cfg.Log != nil {

@@ -63,6 +63,10 @@ type Config struct {
 	// random duration in [0, Jitter*Interval). 0 means the default 0.1, a
 	// negative value means no jitter, values above 1 count as 1.
 	Jitter float64
+	// Version, when set, reads the version an instance reports from each
+	// passing probe: "header:NAME" (a response header) or "json:FIELD" (a
+	// top-level field of a JSON body). See ParseVersionSource.
+	Version VersionSource
 }
 
 func (c Config) withDefaults() Config {
@@ -120,6 +124,8 @@ type InstanceStatus struct {
 	LastCheck time.Time `json:"last_check"`
 	// LastError describes the last probe's failure; "" after a pass.
 	LastError string `json:"last_error"`
+	// Version is what the instance last reported (see Config.Version).
+	Version string `json:"version,omitempty"`
 	// Ejected reports that passive outlier detection on the data path has
 	// taken the instance out of balancing until EjectedUntil. The Checker
 	// does not set these; the process that owns both views fills them in.
@@ -153,8 +159,9 @@ type instance struct {
 	// of one instance never overlap.
 	probe chan struct{}
 
-	state atomic.Int32
-	last  atomic.Pointer[result]
+	state   atomic.Int32
+	last    atomic.Pointer[result]
+	version atomic.Pointer[string]
 
 	// Consecutive passes and failures; guarded by the probe token.
 	passes, fails int
@@ -240,6 +247,9 @@ func (c *Checker) Status() []InstanceStatus {
 		out[i] = InstanceStatus{URL: in.name, Healthy: st == stateUp, Checked: st != stateUnknown}
 		if r := in.last.Load(); r != nil && st != stateUnknown {
 			out[i].LastCheck, out[i].LastError = r.at, r.err
+		}
+		if v := in.version.Load(); v != nil {
+			out[i].Version = *v
 		}
 	}
 	return out
@@ -357,10 +367,20 @@ func (c *Checker) probe(ctx context.Context, in *instance) error {
 	}
 	// A bounded read: a short body is drained so the connection can be
 	// reused; a long one is cut off.
-	_, _ = io.CopyN(io.Discard, resp.Body, maxBodyRead)
+	var body []byte
+	if c.cfg.Version.field != "" {
+		body, _ = io.ReadAll(io.LimitReader(resp.Body, maxBodyRead))
+	} else {
+		_, _ = io.CopyN(io.Discard, resp.Body, maxBodyRead)
+	}
 	_ = resp.Body.Close()
 	if resp.StatusCode < 200 || resp.StatusCode > 399 {
 		return fmt.Errorf("status %d", resp.StatusCode)
+	}
+	if c.cfg.Version.set() {
+		if v := c.cfg.Version.read(resp.Header, body); v != "" {
+			in.version.Store(&v)
+		}
 	}
 	return nil
 }

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"testing"
@@ -67,6 +68,51 @@ func TestStatsRecordedOnBothPaths(t *testing.T) {
 			g := rec.Window("green", time.Now().Add(-time.Minute))
 			if g.Requests != 2 || g.InstanceErrors != 2 {
 				t.Errorf("green %+v", g)
+			}
+		})
+	}
+}
+
+// BenchmarkFrontStats is BenchmarkFront's fast path with and without
+// Config.Stats: the cost of counting each request in the ring.
+func BenchmarkFrontStats(b *testing.B) {
+	req := []byte("GET /path HTTP/1.1\r\nHost: bench.example\r\nUser-Agent: bench\r\n\r\n")
+	for _, on := range []bool{false, true} {
+		b.Run(map[bool]string{false: "stats=off", true: "stats=on"}[on], func(b *testing.B) {
+			rt := newBenchRouterFast(b)
+			if on {
+				rt.stats = stats.New([]string{"blue", "green"}, nil)
+			}
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				b.Fatal(err)
+			}
+			srv := &Server{Router: rt, Fallback: &http.Server{Handler: rt}}
+			done := make(chan struct{})
+			go func() { defer close(done); _ = srv.Serve(ln) }()
+			b.Cleanup(func() { srv.Close(); <-done })
+			b.ReportAllocs()
+			b.RunParallel(func(pb *testing.PB) {
+				c, err := net.Dial("tcp", ln.Addr().String())
+				if err != nil {
+					b.Error(err)
+					return
+				}
+				defer c.Close()
+				buf := make([]byte, 4096)
+				for pb.Next() {
+					if _, err := c.Write(req); err != nil {
+						b.Error(err)
+						return
+					}
+					if err := readBenchResponse(c, buf); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+			if on && rt.stats.Window("blue", time.Time{}).Requests == 0 {
+				b.Fatal("nothing counted")
 			}
 		})
 	}

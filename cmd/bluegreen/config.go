@@ -66,6 +66,8 @@ type Config struct {
 	// Progressive delivery (rollout): how clients are keyed, how often a step is analysed.
 	RolloutKey              string        `env:"ROLLOUT_KEY" envDefault:"cookie"`
 	RolloutAnalysisInterval time.Duration `env:"ROLLOUT_ANALYSIS_INTERVAL" envDefault:"10s"`
+	// Status page: where a passing health probe's answer carries the instance's version.
+	HealthVersion string `env:"HEALTH_VERSION" envDefault:"header:X-App-Version"`
 
 	// Derived by loadConfig.
 	blue, green []*url.URL
@@ -203,6 +205,7 @@ func loadConfig(environ []string, hostname func() (string, error)) (Config, erro
 	if cfg.Pprof && cfg.token == "" && !tokenProblem {
 		bad("PPROF", vars[envPrefix+"PPROF"], "profiling needs the admin token: set BLUEGREEN_ADMIN_TOKEN or BLUEGREEN_ADMIN_TOKEN_FILE")
 	}
+	cfg.checkUI(bad)
 	if cfg.ReplicaID == "" && hostname != nil {
 		cfg.ReplicaID, _ = hostname()
 	}

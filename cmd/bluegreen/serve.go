@@ -104,6 +104,7 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, version string, re
 		Stats:        stats.New(colors[:], time.Now),
 		RolloutKey:   cfg.rolloutKey(),
 	}
+	traffic := pcfg.Stats
 	pcfg.Outlier = proxy.OutlierConfig{Consecutive: cfg.OutlierConsecutive, Eject: cfg.OutlierEject}
 	pcfg.TrustedProxies, pcfg.StripPreviewHeader = cfg.trusted, cfg.PreviewStrip
 	if !cfg.FastPath {
@@ -120,7 +121,7 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, version string, re
 	// The controller learns of health changes through the same reporter
 	// that marks instances up and down in the pools.
 	var ctl *rollout.Controller
-	hcfg := health.Config{Path: cfg.HealthPath, Interval: cfg.HealthInterval, Timeout: cfg.HealthTimeout, Rise: cfg.HealthRise, Fall: cfg.HealthFall}
+	hcfg := health.Config{Path: cfg.HealthPath, Interval: cfg.HealthInterval, Timeout: cfg.HealthTimeout, Rise: cfg.HealthRise, Fall: cfg.HealthFall, Version: cfg.versionSource()}
 	probeClient := &http.Client{Transport: proxy.NewTransport(proxy.TransportConfig{MaxIdleConnsPerHost: 2})}
 	hv := checkers{}
 	for i, urls := range [2][]*url.URL{cfg.blue, cfg.green} {
@@ -172,7 +173,7 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, version string, re
 		Token: cfg.token, Controller: ctl, Rollouts: ctl, Health: withEjections{hv, router}, Colors: colors,
 		Applied: router.Active, Ready: readiness, Gatherer: reg, Log: log,
 		Replica: cfg.ReplicaID, Version: version, Store: fleet.status,
-		Pprof: cfg.Pprof,
+		Pprof: cfg.Pprof, Stats: traffic,
 	})
 	errLog := slog.NewLogLogger(log.Handler(), slog.LevelWarn)
 	pub := &proxy.Server{

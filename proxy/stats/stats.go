@@ -111,8 +111,9 @@ type series struct {
 // fixed at creation (~350 KiB per colour). Safe for concurrent use; it must
 // not be copied.
 type Recorder struct {
-	now    func() time.Time
-	colors []*series
+	now     func() time.Time
+	started time.Time
+	colors  []*series
 }
 
 // New returns a Recorder for the given colours; now is its clock (nil means
@@ -121,12 +122,16 @@ func New(colors []string, now func() time.Time) *Recorder {
 	if now == nil {
 		now = time.Now
 	}
-	r := &Recorder{now: now}
+	r := &Recorder{now: now, started: now()}
 	for _, c := range colors {
 		r.colors = append(r.colors, &series{name: c})
 	}
 	return r
 }
+
+// Started is when the Recorder was made: Window and Series know nothing
+// of the time before.
+func (r *Recorder) Started() time.Time { return r.started }
 
 // Colors lists the recorder's colours in the order given to New.
 func (r *Recorder) Colors() []string {

@@ -77,6 +77,9 @@ func TestWindowCountsAndQuantiles(t *testing.T) {
 	if u := r.Window("purple", t0); u != (Summary{}) {
 		t.Errorf("unknown colour %+v", u)
 	}
+	if !r.Started().Equal(t0) {
+		t.Errorf("Started() = %v, want %v", r.Started(), t0)
+	}
 	var nilRec *Recorder
 	nilRec.Record("blue", 200, time.Millisecond, FaultNone) // must not panic
 }

@@ -46,6 +46,9 @@ const MaxSlow = 60 * time.Second
 // ColorHeader is the response header that names the colour that answered.
 const ColorHeader = "X-Deployment-Color"
 
+// VersionHeader is the response header that carries the app's version.
+const VersionHeader = "X-App-Version"
+
 // Config describes one instance of the demo application.
 type Config struct {
 	// Color is the colour the instance plays; empty means DefaultColor.
@@ -126,6 +129,7 @@ func New(cfg Config, log *slog.Logger) *App {
 // every response.
 func (a *App) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set(ColorHeader, a.color)
+	w.Header().Set(VersionHeader, a.version)
 	a.mux.ServeHTTP(w, r)
 }
 

@@ -1,0 +1,279 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/chromedp/cdproto/runtime"
+	"github.com/chromedp/chromedp"
+)
+
+// chromiumPath finds Debian's chromium (or another Chrome) for the browser
+// tests: skipped on a developer machine without one, a failure in CI.
+func chromiumPath(t *testing.T) string {
+	t.Helper()
+	for _, name := range []string{"chromium", "chromium-browser", "google-chrome"} {
+		if p, err := exec.LookPath(name); err == nil {
+			return p
+		}
+	}
+	if os.Getenv("CI") != "" {
+		t.Fatal("chromium is not installed (CI installs it from .ci/apt/ui.txt)")
+	}
+	t.Skip("chromium is not installed")
+	return ""
+}
+
+// loopbackAddr returns a loopback address whose port was free a moment ago.
+func loopbackAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// artifactDir is where the browser test writes its screenshot:
+// $BLUEGREEN_UI_ARTIFACTS, or a new temporary directory that is kept.
+func artifactDir(t *testing.T) string {
+	t.Helper()
+	if d := os.Getenv("BLUEGREEN_UI_ARTIFACTS"); d != "" {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		return d
+	}
+	d, err := os.MkdirTemp("", "bluegreen-ui-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+// TestStatusPageInBrowser drives the status page in a real headless
+// chromium against a real proxy and demo apps: blue is shown live; a wrong
+// token gets the API's 401 message; the right token and "Cut over" with a
+// reason show green within 2 s with the history row; a green instance that
+// dies is shown unhealthy within a health interval (plus one poll); a
+// 1280×800 screenshot is written as an artifact; across a restart of the
+// proxy the page says it is offline, then goes on and rolls back; a cut over
+// to a colour with no healthy instance shows the API's 409.
+func TestStatusPageInBrowser(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts chromium")
+	}
+	exe := chromiumPath(t)
+	const interval = time.Second
+	// Fixed ports, so the page survives the proxy's restart at the end.
+	ports := []string{"BLUEGREEN_LISTEN=" + loopbackAddr(t), "BLUEGREEN_ADMIN_LISTEN=" + loopbackAddr(t),
+		"BLUEGREEN_ADMIN_TOKEN=s3cret-token", "BLUEGREEN_HEALTH_INTERVAL=" + interval.String()}
+	st := startStack(t, 1, 2, ports...)
+	pub, client := st.pub, &http.Client{Timeout: 5 * time.Second}
+	defer client.CloseIdleConnections()
+	st.eventually(func() bool { return st.status().Colors["green"].Healthy == 2 }, "both green instances healthy")
+
+	// Some traffic, so the charts have lines.
+	stopLoad := make(chan struct{})
+	var load sync.WaitGroup
+	load.Go(func() {
+		for {
+			select {
+			case <-stopLoad:
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+			if res, err := client.Get(pub + "/"); err == nil {
+				res.Body.Close()
+			}
+		}
+	})
+	defer func() { close(stopLoad); load.Wait() }()
+
+	opts := append(chromedp.DefaultExecAllocatorOptions[:],
+		chromedp.ExecPath(exe), chromedp.NoSandbox, chromedp.DisableGPU,
+		chromedp.WindowSize(1280, 800), chromedp.UserDataDir(t.TempDir()))
+	base, cancelTime := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancelTime()
+	actx, cancelAlloc := chromedp.NewExecAllocator(base, opts...)
+	defer cancelAlloc()
+	ctx, cancelTab := chromedp.NewContext(actx, chromedp.WithLogf(t.Logf))
+	defer cancelTab()
+
+	// Script errors fail the test.
+	var mu sync.Mutex
+	var problems []string
+	err := chromedp.Listen(ctx, func(ev any) {
+		mu.Lock()
+		defer mu.Unlock()
+		switch e := ev.(type) {
+		case *runtime.EventExceptionThrown:
+			d := e.ExceptionDetails
+			problems = append(problems, fmt.Sprintf("exception at %s:%d: %s", d.URL, d.LineNumber, d.Text))
+		case *runtime.EventConsoleAPICalled:
+			if e.Type == runtime.ConsoleAPICalledTypeError {
+				var parts []string
+				for _, a := range e.Args {
+					parts = append(parts, string(a.Value)+a.Description)
+				}
+				problems = append(problems, "console error: "+strings.Join(parts, " "))
+			}
+		}
+	})
+	if err != nil {
+		t.Fatalf("start chromium: %v", err)
+	}
+	run := func(what string, actions ...chromedp.Action[chromedp.Void]) {
+		t.Helper()
+		if err := chromedp.Do(ctx, actions...); err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+	}
+	// waitFor polls a JavaScript condition and returns how long it took.
+	waitFor := func(what, cond string, limit time.Duration) time.Duration {
+		t.Helper()
+		start := time.Now()
+		ok, err := chromedp.Run(ctx, chromedp.Poll[bool](cond, chromedp.WithPollingInterval(50*time.Millisecond), chromedp.WithPollingTimeout(limit)))
+		if err != nil || !ok {
+			msg, _ := chromedp.Run(ctx, chromedp.Evaluate[string](`document.getElementById("message").textContent`))
+			t.Fatalf("%s: not within %v (%v); message %q", what, limit, err, msg)
+		}
+		return time.Since(start)
+	}
+	text := func(sel string) string {
+		t.Helper()
+		s, err := chromedp.Run(ctx, chromedp.Text(chromedp.CSS(sel)))
+		if err != nil {
+			t.Fatalf("read %s: %v", sel, err)
+		}
+		return s
+	}
+	cutover := func(token, reason string) {
+		t.Helper()
+		run("cut over",
+			chromedp.SendKeys(chromedp.CSS("#token"), token),
+			chromedp.Click(chromedp.CSS("#token-save")),
+			chromedp.Click(chromedp.CSS("#btn-cutover")),
+			chromedp.WaitVisible(chromedp.CSS("#reason")),
+			chromedp.SendKeys(chromedp.CSS("#reason"), reason),
+			chromedp.Click(chromedp.CSS("#confirm-ok")))
+	}
+
+	run("open the page", chromedp.Navigate(st.adm+"/"), chromedp.WaitVisible(chromedp.CSS("#active-color")))
+	// Content-Security-Policy violations after the load are collected too.
+	if _, err := chromedp.Run(ctx, chromedp.Evaluate[chromedp.Void](`window.cspViolations = []; document.addEventListener("securitypolicyviolation", (e) => window.cspViolations.push(e.violatedDirective + " " + e.blockedURI))`)); err != nil {
+		t.Fatal(err)
+	}
+	if got := text("#active-color"); got != "BLUE" {
+		t.Fatalf("live colour shown %q, want BLUE", got)
+	}
+	waitFor("the script to poll", `document.getElementById("conn").textContent.startsWith("live")`, 5*time.Second)
+
+	// A wrong token: the API's 401 message, and nothing changes.
+	cutover("wrong-token", "should be refused")
+	waitFor("the 401 message", `document.getElementById("message").textContent.includes("401")`, 5*time.Second)
+	if msg := text("#message"); !strings.Contains(msg, "missing or wrong bearer token") {
+		t.Fatalf("message %q lacks the API's reason", msg)
+	}
+	if a := st.status().Active; a != "blue" {
+		t.Fatalf("a refused cutover switched to %s", a)
+	}
+
+	// The right token: green within 2 s, and the history row.
+	cutover("s3cret-token", "release v1 from the browser")
+	took := waitFor("green shown live", `document.getElementById("active-color").textContent === "GREEN"`, 2*time.Second)
+	waitFor("the history row", `document.querySelector("#history tbody tr").textContent.includes("release v1 from the browser")`, 2*time.Second)
+	t.Logf("green shown %v after the confirm click", took.Round(time.Millisecond))
+	if a := st.status().Active; a != "green" {
+		t.Fatalf("store says %s is live", a)
+	}
+	if stored, err := chromedp.Run(ctx, chromedp.Evaluate[string](`sessionStorage.getItem("bluegreen.admin-token")`)); err != nil || stored != "s3cret-token" {
+		t.Fatalf("token in sessionStorage %q (%v)", stored, err)
+	}
+	if cookies, err := chromedp.Run(ctx, chromedp.Evaluate[string](`document.cookie`)); err != nil || cookies != "" {
+		t.Fatalf("the page set cookies: %q", cookies)
+	}
+
+	// A green instance dies: its row turns unhealthy within a health
+	// interval plus one poll (and some slack for a loaded machine).
+	dead := st.green[1]
+	dead.CloseClientConnections()
+	dead.Close()
+	row := fmt.Sprintf(`document.querySelector('tr[data-url="%s"]')`, dead.URL)
+	took = waitFor("the dead instance shown unhealthy", row+`.textContent.includes("unhealthy")`, interval+1500*time.Millisecond+3*time.Second)
+	t.Logf("dead instance shown unhealthy %v after it died (health interval %v, poll 1.5s)", took.Round(time.Millisecond), interval)
+	if got := text(`tr[data-url="` + dead.URL + `"] .state`); !strings.Contains(got, "✗") {
+		t.Fatalf("state cell %q has no symbol besides the colour", got)
+	}
+
+	// A few polls so the charts carry the traffic and the switch, then the
+	// screenshot.
+	waitFor("charts drawn", `document.querySelectorAll("#chart-rate path.s-blue, #chart-rate line.switch").length >= 2`, 15*time.Second)
+	run("viewport", chromedp.EmulateViewport(1280, 800))
+	png, err := chromedp.Run(ctx, chromedp.CaptureScreenshot())
+	if err != nil {
+		t.Fatalf("screenshot: %v", err)
+	}
+	out := filepath.Join(artifactDir(t), "status-page-1280x800.png")
+	if err := os.WriteFile(out, png, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("screenshot: %s", out)
+
+	// The proxy restarts: the page says it is offline, then carries on
+	// (the token still in the tab) and rolls back.
+	if err := st.stop(); err != nil {
+		t.Fatalf("stop: %v", err)
+	}
+	waitFor("the page to notice the proxy is gone", `document.getElementById("conn").textContent.startsWith("OFFLINE")`, 10*time.Second)
+	st.start(append([]string{
+		"BLUEGREEN_BLUE_URLS=" + urls(st.blue), "BLUEGREEN_GREEN_URLS=" + urls(st.green),
+		"BLUEGREEN_STATE=file:" + st.statePath, "BLUEGREEN_HEALTH_RISE=1", "BLUEGREEN_HEALTH_FALL=1",
+	}, ports...))
+	waitFor("the page to be live again", `document.getElementById("conn").textContent.startsWith("live")`, 10*time.Second)
+	if got := text("#active-color"); got != "GREEN" {
+		t.Fatalf("after the restart the page shows %q", got)
+	}
+	run("roll back",
+		chromedp.Click(chromedp.CSS("#btn-rollback")),
+		chromedp.WaitVisible(chromedp.CSS("#reason")),
+		chromedp.SendKeys(chromedp.CSS("#reason"), "green looks slow"),
+		chromedp.Click(chromedp.CSS("#confirm-ok")))
+	waitFor("blue shown live after the roll back", `document.getElementById("active-color").textContent === "BLUE"`, 2*time.Second)
+	waitFor("the roll back in the history", `document.querySelector("#history tbody tr").textContent.includes("green looks slow")`, 2*time.Second)
+
+	// With no healthy green instance left, a cut over is refused with the
+	// API's 409 and its reason.
+	st.green[0].CloseClientConnections()
+	st.green[0].Close()
+	waitFor("green shown with no healthy instance", `document.querySelector("#color-green .healthy-count").textContent.startsWith("0/2")`, interval+5*time.Second)
+	cutover("s3cret-token", "try green again")
+	waitFor("the 409 message", `document.getElementById("message").textContent.includes("409")`, 5*time.Second)
+	t.Logf("refusal shown: %q", text("#message"))
+	if a := st.status().Active; a != "blue" {
+		t.Fatalf("a refused cutover switched to %s", a)
+	}
+
+	csp, err := chromedp.Run(ctx, chromedp.Evaluate[[]string](`window.cspViolations`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for _, v := range csp {
+		problems = append(problems, "CSP violation: "+v)
+	}
+	for _, p := range problems {
+		t.Errorf("page problem: %s", p)
+	}
+}
