@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/cryoprotect/bluegreen/admin"
+	"github.com/cryoprotect/bluegreen/internal/testkit"
 )
 
 // TestMonitoringEndToEnd runs the real programs: two demo apps (blue and
@@ -288,7 +289,7 @@ func startPrometheus(t *testing.T, bin string, proxyTargets []string) promClient
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	startProcess(t, "prometheus", bin, nil,
+	testkit.Start(t, "prometheus", bin, nil,
 		"--config.file="+cfgPath,
 		"--storage.tsdb.path="+filepath.Join(dir, "data"),
 		"--web.listen-address="+loopback(port),
