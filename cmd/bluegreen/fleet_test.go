@@ -67,44 +67,29 @@ func (f *testFleet) add(id string) *stack {
 // get asks replica st for / and returns the colour that answered; any
 // error or non-200 answer is an error.
 func get(st *stack) (string, error) {
-	res, err := st.httpClient.Get(st.pub + "/")
+	h, err := testkit.Get(st.httpClient, st.pub+"/")
 	if err != nil {
 		return "", err
 	}
-	io.Copy(io.Discard, res.Body)
-	res.Body.Close()
-	if res.StatusCode != 200 {
-		return "", fmt.Errorf("status %d", res.StatusCode)
-	}
-	return res.Header.Get(app.ColorHeader), nil
+	return h.Get(app.ColorHeader), nil
 }
 
 // traffic sends requests through every replica until stop is called, and
 // returns the number sent and failed.
 func (f *testFleet) traffic(replicas ...*stack) (stop func() (sent, failed int64)) {
 	ctx, cancel := context.WithCancel(context.Background())
-	var sent, failed atomic.Int64
-	var wg sync.WaitGroup
-	var firstErr atomic.Value
-	for _, st := range replicas {
-		wg.Go(func() {
-			for ctx.Err() == nil {
-				sent.Add(1)
-				if _, err := get(st); err != nil {
-					failed.Add(1)
-					firstErr.CompareAndSwap(nil, err.Error())
-				}
-				time.Sleep(2 * time.Millisecond)
-			}
-		})
-	}
+	load := testkit.StartLoad(ctx, len(replicas), 0, func(c int, _ int64) error {
+		_, err := get(replicas[c])
+		time.Sleep(2 * time.Millisecond) // pacing, not ordering
+		return err
+	})
 	return func() (int64, int64) {
 		cancel()
-		wg.Wait()
-		if e := firstErr.Load(); e != nil {
+		load.Wait()
+		if e := load.FirstErr(); e != nil {
 			f.t.Logf("first traffic error: %v", e)
 		}
-		return sent.Load(), failed.Load()
+		return load.Sent.Load(), load.Failed.Load()
 	}
 }
 

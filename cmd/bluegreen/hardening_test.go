@@ -237,7 +237,7 @@ func TestServeBackendKilledUnderLoad(t *testing.T) {
 	st := startStack(t, 2, 2)
 	const clients, perClient, killAt = 64, 25, 64 * 6
 	victim := st.blue[1]
-	load := testkit.StartLoad(context.Background(), clients, perClient, func(n int64) error {
+	load := testkit.StartLoad(context.Background(), clients, perClient, func(_ int, n int64) error {
 		if n == killAt {
 			victim.Listener.Close()
 			victim.CloseClientConnections()

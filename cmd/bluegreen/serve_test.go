@@ -342,7 +342,7 @@ func testZeroFailedAcrossCutovers(t *testing.T, extra ...string) {
 	colorOf := func(g int64) string { return [2]string{"blue", "green"}[g%2] }
 	var wrong atomic.Int64
 	ctx, cancel := context.WithCancel(context.Background())
-	load := testkit.StartLoad(ctx, 64, 0, func(int64) error {
+	load := testkit.StartLoad(ctx, 64, 0, func(int, int64) error {
 		before := done.Load()
 		h, err := testkit.Get(st.httpClient, st.pub+"/")
 		if err != nil {

@@ -18,14 +18,15 @@ type Load struct {
 }
 
 // StartLoad starts clients goroutines; each calls do perClient times, or
-// until ctx ends when perClient is 0. do gets the 1-based number of the
-// call across all clients. Wait for the end with Wait.
-func StartLoad(ctx context.Context, clients, perClient int, do func(n int64) error) *Load {
+// until ctx ends when perClient is 0. do gets the client's index (0 to
+// clients-1) and the 1-based number of the call across all clients. Wait
+// for the end with Wait.
+func StartLoad(ctx context.Context, clients, perClient int, do func(client int, n int64) error) *Load {
 	l := &Load{}
-	for range clients {
+	for c := range clients {
 		l.wg.Go(func() {
 			for i := 0; (perClient == 0 || i < perClient) && ctx.Err() == nil; i++ {
-				if err := do(l.Sent.Add(1)); err != nil {
+				if err := do(c, l.Sent.Add(1)); err != nil {
 					l.Failed.Add(1)
 					l.firstErr.CompareAndSwap(nil, &err)
 				}

@@ -33,14 +33,14 @@ func child(mode string) int {
 		fmt.Fprintln(os.Stderr, "child: bad configuration")
 		return 3
 	}
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGTERM) // before the ready line, which the test answers with SIGTERM
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return 1
 	}
 	fmt.Printf("{\"msg\":\"not yet\"}\n{\"msg\":\"listening\",\"addr\":%q}\n", ln.Addr().String())
 	go http.Serve(ln, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
-	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, syscall.SIGTERM)
 	<-sig
 	return 0
 }
@@ -88,7 +88,7 @@ func TestLoadCounts(t *testing.T) {
 		}
 	}))
 	defer srv.Close()
-	l := StartLoad(t.Context(), 4, 25, func(int64) error {
+	l := StartLoad(t.Context(), 4, 25, func(int, int64) error {
 		_, err := Get(srv.Client(), srv.URL)
 		return err
 	})
