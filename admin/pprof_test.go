@@ -58,15 +58,7 @@ func get(t *testing.T, method, url, auth string) (int, http.Header, []byte) {
 		Timeout:       30 * time.Second,
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 	}
-	res, err := client.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer res.Body.Close()
-	b, err := io.ReadAll(res.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
+	res, b := testkit.Do(t, client, req)
 	return res.StatusCode, res.Header, b
 }
 

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"sync"
 	"sync/atomic"
+	"testing"
 )
 
 // Load runs concurrent clients that each call Do in a loop, and counts the
@@ -62,4 +63,23 @@ func Get(c *http.Client, url string) (http.Header, error) {
 		return res.Header, fmt.Errorf("GET %s: %s", url, res.Status)
 	}
 	return res.Header, nil
+}
+
+// Do sends req with c (http.DefaultClient when c is nil), reads the whole
+// answer and closes its body. A transport or read error fails the test.
+func Do(t testing.TB, c *http.Client, req *http.Request) (*http.Response, []byte) {
+	t.Helper()
+	if c == nil {
+		c = http.DefaultClient
+	}
+	res, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	b, err := io.ReadAll(res.Body)
+	if err != nil {
+		t.Fatalf("reading the answer to %s %s: %v", req.Method, req.URL, err)
+	}
+	return res, b
 }
