@@ -134,13 +134,7 @@ func mustDo(t *testing.T, method, rawURL, body string, wantStatus int) []byte {
 // waitHTTP200 waits until GET rawURL answers 200.
 func waitHTTP200(t *testing.T, rawURL string) {
 	t.Helper()
-	waitFor(t, 30*time.Second, "GET "+rawURL+" to answer 200", func() (bool, error) {
-		code, _, b, err := httpDo(http.MethodGet, rawURL, "")
-		if err != nil {
-			return false, err
-		}
-		return code == http.StatusOK, fmt.Errorf("status %d: %.200s", code, b)
-	})
+	testkit.WaitHTTP(t, 30*time.Second, rawURL, http.StatusOK)
 }
 
 // demoApp starts a demo app of the given colour on a free loopback port and

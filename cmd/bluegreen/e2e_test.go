@@ -10,7 +10,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -60,14 +59,7 @@ func startProxyProc(t *testing.T, bin string, env []string) (p *testkit.Process,
 
 func waitHTTP(t *testing.T, url string, want int) {
 	t.Helper()
-	testkit.WaitUntil(t, 20*time.Second, url+" to answer "+strconv.Itoa(want), func() bool {
-		res, err := http.Get(url)
-		if err != nil {
-			return false
-		}
-		res.Body.Close()
-		return res.StatusCode == want
-	})
+	testkit.WaitHTTP(t, 20*time.Second, url, want)
 }
 
 // cli runs a client subcommand of the built binary.

@@ -1,6 +1,9 @@
 package testkit
 
 import (
+	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"testing"
@@ -41,6 +44,32 @@ func WaitUntil(t testing.TB, d time.Duration, what string, cond func() bool) {
 	for !cond() {
 		if time.Now().After(deadline) {
 			t.Fatalf("timed out after %s waiting for %s", d, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// WaitHTTP waits up to d until GET url answers want, and fails the test
+// with the last answer or error when it does not.
+func WaitHTTP(t testing.TB, d time.Duration, url string, want int) {
+	t.Helper()
+	c := &http.Client{Timeout: 5 * time.Second}
+	last := "no answer yet"
+	deadline := time.Now().Add(d)
+	for {
+		res, err := c.Get(url)
+		if err == nil {
+			b, _ := io.ReadAll(io.LimitReader(res.Body, 200))
+			res.Body.Close()
+			if res.StatusCode == want {
+				return
+			}
+			last = fmt.Sprintf("%s: %q", res.Status, b)
+		} else {
+			last = err.Error()
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("GET %s did not answer %d within %s (last: %s)", url, want, d, last)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}

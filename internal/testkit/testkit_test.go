@@ -48,9 +48,7 @@ func child(mode string) int {
 func TestProcessReadyLineAndExit(t *testing.T) {
 	p := Start(t, "child", os.Args[0], []string{childEnv + "=serve"})
 	addr := Addr(p.WaitLog(t, 30*time.Second, "listening"), "addr")
-	if _, err := Get(&http.Client{Timeout: 5 * time.Second}, "http://"+addr+"/"); err != nil {
-		t.Fatalf("the reported address does not answer: %v", err)
-	}
+	WaitHTTP(t, 10*time.Second, "http://"+addr+"/", http.StatusOK)
 	p.Signal(syscall.SIGTERM)
 	if code := p.ExitCode(t, 30*time.Second); code != 0 {
 		t.Fatalf("exit %d after SIGTERM", code)

@@ -11,6 +11,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/cryoprotect/bluegreen/internal/testkit"
 	"github.com/cryoprotect/bluegreen/state"
 	"github.com/cryoprotect/bluegreen/state/etcd"
 	"github.com/cryoprotect/bluegreen/state/etcd/etcdtest"
@@ -326,11 +327,5 @@ func TestStore(t *testing.T) {
 
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testkit.WaitUntil(t, 10*time.Second, what, cond)
 }
