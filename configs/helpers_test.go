@@ -59,10 +59,10 @@ func buildBinaries(t *testing.T) binaries {
 	return binaries{proxy: builds.Path(t, "../cmd/bluegreen"), demo: builds.Path(t, "../cmd/demo-app")}
 }
 
-// freePort returns a TCP port on 127.0.0.1 that nothing listens on now.
-// Only for a process that cannot report the port it bound (prometheus) and
-// for an address that must refuse connections: bluegreen and demo-app bind
-// port 0 and report their address on a ready line.
+// freePort returns a TCP port on 127.0.0.1 that nothing listens on now: an
+// address that refuses connections. It is never handed to a process to
+// bind; bluegreen, demo-app and prometheus bind port 0 and report their
+// address on a log line.
 func freePort(t *testing.T) int {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
