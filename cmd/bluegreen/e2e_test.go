@@ -98,6 +98,15 @@ func TestE2EBinaries(t *testing.T) {
 	if code, out := cli(t, bg, adminURL, "healthcheck"); code != 0 {
 		t.Fatalf("healthcheck: %d %s", code, out)
 	}
+	// As in the image: no BLUEGREEN_ADMIN_URL, the proxy's own
+	// BLUEGREEN_ADMIN_LISTEN with a wildcard host.
+	_, admPort, _ := net.SplitHostPort(adm)
+	hc := exec.Command(bg, "healthcheck")
+	hc.Env = append(slices.DeleteFunc(os.Environ(), func(kv string) bool { return strings.HasPrefix(kv, "BLUEGREEN_") }),
+		"BLUEGREEN_ADMIN_LISTEN=0.0.0.0:"+admPort)
+	if out, err := hc.CombinedOutput(); err != nil {
+		t.Fatalf("healthcheck from BLUEGREEN_ADMIN_LISTEN=0.0.0.0:%s: %v %s", admPort, err, out)
+	}
 	body := func() string {
 		res, err := http.Get("http://" + pub + "/")
 		if err != nil {
