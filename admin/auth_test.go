@@ -1,35 +1,17 @@
 package admin
 
 import (
-	"bytes"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/go-chi/chi/v5"
 
+	"github.com/cryoprotect/bluegreen/internal/testkit"
 	"github.com/cryoprotect/bluegreen/state"
 )
-
-type syncBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuf) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuf) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // TestEveryMutatingRouteNeedsToken walks the router, so a mutating route
 // added later is covered too: without a token or with a wrong one it answers
@@ -37,7 +19,7 @@ func (s *syncBuf) String() string {
 // refusal is logged without the token that was sent.
 func TestEveryMutatingRouteNeedsToken(t *testing.T) {
 	const token = "the-right-token-4711"
-	logs := &syncBuf{}
+	logs := &testkit.Buffer{}
 	fc := &fakeController{st: state.State{Active: "blue", Generation: 1}}
 	h := New(Config{
 		Token: token, Controller: fc, Health: fakeHealth{}, Colors: [2]string{"blue", "green"},

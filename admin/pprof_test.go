@@ -14,6 +14,7 @@ import (
 
 	"github.com/go-chi/chi/v5"
 
+	"github.com/cryoprotect/bluegreen/internal/testkit"
 	"github.com/cryoprotect/bluegreen/state"
 )
 
@@ -27,9 +28,9 @@ var pprofPaths = []string{
 
 // newPprofAPI serves the admin API with profiling on or off over a real
 // loopback listener, logging to the returned buffer.
-func newPprofAPI(t *testing.T, token string, on bool) (*httptest.Server, *syncBuf) {
+func newPprofAPI(t *testing.T, token string, on bool) (*httptest.Server, *testkit.Buffer) {
 	t.Helper()
-	logs := &syncBuf{}
+	logs := &testkit.Buffer{}
 	h := New(Config{
 		Token: token, Controller: &fakeController{st: state.State{Active: "blue", Generation: 1}},
 		Health: fakeHealth{}, Colors: [2]string{"blue", "green"},
@@ -57,15 +58,7 @@ func get(t *testing.T, method, url, auth string) (int, http.Header, []byte) {
 		Timeout:       30 * time.Second,
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 	}
-	res, err := client.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer res.Body.Close()
-	b, err := io.ReadAll(res.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
+	res, b := testkit.Do(t, client, req)
 	return res.StatusCode, res.Header, b
 }
 
@@ -162,7 +155,7 @@ func TestPprofWithoutTokenRefusesAll(t *testing.T) {
 // added later (of any method) is covered too.
 func TestPprofEveryRouteNeedsToken(t *testing.T) {
 	const token = "walk-token-0042"
-	logs := &syncBuf{}
+	logs := &testkit.Buffer{}
 	h := New(Config{Token: token, Pprof: true, Log: slog.New(slog.NewJSONHandler(logs, nil))})
 	var routes []string
 	err := chi.Walk(h.(chi.Routes), func(method, route string, _ http.Handler, _ ...func(http.Handler) http.Handler) error {

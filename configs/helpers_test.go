@@ -11,7 +11,6 @@ import (
 	"net/http"
 	"net/url"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -19,12 +18,12 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/cryoprotect/bluegreen/admin"
 	"github.com/cryoprotect/bluegreen/internal/adminclient"
+	"github.com/cryoprotect/bluegreen/internal/testkit"
 )
 
 // Paths of the shipped files, relative to this package.
@@ -41,32 +40,29 @@ const (
 // httpClient is the client of every test request; no request may hang a test.
 var httpClient = &http.Client{Timeout: 5 * time.Second}
 
+// builds holds the programs built for this test binary.
+var builds testkit.Builds
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	builds.Cleanup()
+	os.Exit(code)
+}
+
 // binaries are the programs under test, built from this module.
 type binaries struct{ proxy, demo string }
 
-// buildBinaries builds cmd/bluegreen and cmd/demo-app into a temporary
-// directory.
+// buildBinaries builds cmd/bluegreen and cmd/demo-app (once per test
+// binary); it skips the test under -short.
 func buildBinaries(t *testing.T) binaries {
 	t.Helper()
-	goTool, err := exec.LookPath("go")
-	if err != nil {
-		t.Fatalf("the go command is needed to build the programs under test: %v", err)
-	}
-	dir := t.TempDir()
-	b := binaries{proxy: filepath.Join(dir, "bluegreen"), demo: filepath.Join(dir, "demo-app")}
-	for out, pkg := range map[string]string{b.proxy: "../cmd/bluegreen", b.demo: "../cmd/demo-app"} {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-		cmd := exec.CommandContext(ctx, goTool, "build", "-o", out, pkg)
-		output, err := cmd.CombinedOutput()
-		cancel()
-		if err != nil {
-			t.Fatalf("go build %s: %v\n%s", pkg, err, output)
-		}
-	}
-	return b
+	return binaries{proxy: builds.Path(t, "../cmd/bluegreen"), demo: builds.Path(t, "../cmd/demo-app")}
 }
 
-// freePort returns a TCP port on 127.0.0.1 that nothing listens on now.
+// freePort returns a TCP port on 127.0.0.1 that nothing listens on now: an
+// address that refuses connections. It is never handed to a process to
+// bind; bluegreen, demo-app and prometheus bind port 0 and report their
+// address on a log line.
 func freePort(t *testing.T) int {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -78,46 +74,6 @@ func freePort(t *testing.T) int {
 }
 
 func loopback(port int) string { return "127.0.0.1:" + strconv.Itoa(port) }
-
-// startProcess runs bin with args and extra environment variables, its
-// output going to a log file. Cleanup stops it with SIGTERM (SIGKILL after
-// 10 s) and, when the test failed, prints the end of its log.
-func startProcess(t *testing.T, name, bin string, env []string, args ...string) {
-	t.Helper()
-	logPath := filepath.Join(t.TempDir(), name+".log")
-	logFile, err := os.Create(logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(bin, args...)
-	cmd.Env = append(os.Environ(), env...)
-	cmd.Stdout, cmd.Stderr = logFile, logFile
-	setPdeathsig(cmd)
-	if err := cmd.Start(); err != nil {
-		logFile.Close()
-		t.Fatalf("start %s: %v", name, err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			_ = cmd.Process.Kill()
-			<-done
-		}
-		logFile.Close()
-		if t.Failed() {
-			if b, err := os.ReadFile(logPath); err == nil {
-				if len(b) > 4000 {
-					b = b[len(b)-4000:]
-				}
-				t.Logf("--- end of %s log ---\n%s", name, b)
-			}
-		}
-	})
-}
 
 // waitFor polls cond every 100 ms until it returns true, and fails the test
 // when timeout passes first, with the last error cond returned.
@@ -178,25 +134,18 @@ func mustDo(t *testing.T, method, rawURL, body string, wantStatus int) []byte {
 // waitHTTP200 waits until GET rawURL answers 200.
 func waitHTTP200(t *testing.T, rawURL string) {
 	t.Helper()
-	waitFor(t, 30*time.Second, "GET "+rawURL+" to answer 200", func() (bool, error) {
-		code, _, b, err := httpDo(http.MethodGet, rawURL, "")
-		if err != nil {
-			return false, err
-		}
-		return code == http.StatusOK, fmt.Errorf("status %d: %.200s", code, b)
-	})
+	testkit.WaitHTTP(t, 30*time.Second, rawURL, http.StatusOK)
 }
 
 // demoApp starts a demo app of the given colour on a free loopback port and
 // returns its base URL once it answers.
 func demoApp(t *testing.T, bin binaries, color string) string {
 	t.Helper()
-	port := freePort(t)
-	startProcess(t, "demo-app-"+color, bin.demo, []string{
+	p := testkit.Start(t, "demo-app-"+color, bin.demo, []string{
 		"DEPLOYMENT_COLOR=" + color, "APP_VERSION=test-" + color,
-		"PORT=" + strconv.Itoa(port), "LISTEN_ADDR=127.0.0.1",
+		"PORT=0", "LISTEN_ADDR=127.0.0.1",
 	})
-	base := "http://" + loopback(port)
+	base := "http://" + testkit.Addr(p.WaitLog(t, 30*time.Second, "listening"), "addr")
 	waitHTTP200(t, base+"/health")
 	return base
 }
@@ -213,13 +162,12 @@ type proxy struct {
 // health checks and its own state file, and waits until it is ready.
 func startProxy(t *testing.T, bin binaries, name, blue, green string) proxy {
 	t.Helper()
-	pub, adm := freePort(t), freePort(t)
 	state := filepath.Join(t.TempDir(), "state.json")
-	startProcess(t, name, bin.proxy, []string{
+	proc := testkit.Start(t, name, bin.proxy, []string{
 		"BLUEGREEN_BLUE_URLS=" + blue,
 		"BLUEGREEN_GREEN_URLS=" + green,
-		"BLUEGREEN_LISTEN=" + loopback(pub),
-		"BLUEGREEN_ADMIN_LISTEN=" + loopback(adm),
+		"BLUEGREEN_LISTEN=127.0.0.1:0",
+		"BLUEGREEN_ADMIN_LISTEN=127.0.0.1:0",
 		"BLUEGREEN_STATE=file:" + state,
 		"BLUEGREEN_HEALTH_INTERVAL=200ms",
 		"BLUEGREEN_HEALTH_TIMEOUT=150ms",
@@ -230,7 +178,9 @@ func startProxy(t *testing.T, bin binaries, name, blue, green string) proxy {
 		"BLUEGREEN_LOG_FORMAT=json",
 		"BLUEGREEN_ROLLOUT_ANALYSIS_INTERVAL=500ms",
 	}, "serve")
-	p := proxy{public: "http://" + loopback(pub), admin: "http://" + loopback(adm), target: loopback(adm)}
+	ready := proc.WaitLog(t, 30*time.Second, "bluegreen serving")
+	pub, adm := testkit.Addr(ready, "listen"), testkit.Addr(ready, "admin")
+	p := proxy{public: "http://" + pub, admin: "http://" + adm, target: adm}
 	p.api = adminclient.New(&url.URL{Scheme: "http", Host: p.target}, "", adminclient.Options{RequestTimeout: 5 * time.Second})
 	t.Cleanup(p.api.Close)
 	waitHTTP200(t, p.admin+"/readyz")
@@ -606,16 +556,9 @@ func replaceOnce(t *testing.T, s, old, new string) string {
 }
 
 // lookPrometheus finds the prometheus server, or skips the test (fails it
-// when the CI variable is set).
+// when the CI variable is set); it skips the test under -short.
 func lookPrometheus(t *testing.T) string {
 	t.Helper()
-	p, err := exec.LookPath("prometheus")
-	if err != nil {
-		msg := "the prometheus server is not installed (Debian: apt-get install prometheus)"
-		if os.Getenv("CI") != "" {
-			t.Fatal(msg + "; CI must run this test")
-		}
-		t.Skip(msg)
-	}
-	return p
+	testkit.SkipIfShort(t, "start Prometheus")
+	return testkit.LookTool(t, "prometheus", "Debian: apt-get install prometheus")
 }

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/cryoprotect/bluegreen/admin"
+	"github.com/cryoprotect/bluegreen/internal/testkit"
 )
 
 // TestMonitoringEndToEnd runs the real programs: two demo apps (blue and
@@ -59,6 +60,7 @@ func TestMonitoringEndToEnd(t *testing.T) {
 		expectColor(t, a.public+"/status/503", http.StatusServiceUnavailable, "blue")
 	}
 	waitProm(t, prom, "both replicas scraped", `count(bluegreen_state_generation)`, func(v float64) bool { return v == 2 })
+	waitProm(t, prom, "Prometheus scraping itself on the port it picked", `up{job="prometheus"}`, func(v float64) bool { return v == 1 })
 
 	// A progressive rollout to green whose clients get 503s from green: its
 	// own analysis aborts it.
@@ -270,10 +272,11 @@ func TestMonitoringEndToEnd(t *testing.T) {
 // and alerts.yml. Only the targets, the intervals (1s, so the test is quick)
 // and the path of alerts.yml (absolute, since the config is written to a
 // temporary directory) differ; the scrape and relabelling settings and the
-// rules are the shipped ones.
+// rules are the shipped ones. Prometheus binds a port of its own choosing
+// and reports it; its self-scrape target is then set to that port and the
+// configuration reloaded.
 func startPrometheus(t *testing.T, bin string, proxyTargets []string) promClient {
 	t.Helper()
-	port := freePort(t)
 	rules, err := filepath.Abs(alertRulesFile)
 	if err != nil {
 		t.Fatal(err)
@@ -287,20 +290,29 @@ func startPrometheus(t *testing.T, bin string, proxyTargets []string) promClient
 	cfg = replaceOnce(t, cfg, "evaluation_interval: 5s", "evaluation_interval: 1s")
 	cfg = replaceOnce(t, cfg, "- alerts.yml", "- "+strconv.Quote(rules))
 	cfg = replaceOnce(t, cfg, "['bluegreen:8081']", "["+strings.Join(quoted, ", ")+"]")
-	cfg = replaceOnce(t, cfg, "['localhost:9090']", "["+strconv.Quote(loopback(port))+"]")
 
 	dir := t.TempDir()
 	cfgPath := filepath.Join(dir, "prometheus.yml")
-	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
-		t.Fatal(err)
+	writeConfig := func(self string) {
+		t.Helper()
+		c := replaceOnce(t, cfg, "['localhost:9090']", "["+strconv.Quote(self)+"]")
+		if err := os.WriteFile(cfgPath, []byte(c), 0o644); err != nil {
+			t.Fatal(err)
+		}
 	}
-	startProcess(t, "prometheus", bin, nil,
+	writeConfig("127.0.0.1:1") // nothing listens there; set below, once the port is known
+	p := testkit.Start(t, "prometheus", bin, nil,
 		"--config.file="+cfgPath,
 		"--storage.tsdb.path="+filepath.Join(dir, "data"),
-		"--web.listen-address="+loopback(port),
+		"--web.listen-address=127.0.0.1:0",
+		"--web.enable-lifecycle", // POST /-/reload
+		"--log.format=json",
 	)
-	c := promClient{base: "http://" + loopback(port)}
+	addr := testkit.Addr(p.WaitLog(t, 60*time.Second, "Listening on"), "address")
+	c := promClient{base: "http://" + addr}
 	waitHTTP200(t, c.base+"/-/ready")
+	writeConfig(addr)
+	mustDo(t, http.MethodPost, c.base+"/-/reload", "", http.StatusOK) // answers once the reload is done
 	return c
 }
 

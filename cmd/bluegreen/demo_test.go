@@ -8,12 +8,14 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/cryoprotect/bluegreen/internal/testkit"
 )
 
 // TestDemo runs the demo subcommand as a newcomer would, on free ports: it
 // prints the commands to try, they work, and Ctrl-C (ctx) ends it with 0.
 func TestDemo(t *testing.T) {
-	out := &lockedBuffer{}
+	out := &testkit.Buffer{}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan int, 1)
 	go func() {
@@ -24,11 +26,11 @@ func TestDemo(t *testing.T) {
 	re := regexp.MustCompile(`curl -X POST (http://[0-9.:]+)/admin/cutover`)
 	pubRe := regexp.MustCompile(`curl (http://[0-9.:]+)/ `)
 	deadline := time.Now().Add(10 * time.Second)
-	for !re.MatchString(out.String()) || !pubRe.MatchString(out.String()) {
-		if time.Now().After(deadline) {
-			t.Fatalf("no banner: %q", out.String())
-		}
-		time.Sleep(10 * time.Millisecond)
+	waitCtx, waitCancel := context.WithDeadline(ctx, deadline)
+	_, err := out.Wait(waitCtx, func(s string) bool { return re.MatchString(s) && pubRe.MatchString(s) })
+	waitCancel()
+	if err != nil {
+		t.Fatalf("no banner: %q", out.String())
 	}
 	adm := re.FindStringSubmatch(out.String())[1]
 	pub := pubRe.FindStringSubmatch(out.String())[1]

@@ -9,122 +9,57 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/cryoprotect/bluegreen/internal/testkit"
 )
 
 // The end-to-end tier: the built bluegreen and demo-app binaries as real
 // processes on loopback, driven through the CLI and plain HTTP.
 
-var buildOnce struct {
-	sync.Once
-	dir string
-	err error
-}
+// builds holds the binaries built for this test binary.
+var builds testkit.Builds
 
-// binaries builds bluegreen and demo-app once per test process.
+// binaries builds bluegreen and demo-app once per test process; it skips
+// the test under -short.
 func binaries(t *testing.T) (bluegreen, demoApp string) {
 	t.Helper()
-	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "bluegreen-e2e-")
-		if err != nil {
-			buildOnce.err = err
-			return
-		}
-		buildOnce.dir = dir
-		for _, pkg := range []string{".", "github.com/cryoprotect/bluegreen/cmd/demo-app"} {
-			name := "bluegreen"
-			if pkg != "." {
-				name = "demo-app"
-			}
-			cmd := exec.Command("go", "build", "-o", filepath.Join(dir, name), pkg)
-			if out, err := cmd.CombinedOutput(); err != nil {
-				buildOnce.err = fmt.Errorf("go build %s: %v\n%s", pkg, err, out)
-				return
-			}
-		}
-	})
-	if buildOnce.err != nil {
-		t.Fatal(buildOnce.err)
-	}
-	return filepath.Join(buildOnce.dir, "bluegreen"), filepath.Join(buildOnce.dir, "demo-app")
+	return builds.Path(t, "."), builds.Path(t, "github.com/cryoprotect/bluegreen/cmd/demo-app")
 }
 
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if buildOnce.dir != "" {
-		os.RemoveAll(buildOnce.dir)
-	}
+	builds.Cleanup()
 	os.Exit(code)
 }
 
-func freePort(t *testing.T) string {
+// startDemoProc starts the demo-app binary on a loopback port it picks
+// itself and returns its base URL, read from its "listening" log line.
+func startDemoProc(t *testing.T, bin, color, version string) (*testkit.Process, string) {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return fmt.Sprint(ln.Addr().(*net.TCPAddr).Port)
+	p := testkit.Start(t, "demo-app-"+color, bin, []string{"DEPLOYMENT_COLOR=" + color, "APP_VERSION=" + version, "LISTEN_ADDR=127.0.0.1", "PORT=0"})
+	return p, "http://" + testkit.Addr(p.WaitLog(t, 20*time.Second, "listening"), "addr")
 }
 
-type proc struct {
-	cmd    *exec.Cmd
-	out    *lockedBuffer
-	exited chan struct{}
-	err    error
-}
-
-func startProc(t *testing.T, bin string, env []string, args ...string) *proc {
+// startProxyProc starts the bluegreen binary with its public and admin
+// listeners on loopback ports it picks itself, and returns their addresses,
+// read from its "bluegreen serving" log line (env must not set
+// BLUEGREEN_LISTEN, BLUEGREEN_ADMIN_LISTEN or BLUEGREEN_LOG_FORMAT).
+func startProxyProc(t *testing.T, bin string, env []string) (p *testkit.Process, pub, adm string) {
 	t.Helper()
-	p := &proc{cmd: exec.Command(bin, args...), out: &lockedBuffer{}, exited: make(chan struct{})}
-	p.cmd.Env = append(os.Environ(), env...)
-	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
-	if err := p.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { p.err = p.cmd.Wait(); close(p.exited) }()
-	t.Cleanup(func() {
-		select {
-		case <-p.exited:
-		default:
-			p.cmd.Process.Kill()
-			<-p.exited
-		}
-	})
-	return p
-}
-
-func (p *proc) exitCode(t *testing.T, within time.Duration) int {
-	t.Helper()
-	select {
-	case <-p.exited:
-		return p.cmd.ProcessState.ExitCode()
-	case <-time.After(within):
-		t.Fatalf("process still running after %s; output:\n%s", within, p.out.String())
-		return -1
-	}
+	env = append(slices.Clone(env), "BLUEGREEN_LISTEN=127.0.0.1:0", "BLUEGREEN_ADMIN_LISTEN=127.0.0.1:0", "BLUEGREEN_LOG_FORMAT=json")
+	p = testkit.Start(t, "bluegreen", bin, env)
+	ready := p.WaitLog(t, 30*time.Second, "bluegreen serving")
+	return p, testkit.Addr(ready, "listen"), testkit.Addr(ready, "admin")
 }
 
 func waitHTTP(t *testing.T, url string, want int) {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		res, err := http.Get(url)
-		if err == nil {
-			res.Body.Close()
-			if res.StatusCode == want {
-				return
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s never answered %d (last: %v)", url, want, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	testkit.WaitHTTP(t, 20*time.Second, url, want)
 }
 
 // cli runs a client subcommand of the built binary.
@@ -145,28 +80,32 @@ func cli(t *testing.T, bin, adminURL string, args ...string) (int, string) {
 
 func TestE2EBinaries(t *testing.T) {
 	bg, demo := binaries(t)
-	bluePort, greenPort := freePort(t), freePort(t)
-	startProc(t, demo, []string{"DEPLOYMENT_COLOR=blue", "APP_VERSION=v1", "LISTEN_ADDR=127.0.0.1", "PORT=" + bluePort})
-	green := startProc(t, demo, []string{"DEPLOYMENT_COLOR=green", "APP_VERSION=v2", "LISTEN_ADDR=127.0.0.1", "PORT=" + greenPort})
-	blueURL, greenURL := "http://127.0.0.1:"+bluePort, "http://127.0.0.1:"+greenPort
+	_, blueURL := startDemoProc(t, demo, "blue", "v1")
+	green, greenURL := startDemoProc(t, demo, "green", "v2")
 	waitHTTP(t, blueURL+"/health", 200)
 	waitHTTP(t, greenURL+"/health", 200)
 
-	pub, adm := "127.0.0.1:"+freePort(t), "127.0.0.1:"+freePort(t)
 	statePath := filepath.Join(t.TempDir(), "state.json")
 	env := []string{
 		"BLUEGREEN_BLUE_URLS=" + blueURL, "BLUEGREEN_GREEN_URLS=" + greenURL,
-		"BLUEGREEN_LISTEN=" + pub, "BLUEGREEN_ADMIN_LISTEN=" + adm,
 		"BLUEGREEN_STATE=file:" + statePath, "BLUEGREEN_ADMIN_TOKEN=e2e-token",
 		"BLUEGREEN_HEALTH_INTERVAL=100ms", "BLUEGREEN_HEALTH_RISE=1", "BLUEGREEN_HEALTH_FALL=1",
-		"BLUEGREEN_LOG_FORMAT=json",
 	}
-	proxy := startProc(t, bg, env)
+	proxy, pub, adm := startProxyProc(t, bg, env)
 	adminURL := "http://" + adm
 	waitHTTP(t, adminURL+"/readyz", 200)
 
 	if code, out := cli(t, bg, adminURL, "healthcheck"); code != 0 {
 		t.Fatalf("healthcheck: %d %s", code, out)
+	}
+	// As in the image: no BLUEGREEN_ADMIN_URL, the proxy's own
+	// BLUEGREEN_ADMIN_LISTEN with a wildcard host.
+	_, admPort, _ := net.SplitHostPort(adm)
+	hc := exec.Command(bg, "healthcheck")
+	hc.Env = append(slices.DeleteFunc(os.Environ(), func(kv string) bool { return strings.HasPrefix(kv, "BLUEGREEN_") }),
+		"BLUEGREEN_ADMIN_LISTEN=0.0.0.0:"+admPort)
+	if out, err := hc.CombinedOutput(); err != nil {
+		t.Fatalf("healthcheck from BLUEGREEN_ADMIN_LISTEN=0.0.0.0:%s: %v %s", admPort, err, out)
 	}
 	body := func() string {
 		res, err := http.Get("http://" + pub + "/")
@@ -196,7 +135,7 @@ func TestE2EBinaries(t *testing.T) {
 	// SIGTERM with a request in flight: it completes; the process exits 0.
 	got := make(chan string, 1)
 	go func() {
-		res, err := http.Get("http://" + pub + "/slow?d=700ms")
+		res, err := http.Get("http://" + pub + "/slow?d=2s")
 		if err != nil {
 			got <- "error: " + err.Error()
 			return
@@ -205,40 +144,43 @@ func TestE2EBinaries(t *testing.T) {
 		res.Body.Close()
 		got <- fmt.Sprint(res.StatusCode, " ", string(b))
 	}()
-	time.Sleep(200 * time.Millisecond) // let the request reach the app
-	proxy.cmd.Process.Signal(syscall.SIGTERM)
+	// SIGTERM once the proxy counts the request in flight.
+	testkit.WaitUntil(t, 20*time.Second, "the /slow request in flight", func() bool {
+		return strings.Contains(metricsText(t, adminURL), `bluegreen_inflight_requests{color="green"} 1`)
+	})
+	proxy.Signal(syscall.SIGTERM)
 	if r := <-got; !strings.HasPrefix(r, "200 color=green") {
 		t.Fatalf("in-flight request across SIGTERM: %s", r)
 	}
-	if code := proxy.exitCode(t, 10*time.Second); code != 0 {
-		t.Fatalf("exit %d after SIGTERM; output:\n%s", code, proxy.out.String())
+	if code := proxy.ExitCode(t, 10*time.Second); code != 0 {
+		t.Fatalf("exit %d after SIGTERM; output:\n%s", code, proxy.Out.String())
 	}
 
 	// Restart: the state is the same.
-	proxy = startProc(t, bg, env)
+	proxy, pub, adm = startProxyProc(t, bg, env)
+	adminURL = "http://" + adm
 	waitHTTP(t, adminURL+"/readyz", 200)
 	if b := body(); !strings.HasPrefix(b, "color=green") {
-		t.Fatalf("after restart: %q\n%s", b, proxy.out.String())
+		t.Fatalf("after restart: %q\n%s", b, proxy.Out.String())
 	}
 
 	// The green app dies: green is active but has no instance, so readyz
 	// turns 503 and traffic gets 503 (no fall-over without a rollback).
 	// The cutover was made before the restart and auto-rollback is on, so
 	// within the window the proxy rolls back to blue by itself.
-	green.cmd.Process.Kill()
-	<-green.exited
+	green.Kill()
 	deadline := time.Now().Add(10 * time.Second)
 	for !strings.HasPrefix(body(), "color=blue") {
 		if time.Now().After(deadline) {
-			t.Fatalf("no auto-rollback after green died; proxy output:\n%s", proxy.out.String())
+			t.Fatalf("no auto-rollback after green died; proxy output:\n%s", proxy.Out.String())
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
 	if code, out := cli(t, bg, adminURL, "history", "--limit", "1"); code != 0 || !strings.Contains(out, "auto-rollback") {
 		t.Fatalf("history after auto-rollback: %d %s", code, out)
 	}
-	proxy.cmd.Process.Signal(syscall.SIGTERM)
-	if code := proxy.exitCode(t, 10*time.Second); code != 0 {
+	proxy.Signal(syscall.SIGTERM)
+	if code := proxy.ExitCode(t, 10*time.Second); code != 0 {
 		t.Fatalf("exit %d", code)
 	}
 }
@@ -266,9 +208,9 @@ func TestE2EBadStartExitCodes(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			p := startProc(t, bg, tc.env)
-			if code := p.exitCode(t, 10*time.Second); code != tc.code || !strings.Contains(p.out.String(), tc.want) {
-				t.Fatalf("exit %d, want %d with %q; output:\n%s", code, tc.code, tc.want, p.out.String())
+			p := testkit.Start(t, "bluegreen", bg, tc.env)
+			if code := p.ExitCode(t, 10*time.Second); code != tc.code || !strings.Contains(p.Out.String(), tc.want) {
+				t.Fatalf("exit %d, want %d with %q; output:\n%s", code, tc.code, tc.want, p.Out.String())
 			}
 		})
 	}

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/cryoprotect/bluegreen/cmd/demo-app/app"
+	"github.com/cryoprotect/bluegreen/internal/testkit"
 	"github.com/cryoprotect/bluegreen/state/etcd/etcdtest"
 )
 
@@ -57,7 +58,7 @@ func startFleet(t *testing.T, c *etcdtest.Cluster, prefix string, n int, extra .
 
 // add starts one more replica in this process.
 func (f *testFleet) add(id string) *stack {
-	st := &stack{t: f.t, apps: f.apps, logs: &lockedBuffer{}, entered: make(chan string, 16)}
+	st := &stack{t: f.t, apps: f.apps, logs: &testkit.Buffer{}, entered: make(chan string, 16)}
 	st.start(append(slices.Clone(f.env), "BLUEGREEN_REPLICA_ID="+id))
 	f.replicas = append(f.replicas, st)
 	return st
@@ -66,44 +67,29 @@ func (f *testFleet) add(id string) *stack {
 // get asks replica st for / and returns the colour that answered; any
 // error or non-200 answer is an error.
 func get(st *stack) (string, error) {
-	res, err := st.httpClient.Get(st.pub + "/")
+	h, err := testkit.Get(st.httpClient, st.pub+"/")
 	if err != nil {
 		return "", err
 	}
-	io.Copy(io.Discard, res.Body)
-	res.Body.Close()
-	if res.StatusCode != 200 {
-		return "", fmt.Errorf("status %d", res.StatusCode)
-	}
-	return res.Header.Get(app.ColorHeader), nil
+	return h.Get(app.ColorHeader), nil
 }
 
 // traffic sends requests through every replica until stop is called, and
 // returns the number sent and failed.
 func (f *testFleet) traffic(replicas ...*stack) (stop func() (sent, failed int64)) {
 	ctx, cancel := context.WithCancel(context.Background())
-	var sent, failed atomic.Int64
-	var wg sync.WaitGroup
-	var firstErr atomic.Value
-	for _, st := range replicas {
-		wg.Go(func() {
-			for ctx.Err() == nil {
-				sent.Add(1)
-				if _, err := get(st); err != nil {
-					failed.Add(1)
-					firstErr.CompareAndSwap(nil, err.Error())
-				}
-				time.Sleep(2 * time.Millisecond)
-			}
-		})
-	}
+	load := testkit.StartLoad(ctx, len(replicas), 0, func(c int, _ int64) error {
+		_, err := get(replicas[c])
+		time.Sleep(2 * time.Millisecond) // pacing, not ordering
+		return err
+	})
 	return func() (int64, int64) {
 		cancel()
-		wg.Wait()
-		if e := firstErr.Load(); e != nil {
+		load.Wait()
+		if e := load.FirstErr(); e != nil {
 			f.t.Logf("first traffic error: %v", e)
 		}
-		return sent.Load(), failed.Load()
+		return load.Sent.Load(), load.Failed.Load()
 	}
 }
 
@@ -402,11 +388,8 @@ func TestFleetLeaderProcessKilled(t *testing.T) {
 	bin, _ := binaries(t)
 	c := etcdtest.Start(t, 3)
 	f := startFleet(t, c, "/fleet/crash", 0, "BLUEGREEN_AUTO_ROLLBACK=true", "BLUEGREEN_ROLLBACK_WINDOW=5m")
-	pub, adm := freePort(t), freePort(t)
-	p := startProc(t, bin, append(slices.Clone(f.env),
-		"BLUEGREEN_LISTEN=127.0.0.1:"+pub, "BLUEGREEN_ADMIN_LISTEN=127.0.0.1:"+adm,
-		"BLUEGREEN_REPLICA_ID=proc", "BLUEGREEN_LOG_FORMAT=json"))
-	ps := &stack{t: t, pub: "http://127.0.0.1:" + pub, adm: "http://127.0.0.1:" + adm, logs: p.out,
+	p, pub, adm := startProxyProc(t, bin, append(slices.Clone(f.env), "BLUEGREEN_REPLICA_ID=proc"))
+	ps := &stack{t: t, pub: "http://" + pub, adm: "http://" + adm, logs: p.Out,
 		httpClient: &http.Client{Timeout: 10 * time.Second}}
 	waitHTTP(t, ps.adm+"/readyz", 200)
 	waitUntil(t, "the process to lead", func() bool {
@@ -424,10 +407,7 @@ func TestFleetLeaderProcessKilled(t *testing.T) {
 	f.replicas = f.replicas[:2]
 
 	killed := time.Now()
-	if err := p.cmd.Process.Kill(); err != nil {
-		t.Fatal(err)
-	}
-	<-p.exited
+	p.Kill()
 	f.apps["green"][0].SetHealthy(false)
 	// Until the new leader rolls back, live traffic to green fails: that
 	// is the outage auto-rollback ends, not a fleet failure.
@@ -456,13 +436,7 @@ func TestFleetLeaderProcessKilled(t *testing.T) {
 
 func waitUntil(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testkit.WaitUntil(t, 15*time.Second, what, cond)
 }
 
 func metricValue(t *testing.T, st *stack, name string) string {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -9,10 +10,11 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/cryoprotect/bluegreen/internal/testkit"
 )
 
 // countingApp is an instance that answers /health and counts every other
@@ -234,38 +236,21 @@ func TestConfigHardeningVariables(t *testing.T) {
 func TestServeBackendKilledUnderLoad(t *testing.T) {
 	st := startStack(t, 2, 2)
 	const clients, perClient, killAt = 64, 25, 64 * 6
-	var sent, failed atomic.Int64
-	var firstErr atomic.Value
 	victim := st.blue[1]
-	var wg sync.WaitGroup
-	for range clients {
-		wg.Go(func() {
-			for range perClient {
-				if sent.Add(1) == killAt {
-					victim.Listener.Close()
-					victim.CloseClientConnections()
-				}
-				res, err := st.httpClient.Get(st.pub + "/")
-				if err != nil {
-					failed.Add(1)
-					firstErr.CompareAndSwap(nil, err.Error())
-					continue
-				}
-				_, _ = io.Copy(io.Discard, res.Body)
-				res.Body.Close()
-				if res.StatusCode != http.StatusOK {
-					failed.Add(1)
-					firstErr.CompareAndSwap(nil, res.Status)
-				}
-			}
-		})
-	}
-	wg.Wait()
+	load := testkit.StartLoad(context.Background(), clients, perClient, func(_ int, n int64) error {
+		if n == killAt {
+			victim.Listener.Close()
+			victim.CloseClientConnections()
+		}
+		_, err := testkit.Get(st.httpClient, st.pub+"/")
+		return err
+	})
+	load.Wait()
 	m := metricsText(t, st.adm)
-	t.Logf("%d GETs by %d clients, blue instance killed after %d: %d failed\n%s", sent.Load(), clients, killAt, failed.Load(),
+	t.Logf("%d GETs by %d clients, blue instance killed after %d: %d failed\n%s", load.Sent.Load(), clients, killAt, load.Failed.Load(),
 		grep(m, "bluegreen_upstream_retries_total{color=\"blue\"}"))
-	if failed.Load() != 0 {
-		t.Fatalf("%d of %d requests failed; first: %v", failed.Load(), sent.Load(), firstErr.Load())
+	if load.Failed.Load() != 0 {
+		t.Fatalf("%d of %d requests failed; first: %v", load.Failed.Load(), load.Sent.Load(), load.FirstErr())
 	}
 }
 

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/cryoprotect/bluegreen/internal/testkit"
 )
 
 func TestConfigPprof(t *testing.T) {
@@ -47,15 +49,7 @@ func pprofGet(t *testing.T, url, token string) (int, http.Header, []byte) {
 	if token != "" {
 		req.Header.Set("Authorization", "Bearer "+token)
 	}
-	res, err := (&http.Client{Timeout: 30 * time.Second}).Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer res.Body.Close()
-	b, err := io.ReadAll(res.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
+	res, b := testkit.Do(t, &http.Client{Timeout: 30 * time.Second}, req)
 	return res.StatusCode, res.Header, b
 }
 

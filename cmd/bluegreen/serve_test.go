@@ -21,6 +21,7 @@ import (
 
 	"github.com/cryoprotect/bluegreen/admin"
 	"github.com/cryoprotect/bluegreen/cmd/demo-app/app"
+	"github.com/cryoprotect/bluegreen/internal/testkit"
 	"github.com/cryoprotect/bluegreen/state"
 )
 
@@ -33,27 +34,10 @@ type stack struct {
 	pub, adm   string
 	statePath  string
 	stop       func() error
-	logs       *lockedBuffer
+	logs       *testkit.Buffer
 	httpClient *http.Client
 	// entered receives the colour of every /slow request an app starts.
 	entered chan string
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 func newApps(t *testing.T, color string, n int, entered chan<- string) ([]*httptest.Server, []*app.App) {
@@ -94,7 +78,7 @@ func urls(srvs []*httptest.Server) string {
 // startStack starts serve with fast health checks; extra overrides env.
 func startStack(t *testing.T, nBlue, nGreen int, extra ...string) *stack {
 	t.Helper()
-	st := &stack{t: t, apps: map[string][]*app.App{}, logs: &lockedBuffer{}, entered: make(chan string, 16)}
+	st := &stack{t: t, apps: map[string][]*app.App{}, logs: &testkit.Buffer{}, entered: make(chan string, 16)}
 	var ba, ga []*app.App
 	st.blue, ba = newApps(t, "blue", nBlue, st.entered)
 	st.green, ga = newApps(t, "green", nGreen, st.entered)
@@ -356,31 +340,19 @@ func testZeroFailedAcrossCutovers(t *testing.T, extra ...string) {
 	// unless another cutover started while it ran.
 	var started, done atomic.Int64
 	colorOf := func(g int64) string { return [2]string{"blue", "green"}[g%2] }
-	var total, failed, wrong atomic.Int64
+	var wrong atomic.Int64
 	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	for range 64 {
-		wg.Go(func() {
-			for ctx.Err() == nil {
-				before := done.Load()
-				res, err := st.httpClient.Get(st.pub + "/")
-				total.Add(1)
-				if err != nil {
-					failed.Add(1)
-					continue
-				}
-				io.Copy(io.Discard, res.Body)
-				res.Body.Close()
-				if res.StatusCode != 200 {
-					failed.Add(1)
-					continue
-				}
-				if c := res.Header.Get(app.ColorHeader); c != colorOf(before) && started.Load() == before {
-					wrong.Add(1)
-				}
-			}
-		})
-	}
+	load := testkit.StartLoad(ctx, 64, 0, func(int, int64) error {
+		before := done.Load()
+		h, err := testkit.Get(st.httpClient, st.pub+"/")
+		if err != nil {
+			return err
+		}
+		if c := h.Get(app.ColorHeader); c != colorOf(before) && started.Load() == before {
+			wrong.Add(1)
+		}
+		return nil
+	})
 	// One request held in flight on blue across the first cutover.
 	held := make(chan string, 1)
 	go func() {
@@ -396,7 +368,11 @@ func testZeroFailedAcrossCutovers(t *testing.T, extra ...string) {
 	if c := <-st.entered; c != "blue" {
 		t.Fatalf("held request reached %s", c)
 	}
-	for i := range int64(50) {
+	cutovers := int64(50)
+	if testing.Short() {
+		cutovers = 10 // the quick tier: the same checks, fewer switches
+	}
+	for i := range cutovers {
 		started.Store(i + 1)
 		code, body := st.post("/admin/cutover", fmt.Sprintf(`{"to":%q}`, colorOf(i+1)))
 		if code != 200 {
@@ -406,16 +382,16 @@ func testZeroFailedAcrossCutovers(t *testing.T, extra ...string) {
 		time.Sleep(10 * time.Millisecond) // pacing, so traffic flows between switches
 	}
 	cancel()
-	wg.Wait()
+	load.Wait()
 	if c := <-held; c != "blue" {
 		t.Fatalf("request in flight across the cutover finished on %q, want blue", c)
 	}
-	t.Logf("%d requests, %d failed, %d on the wrong colour, across 50 cutovers", total.Load(), failed.Load(), wrong.Load())
-	if failed.Load() != 0 || wrong.Load() != 0 {
-		t.Fatalf("%d failed, %d wrong colour\n%s", failed.Load(), wrong.Load(), grep(st.logs.String(), "WARN"))
+	t.Logf("%d requests, %d failed, %d on the wrong colour, across %d cutovers", load.Sent.Load(), load.Failed.Load(), wrong.Load(), cutovers)
+	if load.Failed.Load() != 0 || wrong.Load() != 0 {
+		t.Fatalf("%d failed (first: %v), %d wrong colour\n%s", load.Failed.Load(), load.FirstErr(), wrong.Load(), grep(st.logs.String(), "WARN"))
 	}
-	if s := st.status(); s.Generation != 51 || s.Active != "blue" {
-		t.Fatalf("status after 50 cutovers: %+v", s)
+	if s := st.status(); s.Generation != uint64(cutovers)+1 || s.Active != "blue" {
+		t.Fatalf("status after %d cutovers: %+v", cutovers, s)
 	}
 }
 

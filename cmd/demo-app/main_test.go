@@ -8,9 +8,10 @@ import (
 	"net"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/cryoprotect/bluegreen/internal/testkit"
 )
 
 const waitTimeout = 10 * time.Second
@@ -20,32 +21,13 @@ func env(m map[string]string) func(string) string {
 	return func(k string) string { return m[k] }
 }
 
-// syncBuffer is a bytes.Buffer safe for the concurrent writes of a logger and
-// the reads of a test.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // started is a run of the program in the background.
 type started struct {
 	addr   string
 	cancel context.CancelFunc
 	done   chan struct{} // closed when run has returned
 	err    error         // what run returned; read after done
-	stderr *syncBuffer
+	stderr *testkit.Buffer
 }
 
 // stop cancels the run and returns its error.
@@ -70,7 +52,7 @@ func start(t *testing.T, vars map[string]string) *started {
 		all[k] = v
 	}
 	ctx, cancel := context.WithCancel(t.Context())
-	s := &started{cancel: cancel, done: make(chan struct{}), stderr: &syncBuffer{}}
+	s := &started{cancel: cancel, done: make(chan struct{}), stderr: &testkit.Buffer{}}
 	addrc := make(chan string, 1)
 	go func() {
 		defer close(s.done)
@@ -96,15 +78,7 @@ func get(t *testing.T, url string) (int, string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
+	resp, body := testkit.Do(t, nil, req)
 	return resp.StatusCode, string(body)
 }
 

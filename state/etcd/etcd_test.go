@@ -9,6 +9,9 @@ import (
 	"testing"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/cryoprotect/bluegreen/internal/testkit"
 	"github.com/cryoprotect/bluegreen/state"
 	"github.com/cryoprotect/bluegreen/state/etcd"
 	"github.com/cryoprotect/bluegreen/state/etcd/etcdtest"
@@ -281,7 +284,11 @@ func TestStore(t *testing.T) {
 		waitFor(t, "a to lead", la.IsLeader)
 		changed := make(chan bool, 4)
 		lb := b.Elect(ctxB, "b", 2*time.Second, func(v bool) { changed <- v })
-		time.Sleep(300 * time.Millisecond)
+		// b has queued behind a once its campaign key exists beside a's.
+		waitFor(t, "b to campaign", func() bool {
+			res, err := b.Client().Get(t.Context(), "/t/elect/leader/", clientv3.WithPrefix(), clientv3.WithCountOnly())
+			return err == nil && res.Count == 2
+		})
 		if lb.IsLeader() {
 			t.Fatal("two leaders")
 		}
@@ -320,11 +327,5 @@ func TestStore(t *testing.T) {
 
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testkit.WaitUntil(t, 10*time.Second, what, cond)
 }

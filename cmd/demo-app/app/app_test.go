@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+
+	"github.com/cryoprotect/bluegreen/internal/testkit"
 )
 
 // waitTimeout bounds every wait on an event, so a bug fails the test instead
@@ -41,15 +43,7 @@ func do(t *testing.T, method, url string, header http.Header) (*http.Response, s
 	for k, v := range header {
 		req.Header[k] = v
 	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
+	resp, body := testkit.Do(t, nil, req)
 	return resp, string(body)
 }
 

@@ -33,9 +33,13 @@ type member struct {
 }
 
 // Start starts an n-member cluster and waits until it has a leader. The
-// cluster is stopped when the test ends.
+// cluster is stopped when the test ends. It skips the test under -short
+// (the quick tier).
 func Start(t testing.TB, n int) *Cluster {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("-short: skips tests that start etcd")
+	}
 	c := &Cluster{t: t}
 	var initial []string
 	for i := range n {

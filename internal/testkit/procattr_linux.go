@@ -1,4 +1,4 @@
-package configs
+package testkit
 
 import (
 	"os/exec"

@@ -1,6 +1,6 @@
 //go:build !linux
 
-package configs
+package testkit
 
 import "os/exec"
 
