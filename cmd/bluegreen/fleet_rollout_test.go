@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/cryoprotect/bluegreen/cmd/demo-app/app"
+	"github.com/cryoprotect/bluegreen/internal/testkit"
 	"github.com/cryoprotect/bluegreen/proxy"
 	"github.com/cryoprotect/bluegreen/state/etcd/etcdtest"
 )
@@ -55,7 +56,7 @@ func TestFleetRollout(t *testing.T) {
 	}
 	var reps []*stack
 	for i := range 2 {
-		st := &stack{t: t, logs: &lockedBuffer{}}
+		st := &stack{t: t, logs: &testkit.Buffer{}}
 		st.start(append(slices.Clone(env), fmt.Sprintf("BLUEGREEN_REPLICA_ID=r%d", i)))
 		reps = append(reps, st)
 	}

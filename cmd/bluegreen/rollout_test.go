@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/cryoprotect/bluegreen/cmd/demo-app/app"
+	"github.com/cryoprotect/bluegreen/internal/testkit"
 	"github.com/cryoprotect/bluegreen/rollout"
 )
 
@@ -60,7 +61,7 @@ func canaryEnv(blue, green *httptest.Server, path string, extra ...string) []str
 
 func startCanary(t *testing.T, env []string) *stack {
 	t.Helper()
-	st := &stack{t: t, logs: &lockedBuffer{}}
+	st := &stack{t: t, logs: &testkit.Buffer{}}
 	st.start(env)
 	return st
 }
