@@ -116,6 +116,7 @@ func newACME(c ACME, log *slog.Logger, m *Metrics) (*acmeManager, error) {
 		}
 		tmpl.AltTLSALPNPort = p
 	}
+	a.magic = magic
 	a.issuer = certmagic.NewACMEIssuer(magic, tmpl)
 	magic.Issuers = []certmagic.Issuer{a.issuer}
 	return a, nil
