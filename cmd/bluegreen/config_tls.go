@@ -31,7 +31,7 @@ func (cfg *Config) loadTLS(bad func(name, value, expected string)) {
 	if cfg.TLSListen != "" {
 		if _, _, err := net.SplitHostPort(cfg.TLSListen); err != nil {
 			bad("TLS_LISTEN", cfg.TLSListen, "expected host:port or :port")
-		} else if cfg.TLSListen == cfg.Listen {
+		} else if cfg.TLSListen == cfg.Listen && !strings.HasSuffix(cfg.TLSListen, ":0") {
 			bad("TLS_LISTEN", cfg.TLSListen, "must differ from BLUEGREEN_LISTEN")
 		}
 	}
