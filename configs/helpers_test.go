@@ -22,6 +22,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/cryoprotect/bluegreen/internal/certs/certtest"
 )
 
 // Paths of the shipped files, relative to this package.
@@ -211,7 +213,17 @@ func startProxy(t *testing.T, bin binaries, name, blue, green string) proxy {
 	t.Helper()
 	pub, adm := freePort(t), freePort(t)
 	state := filepath.Join(t.TempDir(), "state.json")
+	// A TLS listener whose certificate expires in 10 days: the TLS panels
+	// get data and BlueGreenCertificateExpiresSoon fires.
+	ca := certtest.NewCA(t)
+	certPEM, keyPEM := ca.Leaf(t, time.Now().Add(-time.Hour), time.Now().Add(10*24*time.Hour), name+".test")
+	certFile, keyFile := filepath.Join(t.TempDir(), "tls.crt"), filepath.Join(t.TempDir(), "tls.key")
+	certtest.WriteAtomic(t, certFile, certPEM)
+	certtest.WriteAtomic(t, keyFile, keyPEM)
 	startProcess(t, name, bin.proxy, []string{
+		"BLUEGREEN_TLS_LISTEN=" + loopback(freePort(t)),
+		"BLUEGREEN_TLS_CERT_FILE=" + certFile,
+		"BLUEGREEN_TLS_KEY_FILE=" + keyFile,
 		"BLUEGREEN_BLUE_URLS=" + blue,
 		"BLUEGREEN_GREEN_URLS=" + green,
 		"BLUEGREEN_LISTEN=" + loopback(pub),
