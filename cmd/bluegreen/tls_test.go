@@ -19,6 +19,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/coder/websocket"
+
 	"github.com/cryoprotect/bluegreen/cmd/demo-app/app"
 	"github.com/cryoprotect/bluegreen/internal/certs/certtest"
 )
@@ -153,8 +155,9 @@ func (st *tlsStack) cutover(t *testing.T, to string) {
 }
 
 func TestServeTLSHTTP2CutoversAndPreview(t *testing.T) {
-	blue, _ := newApps(t, "blue", 2, nil)
-	green, _ := newApps(t, "green", 2, nil)
+	entered := make(chan string, 4)
+	blue, _ := newApps(t, "blue", 2, entered)
+	green, _ := newApps(t, "green", 2, entered)
 	st := startTLSStack(t, urls(blue), urls(green), "BLUEGREEN_HSTS=max-age=31536000")
 	url := "https://" + st.a.tls + "/"
 	c := st.client(true, 4)
@@ -197,6 +200,35 @@ func TestServeTLSHTTP2CutoversAndPreview(t *testing.T) {
 		}
 	}
 
+	// WebSocket over HTTP/1.1 on the TLS listener (wss://).
+	wctx, wcancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ws, _, err := websocket.Dial(wctx, "wss://"+st.a.tls+"/ws", &websocket.DialOptions{HTTPClient: st.client(false, 1)})
+	if err != nil {
+		t.Fatalf("wss: %v", err)
+	}
+	if _, msg, err := ws.Read(wctx); err != nil || string(msg) != "hello from blue" {
+		t.Fatalf("wss read: %q %v", msg, err)
+	}
+	ws.Close(websocket.StatusNormalClosure, "")
+	wcancel()
+
+	// A stream in flight across the first cutover finishes on blue.
+	held := make(chan string, 1)
+	go func() {
+		req, _ := http.NewRequest(http.MethodGet, url+"slow?d=500ms", nil)
+		res, err := c.Do(req)
+		if err != nil {
+			held <- err.Error()
+			return
+		}
+		io.Copy(io.Discard, res.Body)
+		res.Body.Close()
+		held <- res.Header.Get(app.ColorHeader)
+	}()
+	if c := <-entered; c != "blue" {
+		t.Fatalf("held stream reached %s", c)
+	}
+
 	// 64 concurrent streams on 4 connections through 10 cutovers.
 	var started, done atomic.Int64
 	colorOf := func(g int64) string { return [2]string{"blue", "green"}[g%2] }
@@ -234,6 +266,9 @@ func TestServeTLSHTTP2CutoversAndPreview(t *testing.T) {
 	time.Sleep(150 * time.Millisecond)
 	cancel()
 	wg.Wait()
+	if got := <-held; got != "blue" {
+		t.Fatalf("the stream in flight across the cutover finished on %q, want blue", got)
+	}
 	t.Logf("%d h2 requests, %d failed, %d on the wrong colour, %d not h2, across 10 cutovers", total.Load(), failed.Load(), wrong.Load(), notH2.Load())
 	if failed.Load() != 0 || wrong.Load() != 0 || notH2.Load() != 0 || total.Load() < 640 {
 		t.Fatalf("%d requests: %d failed, %d wrong colour, %d not h2", total.Load(), failed.Load(), wrong.Load(), notH2.Load())
