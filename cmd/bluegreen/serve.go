@@ -184,7 +184,7 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, version string, re
 		IdleTimeout:       120 * time.Second,
 	}
 	adm := &http.Server{Handler: admHandler, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 60 * time.Second, ErrorLog: errLog}
-	edge, err := newTLSEdge(cfg, log, reg, router, pubLn) // nil unless BLUEGREEN_TLS_LISTEN is set
+	edge, err := newTLSEdge(cfg, log, reg, router, pubLn, store) // nil unless BLUEGREEN_TLS_LISTEN is set
 	if err != nil {
 		pubLn.Close()
 		admLn.Close()

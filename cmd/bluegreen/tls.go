@@ -18,6 +18,7 @@ import (
 
 	"github.com/cryoprotect/bluegreen/internal/certs"
 	"github.com/cryoprotect/bluegreen/proxy"
+	"github.com/cryoprotect/bluegreen/state"
 )
 
 // publicServer serves the plain listener: the proxy's own server (fast
@@ -42,8 +43,9 @@ type tlsEdge struct {
 
 // newTLSEdge binds the TLS listener and loads the certificates; nil when
 // BLUEGREEN_TLS_LISTEN is empty. pubLn is the bound plain listener (where
-// ACME HTTP-01 validations arrive).
-func newTLSEdge(cfg Config, log *slog.Logger, reg prometheus.Registerer, router http.Handler, pubLn net.Listener) (*tlsEdge, error) {
+// ACME HTTP-01 validations arrive); with an etcd state store, ACME
+// certificates are kept in etcd for the whole fleet.
+func newTLSEdge(cfg Config, log *slog.Logger, reg prometheus.Registerer, router http.Handler, pubLn net.Listener, store state.Store) (*tlsEdge, error) {
 	if cfg.TLSListen == "" {
 		return nil, nil
 	}
@@ -59,7 +61,7 @@ func newTLSEdge(cfg Config, log *slog.Logger, reg prometheus.Registerer, router 
 	if len(cfg.tls.domains) > 0 {
 		ccfg.ACME = &certs.ACME{
 			Domains: cfg.tls.domains, Email: cfg.ACMEEmail, CA: cfg.ACMECA, Roots: cfg.tls.roots,
-			Storage: cfg.ACMEStorage, HTTPAddr: pubLn.Addr().String(), TLSAddr: ln.Addr().String(),
+			Storage: cfg.ACMEStorage, Store: acmeFleetStore(store), HTTPAddr: pubLn.Addr().String(), TLSAddr: ln.Addr().String(),
 		}
 	}
 	mgr, err := certs.New(ccfg)

@@ -27,6 +27,9 @@ type ACME struct {
 	Roots *x509.CertPool
 	// Storage is the directory for the account, keys and certificates.
 	Storage string
+	// Store, when set, replaces the directory (certificates in etcd for a
+	// fleet: internal/certs/etcdstore); its locks make one replica order.
+	Store certmagic.Storage
 	// HTTPAddr and TLSAddr are the bound plain and TLS listeners, where
 	// the CA's HTTP-01 and TLS-ALPN-01 validations arrive. HTTPAddr empty
 	// disables HTTP-01.
@@ -77,8 +80,12 @@ func newACME(c ACME, log *slog.Logger, m *Metrics) (*acmeManager, error) {
 		RenewCheckInterval: c.RenewCheckInterval,
 		Logger:             zl,
 	})
+	var storage certmagic.Storage = &certmagic.FileStorage{Path: c.Storage}
+	if c.Store != nil {
+		storage = c.Store
+	}
 	magic = certmagic.New(a.cache, certmagic.Config{
-		Storage:            &certmagic.FileStorage{Path: c.Storage},
+		Storage:            storage,
 		RenewalWindowRatio: c.RenewalWindowRatio,
 		DefaultServerName:  a.first,
 		FallbackServerName: a.first,

@@ -20,7 +20,11 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+
 	"github.com/cryoprotect/bluegreen/internal/certs/certtest"
+	"github.com/cryoprotect/bluegreen/internal/certs/etcdstore"
+	"github.com/cryoprotect/bluegreen/state/etcd/etcdtest"
 )
 
 // PebbleBin finds the Pebble binary: $PEBBLE_BIN, else pebble on PATH. On
@@ -160,24 +164,39 @@ type acmeFixture struct {
 func startACME(t *testing.T, http01, tlsalpn01 bool, validity time.Duration, ratio float64) *acmeFixture {
 	t.Helper()
 	pebbleBin(t)
-	plainLn, err := net.Listen("tcp", "127.0.0.1:0")
+	plainLn, tlsLn := listen(t), listen(t)
+	p := startPebble(t, plainLn.Addr().String(), tlsLn.Addr().String(), validity)
+	ac := &ACME{Storage: t.TempDir(), DisableTLSALPN: !tlsalpn01, RenewalWindowRatio: ratio}
+	if !http01 {
+		ac.HTTPAddr = "-"
+	}
+	return runACME(t, p, plainLn, tlsLn, ac)
+}
+
+func listen(t *testing.T) net.Listener {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	tlsLn, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	a := &acmeFixture{fixture: &fixture{logs: &syncBuf{}}, plainAddr: plainLn.Addr().String()}
-	a.pebble = startPebble(t, plainLn.Addr().String(), tlsLn.Addr().String(), validity)
+	return ln
+}
+
+// runACME serves plainLn and tlsLn with a manager ordering "localhost"
+// from p; ac carries the options (HTTPAddr "-": no HTTP-01).
+func runACME(t *testing.T, p *pebble, plainLn, tlsLn net.Listener, ac *ACME) *acmeFixture {
+	t.Helper()
+	a := &acmeFixture{fixture: &fixture{logs: &syncBuf{}}, plainAddr: plainLn.Addr().String(), pebble: p}
 	a.m, _ = NewMetrics(prometheus.NewRegistry())
 	log := slog.New(slog.NewTextHandler(a.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	ac := &ACME{Domains: []string{"localhost"}, CA: a.pebble.dir, Roots: minicaPool(t), Storage: t.TempDir(),
-		TLSAddr: tlsLn.Addr().String(), DisableTLSALPN: !tlsalpn01,
-		RenewCheckInterval: 500 * time.Millisecond, RenewalWindowRatio: ratio}
-	if http01 {
+	ac.Domains, ac.CA, ac.Roots = []string{"localhost"}, p.dir, minicaPool(t)
+	ac.TLSAddr, ac.RenewCheckInterval = tlsLn.Addr().String(), 500*time.Millisecond
+	if ac.HTTPAddr == "-" {
+		ac.HTTPAddr = ""
+	} else {
 		ac.HTTPAddr = plainLn.Addr().String()
 	}
+	var err error
 	a.mgr, err = New(Config{ACME: ac, Metrics: a.m, Log: log, PollInterval: 200 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
@@ -280,4 +299,45 @@ func TestACMERenewalAndCADown(t *testing.T) {
 	if !strings.Contains(a.logs.String(), "ACME certificate order failed") {
 		t.Fatal("failure not logged")
 	}
+}
+
+// A fleet: two replicas share certificates in etcd. They start together;
+// one orders (it holds the lock), the CA's HTTP-01 validation reaches the
+// other replica (it answers from the challenge in etcd), and both serve
+// the same certificate.
+func TestACMEFleetSharesCertificatesInEtcd(t *testing.T) {
+	pebbleBin(t)
+	cli := etcdClient(t)
+	plainA, tlsA, plainB, tlsB := listen(t), listen(t), listen(t), listen(t)
+	// Pebble validates at replica A's port only, as if a load balancer sent
+	// the CA there, whichever replica placed the order.
+	p := startPebble(t, plainA.Addr().String(), tlsA.Addr().String(), time.Hour)
+	var a, b *acmeFixture
+	started := make(chan struct{})
+	go func() {
+		defer close(started)
+		b = runACME(t, p, plainB, tlsB, &ACME{Store: etcdstore.New(cli, "/fleet/acme"), DisableTLSALPN: true})
+	}()
+	a = runACME(t, p, plainA, tlsA, &ACME{Store: etcdstore.New(cli, "/fleet/acme"), DisableTLSALPN: true})
+	<-started
+	ca := a.waitServed(t, 60*time.Second, func(*x509.Certificate) bool { return true })
+	cb := b.waitServed(t, 60*time.Second, func(*x509.Certificate) bool { return true })
+	if !ca.Equal(cb) {
+		t.Fatalf("replicas serve different certificates: %v / %v", ca.SerialNumber, cb.SerialNumber)
+	}
+	if n := orders(a.m, "obtained") + orders(b.m, "obtained"); n != 1 {
+		t.Fatalf("%v orders obtained, want 1 (a %v, b %v)", n, orders(a.m, "obtained"), orders(b.m, "obtained"))
+	}
+	t.Logf("replica a obtained %v, b obtained %v", orders(a.m, "obtained"), orders(b.m, "obtained"))
+}
+
+func etcdClient(t *testing.T) *clientv3.Client {
+	t.Helper()
+	c := etcdtest.Start(t, 1)
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{c.Endpoints()}, DialTimeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cli.Close() })
+	return cli
 }
