@@ -231,11 +231,12 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, version string, re
 	if n := router.CloseStreams(); n > 0 {
 		log.Info("closed long-lived connections", "connections", n)
 	}
+	tlsStopped := edge.shutdown(sctx)
 	if err := pubSrv.Shutdown(sctx); err != nil {
 		log.Warn("requests still running at the end of the drain timeout were cut", "err", err)
 		pubSrv.Close()
 	}
-	edge.shutdown(sctx)
+	tlsStopped()
 	actx, acancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
 	defer acancel()
 	if err := adm.Shutdown(actx); err != nil {

@@ -140,15 +140,23 @@ func (e *tlsEdge) start(bg context.Context, wg *sync.WaitGroup, errc chan<- erro
 	e.log.Info("TLS listener serving", "listen", e.addr(), "redirect", e.plain != nil)
 }
 
-// shutdown stops the TLS listener like the plain one: no new connections,
-// HTTP/2 connections get GOAWAY, requests in flight finish within ctx.
-func (e *tlsEdge) shutdown(ctx context.Context) {
+// shutdown starts stopping the TLS listener like the plain one, at the
+// same time: no new connections, HTTP/2 connections get GOAWAY, requests
+// in flight finish within ctx (then they are cut). The returned func waits
+// for it.
+func (e *tlsEdge) shutdown(ctx context.Context) (wait func()) {
 	if e == nil {
-		return
+		return func() {}
 	}
-	if err := e.srv.Shutdown(ctx); err != nil && !errors.Is(err, http.ErrServerClosed) {
-		e.srv.Close()
-	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := e.srv.Shutdown(ctx); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			e.log.Warn("TLS requests still running at the end of the drain timeout were cut", "err", err)
+			e.srv.Close()
+		}
+	}()
+	return func() { <-done }
 }
 
 // hsts sets Strict-Transport-Security on every HTTPS answer.

@@ -328,3 +328,34 @@ func TestServeTLSBadPairStopsStartup(t *testing.T) {
 		t.Fatalf("got %v", err)
 	}
 }
+
+// Shutdown drains the TLS listener too: an HTTP/2 stream in flight finishes,
+// then serve returns.
+func TestServeTLSGracefulShutdownFinishesStreams(t *testing.T) {
+	entered := make(chan string, 4)
+	blue, _ := newApps(t, "blue", 1, entered)
+	green, _ := newApps(t, "green", 1, entered)
+	st := startTLSStack(t, urls(blue), urls(green))
+	c := st.client(true, 1)
+	got := make(chan string, 1)
+	go func() {
+		res, err := c.Get("https://" + st.a.tls + "/slow?d=700ms")
+		if err != nil {
+			got <- err.Error()
+			return
+		}
+		b, _ := io.ReadAll(res.Body)
+		res.Body.Close()
+		got <- fmt.Sprintf("%s %d %d", res.Proto, res.StatusCode, len(b))
+	}()
+	<-entered
+	if err := st.stop(); err != nil {
+		t.Fatal(err)
+	}
+	if r := <-got; !strings.HasPrefix(r, "HTTP/2.0 200 ") {
+		t.Fatalf("stream in flight at shutdown: %s", r)
+	}
+	if _, err := c.Get("https://" + st.a.tls + "/"); err == nil {
+		t.Fatal("TLS listener still serving after shutdown")
+	}
+}
