@@ -16,6 +16,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -357,5 +358,71 @@ func TestServeTLSGracefulShutdownFinishesStreams(t *testing.T) {
 	}
 	if _, err := c.Get("https://" + st.a.tls + "/"); err == nil {
 		t.Fatal("TLS listener still serving after shutdown")
+	}
+}
+
+// The built binary: a bad certificate pair exits 2 naming the variable; a
+// good one serves HTTPS, and after the files are replaced SIGHUP (or the
+// file watch) brings the new certificate without a restart.
+func TestE2ETLSBinary(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the binaries")
+	}
+	bin, demo := binaries(t)
+	dir := t.TempDir()
+	ca := certtest.NewCA(t)
+	cf, kf := ca.WritePair(t, dir, "site", "site.test")
+	_, otherKey := ca.WritePair(t, dir, "other", "other.test")
+	bp, gp := freePort(t), freePort(t)
+	startProc(t, demo, []string{"PORT=" + bp, "LISTEN_ADDR=127.0.0.1", "DEPLOYMENT_COLOR=blue"})
+	startProc(t, demo, []string{"PORT=" + gp, "LISTEN_ADDR=127.0.0.1", "DEPLOYMENT_COLOR=green"})
+	pub, adm, tlsPort := freePort(t), freePort(t), freePort(t)
+	env := []string{
+		"BLUEGREEN_BLUE_URLS=http://127.0.0.1:" + bp, "BLUEGREEN_GREEN_URLS=http://127.0.0.1:" + gp,
+		"BLUEGREEN_LISTEN=127.0.0.1:" + pub, "BLUEGREEN_ADMIN_LISTEN=127.0.0.1:" + adm,
+		"BLUEGREEN_TLS_LISTEN=127.0.0.1:" + tlsPort, "BLUEGREEN_STATE=file:" + filepath.Join(dir, "state.json"),
+		"BLUEGREEN_HEALTH_INTERVAL=100ms", "BLUEGREEN_HEALTH_RISE=1", "BLUEGREEN_LOG_FORMAT=json",
+	}
+	bad := startProc(t, bin, append(env, "BLUEGREEN_TLS_CERT_FILE="+cf, "BLUEGREEN_TLS_KEY_FILE="+otherKey))
+	if code := bad.exitCode(t, 20*time.Second); code != 2 || !strings.Contains(bad.out.String(), "BLUEGREEN_TLS_CERT_FILE=") {
+		t.Fatalf("bad pair: exit %d\n%s", code, bad.out)
+	}
+
+	p := startProc(t, bin, append(env, "BLUEGREEN_TLS_CERT_FILE="+cf, "BLUEGREEN_TLS_KEY_FILE="+kf))
+	waitHTTP(t, "http://127.0.0.1:"+adm+"/readyz", 200)
+	addr := "127.0.0.1:" + tlsPort
+	first, err := certtest.Served(addr, "site.test", ca.Pool)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca.WritePair(t, dir, "site", "site.test")
+	if err := p.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		now, err := certtest.Served(addr, "site.test", ca.Pool)
+		if err == nil && !now.Equal(first) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("new certificate not served within 5 s (%v)\n%s", err, p.out)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	for !strings.Contains(p.out.String(), "SIGHUP: certificates reloaded") {
+		if time.Now().After(deadline) {
+			t.Fatalf("no SIGHUP reload logged\n%s", p.out)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	select {
+	case <-p.exited:
+		t.Fatalf("SIGHUP ended the process\n%s", p.out)
+	default:
+	}
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	if code := p.exitCode(t, 20*time.Second); code != 0 {
+		t.Fatalf("exit %d after SIGTERM\n%s", code, p.out)
 	}
 }
