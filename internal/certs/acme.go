@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/caddyserver/certmagic"
-	"go.uber.org/zap"
 )
 
 // ACME configures automatic certificates.
@@ -73,7 +72,7 @@ func newACME(c ACME, log *slog.Logger, m *Metrics) (*acmeManager, error) {
 	for _, d := range c.Domains {
 		a.domains[strings.ToLower(d)] = true
 	}
-	zl := zap.NewNop() // certmagic's own records; what matters is logged from its events below
+	zl := zapToSlog(log)
 	var magic *certmagic.Config
 	a.cache = certmagic.NewCache(certmagic.CacheOptions{
 		GetConfigForCert:   func(certmagic.Certificate) (*certmagic.Config, error) { return magic, nil },

@@ -38,7 +38,7 @@ type Manager struct {
 	poll  time.Duration
 }
 
-// ErrUnknownName fails a handshake for a server name that has no
+// errUnknownName fails a handshake for a server name that has no
 // certificate when there is no default either.
 var errUnknownName = errors.New("certs: no certificate for this server name")
 

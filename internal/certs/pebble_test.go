@@ -249,6 +249,11 @@ func TestACMEHTTP01(t *testing.T) {
 	if orders(a.m, "obtained") != 1 || leaf.DNSNames[0] != "localhost" {
 		t.Fatalf("obtained %v, names %v", orders(a.m, "obtained"), leaf.DNSNames)
 	}
+	// certmagic's own records reach the proxy's logger, at debug level.
+	if logs := a.logs.String(); !strings.Contains(logs, "level=DEBUG msg=\"trying to solve challenge\" component=certmagic") ||
+		!strings.Contains(logs, "level=INFO msg=\"ACME certificate obtained\"") {
+		t.Fatalf("logs:\n%s", logs)
+	}
 	// The expiry metric follows the served certificate.
 	eventually(t, func() bool {
 		return testutil.ToFloat64(a.m.expiry.WithLabelValues("localhost")) == float64(leaf.NotAfter.Unix())
