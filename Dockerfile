@@ -35,9 +35,9 @@ RUN --mount=type=cache,target=/root/.cache/go-build \
     go build -tags "${GO_TAGS}" ${GO_BUILD_FLAGS} -trimpath -ldflags "-s -w -X main.version=${VERSION}" \
       -o /out/ ./cmd/bluegreen ./cmd/demo-app
 # What the scratch images need: a passwd/group entry for the non-root user and
-# a state directory it owns (a named volume mounted there copies the ownership
-# on first use).
-RUN mkdir -p /rootfs/etc /rootfs/state \
+# the state and ACME directories it owns (a named volume mounted there copies
+# the ownership on first use).
+RUN mkdir -p /rootfs/etc /rootfs/state /rootfs/acme \
  && printf 'root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/nonexistent:/sbin/nologin\n' >/rootfs/etc/passwd \
  && printf 'root:x:0:\nnonroot:x:65532:\n' >/rootfs/etc/group \
  && cp /etc/ssl/certs/ca-certificates.crt /rootfs/ca-certificates.crt
@@ -70,6 +70,7 @@ ENTRYPOINT ["/demo-app"]
 # bluegreen: the proxy (last stage, so a build without --target gives it).
 FROM runtime-base AS bluegreen
 COPY --from=build --chown=65532:65532 /rootfs/state /state
+COPY --from=build --chown=65532:65532 /rootfs/acme /acme
 COPY --from=build /out/bluegreen /bluegreen
 LABEL org.opencontainers.image.title="bluegreen" \
       org.opencontainers.image.description="Blue/green reverse proxy with health checks, atomic cutover and automatic rollback"

@@ -23,6 +23,7 @@ import (
 
 	"github.com/cryoprotect/bluegreen/admin"
 	"github.com/cryoprotect/bluegreen/internal/adminclient"
+	"github.com/cryoprotect/bluegreen/internal/certs/certtest"
 	"github.com/cryoprotect/bluegreen/internal/testkit"
 )
 
@@ -163,7 +164,17 @@ type proxy struct {
 func startProxy(t *testing.T, bin binaries, name, blue, green string) proxy {
 	t.Helper()
 	state := filepath.Join(t.TempDir(), "state.json")
+	// A TLS listener whose certificate expires in 10 days: the TLS panels
+	// get data and BlueGreenCertificateExpiresSoon fires.
+	ca := certtest.NewCA(t)
+	certPEM, keyPEM := ca.Leaf(t, time.Now().Add(-time.Hour), time.Now().Add(10*24*time.Hour), name+".test")
+	certFile, keyFile := filepath.Join(t.TempDir(), "tls.crt"), filepath.Join(t.TempDir(), "tls.key")
+	certtest.WriteAtomic(t, certFile, certPEM)
+	certtest.WriteAtomic(t, keyFile, keyPEM)
 	proc := testkit.Start(t, name, bin.proxy, []string{
+		"BLUEGREEN_TLS_LISTEN=127.0.0.1:0",
+		"BLUEGREEN_TLS_CERT_FILE=" + certFile,
+		"BLUEGREEN_TLS_KEY_FILE=" + keyFile,
 		"BLUEGREEN_BLUE_URLS=" + blue,
 		"BLUEGREEN_GREEN_URLS=" + green,
 		"BLUEGREEN_LISTEN=127.0.0.1:0",

@@ -69,6 +69,19 @@ type Config struct {
 	// Status page: where a passing health probe's answer carries the instance's version.
 	HealthVersion string `env:"HEALTH_VERSION" envDefault:"header:X-App-Version"`
 
+	// TLS termination, HTTP/2 and automatic certificates (config_tls.go).
+	TLSListen      string `env:"TLS_LISTEN"`
+	TLSCertFile    string `env:"TLS_CERT_FILE"`
+	TLSKeyFile     string `env:"TLS_KEY_FILE"`
+	ACMEDomains    string `env:"ACME_DOMAINS"`
+	ACMEEmail      string `env:"ACME_EMAIL"`
+	ACMECA         string `env:"ACME_CA"`
+	ACMECARootFile string `env:"ACME_CA_ROOT_FILE"`
+	ACMEStorage    string `env:"ACME_STORAGE" envDefault:"./acme"`
+	HTTPRedirect   bool   `env:"HTTP_REDIRECT" envDefault:"false"`
+	HSTS           string `env:"HSTS"`
+	tls            tlsOptions
+
 	// Derived by loadConfig.
 	blue, green []*url.URL
 	token       string
@@ -206,6 +219,7 @@ func loadConfig(environ []string, hostname func() (string, error)) (Config, erro
 		bad("PPROF", vars[envPrefix+"PPROF"], "profiling needs the admin token: set BLUEGREEN_ADMIN_TOKEN or BLUEGREEN_ADMIN_TOKEN_FILE")
 	}
 	cfg.checkUI(bad)
+	cfg.loadTLS(bad)
 	if cfg.ReplicaID == "" && hostname != nil {
 		cfg.ReplicaID, _ = hostname()
 	}

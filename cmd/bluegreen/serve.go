@@ -58,7 +58,7 @@ func (c checkers) probed() bool {
 }
 
 // addrs are the bound listener addresses, reported once serving starts.
-type addrs struct{ public, admin string }
+type addrs struct{ public, admin, tls string }
 
 // serve runs the proxy until ctx ends, then shuts down gracefully. ready,
 // when set, is called with the bound addresses once both listeners accept.
@@ -189,6 +189,13 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, version string, re
 		IdleTimeout:       120 * time.Second,
 	}
 	adm := &http.Server{Handler: admHandler, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 60 * time.Second, ErrorLog: errLog}
+	edge, err := newTLSEdge(cfg, log, reg, router, pubLn, store) // nil unless BLUEGREEN_TLS_LISTEN is set
+	if err != nil {
+		pubLn.Close()
+		admLn.Close()
+		return err
+	}
+	pubSrv := edge.public(pub)
 
 	bg, stopBG := context.WithCancel(context.WithoutCancel(ctx))
 	var wg sync.WaitGroup
@@ -200,14 +207,15 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, version string, re
 		wg.Go(func() { fleet.elect(bg, cfg.ReplicaID, cfg.etcd.ttl, ctl.LeaderChanged) })
 	}
 
-	serveErr := make(chan error, 2)
-	go func() { serveErr <- pub.Serve(pubLn) }()
+	serveErr := make(chan error, 3)
+	go func() { serveErr <- pubSrv.Serve(pubLn) }()
 	go func() { serveErr <- adm.Serve(admLn) }()
+	edge.start(bg, &wg, serveErr)
 	active, gen := router.Active()
 	log.Info("bluegreen serving", "listen", pubLn.Addr().String(), "admin", admLn.Addr().String(),
-		"active", active, "generation", gen, "version", version, "auth", cfg.token != "", "fast_path", router.FastPath())
+		"tls", edge.addr(), "active", active, "generation", gen, "version", version, "auth", cfg.token != "", "fast_path", router.FastPath())
 	if ready != nil {
-		ready(addrs{public: pubLn.Addr().String(), admin: admLn.Addr().String()})
+		ready(addrs{public: pubLn.Addr().String(), admin: admLn.Addr().String(), tls: edge.addr()})
 	}
 
 	var runErr error
@@ -228,10 +236,12 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, version string, re
 	if n := router.CloseStreams(); n > 0 {
 		log.Info("closed long-lived connections", "connections", n)
 	}
-	if err := pub.Shutdown(sctx); err != nil {
+	tlsStopped := edge.shutdown(sctx)
+	if err := pubSrv.Shutdown(sctx); err != nil {
 		log.Warn("requests still running at the end of the drain timeout were cut", "err", err)
-		pub.Close()
+		pubSrv.Close()
 	}
+	tlsStopped()
 	actx, acancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
 	defer acancel()
 	if err := adm.Shutdown(actx); err != nil {

@@ -1,0 +1,189 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/cryoprotect/bluegreen/internal/certs"
+	"github.com/cryoprotect/bluegreen/proxy"
+	"github.com/cryoprotect/bluegreen/state"
+)
+
+// publicServer serves the plain listener: the proxy's own server (fast
+// path), or net/http when the plain listener must answer ACME HTTP-01
+// validations or redirect to HTTPS.
+type publicServer interface {
+	Serve(net.Listener) error
+	Shutdown(context.Context) error
+	Close() error
+}
+
+// tlsEdge is the TLS listener: net/http with the router as its handler,
+// HTTP/2 and HTTP/1.1 by ALPN, certificates from certs.Manager. A nil
+// *tlsEdge (TLS off) is valid and does nothing.
+type tlsEdge struct {
+	ln    net.Listener
+	srv   *http.Server
+	mgr   *certs.Manager
+	plain *http.Server // nil: the plain listener keeps the proxy's server
+	log   *slog.Logger
+}
+
+// newTLSEdge binds the TLS listener and loads the certificates; nil when
+// BLUEGREEN_TLS_LISTEN is empty. pubLn is the bound plain listener (where
+// ACME HTTP-01 validations arrive); with an etcd state store, ACME
+// certificates are kept in etcd for the whole fleet.
+func newTLSEdge(cfg Config, log *slog.Logger, reg prometheus.Registerer, router http.Handler, pubLn net.Listener, store state.Store) (*tlsEdge, error) {
+	if cfg.TLSListen == "" {
+		return nil, nil
+	}
+	m, err := certs.NewMetrics(reg)
+	if err != nil {
+		return nil, err
+	}
+	ln, err := net.Listen("tcp", cfg.TLSListen)
+	if err != nil {
+		return nil, fmt.Errorf("TLS listener %sTLS_LISTEN=%q: %w", envPrefix, cfg.TLSListen, err)
+	}
+	ccfg := certs.Config{Pairs: cfg.tls.pairs, Metrics: m, Log: log.With("log", "tls")}
+	if len(cfg.tls.domains) > 0 {
+		ccfg.ACME = &certs.ACME{
+			Domains: cfg.tls.domains, Email: cfg.ACMEEmail, CA: cfg.ACMECA, Roots: cfg.tls.roots,
+			Storage: cfg.ACMEStorage, Store: acmeFleetStore(store), HTTPAddr: pubLn.Addr().String(), TLSAddr: ln.Addr().String(),
+		}
+	}
+	mgr, err := certs.New(ccfg)
+	if err != nil {
+		ln.Close()
+		return nil, startupError{fmt.Errorf("%sTLS_CERT_FILE=%q %sTLS_KEY_FILE=%q: %w", envPrefix, cfg.TLSCertFile, envPrefix, cfg.TLSKeyFile, err)}
+	}
+	e := &tlsEdge{ln: ln, mgr: mgr, log: log}
+	var h http.Handler = router
+	if cfg.HSTS != "" {
+		h = hsts(cfg.HSTS, h)
+	}
+	e.srv = &http.Server{
+		Handler:           h,
+		TLSConfig:         mgr.TLSConfig(),
+		ReadHeaderTimeout: cfg.ReadHeaderTimeout,
+		IdleTimeout:       120 * time.Second,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          mgr.ErrorLog(log),
+	}
+	if cfg.HTTPRedirect || ccfg.ACME != nil {
+		var ph http.Handler = router
+		if cfg.HTTPRedirect {
+			_, port, _ := net.SplitHostPort(ln.Addr().String())
+			ph = redirect(port)
+		}
+		e.plain = &http.Server{
+			Handler:           mgr.HTTPChallenge(ph),
+			ReadHeaderTimeout: cfg.ReadHeaderTimeout,
+			IdleTimeout:       120 * time.Second,
+			MaxHeaderBytes:    64 << 10,
+			ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		}
+	}
+	return e, nil
+}
+
+// public returns what serves the plain listener.
+func (e *tlsEdge) public(pub *proxy.Server) publicServer {
+	if e == nil || e.plain == nil {
+		return pub
+	}
+	return e.plain
+}
+
+// addr is the bound TLS address ("" when off).
+func (e *tlsEdge) addr() string {
+	if e == nil {
+		return ""
+	}
+	return e.ln.Addr().String()
+}
+
+// start serves TLS, watches the certificates (files: on change and on
+// SIGHUP) and runs ACME until bg ends; serve errors go to errc.
+func (e *tlsEdge) start(bg context.Context, wg *sync.WaitGroup, errc chan<- error) {
+	if e == nil {
+		return
+	}
+	go func() { errc <- e.srv.ServeTLS(e.ln, "", "") }()
+	wg.Go(func() { e.mgr.Run(bg) })
+	wg.Go(func() {
+		hup := make(chan os.Signal, 1)
+		signal.Notify(hup, syscall.SIGHUP)
+		defer signal.Stop(hup)
+		for {
+			select {
+			case <-bg.Done():
+				return
+			case <-hup:
+				n, err := e.mgr.Reload()
+				e.log.Info("SIGHUP: certificates reloaded", "replaced", n, "err", err)
+			}
+		}
+	})
+	e.log.Info("TLS listener serving", "listen", e.addr(), "redirect", e.plain != nil)
+}
+
+// shutdown starts stopping the TLS listener like the plain one, at the
+// same time: no new connections, HTTP/2 connections get GOAWAY, requests
+// in flight finish within ctx (then they are cut). The returned func waits
+// for it.
+func (e *tlsEdge) shutdown(ctx context.Context) (wait func()) {
+	if e == nil {
+		return func() {}
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := e.srv.Shutdown(ctx); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			e.log.Warn("TLS requests still running at the end of the drain timeout were cut", "err", err)
+			e.srv.Close()
+		}
+	}()
+	return func() { <-done }
+}
+
+// hsts sets Strict-Transport-Security on every HTTPS answer.
+func hsts(value string, next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Strict-Transport-Security", value)
+		next.ServeHTTP(w, r)
+	})
+}
+
+// redirect answers 308 to the same host and path on https://, at the TLS
+// listener's port (left out when it is 443).
+func redirect(tlsPort string) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		host := r.Host
+		if h, _, err := net.SplitHostPort(host); err == nil {
+			host = h
+		}
+		if host == "" {
+			http.Error(w, "400 bad request: no Host header to redirect to", http.StatusBadRequest)
+			return
+		}
+		if tlsPort != "443" {
+			host = net.JoinHostPort(strings.Trim(host, "[]"), tlsPort)
+		} else if strings.Contains(host, ":") && !strings.HasPrefix(host, "[") {
+			host = "[" + host + "]"
+		}
+		http.Redirect(w, r, "https://"+host+r.URL.RequestURI(), http.StatusPermanentRedirect)
+	})
+}

@@ -1,0 +1,348 @@
+package certs
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/cryoprotect/bluegreen/internal/certs/certtest"
+	"github.com/cryoprotect/bluegreen/internal/certs/etcdstore"
+	"github.com/cryoprotect/bluegreen/state/etcd/etcdtest"
+)
+
+// PebbleBin finds the Pebble binary: $PEBBLE_BIN, else pebble on PATH. On
+// a developer machine without it the test skips; with CI set it fails.
+func pebbleBin(t *testing.T) string {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("starts Pebble")
+	}
+	if p := os.Getenv("PEBBLE_BIN"); p != "" {
+		return p
+	}
+	if p, err := exec.LookPath("pebble"); err == nil {
+		return p
+	}
+	if os.Getenv("CI") != "" {
+		t.Fatal("pebble not found: set PEBBLE_BIN (.ci/setup/tls.sh installs it)")
+	}
+	t.Skip("pebble not installed (go install github.com/letsencrypt/pebble/v2/cmd/pebble@v2.10.3)")
+	return ""
+}
+
+type pebble struct {
+	dir   string         // ACME directory URL
+	roots *x509.CertPool // the root its certificates chain to
+	root  []byte         // the same, PEM
+	cmd   *exec.Cmd
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+func port(addr string) int {
+	_, p, _ := net.SplitHostPort(addr)
+	var n int
+	fmt.Sscan(p, &n)
+	return n
+}
+
+// startPebble runs Pebble on loopback validating HTTP-01 at httpAddr and
+// TLS-ALPN-01 at tlsAddr, issuing certificates valid for validity.
+func startPebble(t *testing.T, httpAddr, tlsAddr string, validity time.Duration) *pebble {
+	bin := pebbleBin(t)
+	td, _ := filepath.Abs("testdata/pebble")
+	raw, err := os.ReadFile(filepath.Join(td, "pebble-config.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cfg map[string]map[string]any
+	if err := json.Unmarshal(raw, &cfg); err != nil {
+		t.Fatal(err)
+	}
+	api, mgmt := freeAddr(t), freeAddr(t)
+	c := cfg["pebble"]
+	c["listenAddress"], c["managementListenAddress"] = api, mgmt
+	c["certificate"], c["privateKey"] = filepath.Join(td, "cert.pem"), filepath.Join(td, "key.pem")
+	c["httpPort"], c["tlsPort"] = port(httpAddr), port(tlsAddr)
+	c["profiles"] = map[string]any{"default": map[string]any{"description": "test", "validityPeriod": int(validity.Seconds())}}
+	out, _ := json.Marshal(cfg)
+	cfgFile := filepath.Join(t.TempDir(), "pebble.json")
+	os.WriteFile(cfgFile, out, 0o600)
+
+	cmd := exec.Command(bin, "-config", cfgFile)
+	cmd.Env = append(os.Environ(), "PEBBLE_VA_NOSLEEP=1", "PEBBLE_WFE_NONCEREJECT=0", "PEBBLE_AUTHZREUSE=0")
+	logf, _ := os.Create(filepath.Join(t.TempDir(), "pebble.log"))
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	p := &pebble{dir: "https://" + api + "/dir", cmd: cmd}
+	t.Cleanup(func() {
+		p.stop()
+		if t.Failed() {
+			b, _ := os.ReadFile(logf.Name())
+			t.Logf("pebble log:\n%s", b)
+		}
+	})
+	mini := x509.NewCertPool()
+	b, _ := os.ReadFile(filepath.Join(td, "pebble.minica.pem"))
+	mini.AppendCertsFromPEM(b)
+	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: mini}}, Timeout: 2 * time.Second}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		res, err := hc.Get("https://" + mgmt + "/roots/0")
+		if err == nil {
+			p.root, _ = io.ReadAll(res.Body)
+			res.Body.Close()
+			if res.StatusCode == 200 {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("pebble not up: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	p.roots = x509.NewCertPool()
+	if !p.roots.AppendCertsFromPEM(p.root) {
+		t.Fatalf("pebble root: %q", p.root)
+	}
+	return p
+}
+
+func (p *pebble) stop() {
+	if p.cmd.Process != nil && p.cmd.ProcessState == nil {
+		p.cmd.Process.Kill()
+		p.cmd.Wait()
+	}
+}
+
+func minicaPool(t *testing.T) *x509.CertPool {
+	b, err := os.ReadFile("testdata/pebble/pebble.minica.pem")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(b)
+	return pool
+}
+
+type acmeFixture struct {
+	*fixture
+	plainAddr string
+	pebble    *pebble
+}
+
+// startACME runs a plain listener (with the HTTP-01 handler) and a TLS
+// listener, Pebble validating against them, and the manager ordering
+// "localhost" from it.
+func startACME(t *testing.T, http01, tlsalpn01 bool, validity time.Duration, ratio float64) *acmeFixture {
+	t.Helper()
+	pebbleBin(t)
+	plainLn, tlsLn := listen(t), listen(t)
+	p := startPebble(t, plainLn.Addr().String(), tlsLn.Addr().String(), validity)
+	ac := &ACME{Storage: t.TempDir(), DisableTLSALPN: !tlsalpn01, RenewalWindowRatio: ratio}
+	if !http01 {
+		ac.HTTPAddr = "-"
+	}
+	return runACME(t, p, plainLn, tlsLn, ac)
+}
+
+func listen(t *testing.T) net.Listener {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ln
+}
+
+// runACME serves plainLn and tlsLn with a manager ordering "localhost"
+// from p; ac carries the options (HTTPAddr "-": no HTTP-01).
+func runACME(t *testing.T, p *pebble, plainLn, tlsLn net.Listener, ac *ACME) *acmeFixture {
+	t.Helper()
+	a := &acmeFixture{fixture: &fixture{logs: &syncBuf{}}, plainAddr: plainLn.Addr().String(), pebble: p}
+	a.m, _ = NewMetrics(prometheus.NewRegistry())
+	log := slog.New(slog.NewTextHandler(a.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	ac.Domains, ac.CA, ac.Roots = []string{"localhost"}, p.dir, minicaPool(t)
+	ac.TLSAddr, ac.RenewCheckInterval = tlsLn.Addr().String(), 500*time.Millisecond
+	if ac.HTTPAddr == "-" {
+		ac.HTTPAddr = ""
+	} else {
+		ac.HTTPAddr = plainLn.Addr().String()
+	}
+	var err error
+	a.mgr, err = New(Config{ACME: ac, Metrics: a.m, Log: log, PollInterval: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.addr = tlsLn.Addr().String()
+	plain := &http.Server{Handler: a.mgr.HTTPChallenge(http.NotFoundHandler()), ReadHeaderTimeout: 5 * time.Second}
+	srv := &http.Server{
+		Handler:   http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok "+r.Proto) }),
+		TLSConfig: a.mgr.TLSConfig(), ErrorLog: a.mgr.ErrorLog(log), ReadHeaderTimeout: 5 * time.Second,
+	}
+	go plain.Serve(plainLn)
+	go srv.ServeTLS(tlsLn, "", "")
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { a.mgr.Run(ctx); close(done) }()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+		srv.Close()
+		plain.Close()
+		if t.Failed() {
+			t.Logf("logs:\n%s", a.logs)
+		}
+	})
+	return a
+}
+
+// waitServed waits until the TLS listener serves a certificate for
+// localhost that verifies against Pebble's root and satisfies ok.
+func (a *acmeFixture) waitServed(t *testing.T, within time.Duration, ok func(*x509.Certificate) bool) *x509.Certificate {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		leaf, err := certtest.Served(a.addr, "localhost", a.pebble.roots)
+		if err == nil && ok(leaf) {
+			return leaf
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no valid certificate from Pebble within %v: %v", within, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func orders(m *Metrics, r string) float64 { return testutil.ToFloat64(m.orders.WithLabelValues(r)) }
+
+func TestACMEHTTP01(t *testing.T) {
+	a := startACME(t, true, false, time.Hour, 0)
+	leaf := a.waitServed(t, 60*time.Second, func(*x509.Certificate) bool { return true })
+	if orders(a.m, "obtained") != 1 || leaf.DNSNames[0] != "localhost" {
+		t.Fatalf("obtained %v, names %v", orders(a.m, "obtained"), leaf.DNSNames)
+	}
+	// certmagic's own records reach the proxy's logger, at debug level.
+	if logs := a.logs.String(); !strings.Contains(logs, "level=DEBUG msg=\"trying to solve challenge\" component=certmagic") ||
+		!strings.Contains(logs, "level=INFO msg=\"ACME certificate obtained\"") {
+		t.Fatalf("logs:\n%s", logs)
+	}
+	// The expiry metric follows the served certificate.
+	eventually(t, func() bool {
+		return testutil.ToFloat64(a.m.expiry.WithLabelValues("localhost")) == float64(leaf.NotAfter.Unix())
+	}, func() string { return "expiry metric not set" })
+	// curl trusting Pebble's root, over HTTP/2.
+	if _, err := exec.LookPath("curl"); err != nil {
+		t.Fatal("curl missing (.ci/apt/tls.txt)")
+	}
+	root := filepath.Join(t.TempDir(), "root.pem")
+	os.WriteFile(root, a.pebble.root, 0o600)
+	out, err := exec.Command("curl", "-sS", "--http2", "--cacert", root, "https://localhost:"+fmt.Sprint(port(a.addr))+"/").CombinedOutput()
+	if err != nil || string(out) != "ok HTTP/2.0" {
+		t.Fatalf("curl: %v %q", err, out)
+	}
+}
+
+func TestACMETLSALPN01(t *testing.T) {
+	a := startACME(t, false, true, time.Hour, 0)
+	a.waitServed(t, 60*time.Second, func(*x509.Certificate) bool { return true })
+	if orders(a.m, "obtained") != 1 {
+		t.Fatalf("obtained %v", orders(a.m, "obtained"))
+	}
+}
+
+// Short-lived certificates are renewed before they expire; with the CA
+// down the last certificate keeps being served and the failure counts.
+func TestACMERenewalAndCADown(t *testing.T) {
+	a := startACME(t, true, true, 20*time.Second, 0.5)
+	first := a.waitServed(t, 60*time.Second, func(*x509.Certificate) bool { return true })
+	second := a.waitServed(t, 40*time.Second, func(c *x509.Certificate) bool { return c.SerialNumber.Cmp(first.SerialNumber) != 0 })
+	if !second.NotAfter.After(first.NotAfter) || time.Now().After(first.NotAfter) && orders(a.m, "renewed") < 1 {
+		t.Fatalf("renewal: first until %v, second until %v", first.NotAfter, second.NotAfter)
+	}
+	eventually(t, func() bool { return orders(a.m, "renewed") >= 1 }, func() string { return "renewed not counted" })
+
+	a.pebble.stop()
+	eventually2 := time.Now().Add(40 * time.Second)
+	for orders(a.m, "failed") < 1 {
+		if time.Now().After(eventually2) {
+			t.Fatal("no failed renewal counted with the CA down")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	last, err := certtest.Served(a.addr, "localhost", nil)
+	if err != nil || last.Issuer.String() != second.Issuer.String() || last.NotAfter.Before(second.NotAfter) {
+		t.Fatalf("with the CA down: %v, %v", last, err)
+	}
+	if !strings.Contains(a.logs.String(), "ACME certificate order failed") {
+		t.Fatal("failure not logged")
+	}
+}
+
+// A fleet: two replicas share certificates in etcd. They start together;
+// one orders (it holds the lock), the CA's HTTP-01 validation reaches the
+// other replica (it answers from the challenge in etcd), and both serve
+// the same certificate.
+func TestACMEFleetSharesCertificatesInEtcd(t *testing.T) {
+	pebbleBin(t)
+	cli := etcdClient(t)
+	plainA, tlsA, plainB, tlsB := listen(t), listen(t), listen(t), listen(t)
+	// Pebble validates at replica A's port only, as if a load balancer sent
+	// the CA there, whichever replica placed the order.
+	p := startPebble(t, plainA.Addr().String(), tlsA.Addr().String(), time.Hour)
+	var a, b *acmeFixture
+	started := make(chan struct{})
+	go func() {
+		defer close(started)
+		b = runACME(t, p, plainB, tlsB, &ACME{Store: etcdstore.New(cli, "/fleet/acme"), DisableTLSALPN: true})
+	}()
+	a = runACME(t, p, plainA, tlsA, &ACME{Store: etcdstore.New(cli, "/fleet/acme"), DisableTLSALPN: true})
+	<-started
+	ca := a.waitServed(t, 60*time.Second, func(*x509.Certificate) bool { return true })
+	cb := b.waitServed(t, 60*time.Second, func(*x509.Certificate) bool { return true })
+	if !ca.Equal(cb) {
+		t.Fatalf("replicas serve different certificates: %v / %v", ca.SerialNumber, cb.SerialNumber)
+	}
+	if n := orders(a.m, "obtained") + orders(b.m, "obtained"); n != 1 {
+		t.Fatalf("%v orders obtained, want 1 (a %v, b %v)", n, orders(a.m, "obtained"), orders(b.m, "obtained"))
+	}
+	t.Logf("replica a obtained %v, b obtained %v", orders(a.m, "obtained"), orders(b.m, "obtained"))
+}
+
+func etcdClient(t *testing.T) *clientv3.Client {
+	t.Helper()
+	c := etcdtest.Start(t, 1)
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{c.Endpoints()}, DialTimeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cli.Close() })
+	return cli
+}
