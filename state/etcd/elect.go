@@ -70,7 +70,12 @@ func (l *Leader) run(ctx context.Context) {
 	key := l.s.spec.Prefix + "/leader"
 	secs := int((l.ttl + time.Second - 1) / time.Second)
 	for ctx.Err() == nil {
-		sess, err := concurrency.NewSession(l.s.cli, concurrency.WithTTL(secs), concurrency.WithContext(ctx))
+		cli := l.s.client()
+		if cli == nil {
+			sleep(ctx, 500*time.Millisecond)
+			continue
+		}
+		sess, err := concurrency.NewSession(cli, concurrency.WithTTL(secs), concurrency.WithContext(ctx))
 		if err != nil {
 			l.s.log.Debug("election: no session", "err", err)
 			sleep(ctx, 500*time.Millisecond)
