@@ -33,9 +33,12 @@ type member struct {
 }
 
 // Start starts an n-member cluster and waits until it has a leader. The
-// cluster is stopped when the test ends.
+// cluster is stopped when the test ends. Under -short the test is skipped.
 func Start(t testing.TB, n int) *Cluster {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("starts a real etcd cluster (skipped with -short)")
+	}
 	c := &Cluster{t: t}
 	var initial []string
 	for i := range n {
