@@ -328,7 +328,11 @@ func checkTLS(ctx context.Context, ep string, base *tls.Config) error {
 	_, err = c.Read(make([]byte, 1))
 	var alert tls.AlertError
 	if err != nil && (errors.As(err, &alert) || strings.Contains(err.Error(), "remote error: tls")) {
-		return fmt.Errorf("%w: %s refused the client certificate: %w", ErrRejected, ep, err)
+		hint := ""
+		if len(base.Certificates) > 0 && strings.Contains(err.Error(), "certificate required") {
+			hint = " (the client certificate was not sent: it is not signed by a CA the member accepts)"
+		}
+		return fmt.Errorf("%w: %s refused the client certificate%s: %w", ErrRejected, ep, hint, err)
 	}
 	return nil
 }
