@@ -30,6 +30,8 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 
 	"github.com/cryoprotect/bluegreen/state"
 )
@@ -120,6 +122,9 @@ type Store struct {
 	opts  Options
 	log   *slog.Logger
 	up    atomic.Bool
+	// quorumAt is when the last linearizable read that a quorum answered
+	// was sent (Unix nanoseconds): etcd was reachable at that moment.
+	quorumAt atomic.Int64
 	ctx   context.Context // ends at Close
 	stop  context.CancelFunc
 	wg    sync.WaitGroup
@@ -174,6 +179,13 @@ func Open(ctx context.Context, spec string, opts Options) (*Store, error) {
 		Password:             opts.Password,
 		Logger:               zap.NewNop(),
 		Context:              sctx,
+		// Reconnect soon after a member is reachable again (a healed
+		// partition): gRPC's defaults back off up to two minutes and
+		// wait 20s for one connection attempt.
+		DialOptions: []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 500 * time.Millisecond},
+			MinConnectTimeout: opts.OpTimeout,
+		})},
 	}
 	// Without authentication New does not talk to etcd; with it, New
 	// fetches a token and fails when no member answers.
@@ -344,6 +356,12 @@ func (s *Store) Client() *clientv3.Client { return s.client() }
 // Spec returns the parsed spec.
 func (s *Store) Spec() Spec { return s.spec }
 
+// heardWithin reports whether a read sent less than d ago was answered by
+// a quorum.
+func (s *Store) heardWithin(d time.Duration) bool {
+	return time.Since(time.Unix(0, s.quorumAt.Load())) < d
+}
+
 // Up reports whether the last operation or probe reached a quorum.
 func (s *Store) Up() bool { return s.up.Load() }
 
@@ -412,7 +430,11 @@ func (s *Store) get(ctx context.Context) (*clientv3.GetResponse, error) {
 	if cli == nil {
 		return nil, s.notConnected("load")
 	}
+	sent := time.Now()
 	resp, err := cli.Get(octx, s.key)
+	if err == nil {
+		s.quorumAt.Store(sent.UnixNano())
+	}
 	if err != nil {
 		if ctx.Err() != nil && s.ctx.Err() == nil {
 			return nil, fmt.Errorf("state: etcd load %s: %w", s.key, ctx.Err())
@@ -568,7 +590,7 @@ func (s *Store) watch(ctx context.Context, out chan state.State) {
 			if !sleep(ctx, backoff) {
 				return
 			}
-			backoff = min(2*backoff, time.Second)
+			backoff = min(2*backoff, 250*time.Millisecond)
 			continue
 		}
 		backoff = 50 * time.Millisecond
