@@ -115,21 +115,21 @@ var ErrRejected = errors.New("etcd rejected the client")
 // runs one goroutine until its context ends or the Store is closed; Close
 // waits for them. A Store must not be copied.
 type Store struct {
-	cli   atomic.Pointer[clientv3.Client] // nil until connected (see Open)
-	ccfg  clientv3.Config
-	spec  Spec
-	key   string
-	opts  Options
-	log   *slog.Logger
-	up    atomic.Bool
+	cli  atomic.Pointer[clientv3.Client] // nil until connected (see Open)
+	ccfg clientv3.Config
+	spec Spec
+	key  string
+	opts Options
+	log  *slog.Logger
+	up   atomic.Bool
 	// quorumAt is when the last linearizable read that a quorum answered
 	// was sent (Unix nanoseconds): etcd was reachable at that moment.
 	quorumAt atomic.Int64
-	ctx   context.Context // ends at Close
-	stop  context.CancelFunc
-	wg    sync.WaitGroup
-	once  sync.Once
-	close atomic.Bool
+	ctx      context.Context // ends at Close
+	stop     context.CancelFunc
+	wg       sync.WaitGroup
+	once     sync.Once
+	close    atomic.Bool
 }
 
 var _ state.Store = (*Store)(nil)
