@@ -40,7 +40,12 @@ import (
 // member, or no quorum). Errors from a Store wrap it together with the
 // cause; it wraps state.ErrUnavailable, so a state.CachedStore can serve
 // its local copy.
-var ErrUnavailable = fmt.Errorf("etcd unavailable: %w", state.ErrUnavailable)
+var ErrUnavailable error = unavailableError{}
+
+type unavailableError struct{}
+
+func (unavailableError) Error() string        { return "etcd unavailable" }
+func (unavailableError) Is(target error) bool { return target == state.ErrUnavailable }
 
 // Defaults for Options.
 const (
