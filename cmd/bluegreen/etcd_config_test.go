@@ -135,6 +135,23 @@ func TestFleetTLSAuth(t *testing.T) {
 			t.Logf("exit 2 after %s: %s", time.Since(start).Round(time.Millisecond), lastLine(out))
 		})
 	}
+	// Started without a quorum, with authentication: from the cache, and
+	// logged in in the background once the members are back.
+	t.Run("start from the cache, log in later", func(t *testing.T) {
+		c.Kill(0)
+		c.Kill(1)
+		r := f.add("late", append(slices.Clone(tlsEnv), "BLUEGREEN_STATE_CACHE="+f.cache("r0"))...)
+		if s := r.status(); s.Active != "green" || s.Store.Up {
+			t.Fatalf("status %+v store %+v, want the cached green and the store down", s, s.Store)
+		}
+		wait := c.RestartAsync(0, 1)
+		back := time.Now()
+		wait()
+		waitUntil(t, "the late replica to connect", func() bool { s := r.status(); return s.Store.Up })
+		t.Logf("replica started from its cache without a quorum; logged in and reports the store up %s after the members were restarted", time.Since(back).Round(time.Millisecond))
+		mustPost(t, r, "/admin/cutover", `{"to":"blue"}`, 200)
+		f.untilAllRoute("blue", time.Now())
+	})
 	// The network, not the configuration: retried with backoff until
 	// BLUEGREEN_ETCD_START_WAIT, then exit 1.
 	t.Run("no member reachable", func(t *testing.T) {

@@ -232,7 +232,7 @@ func (s *Store) connect() {
 		} else {
 			s.log.Debug("etcd still unreachable", "err", err, "backoff", backoff)
 		}
-		backoff = min(2*backoff, 5*time.Second)
+		backoff = min(2*backoff, time.Second)
 	}
 }
 
