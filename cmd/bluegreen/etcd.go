@@ -76,10 +76,8 @@ func (cfg *Config) loadEtcd(bad func(name, value, expected string)) []string {
 // _ETCD_START_WAIT (used with an etcd store only).
 func (cfg *Config) loadFleetCache(bad func(name, value, expected string)) []string {
 	if cfg.StateCache != "off" {
-		if cfg.StateCache == "" {
-			bad("STATE_CACHE", cfg.StateCache, `expected a file path, or "off" to keep no local copy`)
-		} else if fi, err := os.Stat(filepath.Dir(cfg.StateCache)); err != nil || !fi.IsDir() {
-			bad("STATE_CACHE", cfg.StateCache, "its directory does not exist (the file itself is created on the first state)")
+		if fi, err := os.Stat(filepath.Dir(cfg.StateCache)); err != nil || !fi.IsDir() {
+			bad("STATE_CACHE", cfg.StateCache, `its directory does not exist (the file itself is created on the first state); "off" keeps no local copy`)
 		}
 	}
 	if cfg.StateMigrateFrom != "" {

@@ -44,6 +44,10 @@ func TestLoadConfigEtcd(t *testing.T) {
 		{"password without user", []string{spec, "BLUEGREEN_ETCD_PASSWORD=x"}, "without BLUEGREEN_ETCD_USERNAME"},
 		{"zero timeout", []string{spec, "BLUEGREEN_ETCD_TIMEOUT=0s"}, "BLUEGREEN_ETCD_TIMEOUT="},
 		{"short lease", []string{spec, "BLUEGREEN_ETCD_LEASE_TTL=100ms"}, "BLUEGREEN_ETCD_LEASE_TTL="},
+		{"cache in a missing directory", []string{spec, "BLUEGREEN_STATE_CACHE=/nonexistent/dir/cache.json"}, "BLUEGREEN_STATE_CACHE="},
+		{"migrate from etcd", []string{spec, "BLUEGREEN_STATE_MIGRATE_FROM=etcd://e1:2379/x"}, "BLUEGREEN_STATE_MIGRATE_FROM="},
+		{"migrate from a missing directory", []string{spec, "BLUEGREEN_STATE_MIGRATE_FROM=file:/nonexistent/dir/s.json"}, "BLUEGREEN_STATE_MIGRATE_FROM="},
+		{"negative start wait", []string{spec, "BLUEGREEN_ETCD_START_WAIT=-1s"}, "BLUEGREEN_ETCD_START_WAIT="},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -131,7 +131,7 @@ func (l *Leader) run(ctx context.Context) {
 func (l *Leader) lead(ctx context.Context, sess *concurrency.Session) {
 	t := time.NewTicker(max(l.ttl/4, 50*time.Millisecond))
 	defer t.Stop()
-	acting := true
+	acting := l.IsLeader()
 	for {
 		select {
 		case <-ctx.Done():
