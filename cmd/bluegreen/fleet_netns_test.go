@@ -237,10 +237,10 @@ func (r *labReplica) color() (string, error) {
 	if err != nil {
 		return "", err
 	}
-	io.Copy(io.Discard, res.Body)
+	body, _ := io.ReadAll(res.Body)
 	res.Body.Close()
 	if res.StatusCode != 200 {
-		return "", fmt.Errorf("status %d", res.StatusCode)
+		return "", fmt.Errorf("status %d at %s: %.80q", res.StatusCode, time.Now().UTC().Format("15:04:05.000"), body)
 	}
 	return res.Header.Get(app.ColorHeader), nil
 }
@@ -498,6 +498,13 @@ func TestFleetPartitions(t *testing.T) {
 		}
 		if after := old.p.out.String()[mark:]; strings.Contains(after, `"trigger":"auto-rollback"`) || strings.Contains(after, "auto-rollback failed") {
 			t.Fatalf("the cut-off replica %s tried an auto-rollback:\n%s", old.id, after)
+		}
+		// Healed, it goes straight to the newest state: never through the
+		// cutover to green that was rolled back while it was cut off.
+		for line := range strings.SplitSeq(old.p.out.String()[mark:], "\n") {
+			if strings.Contains(line, "applied state from store") && strings.Contains(line, `"to":"green"`) {
+				t.Fatalf("the healed replica %s routed the intermediate state: %s", old.id, line)
+			}
 		}
 		t.Logf("(b) leader %s cut off (lease TTL 2s): it stopped leading %s after the cut, %s leads %s after the cut; green failed on the majority side and every majority replica routes blue %s later (auto-rollback by %s); %d requests through the cut-off replica, %d failed %s",
 			old.id, tStop.Round(time.Millisecond), next.id, tNew.Round(time.Millisecond), rolled.Round(time.Millisecond), next.id, sent, failed, first)

@@ -624,12 +624,19 @@ func (s *Store) follow(ctx context.Context, from int64, seen *int64, out chan st
 		if err := wr.Err(); err != nil {
 			return err
 		}
+		// Only the newest state of a response is delivered: a replica
+		// that was cut off gets what was stored meanwhile in one
+		// response, and must not route through the intermediate states.
+		var last []byte
 		for _, ev := range wr.Events {
 			if ev.Type != clientv3.EventTypePut || ev.Kv.ModRevision <= *seen {
 				continue
 			}
 			*seen = ev.Kv.ModRevision
-			s.deliver(out, ev.Kv.Value)
+			last = ev.Kv.Value
+		}
+		if last != nil {
+			s.deliver(out, last)
 		}
 	}
 	return errors.New("watch channel closed")
