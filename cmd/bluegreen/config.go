@@ -81,6 +81,11 @@ type Config struct {
 	HTTPRedirect   bool   `env:"HTTP_REDIRECT" envDefault:"false"`
 	HSTS           string `env:"HSTS"`
 	tls            tlsOptions
+	// Fleet: a replica's local copy of the state, a file state to migrate
+	// into an empty etcd, how long to wait for etcd at start without a copy.
+	StateCache       string        `env:"STATE_CACHE" envDefault:"./bluegreen-state-cache.json"`
+	StateMigrateFrom string        `env:"STATE_MIGRATE_FROM"`
+	EtcdStartWait    time.Duration `env:"ETCD_START_WAIT" envDefault:"30s"`
 
 	// Derived by loadConfig.
 	blue, green []*url.URL

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -68,7 +69,29 @@ func (cfg *Config) loadEtcd(bad func(name, value, expected string)) []string {
 		bad("ETCD_LEASE_TTL", cfg.EtcdLeaseTTL.String(), "expected a duration of at least 1s, such as 5s")
 	}
 	cfg.etcd.ttl = cfg.EtcdLeaseTTL
-	return problems
+	return append(problems, cfg.loadFleetCache(bad)...)
+}
+
+// loadFleetCache checks BLUEGREEN_STATE_CACHE, _STATE_MIGRATE_FROM and
+// _ETCD_START_WAIT (used with an etcd store only).
+func (cfg *Config) loadFleetCache(bad func(name, value, expected string)) []string {
+	if cfg.StateCache != "off" {
+		if fi, err := os.Stat(filepath.Dir(cfg.StateCache)); err != nil || !fi.IsDir() {
+			bad("STATE_CACHE", cfg.StateCache, `its directory does not exist (the file itself is created on the first state); "off" keeps no local copy`)
+		}
+	}
+	if cfg.StateMigrateFrom != "" {
+		scheme, path, err := state.ParseSpec(cfg.StateMigrateFrom)
+		if err != nil || scheme != "file" {
+			bad("STATE_MIGRATE_FROM", cfg.StateMigrateFrom, "expected file:PATH (the state file of a single proxy)")
+		} else if _, err := state.NewFileStore(path); err != nil {
+			bad("STATE_MIGRATE_FROM", cfg.StateMigrateFrom, "its directory does not exist")
+		}
+	}
+	if cfg.EtcdStartWait < 0 {
+		bad("ETCD_START_WAIT", cfg.EtcdStartWait.String(), "expected a duration of at least 0, such as 30s")
+	}
+	return nil
 }
 
 // etcdFleet is the etcd side of a fleet: the store's health and the
@@ -110,6 +133,40 @@ func openStore(ctx context.Context, cfg Config, log *slog.Logger) (state.Store, 
 	if err != nil {
 		return nil, nil, fmt.Errorf("open state store: %w", err)
 	}
+	store, err = withCache(es, cfg, log)
+	if err != nil {
+		es.Close()
+		return nil, nil, err
+	}
 	ef := &etcdFleet{es: es}
-	return es, &fleet{kind: "etcd", up: es.Up, leads: ef.isLeader, elect: ef.campaign}, nil
+	return store, &fleet{kind: "etcd", up: es.Up, leads: ef.isLeader, elect: ef.campaign, startWait: cfg.EtcdStartWait}, nil
+}
+
+// withCache puts the replica's local cache (BLUEGREEN_STATE_CACHE) and the
+// seeds of an empty etcd (BLUEGREEN_STATE_MIGRATE_FROM, then the cache) in
+// front of the etcd store.
+func withCache(es *etcd.Store, cfg Config, log *slog.Logger) (state.Store, error) {
+	var seeds []state.Seed
+	if cfg.StateMigrateFrom != "" {
+		_, path, err := state.ParseSpec(cfg.StateMigrateFrom)
+		if err != nil {
+			return nil, err
+		}
+		fs, err := state.NewFileStore(path)
+		if err != nil {
+			return nil, fmt.Errorf("%sSTATE_MIGRATE_FROM: %w", envPrefix, err)
+		}
+		seeds = append(seeds, state.Seed{Name: cfg.StateMigrateFrom, Load: func() (state.State, error) {
+			return fs.Load(context.Background())
+		}})
+	}
+	var cache *state.Cache
+	if cfg.StateCache != "off" {
+		var err error
+		if cache, err = state.OpenCache(cfg.StateCache); err != nil {
+			return nil, fmt.Errorf("%sSTATE_CACHE: %w", envPrefix, err)
+		}
+		seeds = append(seeds, state.Seed{Name: "state cache " + cfg.StateCache, Load: cache.Load})
+	}
+	return state.NewCachedStore(es, cache, seeds, log.With("store", "etcd")), nil
 }

@@ -2,13 +2,16 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"log/slog"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/cryoprotect/bluegreen/admin"
 	"github.com/cryoprotect/bluegreen/rollout"
+	"github.com/cryoprotect/bluegreen/state"
 )
 
 // fleet is what serve knows about the state store and the election. With
@@ -19,6 +22,39 @@ type fleet struct {
 	up    func() bool
 	leads func() bool // nil: always leader
 	elect func(ctx context.Context, id string, ttl time.Duration, changed func())
+	// startWait is how long start retries while the store is unreachable
+	// and there is no cached state (0: no retry).
+	startWait time.Duration
+}
+
+// start runs init (the controller's Init). While the store is unreachable
+// and there is no cached state to start from, it retries with backoff for
+// startWait, then gives up with an error that says so (exit 1). Any other
+// failure is a startup error (exit 2): bad stored state, credentials etcd
+// refuses.
+func (f *fleet) start(ctx context.Context, init func(context.Context) error, log *slog.Logger) error {
+	deadline := time.Now().Add(f.startWait)
+	backoff := 250 * time.Millisecond
+	for {
+		err := init(ctx)
+		switch {
+		case err == nil:
+			return nil
+		case !errors.Is(err, state.ErrUnavailable):
+			return startupError{err}
+		case time.Now().Add(backoff).After(deadline):
+			return fmt.Errorf("cannot start: the state store is unreachable and there is no cached state to serve from (waited %s, %sETCD_START_WAIT): %w", f.startWait, envPrefix, err)
+		}
+		log.Warn("state store unreachable and no cached state: waiting for it before serving", "retry_in", backoff.String(), "err", err)
+		t := time.NewTimer(backoff)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		case <-t.C:
+		}
+		backoff = min(2*backoff, 5*time.Second)
+	}
 }
 
 func fileFleet() *fleet { return &fleet{kind: "file", up: func() bool { return true }} }

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -28,11 +30,12 @@ type testFleet struct {
 	apps     map[string][]*app.App
 	replicas []*stack
 	env      []string
+	cacheDir string // each replica's BLUEGREEN_STATE_CACHE is <cacheDir>/<id>.json
 }
 
 func startFleet(t *testing.T, c *etcdtest.Cluster, prefix string, n int, extra ...string) *testFleet {
 	t.Helper()
-	f := &testFleet{t: t, etcd: c, apps: map[string][]*app.App{}}
+	f := &testFleet{t: t, etcd: c, apps: map[string][]*app.App{}, cacheDir: t.TempDir()}
 	blue, ba := newApps(t, "blue", 1, nil)
 	green, ga := newApps(t, "green", 1, nil)
 	f.apps["blue"], f.apps["green"] = ba, ga
@@ -56,10 +59,15 @@ func startFleet(t *testing.T, c *etcdtest.Cluster, prefix string, n int, extra .
 	return f
 }
 
-// add starts one more replica in this process.
-func (f *testFleet) add(id string) *stack {
+// cache returns the path of replica id's state cache.
+func (f *testFleet) cache(id string) string { return filepath.Join(f.cacheDir, id+".json") }
+
+// add starts one more replica in this process; extra overrides the
+// fleet's environment.
+func (f *testFleet) add(id string, extra ...string) *stack {
 	st := &stack{t: f.t, apps: f.apps, logs: &testkit.Buffer{}, entered: make(chan string, 16)}
-	st.start(append(slices.Clone(f.env), "BLUEGREEN_REPLICA_ID="+id))
+	env := append(slices.Clone(f.env), "BLUEGREEN_REPLICA_ID="+id, "BLUEGREEN_STATE_CACHE="+f.cache(id))
+	st.start(append(env, extra...))
 	f.replicas = append(f.replicas, st)
 	return st
 }
@@ -388,7 +396,7 @@ func TestFleetLeaderProcessKilled(t *testing.T) {
 	bin, _ := binaries(t)
 	c := etcdtest.Start(t, 3)
 	f := startFleet(t, c, "/fleet/crash", 0, "BLUEGREEN_AUTO_ROLLBACK=true", "BLUEGREEN_ROLLBACK_WINDOW=5m")
-	p, pub, adm := startProxyProc(t, bin, append(slices.Clone(f.env), "BLUEGREEN_REPLICA_ID=proc"))
+	p, pub, adm := startProxyProc(t, bin, append(slices.Clone(f.env), "BLUEGREEN_REPLICA_ID=proc", "BLUEGREEN_STATE_CACHE="+f.cache("proc")))
 	ps := &stack{t: t, pub: "http://" + pub, adm: "http://" + adm, logs: p.Out,
 		httpClient: &http.Client{Timeout: 10 * time.Second}}
 	waitHTTP(t, ps.adm+"/readyz", 200)
@@ -454,4 +462,121 @@ func metricValue(t *testing.T, st *stack, name string) string {
 	}
 	t.Fatalf("no %s in /metrics", name)
 	return ""
+}
+
+// TestFleetStartsFromCache restarts a replica while etcd has no quorum: it
+// starts from its local copy of the state, serves the cached colour with no
+// failed request, reports the store down, refuses switches, and applies
+// the state stored meanwhile as soon as the quorum is back.
+func TestFleetStartsFromCache(t *testing.T) {
+	c := etcdtest.Start(t, 3)
+	f := startFleet(t, c, "/fleet/cache", 2)
+	r0, r1 := f.replicas[0], f.replicas[1]
+	mustPost(t, r0, "/admin/cutover", `{"to":"green"}`, 200)
+	f.untilAllRoute("green", time.Now())
+	if err := r0.stop(); err != nil {
+		t.Fatal(err)
+	}
+	// Stored while r0 is down: its copy (green, generation 2) is stale.
+	f.replicas = []*stack{r1}
+	mustPost(t, r1, "/admin/cutover", `{"to":"blue"}`, 200)
+	f.untilAllRoute("blue", time.Now())
+
+	c.Kill(0)
+	c.Kill(1)
+	t0 := time.Now()
+	r2 := f.add("r2", "BLUEGREEN_STATE_CACHE="+f.cache("r0"))
+	started := time.Since(t0)
+	s := r2.status()
+	if s.Active != "green" || s.AppliedGeneration != 2 || s.Store == nil || s.Store.Up || s.Store.Leader == nil || *s.Store.Leader {
+		t.Fatalf("replica started without quorum: status %+v store %+v; want the cached green@2, store down, not leader", s, s.Store)
+	}
+	if v := metricValue(t, r2, "bluegreen_state_store_up"); v != "0" {
+		t.Fatalf("bluegreen_state_store_up = %s", v)
+	}
+	if !strings.Contains(r2.logs.String(), "serving the cached state") {
+		t.Fatalf("no log line about the cached state:\n%s", r2.logs.String())
+	}
+	stop := f.traffic(r2)
+	code, body := r2.post("/admin/cutover", `{"to":"blue"}`)
+	if code != 503 {
+		t.Fatalf("cutover while etcd has no quorum: %d %v, want 503", code, body)
+	}
+	res, err := http.Get(r2.adm + "/readyz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	if res.StatusCode != 200 {
+		t.Fatalf("/readyz = %d while serving the cached colour, want 200", res.StatusCode)
+	}
+	time.Sleep(500 * time.Millisecond) // traffic on the cached colour
+	if col, err := get(r2); err != nil || col != "green" {
+		t.Fatalf("r2 routes %q, %v; want the cached green", col, err)
+	}
+	wait := c.RestartAsync(0, 1)
+	healed := time.Now()
+	wait()
+	f.replicas = []*stack{r1, r2}
+	conv := f.untilAllRoute("blue", healed)
+	sent, failed := stop()
+	waitUntil(t, "r2 to report the store up", func() bool { s := r2.status(); return s.Store.Up && s.AppliedGeneration == 3 })
+	t.Logf("replica started without an etcd quorum in %s from its cache (green@2); %d requests, %d failed during the outage; after the members restarted it routes blue@3 %s later",
+		started.Round(time.Millisecond), sent, failed, conv.Round(time.Millisecond))
+	if failed != 0 {
+		t.Fatalf("%d of %d requests failed", failed, sent)
+	}
+	cached, err := os.ReadFile(f.cache("r0"))
+	if err != nil || !strings.Contains(string(cached), `"generation": 3`) {
+		t.Fatalf("cache after catching up: %s %v; want generation 3", cached, err)
+	}
+}
+
+// TestFleetNoEtcdNoCache: with etcd down and no local copy a replica does
+// not start; it waits BLUEGREEN_ETCD_START_WAIT and exits 1 saying why.
+func TestFleetNoEtcdNoCache(t *testing.T) {
+	c := etcdtest.Start(t, 3)
+	f := startFleet(t, c, "/fleet/nocache", 0)
+	c.Kill(0)
+	c.Kill(1)
+	var stdout, stderr testkit.Buffer
+	env := append(slices.Clone(f.env), "BLUEGREEN_STATE_CACHE="+f.cache("none"), "BLUEGREEN_ETCD_START_WAIT=1s", "BLUEGREEN_ETCD_TIMEOUT=500ms")
+	code := run(context.Background(), nil, env, &stdout, &stderr)
+	out := stdout.String() + stderr.String()
+	if code != exitFailure || !strings.Contains(out, "no cached state") || !strings.Contains(out, "BLUEGREEN_ETCD_START_WAIT") {
+		t.Fatalf("exit %d, output:\n%s\nwant exit 1 naming the missing cache", code, out)
+	}
+}
+
+// TestFleetMigrateFromFile: an empty etcd is initialised from the state
+// file of a single proxy (BLUEGREEN_STATE_MIGRATE_FROM), history included.
+func TestFleetMigrateFromFile(t *testing.T) {
+	c := etcdtest.Start(t, 3)
+	path := filepath.Join(t.TempDir(), "bluegreen-state.json")
+	single := startStack(t, 1, 1, "BLUEGREEN_STATE=file:"+path)
+	mustPost(t, single, "/admin/cutover", `{"to":"green"}`, 200)
+	mustPost(t, single, "/admin/rollback", `{}`, 200)
+	mustPost(t, single, "/admin/cutover", `{"to":"green"}`, 200)
+	if err := single.stop(); err != nil {
+		t.Fatal(err)
+	}
+	f := startFleet(t, c, "/fleet/migrate", 2, "BLUEGREEN_STATE_MIGRATE_FROM=file:"+path)
+	for _, st := range f.replicas {
+		if s := st.status(); s.Active != "green" || s.AppliedGeneration != 4 || s.Previous != "blue" {
+			t.Fatalf("status after migration %+v, want green@4 (previous blue)", s)
+		}
+	}
+	res, err := http.Get(f.replicas[1].adm + "/admin/history?limit=100")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(res.Body)
+	res.Body.Close()
+	if n := strings.Count(string(body), `"action"`); n != 3 {
+		t.Fatalf("history after migration has %d switches, want the file's 3: %s", n, body)
+	}
+	logs := f.replicas[0].logs.String() + f.replicas[1].logs.String()
+	if strings.Count(logs, "initialised it from an existing state") != 1 {
+		t.Fatalf("want exactly one replica to log the migration:\n%s", logs)
+	}
 }

@@ -158,7 +158,10 @@ Runs the proxy. Configuration comes from the environment:
                                required: needs BLUEGREEN_ADMIN_TOKEN[_FILE] (default false)
   BLUEGREEN_FAST_PATH            built-in HTTP/1.1 fast path for plain requests (default true)
   BLUEGREEN_ETCD_*             CA_FILE, CERT_FILE, KEY_FILE, USERNAME, PASSWORD[_FILE],
-                               TIMEOUT (2s), LEASE_TTL (5s) for an etcd:// state store
+                               TIMEOUT (2s), LEASE_TTL (5s), START_WAIT (30s) for an etcd:// store
+  BLUEGREEN_STATE_CACHE        a fleet replica's copy of its state, to start while etcd is
+                               away (default ./bluegreen-state-cache.json; off: none)
+  BLUEGREEN_STATE_MIGRATE_FROM file:PATH of a single proxy's state, copied into an empty etcd
 
 Exit status: 0 after a clean shutdown, 1 on a runtime failure, 2 on bad
 configuration or an unreadable state file.

@@ -141,8 +141,8 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, version string, re
 	if err != nil {
 		return startupError{err}
 	}
-	if err := ctl.Init(ctx); err != nil {
-		return startupError{err}
+	if err := fleet.start(ctx, ctl.Init, log); err != nil {
+		return err
 	}
 
 	pubLn, err := net.Listen("tcp", cfg.Listen)

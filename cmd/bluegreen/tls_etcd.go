@@ -15,13 +15,21 @@ import (
 // the state store is etcd: one replica orders, every replica serves. nil
 // otherwise (BLUEGREEN_ACME_STORAGE is used).
 func acmeFleetStore(st state.Store) certmagic.Storage {
-	if s, ok := st.(etcdBacked); ok {
-		return etcdstore.New(s.Client(), s.Spec().Prefix+"/acme/")
+	for st != nil {
+		if s, ok := st.(etcdBacked); ok {
+			return etcdstore.New(s.Client(), s.Spec().Prefix+"/acme/")
+		}
+		w, ok := st.(interface{ Unwrap() state.Store })
+		if !ok {
+			return nil
+		}
+		st = w.Unwrap()
 	}
 	return nil
 }
 
-// etcdBacked is the etcd state store, or a wrapper that embeds it.
+// etcdBacked is the etcd state store (a wrapper such as the state cache is
+// looked through by Unwrap).
 type etcdBacked interface {
 	Client() *clientv3.Client
 	Spec() etcd.Spec

@@ -4,6 +4,7 @@ package main
 
 import (
 	"context"
+	"log/slog"
 	"path/filepath"
 	"testing"
 
@@ -35,5 +36,10 @@ func TestACMEFleetStoreFollowsTheStateStore(t *testing.T) {
 	s, ok := acmeFleetStore(es).(*etcdstore.Storage)
 	if !ok || s.String() != "etcd:/bg/acme/" {
 		t.Fatalf("etcd state store: %v", s)
+	}
+	// serve wraps the etcd store in the replica's local state cache.
+	cached := state.NewCachedStore(es, nil, nil, slog.New(slog.DiscardHandler))
+	if s, ok := acmeFleetStore(cached).(*etcdstore.Storage); !ok || s.String() != "etcd:/bg/acme/" {
+		t.Fatalf("etcd state store behind the state cache: %v", s)
 	}
 }

@@ -43,8 +43,16 @@ func (s *Store) Elect(ctx context.Context, id string, ttl time.Duration, onChang
 	return l
 }
 
-// IsLeader reports whether this replica holds the leadership now.
-func (l *Leader) IsLeader() bool { return l.leader.Load() }
+// IsLeader reports whether this replica holds the leadership now: it won
+// the election, its session is alive, and a quorum answered a read sent
+// less than half the lease TTL ago. The last condition makes a leader that
+// is cut off from etcd stop acting as leader before its lease can expire
+// on the cluster and another replica can be elected, even though it cannot
+// hear that it lost: the cluster renewed the lease at most a third of the
+// TTL before the cut (the client renews every TTL/3), so it expires no
+// sooner than 2/3 TTL after it, while this replica steps down at most TTL/2
+// after it.
+func (l *Leader) IsLeader() bool { return l.leader.Load() && l.s.heardWithin(l.ttl/2) }
 
 // Done is closed when the campaign goroutine has ended.
 func (l *Leader) Done() <-chan struct{} { return l.done }
@@ -70,7 +78,12 @@ func (l *Leader) run(ctx context.Context) {
 	key := l.s.spec.Prefix + "/leader"
 	secs := int((l.ttl + time.Second - 1) / time.Second)
 	for ctx.Err() == nil {
-		sess, err := concurrency.NewSession(l.s.cli, concurrency.WithTTL(secs), concurrency.WithContext(ctx))
+		cli := l.s.client()
+		if cli == nil {
+			sleep(ctx, 500*time.Millisecond)
+			continue
+		}
+		sess, err := concurrency.NewSession(cli, concurrency.WithTTL(secs), concurrency.WithContext(ctx))
 		if err != nil {
 			l.s.log.Debug("election: no session", "err", err)
 			sleep(ctx, 500*time.Millisecond)
@@ -90,10 +103,7 @@ func (l *Leader) run(ctx context.Context) {
 		err = el.Campaign(cctx, l.id)
 		if err == nil {
 			l.set(true)
-			select {
-			case <-ctx.Done():
-			case <-sess.Done():
-			}
+			l.lead(ctx, sess)
 			l.set(false)
 			if ctx.Err() != nil {
 				rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
@@ -112,6 +122,41 @@ func (l *Leader) run(ctx context.Context) {
 		}
 	}
 	l.set(false)
+}
+
+// lead holds the leadership until ctx ends or the session is lost. Every
+// TTL/4 it reads the state key (a linearizable read, so a quorum answers
+// it) to keep IsLeader's evidence fresh, and tells onChange when IsLeader
+// changes because etcd stopped or started answering.
+func (l *Leader) lead(ctx context.Context, sess *concurrency.Session) {
+	t := time.NewTicker(max(l.ttl/4, 50*time.Millisecond))
+	defer t.Stop()
+	acting := l.IsLeader()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-sess.Done():
+			return
+		case <-t.C:
+		}
+		_, err := l.s.get(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		l.s.setUp(err)
+		if now := l.IsLeader(); now != acting {
+			acting = now
+			if now {
+				l.s.log.Info("etcd answers again: acting as leader", "replica", l.id)
+			} else {
+				l.s.log.Warn("no quorum answer for half the lease TTL: not acting as leader", "replica", l.id, "ttl", l.ttl.String())
+			}
+			if l.onChange != nil {
+				l.onChange(now)
+			}
+		}
+	}
 }
 
 // closeSession revokes the session's lease within a second; if etcd is

@@ -27,15 +27,25 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 
 	"github.com/cryoprotect/bluegreen/state"
 )
 
 // ErrUnavailable reports that etcd did not answer in time (no reachable
-// member, or no quorum). Errors from a Store wrap it together with the cause.
-var ErrUnavailable = errors.New("etcd unavailable")
+// member, or no quorum). Errors from a Store wrap it together with the
+// cause; it wraps state.ErrUnavailable, so a state.CachedStore can serve
+// its local copy.
+var ErrUnavailable error = unavailableError{}
+
+type unavailableError struct{}
+
+func (unavailableError) Error() string        { return "etcd unavailable" }
+func (unavailableError) Is(target error) bool { return target == state.ErrUnavailable }
 
 // Defaults for Options.
 const (
@@ -100,28 +110,44 @@ func ParseSpec(spec string) (Spec, error) {
 	return sp, nil
 }
 
+// ErrRejected reports that etcd refused this client: its certificate is not
+// trusted by the CA file, or etcd refused the client certificate, or the
+// user name or password is wrong. It is a configuration problem: retrying
+// does not help.
+var ErrRejected = errors.New("etcd rejected the client")
+
 // Store is a state.Store in etcd. It is safe for concurrent use. Each Watch
 // runs one goroutine until its context ends or the Store is closed; Close
 // waits for them. A Store must not be copied.
 type Store struct {
-	cli   *clientv3.Client
-	spec  Spec
-	key   string
-	opts  Options
-	log   *slog.Logger
-	up    atomic.Bool
-	ctx   context.Context // ends at Close
-	stop  context.CancelFunc
-	wg    sync.WaitGroup
-	once  sync.Once
-	close atomic.Bool
+	cli  atomic.Pointer[clientv3.Client] // nil until connected (see Open)
+	ccfg clientv3.Config
+	spec Spec
+	key  string
+	opts Options
+	log  *slog.Logger
+	up   atomic.Bool
+	// quorumAt is when the last linearizable read that a quorum answered
+	// was sent (Unix nanoseconds): etcd was reachable at that moment.
+	quorumAt atomic.Int64
+	ctx      context.Context // ends at Close
+	stop     context.CancelFunc
+	wg       sync.WaitGroup
+	once     sync.Once
+	close    atomic.Bool
 }
 
 var _ state.Store = (*Store)(nil)
 
 // Open connects to the cluster named by spec. It does not wait for a
-// member to answer: a cluster that is down shows in the first Load. Bad
-// options (unreadable certificate files, half a key pair) are errors here.
+// quorum: a cluster that is down shows in the first Load. Bad options
+// (unreadable certificate files, half a key pair, an expired client
+// certificate) are errors here, and so is a cluster that answers but
+// refuses this client (ErrRejected: a server certificate the CA file does
+// not trust, a client certificate etcd does not accept, a wrong password).
+// When no member can be reached, Open still returns a Store: with
+// authentication it keeps connecting in the background (with backoff) and
+// its operations fail with ErrUnavailable until then.
 func Open(ctx context.Context, spec string, opts Options) (*Store, error) {
 	sp, err := ParseSpec(spec)
 	if err != nil {
@@ -137,11 +163,18 @@ func Open(ctx context.Context, spec string, opts Options) (*Store, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	tlsCfg, err := tlsConfig(opts)
+	tlsCfg, err := tlsConfig(opts, time.Now())
 	if err != nil {
 		return nil, fmt.Errorf("etcd store: %w", err)
 	}
-	cli, err := clientv3.New(clientv3.Config{
+	if tlsCfg != nil {
+		if err := preflight(ctx, sp.Endpoints, tlsCfg, opts.OpTimeout); err != nil {
+			return nil, fmt.Errorf("etcd store: %w", err)
+		}
+	}
+	sctx, stop := context.WithCancel(context.WithoutCancel(ctx))
+	s := &Store{spec: sp, key: sp.Key(), opts: opts, log: log, ctx: sctx, stop: stop}
+	s.ccfg = clientv3.Config{
 		Endpoints:            sp.Endpoints,
 		DialTimeout:          opts.OpTimeout,
 		DialKeepAliveTime:    2 * time.Second,
@@ -150,19 +183,74 @@ func Open(ctx context.Context, spec string, opts Options) (*Store, error) {
 		Username:             opts.Username,
 		Password:             opts.Password,
 		Logger:               zap.NewNop(),
-		Context:              context.WithoutCancel(ctx),
-	})
-	if err != nil {
-		return nil, fmt.Errorf("etcd store %s: %w", strings.Join(sp.Endpoints, ","), err)
+		Context:              sctx,
+		// Reconnect soon after a member is reachable again (a healed
+		// partition): gRPC's defaults back off up to two minutes and
+		// wait 20s for one connection attempt.
+		DialOptions: []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 500 * time.Millisecond},
+			MinConnectTimeout: opts.OpTimeout,
+		})},
 	}
-	sctx, stop := context.WithCancel(context.WithoutCancel(ctx))
-	s := &Store{cli: cli, spec: sp, key: sp.Key(), opts: opts, log: log, ctx: sctx, stop: stop}
-	s.up.Store(true)
+	// Without authentication New does not talk to etcd; with it, New
+	// fetches a token and fails when no member answers.
+	cli, err := clientv3.New(s.ccfg)
+	switch {
+	case err == nil:
+		s.cli.Store(cli)
+		s.up.Store(true)
+	case rejected(err):
+		stop()
+		return nil, fmt.Errorf("etcd store %s: %w: %w", strings.Join(sp.Endpoints, ","), ErrRejected, err)
+	default:
+		log.Error("etcd unreachable: connecting in the background", "endpoints", strings.Join(sp.Endpoints, ","), "err", err)
+		s.wg.Go(s.connect)
+	}
 	s.wg.Go(s.probe)
 	return s, nil
 }
 
-func tlsConfig(o Options) (*tls.Config, error) {
+// rejected reports whether err is etcd refusing the credentials.
+func rejected(err error) bool {
+	return errors.Is(err, rpctypes.ErrAuthFailed) || errors.Is(err, rpctypes.ErrGRPCAuthFailed) ||
+		strings.Contains(err.Error(), rpctypes.ErrAuthFailed.Error())
+}
+
+// connect retries clientv3.New with backoff until it succeeds or the Store
+// is closed.
+func (s *Store) connect() {
+	backoff := 200 * time.Millisecond
+	for sleep(s.ctx, backoff) {
+		cli, err := clientv3.New(s.ccfg)
+		if err == nil {
+			s.cli.Store(cli)
+			s.log.Info("etcd connected", "endpoints", strings.Join(s.spec.Endpoints, ","))
+			return
+		}
+		if rejected(err) {
+			s.log.Error("etcd rejects the credentials; check the user name and password", "err", err)
+		} else {
+			s.log.Debug("etcd still unreachable", "err", err, "backoff", backoff)
+		}
+		backoff = min(2*backoff, time.Second)
+	}
+}
+
+// client returns the etcd client, or nil while Open's background connection
+// has not succeeded yet.
+func (s *Store) client() *clientv3.Client { return s.cli.Load() }
+
+// notConnected is the error of an operation before the client exists.
+func (s *Store) notConnected(op string) error {
+	if s.ctx.Err() != nil {
+		return fmt.Errorf("state: etcd %s %s: %w", op, s.key, state.ErrClosed)
+	}
+	return fmt.Errorf("state: etcd %s %s: %w: not connected to %s yet", op, s.key, ErrUnavailable, strings.Join(s.spec.Endpoints, ","))
+}
+
+// tlsConfig builds the client's TLS configuration from the files in o. A
+// client certificate outside its validity period at now is an error.
+func tlsConfig(o Options, now time.Time) (*tls.Config, error) {
 	if o.CAFile == "" && o.CertFile == "" && o.KeyFile == "" {
 		return nil, nil
 	}
@@ -186,17 +274,98 @@ func tlsConfig(o Options) (*tls.Config, error) {
 		if err != nil {
 			return nil, fmt.Errorf("client certificate: %w", err)
 		}
+		leaf := cert.Leaf
+		if leaf == nil {
+			if leaf, err = x509.ParseCertificate(cert.Certificate[0]); err != nil {
+				return nil, fmt.Errorf("client certificate %s: %w", o.CertFile, err)
+			}
+		}
+		switch {
+		case now.After(leaf.NotAfter):
+			return nil, fmt.Errorf("client certificate %s expired at %s", o.CertFile, leaf.NotAfter.UTC().Format(time.RFC3339))
+		case now.Before(leaf.NotBefore):
+			return nil, fmt.Errorf("client certificate %s is not valid before %s", o.CertFile, leaf.NotBefore.UTC().Format(time.RFC3339))
+		}
 		cfg.Certificates = []tls.Certificate{cert}
 	}
 	return cfg, nil
 }
 
+// preflight makes one TLS connection to each endpoint, in parallel, within
+// timeout, so that a certificate problem is reported as such at start-up
+// (the etcd client only ever reports a timeout). A member that verifies
+// and accepts the connection ends the check; so does every member being
+// unreachable (a network problem: the Store retries). A certificate the CA
+// does not trust, or a client certificate a member refuses, is ErrRejected.
+func preflight(ctx context.Context, endpoints []string, cfg *tls.Config, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	errs := make(chan error, len(endpoints))
+	for _, ep := range endpoints {
+		go func() { errs <- checkTLS(ctx, ep, cfg) }()
+	}
+	var rejectedErr error
+	for range endpoints {
+		err := <-errs
+		switch {
+		case err == nil:
+			return nil
+		case errors.Is(err, ErrRejected) && rejectedErr == nil:
+			rejectedErr = err
+		}
+	}
+	return rejectedErr
+}
+
+// checkTLS connects to ep, completes the handshake and waits briefly for
+// the member's first bytes, which is when a TLS 1.3 server's refusal of the
+// client certificate arrives.
+func checkTLS(ctx context.Context, ep string, base *tls.Config) error {
+	cfg := base.Clone()
+	if host, _, err := net.SplitHostPort(ep); err == nil && cfg.ServerName == "" {
+		cfg.ServerName = host
+	}
+	cfg.NextProtos = []string{"h2"}
+	d := tls.Dialer{Config: cfg, NetDialer: &net.Dialer{}}
+	c, err := d.DialContext(ctx, "tcp", ep)
+	if err != nil {
+		var verr *tls.CertificateVerificationError
+		var alert tls.AlertError
+		if errors.As(err, &verr) || errors.As(err, &alert) || strings.Contains(err.Error(), "remote error: tls") {
+			return fmt.Errorf("%w: %s: %w", ErrRejected, ep, err)
+		}
+		return err
+	}
+	defer c.Close()
+	dl, ok := ctx.Deadline()
+	if !ok || time.Until(dl) > 500*time.Millisecond {
+		dl = time.Now().Add(500 * time.Millisecond)
+	}
+	_ = c.SetReadDeadline(dl)
+	_, err = c.Read(make([]byte, 1))
+	var alert tls.AlertError
+	if err != nil && (errors.As(err, &alert) || strings.Contains(err.Error(), "remote error: tls")) {
+		hint := ""
+		if len(base.Certificates) > 0 && strings.Contains(err.Error(), "certificate required") {
+			hint = " (the client certificate was not sent: it is not signed by a CA the member accepts)"
+		}
+		return fmt.Errorf("%w: %s refused the client certificate%s: %w", ErrRejected, ep, hint, err)
+	}
+	return nil
+}
+
 // Client returns the etcd client, for an election that shares the
 // connection (see Elect).
-func (s *Store) Client() *clientv3.Client { return s.cli }
+func (s *Store) Client() *clientv3.Client { return s.client() }
 
 // Spec returns the parsed spec.
 func (s *Store) Spec() Spec { return s.spec }
+
+// heardWithin reports whether a read sent less than d ago was answered by
+// a quorum.
+func (s *Store) heardWithin(d time.Duration) bool {
+	return time.Since(time.Unix(0, s.quorumAt.Load())) < d
+}
 
 // Up reports whether the last operation or probe reached a quorum.
 func (s *Store) Up() bool { return s.up.Load() }
@@ -262,7 +431,15 @@ func (s *Store) wrap(ctx context.Context, op string, err error) error {
 func (s *Store) get(ctx context.Context) (*clientv3.GetResponse, error) {
 	octx, cancel := s.opCtx(ctx)
 	defer cancel()
-	resp, err := s.cli.Get(octx, s.key)
+	cli := s.client()
+	if cli == nil {
+		return nil, s.notConnected("load")
+	}
+	sent := time.Now()
+	resp, err := cli.Get(octx, s.key)
+	if err == nil {
+		s.quorumAt.Store(sent.UnixNano())
+	}
 	if err != nil {
 		if ctx.Err() != nil && s.ctx.Err() == nil {
 			return nil, fmt.Errorf("state: etcd load %s: %w", s.key, ctx.Err())
@@ -331,9 +508,13 @@ func (s *Store) cas(ctx context.Context, expect uint64, data []byte) error {
 		}
 		cmp = clientv3.Compare(clientv3.ModRevision(s.key), "=", rev)
 	}
+	cli := s.client()
+	if cli == nil {
+		return s.notConnected("store")
+	}
 	octx, cancel := s.opCtx(ctx)
 	defer cancel()
-	resp, err := s.cli.Txn(octx).If(cmp).Then(clientv3.OpPut(s.key, string(data))).Else(clientv3.OpGet(s.key)).Commit()
+	resp, err := cli.Txn(octx).If(cmp).Then(clientv3.OpPut(s.key, string(data))).Else(clientv3.OpGet(s.key)).Commit()
 	if err != nil {
 		if ctx.Err() != nil && s.ctx.Err() == nil {
 			return fmt.Errorf("state: etcd store %s: %w", s.key, ctx.Err())
@@ -414,7 +595,7 @@ func (s *Store) watch(ctx context.Context, out chan state.State) {
 			if !sleep(ctx, backoff) {
 				return
 			}
-			backoff = min(2*backoff, time.Second)
+			backoff = min(2*backoff, 250*time.Millisecond)
 			continue
 		}
 		backoff = 50 * time.Millisecond
@@ -433,18 +614,29 @@ func (s *Store) watch(ctx context.Context, out chan state.State) {
 
 // follow watches the key from revision from until the watch breaks.
 func (s *Store) follow(ctx context.Context, from int64, seen *int64, out chan state.State) error {
+	cli := s.client()
+	if cli == nil {
+		return errors.New("not connected")
+	}
 	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 	defer cancel()
-	for wr := range s.cli.Watch(wctx, s.key, clientv3.WithRev(from)) {
+	for wr := range cli.Watch(wctx, s.key, clientv3.WithRev(from)) {
 		if err := wr.Err(); err != nil {
 			return err
 		}
+		// Only the newest state of a response is delivered: a replica
+		// that was cut off gets what was stored meanwhile in one
+		// response, and must not route through the intermediate states.
+		var last []byte
 		for _, ev := range wr.Events {
 			if ev.Type != clientv3.EventTypePut || ev.Kv.ModRevision <= *seen {
 				continue
 			}
 			*seen = ev.Kv.ModRevision
-			s.deliver(out, ev.Kv.Value)
+			last = ev.Kv.Value
+		}
+		if last != nil {
+			s.deliver(out, last)
 		}
 	}
 	return errors.New("watch channel closed")
@@ -489,9 +681,11 @@ func (s *Store) Close() error {
 		s.close.Store(true)
 		s.stop()
 		s.wg.Wait()
-		err = s.cli.Close()
-		if errors.Is(err, context.Canceled) {
-			err = nil
+		if cli := s.client(); cli != nil {
+			err = cli.Close()
+			if errors.Is(err, context.Canceled) {
+				err = nil
+			}
 		}
 	})
 	return err

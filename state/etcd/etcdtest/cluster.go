@@ -5,6 +5,7 @@
 package etcdtest
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"net/url"
@@ -13,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"go.etcd.io/etcd/client/pkg/v3/transport"
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
 )
@@ -21,33 +24,64 @@ import (
 type Cluster struct {
 	t       testing.TB
 	members []*member
+	opts    Options
 }
+
+// Options make a cluster that serves clients over TLS and checks who they
+// are. The zero value is plain HTTP without authentication.
+type Options struct {
+	// CA, when set, makes the members serve clients over TLS with a
+	// certificate it issues (for 127.0.0.1 and localhost) and require a
+	// client certificate it signed (mutual TLS).
+	CA *CA
+	// Auth, when set, enables etcd's RBAC authentication (needs CA): a root
+	// user, and User with Password allowed to read and write Prefix and
+	// everything under it.
+	Auth *Auth
+}
+
+// Auth is the user a cluster with Options.Auth creates.
+type Auth struct{ User, Password, Prefix string }
 
 type member struct {
 	name               string
 	dir                string
 	clientURL, peerURL url.URL
 	initial            string
+	tls                transport.TLSInfo
 	e                  *embed.Etcd
 	closed             chan struct{} // closed when the last stopped server has released its ports
 }
 
 // Start starts an n-member cluster and waits until it has a leader. The
-// cluster is stopped when the test ends. It skips the test under -short
-// (the quick tier).
+// cluster is stopped when the test ends. Under -short the test is skipped.
 func Start(t testing.TB, n int) *Cluster {
 	t.Helper()
+	return StartWith(t, n, Options{})
+}
+
+// StartWith is Start with TLS and authentication as opts say.
+func StartWith(t testing.TB, n int, opts Options) *Cluster {
+	t.Helper()
 	if testing.Short() {
-		t.Skip("-short: skips tests that start etcd")
+		t.Skip("starts a real etcd cluster (skipped with -short)")
 	}
-	c := &Cluster{t: t}
+	c := &Cluster{t: t, opts: opts}
 	var initial []string
+	scheme := "http"
+	var tlsInfo transport.TLSInfo
+	if opts.CA != nil {
+		scheme = "https"
+		p := opts.CA.IssueValid("etcd-server", "127.0.0.1", "localhost")
+		tlsInfo = transport.TLSInfo{CertFile: p.Cert, KeyFile: p.Key, TrustedCAFile: opts.CA.File, ClientCertAuth: true}
+	}
 	for i := range n {
 		m := &member{
 			name:      fmt.Sprintf("m%d", i),
 			dir:       t.TempDir(),
-			clientURL: url.URL{Scheme: "http", Host: freeAddr(t)},
+			clientURL: url.URL{Scheme: scheme, Host: freeAddr(t)},
 			peerURL:   url.URL{Scheme: "http", Host: freeAddr(t)},
+			tls:       tlsInfo,
 		}
 		initial = append(initial, m.name+"="+m.peerURL.String())
 		c.members = append(c.members, m)
@@ -67,7 +101,51 @@ func Start(t testing.TB, n int) *Cluster {
 			t.Fatalf("etcd member %d: %v", i, err)
 		}
 	}
+	if opts.Auth != nil {
+		if err := c.enableAuth(); err != nil {
+			t.Fatalf("etcd auth: %v", err)
+		}
+	}
 	return c
+}
+
+// enableAuth creates the root user and opts.Auth's user and role, then
+// turns authentication on.
+func (c *Cluster) enableAuth() error {
+	a := c.opts.Auth
+	if c.opts.CA == nil {
+		return fmt.Errorf("auth needs Options.CA")
+	}
+	admin := c.opts.CA.IssueValid("root")
+	tlsCfg, err := (&transport.TLSInfo{CertFile: admin.Cert, KeyFile: admin.Key, TrustedCAFile: c.opts.CA.File}).ClientConfig()
+	if err != nil {
+		return err
+	}
+	cli, err := clientv3.New(clientv3.Config{Endpoints: strings.Split(c.Endpoints(), ","), TLS: tlsCfg, DialTimeout: 10 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		return err
+	}
+	defer cli.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	steps := []func() error{
+		func() error { _, err := cli.UserAdd(ctx, "root", "root-"+a.Password); return err },
+		func() error { _, err := cli.UserGrantRole(ctx, "root", "root"); return err },
+		func() error { _, err := cli.RoleAdd(ctx, a.User); return err },
+		func() error {
+			_, err := cli.RoleGrantPermission(ctx, a.User, a.Prefix, clientv3.GetPrefixRangeEnd(a.Prefix), clientv3.PermissionType(clientv3.PermReadWrite))
+			return err
+		},
+		func() error { _, err := cli.UserAdd(ctx, a.User, a.Password); return err },
+		func() error { _, err := cli.UserGrantRole(ctx, a.User, a.User); return err },
+		func() error { _, err := cli.AuthEnable(ctx); return err },
+	}
+	for i, step := range steps {
+		if err := step(); err != nil {
+			return fmt.Errorf("step %d: %w", i, err)
+		}
+	}
+	return nil
 }
 
 func freeAddr(t testing.TB) string {
@@ -91,6 +169,10 @@ func (m *member) start() error {
 	cfg.ListenPeerUrls = []url.URL{m.peerURL}
 	cfg.AdvertisePeerUrls = []url.URL{m.peerURL}
 	cfg.InitialCluster = m.initial
+	cfg.ClientTLSInfo = m.tls
+	// The lowest bcrypt cost: password checks at the default cost take
+	// seconds in a process built with the race detector.
+	cfg.BcryptCost = 4
 	cfg.InitialClusterToken = "bluegreen-test"
 	cfg.ClusterState = embed.ClusterStateFlagNew
 	// etcd's defaults: shorter timings make elections flap on a busy
