@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httputil"
 	"net/netip"
@@ -386,7 +387,9 @@ func (rt *Router) errorHandler(b *Backend) func(http.ResponseWriter, *http.Reque
 			}
 		}
 		if v.status == 499 {
-			return // nobody reads an answer
+			// Nobody reads an answer: close without one (as nginx does),
+			// not with the empty 200 net/http would send.
+			panic(http.ErrAbortHandler)
 		}
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		if v.fault == clientFault {
@@ -486,4 +489,9 @@ func (s *statusRecorder) status() int {
 		return http.StatusOK
 	}
 	return s.code
+}
+
+// serveNetHTTP serves ln with net/http only (the fast codec off).
+func serveNetHTTP(srv *http.Server, ln net.Listener, _ *Router) error {
+	return srv.Serve(ln)
 }
