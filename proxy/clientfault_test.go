@@ -146,6 +146,26 @@ var clientFaultCases = []faultCase{
 	{name: "leaves mid chunked body", send: "POST /c HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel", then: "close", kind: ClientGone},
 }
 
+const smuggle = "0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: t\r\n\r\n"
+
+// framingCases are part 3: faulty framing is refused with 400 and the
+// connection closed, on every path (including a connection already handed
+// to net/http); nothing of it reaches an instance. Before, net/http
+// re-framed TE+CL and the instance got two requests (POST, then GET
+// /smuggled); an obs-folded or bare-LF variant bypassed the fast codec's
+// 400; an HTTP/1.0 chunked body was read as a new request; a Host with
+// userinfo was forwarded by the fast codec.
+var framingCases = []faultCase{
+	{name: "TE and CL", send: "POST /c HTTP/1.1\r\nHost: a\r\nContent-Length: 48\r\nTransfer-Encoding: chunked\r\n\r\n" + smuggle, status: 400, kind: ClientMalformed},
+	{name: "TE and CL, obs-fold", send: "POST /c HTTP/1.1\r\nHost: a\r\nContent-Length: 48\r\nTransfer-Encoding:\r\n chunked\r\n\r\n" + smuggle, status: 400, kind: ClientMalformed},
+	{name: "TE and CL, bare LF before", send: "POST /c HTTP/1.1\r\nHost: a\nContent-Length: 48\r\nTransfer-Encoding: chunked\r\n\r\n" + smuggle, status: 400, kind: ClientMalformed},
+	{name: "TE and CL after an HTTP/1.0 keep-alive request", send: "GET /one HTTP/1.0\r\nHost: a\r\nConnection: keep-alive\r\n\r\n" +
+		"POST /c HTTP/1.1\r\nHost: a\r\nContent-Length: 48\r\nTransfer-Encoding: chunked\r\n\r\n" + smuggle, status: 400, kind: ClientMalformed},
+	{name: "HTTP/1.0 with TE", send: "POST /c HTTP/1.0\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n" + smuggle, status: 400, kind: ClientMalformed},
+	{name: "Host with userinfo", send: "GET /c HTTP/1.1\r\nHost: user:pw@evil.example\r\n\r\n", status: 400, kind: ClientMalformed},
+	{name: "leading CRLF", send: "\r\nGET /c HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", status: 200},
+}
+
 // runFaultCase runs c on the front at addr and returns the last status
 // (0: closed without an answer) and how long the client waited for it.
 func runFaultCase(t *testing.T, addr string, c faultCase) (int, time.Duration) {
@@ -190,7 +210,7 @@ func runFaultCase(t *testing.T, addr string, c faultCase) (int, time.Duration) {
 // instance within 5 to 9 requests; a short body got 502 on net/http.
 func TestClientFaultsBothCodecs(t *testing.T) {
 	cf := newCodecFronts(t, okHandler("blue"))
-	for _, c := range clientFaultCases {
+	for _, c := range append(clientFaultCases, framingCases...) {
 		t.Run(c.name, func(t *testing.T) {
 			type result struct {
 				status int

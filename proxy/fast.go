@@ -47,7 +47,7 @@ func (s *Server) Serve(ln net.Listener) error {
 	}
 	rt := s.Router
 	if !rt.fast {
-		return s.Fallback.Serve(ln)
+		return serveNetHTTP(s.Fallback, ln, rt)
 	}
 	h := &s.h1
 	h.Handler = fastHandler{rt}
@@ -64,6 +64,7 @@ func (s *Server) Serve(ln net.Listener) error {
 	if rt.stripPreview {
 		h.StripField = rt.previewLower
 	}
+	h.Refused = rt.refused
 	h.Reap = rt.reapUpstreams
 	h.ReapEvery = max(rt.upstreamIdle/2, time.Second)
 	return h.Serve(ln)

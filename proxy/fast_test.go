@@ -163,8 +163,10 @@ func TestFastFallback(t *testing.T) {
 			req: "GET /nohost HTTP/1.1\r\n\r\n"},
 		{name: "two Hosts", method: "GET", status: 400, hits: 0,
 			req: "GET /twohosts HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\n\r\n"},
-		// net/http unfolds obsolete line folding; the fast path leaves it to it.
-		{name: "obsolete line folding", method: "GET", status: 200, body: "blue /fold", hits: 1, then: true,
+		// Obsolete line folding is refused (RFC 9112 5.2), on the fast codec
+		// and behind the guard of net/http (which unfolded it before, so a
+		// folded Transfer-Encoding could smuggle a request).
+		{name: "obsolete line folding", method: "GET", status: 400, hits: 0,
 			req: "GET /fold HTTP/1.1\r\nHost: app.example\r\nX-A: 1\r\n  folded\r\n\r\n"},
 		{name: "invalid Host", method: "GET", status: 400, hits: 0,
 			req: "GET /badhost HTTP/1.1\r\nHost: a b\r\n\r\n"},

@@ -491,7 +491,11 @@ func (s *statusRecorder) status() int {
 	return s.code
 }
 
-// serveNetHTTP serves ln with net/http only (the fast codec off).
-func serveNetHTTP(srv *http.Server, ln net.Listener, _ *Router) error {
-	return srv.Serve(ln)
+// serveNetHTTP serves ln with net/http only (the fast codec off), behind
+// the framing guard.
+func serveNetHTTP(srv *http.Server, ln net.Listener, rt *Router) error {
+	return srv.Serve(h1.GuardListener(ln, rt.refused))
 }
+
+// refused counts a request refused for faulty framing.
+func (rt *Router) refused() { rt.metrics.clientError(ClientMalformed) }
