@@ -109,7 +109,8 @@ type fastHandler struct{ rt *Router }
 func (h fastHandler) ServeH1(c *h1.Conn, x *h1.Exchange) bool {
 	rt := h.rt
 	req := &x.Req
-	pool := rt.route(rt.previewable() && req.WantsPreview(rt.previewLower, rt.previewCookie))
+	preview := rt.previewable() && req.WantsPreview(rt.previewLower, rt.previewCookie)
+	pool := rt.route(preview)
 	o := outcome{pool: pool, method: req.Method(), start: x.Start, remote: c.Remote()}
 	if rt.access != nil {
 		o.path = x.Path()
@@ -125,7 +126,7 @@ func (h fastHandler) ServeH1(c *h1.Conn, x *h1.Exchange) bool {
 	pool.begin(b)
 	o.b, o.inst = b, b
 	hasBody := req.ContentLength() > 0
-	fresh := false
+	fresh, failedOver := false, false
 	for try := 0; ; try++ {
 		uc, err := b.conns.Get(fresh)
 		sent := false
@@ -146,6 +147,15 @@ func (h fastHandler) ServeH1(c *h1.Conn, x *h1.Exchange) bool {
 		if next != nil {
 			b, fresh = next, fr
 			continue
+		}
+		if v.fault == instanceFault && !sent && !preview && !failedOver {
+			if np := rt.failover(pool); np != nil {
+				if nb := np.Pick(); nb != nil {
+					o.moveTo(np, nb)
+					pool, b, fresh, failedOver, try = np, nb, false, true, -1
+					continue
+				}
+			}
 		}
 		o.fail(v, b, err)
 		if o.path == "" && o.fault == instanceFault {

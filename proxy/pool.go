@@ -54,6 +54,7 @@ type Backend struct {
 	conns    *h1.Upstream // the fast codec's connections
 	errs     *upstreamErrorCounters
 	out      outlierState
+	refusing atomic.Bool // its connections were refused since its last answer
 }
 
 // URL returns the instance's base URL.
