@@ -385,6 +385,9 @@ func TestFastPipelining(t *testing.T) {
 }
 
 func TestFastSlowloris(t *testing.T) {
+	if testing.Short() {
+		t.Skip("waits for header timeouts")
+	}
 	blue := newRawInstance(t, okHandler("blue"))
 	green := newRawInstance(t, okHandler("green"))
 	rt := newRouterOnly(t, []string{blue.URL}, []string{green.URL}, nil)
