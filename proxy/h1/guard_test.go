@@ -25,7 +25,7 @@ func (c *bytesConn) Read(p []byte) (int, error) {
 	return n, nil
 }
 
-func (c *bytesConn) Write(p []byte) (int, error)      { return len(p), nil }
+func (c *bytesConn) Write(p []byte) (int, error)     { return len(p), nil }
 func (c *bytesConn) SetReadDeadline(time.Time) error { return nil }
 
 func guarded(in []byte, chunk int) (out []byte, refused int) {
