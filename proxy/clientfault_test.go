@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -119,6 +120,26 @@ func diffMap(after, before map[string]float64) map[string]float64 {
 	return d
 }
 
+// seen lists the requests the blue instances read after the first from[i]
+// of instance i, as method, target and body, and the counts now.
+func (cf *codecFronts) seen(from [2]int) ([]string, [2]int) {
+	var out []string
+	var now [2]int
+	for i, b := range cf.blue {
+		if b == nil {
+			continue
+		}
+		b.mu.Lock()
+		for _, r := range b.seen[from[i]:] {
+			out = append(out, r.Method+" "+r.RequestURI+" "+string(r.Body))
+		}
+		now[i] = len(b.seen)
+		b.mu.Unlock()
+	}
+	slices.Sort(out)
+	return out, now
+}
+
 func (cf *codecFronts) hits() int64 {
 	if cf.blue[0] == nil {
 		return 0
@@ -220,10 +241,12 @@ func TestClientFaultsBothCodecs(t *testing.T) {
 				status int
 				hits   int64
 				diff   counters
+				seen   []string
 			}
 			var got [2]result
 			for i, addr := range []string{cf.fast, cf.std} {
 				before, hits := cf.counters(t), cf.hits()
+				_, seen := cf.seen([2]int{})
 				for range reps {
 					status, _ := runFaultCase(t, addr, c)
 					if status != c.status {
@@ -247,6 +270,7 @@ func TestClientFaultsBothCodecs(t *testing.T) {
 					time.Sleep(5 * time.Millisecond)
 				}
 				got[i].hits = cf.hits() - hits
+				got[i].seen, _ = cf.seen(seen)
 				got[i].diff = counters{
 					upstreamErrors: after.upstreamErrors - before.upstreamErrors,
 					ejections:      after.ejections - before.ejections,
@@ -261,6 +285,9 @@ func TestClientFaultsBothCodecs(t *testing.T) {
 				if !equalCounts(d.client, want) {
 					t.Errorf("codec %d: client errors %v, want %v", i, d.client, want)
 				}
+			}
+			if !slices.Equal(got[0].seen, got[1].seen) {
+				t.Errorf("the instances read different requests: fast %q, net/http %q", got[0].seen, got[1].seen)
 			}
 			if got[0].hits != got[1].hits || !equalCounts(got[0].diff.requests, got[1].diff.requests) {
 				t.Errorf("the codecs differ: fast %d requests at the instances, counted %v; net/http %d, counted %v",
