@@ -184,6 +184,7 @@ var framingCases = []faultCase{
 		"POST /c HTTP/1.1\r\nHost: a\r\nContent-Length: 48\r\nTransfer-Encoding: chunked\r\n\r\n" + smuggle, status: 400, kind: ClientMalformed},
 	{name: "HTTP/1.0 with TE", send: "POST /c HTTP/1.0\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n" + smuggle, status: 400, kind: ClientMalformed},
 	{name: "Host with userinfo", send: "GET /c HTTP/1.1\r\nHost: user:pw@evil.example\r\n\r\n", status: 400, kind: ClientMalformed},
+	{name: "HTTP/2 preface", send: "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", status: 400, kind: ClientMalformed},
 	{name: "leading CRLF", send: "\r\nGET /c HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", status: 200},
 }
 

@@ -14,7 +14,8 @@ import (
 // net/http: Transfer-Encoding together with Content-Length (§6.1; net/http
 // would re-frame it), Transfer-Encoding in an HTTP/1.0 request (§6.1),
 // obsolete line folding (§5.2; net/http would unfold a folded
-// Transfer-Encoding), a Host with userinfo (§3.2). net/http gets a request
+// Transfer-Encoding), a Host with userinfo (§3.2), an HTTP/2 preface
+// ("PRI * HTTP/2.0"). net/http gets a request
 // line it refuses in its place and answers 400 and closes, after the
 // requests before it on the connection. Empty lines before a request line
 // are dropped (§2.2). refused, when set, is called once per refused head.
@@ -269,6 +270,9 @@ func (g *guardConn) checkHead(head []byte) {
 		if first {
 			first = false
 			http10 = bytes.HasSuffix(line, []byte(" HTTP/1.0"))
+			// An HTTP/2 preface on an HTTP/1 listener: net/http would pass
+			// it to the handler, which would forward "PRI /%2A".
+			badFrame = string(line) == "PRI * HTTP/2.0"
 			continue
 		}
 		if line[0] == ' ' || line[0] == '\t' {
