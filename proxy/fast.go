@@ -47,7 +47,7 @@ func (s *Server) Serve(ln net.Listener) error {
 	}
 	rt := s.Router
 	if !rt.fast {
-		return s.Fallback.Serve(ln)
+		return serveNetHTTP(s.Fallback, ln, rt)
 	}
 	h := &s.h1
 	h.Handler = fastHandler{rt}
@@ -65,6 +65,7 @@ func (s *Server) Serve(ln net.Listener) error {
 		h.StripField = rt.previewLower
 	}
 	h.HandOff = rt.needsRolloutID
+	h.Refused = rt.refused
 	h.Reap = rt.reapUpstreams
 	h.ReapEvery = max(rt.upstreamIdle/2, time.Second)
 	return h.Serve(ln)
@@ -130,7 +131,7 @@ func (h fastHandler) ServeH1(c *h1.Conn, x *h1.Exchange) bool {
 	pool.begin(b)
 	o.b, o.inst = b, b
 	hasBody := req.ContentLength() > 0
-	fresh := false
+	fresh, failedOver := false, false
 	for try := 0; ; try++ {
 		uc, err := b.conns.Get(fresh)
 		sent := false
@@ -151,6 +152,15 @@ func (h fastHandler) ServeH1(c *h1.Conn, x *h1.Exchange) bool {
 		if next != nil {
 			b, fresh = next, fr
 			continue
+		}
+		if v.fault == instanceFault && !sent && !preview && !failedOver {
+			if np := rt.failover(pool); np != nil {
+				if nb := np.Pick(); nb != nil {
+					o.moveTo(np, nb)
+					pool, b, fresh, failedOver, try = np, nb, false, true, -1
+					continue
+				}
+			}
 		}
 		o.fail(v, b, err)
 		if o.path == "" && o.fault == instanceFault {

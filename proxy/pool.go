@@ -6,10 +6,15 @@
 // atomic.Pointer and per-instance health and load counters. Health reaches a
 // pool through Pool.SetStatus; the pool never imports the health checker.
 //
-// Every attempt's outcome feeds passive outlier detection (OutlierConfig),
-// which takes an instance that keeps failing out of balancing for a growing
-// cool-down. A request that is safe to send again (an idempotent method
-// without a body, refused or reset before any response byte) is retried once
+// Both codecs (the fast HTTP/1.1 codec in proxy/h1 and net/http) run one
+// request pipeline (pipeline.go): route, pick, attempt and retry, finish.
+// Every attempt's failure is judged once (fault.go): a client's fault is
+// counted in bluegreen_client_errors_total and never charged to an
+// instance; an instance's feeds its error counter and passive outlier
+// detection (OutlierConfig), which takes an instance that keeps failing out
+// of balancing for a growing cool-down. A request that is safe to send
+// again (retryPolicy: refused with its body unread, or an idempotent
+// request without a body reset before any response byte) is retried once
 // on another instance of the same colour.
 package proxy
 
@@ -54,6 +59,7 @@ type Backend struct {
 	conns    *h1.Upstream // the fast codec's connections
 	errs     *upstreamErrorCounters
 	out      outlierState
+	refusing atomic.Bool // its connections were refused since its last answer
 }
 
 // URL returns the instance's base URL.

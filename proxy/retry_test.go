@@ -178,6 +178,9 @@ func TestRetryResetOnReusedConnection(t *testing.T) {
 // after 1s, clients that pause about 1s between requests. With the upstream
 // idle timeout below the instance's and the retry, nothing fails.
 func TestKeepAliveRaceWithIdleTimeout(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs load for seconds")
+	}
 	var hits atomic.Int64
 	be := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		hits.Add(1)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httputil"
 	"net/netip"
@@ -66,6 +67,14 @@ type Config struct {
 	TrustedProxies []netip.Prefix
 	// StripPreviewHeader removes PreviewHeader before forwarding.
 	StripPreviewHeader bool
+	// ColorFailing, when set, is the fast-rollback seam: a request calls it
+	// synchronously when every in-rotation instance of its colour has
+	// refused connections since its last answer ("every instance refuses
+	// connections"), or every one is ejected by outlier detection ("every
+	// instance failing by outlier detection"). When it returns and the
+	// active colour has changed, a request routed to the active colour
+	// whose attempt sent nothing goes to the new active colour.
+	ColorFailing func(color, reason string)
 	// ClientBodyTimeout is the most time between two reads of a request
 	// body (as nginx's client_body_timeout); a client that stops sending
 	// longer gets 408 and the connection closes. Default 60s.
@@ -109,6 +118,7 @@ type Router struct {
 
 	metrics           *Metrics
 	clientBodyTimeout time.Duration
+	colorFailing      func(color, reason string)
 
 	// The fast codec (see Server).
 	fast              bool
@@ -160,6 +170,7 @@ func NewRouter(cfg Config) (*Router, error) {
 		metrics:       cfg.Metrics,
 		stats:         cfg.Stats,
 		rolloutKey:    cfg.RolloutKey,
+		colorFailing:  cfg.ColorFailing,
 
 		rolloutKeyLower:   strings.ToLower(cfg.RolloutKey.Header),
 		clientBodyTimeout: cfg.ClientBodyTimeout,
@@ -358,6 +369,7 @@ func (rt *Router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		// wrapper that a failed attempt closes for good.
 		r = r.WithContext(context.WithValue(r.Context(), clientBodyKey{}, rec.body))
 	}
+	rec.req = r
 	defer func() {
 		if o.status == 0 {
 			o.status = rec.status()
@@ -407,13 +419,25 @@ func (rt *Router) errorHandler(b *Backend) func(http.ResponseWriter, *http.Reque
 			if rec.body != nil && rec.body.err != nil {
 				v = clientVerdict(rec.body.err.Kind) // the body's failure came first
 			}
+			if v.fault == instanceFault && !rec.failedOver && (rec.body == nil || !rec.body.started) {
+				if np := rt.failover(rec.o.pool); np != nil {
+					if nb := np.Pick(); nb != nil {
+						rec.failedOver = true
+						rec.o.moveTo(np, nb)
+						nb.rp.ServeHTTP(w, rec.req) // the client's request, not the one built for the last instance
+						return
+					}
+				}
+			}
 			rec.o.fail(v, inst, err)
 			if rec.o.fault == instanceFault && rec.o.path == "" {
-				rec.o.path = r.URL.EscapedPath()
+				rec.o.path = rec.req.URL.EscapedPath()
 			}
 		}
 		if v.status == 499 {
-			return // nobody reads an answer
+			// Nobody reads an answer: close without one (as nginx does),
+			// not with the empty 200 net/http would send.
+			panic(http.ErrAbortHandler)
 		}
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		if v.fault == clientFault {
@@ -490,6 +514,9 @@ type statusRecorder struct {
 	code int
 	o    outcome
 	body *clientBody // the request body, when there is one
+
+	failedOver bool          // sent to a new active colour once (Config.ColorFailing)
+	req        *http.Request // the client's request as ServeHTTP passed it on
 }
 
 func (s *statusRecorder) WriteHeader(code int) {
@@ -514,3 +541,12 @@ func (s *statusRecorder) status() int {
 	}
 	return s.code
 }
+
+// serveNetHTTP serves ln with net/http only (the fast codec off), behind
+// the framing guard.
+func serveNetHTTP(srv *http.Server, ln net.Listener, rt *Router) error {
+	return srv.Serve(h1.GuardListener(ln, rt.refused))
+}
+
+// refused counts a request refused for faulty framing.
+func (rt *Router) refused() { rt.metrics.clientError(ClientMalformed) }

@@ -87,6 +87,9 @@ type Config struct {
 	StateMigrateFrom string        `env:"STATE_MIGRATE_FROM"`
 	EtcdStartWait    time.Duration `env:"ETCD_START_WAIT" envDefault:"30s"`
 
+	// Data plane: client faults (proxy pipeline).
+	ClientBodyTimeout time.Duration `env:"CLIENT_BODY_TIMEOUT" envDefault:"60s"`
+
 	// Derived by loadConfig.
 	blue, green []*url.URL
 	token       string
@@ -159,6 +162,7 @@ func loadConfig(environ []string, hostname func() (string, error)) (Config, erro
 	positive("HEALTH_TIMEOUT", cfg.HealthTimeout)
 	positive("ROLLBACK_WINDOW", cfg.RollbackWindow)
 	positive("DRAIN_TIMEOUT", cfg.DrainTimeout)
+	cfg.checkClientFaults(bad)
 	positive("UPSTREAM_IDLE_TIMEOUT", cfg.UpstreamIdleTimeout)
 	positive("OUTLIER_EJECT", cfg.OutlierEject)
 	positive("READ_HEADER_TIMEOUT", cfg.ReadHeaderTimeout)

@@ -157,6 +157,9 @@ func (s *Server) serveConn(c *Conn) {
 			return
 		default: // faulty framing (RFC 9112 6.1, 3.2): refuse and close
 			s.exchanges.put(x)
+			if s.Refused != nil {
+				s.Refused()
+			}
 			c.badRequest(err.Error())
 			c.linger = true
 			return

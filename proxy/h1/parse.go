@@ -69,6 +69,7 @@ type Head struct {
 	connTokens    [8][]byte // other Connection tokens (responses)
 	nConnTokens   int
 	hosts         int
+	userinfo      bool // a Host with '@'
 	sse           bool
 	hasDate       bool
 	upgrade       bool // an Upgrade field
@@ -79,6 +80,7 @@ type Head struct {
 var (
 	errFallback = errors.New("fast path: not a plain request")
 	errCLTE     = errors.New("both Content-Length and Transfer-Encoding")
+	errUserinfo = errors.New("a Host with userinfo")
 )
 
 // findHeadEnd returns the length of the head at the start of b including the
@@ -152,6 +154,9 @@ func (h *Head) ParseRequest(b []byte) error {
 	}
 	if h.te > 0 && h.nCL > 0 {
 		return errCLTE
+	}
+	if h.userinfo {
+		return errUserinfo // RFC 9112 3.2
 	}
 	// Upgrades (WebSocket), Expect: 100-continue and chunked bodies are
 	// net/http's; so are duplicate Content-Length fields (it drops the
@@ -256,6 +261,7 @@ func (h *Head) parseFields(b []byte) bool {
 			if !validHost(v) {
 				return false // net/http answers 400
 			}
+			h.userinfo = h.userinfo || bytes.IndexByte(v, '@') >= 0
 		case fContentLength:
 			n, ok := parseDecimal(v)
 			if !ok || (h.nCL > 0 && n != h.contentLength) {

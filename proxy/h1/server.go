@@ -5,7 +5,8 @@
 // retries, faults or counting: each parsed request goes to a Handler (the
 // proxy's request pipeline), which drives an exchange with the Conn and
 // Exchange methods. Any connection the codec does not fully understand is
-// handed, with the bytes already read, to a net/http Server (Fallback).
+// handed, with the bytes already read, to a net/http Server (Fallback)
+// behind a framing guard (Guard) that refuses faulty framing there too.
 //
 // Where the system offers them (unix), raw socket calls let an idle
 // connection hold no buffer and let a pooled instance connection be peeked
@@ -67,6 +68,10 @@ type Server struct {
 	HandOff func(*Head) bool
 	// GuardHandoff wraps each connection handed to Fallback; nil: none.
 	GuardHandoff func(net.Conn) net.Conn
+	// Refused, when set, is called for each request refused for faulty
+	// framing (400), by the codec or by the Guard of a handed-off
+	// connection.
+	Refused func()
 
 	date      dateCache
 	exchanges exchangePool
@@ -107,9 +112,6 @@ func (s *Server) Serve(ln net.Listener) error {
 	}
 	if s.ReapEvery <= 0 {
 		s.ReapEvery = time.Second
-	}
-	if s.GuardHandoff == nil {
-		s.GuardHandoff = func(c net.Conn) net.Conn { return c }
 	}
 	s.mu.Lock()
 	if s.shutdown.Load() {
@@ -165,14 +167,14 @@ func (s *Server) forget(c *Conn) {
 }
 
 // handOff gives the connection, with what was read of it, to net/http
-// behind the framing guard.
+// behind the framing guard (Guard).
 func (s *Server) handOff(c *Conn) bool {
 	pre := append([]byte(nil), c.cr.bytes()...)
 	c.cr.discard(len(pre))
 	c.cr.release()
 	c.releaseOut()
 	_ = c.nc.SetReadDeadline(time.Time{})
-	return s.handoff.deliver(s.GuardHandoff(&prefixConn{Conn: c.nc, pre: pre}))
+	return s.handoff.deliver(Guard(&prefixConn{Conn: c.nc, pre: pre}, s.Refused))
 }
 
 // Shutdown stops accepting, closes idle connections, and waits for the
