@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -102,6 +103,11 @@ func startStack(t *testing.T, nBlue, nGreen int, extra ...string) *stack {
 
 func (st *stack) start(env []string) {
 	t := st.t
+	if !slices.ContainsFunc(env, func(kv string) bool { return strings.HasPrefix(kv, envPrefix+"STATE_CACHE=") }) {
+		// A fleet replica keeps a local copy of the state; never in the
+		// package directory.
+		env = append(slices.Clone(env), envPrefix+"STATE_CACHE="+filepath.Join(t.TempDir(), "state-cache.json"))
+	}
 	cfg, err := loadConfig(env, os.Hostname)
 	if err != nil {
 		t.Fatalf("config: %v", err)
