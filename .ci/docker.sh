@@ -453,7 +453,7 @@ note "jsonline without/with Content-Type" "HTTP $c1 stored $plain; HTTP $c2 stor
 # actions for the data stream logs-bluegreen-default with the decoded ECS
 # record plus Filebeat's container fields and the data_stream fields, is
 # sent to VictoriaLogs' Elasticsearch bulk API and read back.
-docker logs "$proxy_id" 2>/dev/null | grep '^{' | tail -n 200 | jq -c --arg c "$proxy_name" '
+docker logs "$proxy_id" 2>&1 | grep '^{' | tail -n 200 | jq -c --arg c "$proxy_name" '
   {create: {_index: "logs-bluegreen-default"}},
   (. + {"container": {"name": $c, "image": {"name": "bluegreen"}}, "labels.pipeline": "logstash-bulk-'"$$"'",
         "data_stream": {"type": "logs", "dataset": "bluegreen", "namespace": "default"}})' >"$work/bulk.ndjson"
