@@ -115,22 +115,20 @@ validate() { # files...
   profiles=$(docker-compose "${args[@]}" config --profiles)
   docker-compose "${args[@]}" config -q || fail "$* is not valid"
   echo "ok  $* (default)"
-  # Every combination of profiles (2^n - 1 of them), two at a time.
-  local -a ps=($profiles)
-  local n=${#ps[@]} mask i combos=0
-  for ((mask = 1; mask < (1 << n); mask++)); do
-    local line=""
-    for ((i = 0; i < n; i++)); do
-      (( mask & (1 << i) )) && line+=" --profile ${ps[i]}"
-    done
-    echo "$line"
-  done >"$work/combos"
-  # shellcheck disable=SC2016
-  xargs -P 2 -I{} sh -c 'docker-compose '"${args[*]}"' {} config -q || { echo "NOT VALID: '"$*"' {}"; exit 255; }' <"$work/combos" ||
-    fail "$* is not valid with some profile combination"
-  combos=$(wc -l <"$work/combos")
-  echo "ok  $* with each of the $combos combinations of: $profiles"
-  for p in $profiles; do all+=(--profile "$p"); done
+  for p in $profiles; do
+    docker-compose "${args[@]}" --profile "$p" config -q || fail "$* --profile $p is not valid"
+    all+=(--profile "$p")
+  done
+  docker-compose "${args[@]}" "${all[@]}" config -q || fail "$* with every profile is not valid"
+  echo "ok  $* (docker-compose config -q): no profile, each of: $profiles; all of them"
+  # Every combination of profiles, in one process with compose's library:
+  # each must resolve as "up" does (no service depending on a disabled one).
+  # Profiles an overlay defines itself are always on with that overlay.
+  local req=() q
+  for f in "${@:2}"; do
+    for q in $(sed -n 's/^ *profiles: *\[\([a-z0-9, -]*\)\].*/\1/p' "$f" | tr ',' ' ' | sort -u); do req+=(--require "$q"); done
+  done
+  /usr/bin/python3 .ci/compose-profiles.py "${req[@]}" "$@" || fail "$* fails with some profile combination"
   # Every file the stack bind-mounts must exist (configs/ is shared with
   # other parts of the repository).
   docker-compose "${args[@]}" "${all[@]}" config | python3 -c '
@@ -154,6 +152,20 @@ for overlay in docker/compose.*.yml docker/compose.*.yaml; do
   validate docker/compose.yml "$overlay"
 done
 shopt -u nullglob
+# Staging: the env file gives its own project name, ports and limits (the
+# variables this script exports would override the file's: unset them).
+staging=$(env -u COMPOSE_PROJECT_NAME -u PUBLIC_PORT -u ADMIN_PORT docker-compose --env-file docker/staging.env -f docker/compose.yml config)
+grep -q '127.0.0.1:28080:8080' <<<"$staging" && grep -q 'memory: 128M' <<<"$staging" || fail "docker/staging.env: ports or limits not applied"
+note "compose files" "every profile combination resolves (compose.yml, + compose.fleet.yml); staging.env applies"
+
+section "offline Prometheus and etcd images (Debian packages)"
+apt_install prometheus etcd-server etcd-client
+t=$(now)
+docker/make-offline-images.sh
+docker run --rm --network none bluegreen-prometheus:debian --version 2>&1 | head -n 1
+docker run --rm --network none bluegreen-etcd:debian --version | head -n 1
+docker run --rm --network none --entrypoint /usr/local/bin/etcdctl bluegreen-etcd:debian version | head -n 1
+note "make-offline-images.sh" "$(since "$t")s: $(docker image inspect -f '{{.Size}}' bluegreen-prometheus:debian | awk '{printf "prometheus %.0f MB", $1/1e6}'), $(docker image inspect -f '{{.Size}}' bluegreen-etcd:debian | awk '{printf "etcd %.0f MB", $1/1e6}')"
 
 section "builder image"
 t=$(now)
