@@ -162,9 +162,10 @@ section "offline Prometheus and etcd images (Debian packages)"
 apt_install prometheus etcd-server etcd-client
 t=$(now)
 docker/make-offline-images.sh
-docker run --rm --network none bluegreen-prometheus:debian --version 2>&1 | head -n 1
-docker run --rm --network none bluegreen-etcd:debian --version | head -n 1
-docker run --rm --network none --entrypoint /usr/local/bin/etcdctl bluegreen-etcd:debian version | head -n 1
+# (Whole outputs captured: head would close the pipe under pipefail.)
+v=$(docker run --rm --network none bluegreen-prometheus:debian --version 2>&1); echo "${v%%$'\n'*}"
+v=$(docker run --rm --network none bluegreen-etcd:debian --version); echo "${v%%$'\n'*}"
+v=$(docker run --rm --network none --entrypoint /usr/local/bin/etcdctl bluegreen-etcd:debian version); echo "${v%%$'\n'*}"
 note "make-offline-images.sh" "$(since "$t")s: $(docker image inspect -f '{{.Size}}' bluegreen-prometheus:debian | awk '{printf "prometheus %.0f MB", $1/1e6}'), $(docker image inspect -f '{{.Size}}' bluegreen-etcd:debian | awk '{printf "etcd %.0f MB", $1/1e6}')"
 
 section "builder image"
