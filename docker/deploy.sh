@@ -155,7 +155,9 @@ failed_idle() {
   fi
   log "app-$idle still runs $VERSION and is probably unhealthy; live traffic is on $final."
   log "to stop it: ${COMPOSE_CMD[*]} ${compose_args[*]} -p $COMPOSE_PROJECT_NAME stop app-$idle (or run deploy.sh with STOP_FAILED=1);"
-  log "to put it back on $old_tag: ${idle^^}_TAG=$old_tag ${COMPOSE_CMD[*]} ${compose_args[*]} -p $COMPOSE_PROJECT_NAME up -d --no-deps app-$idle"
+  if [ -n "$old_tag" ] && [ "$old_tag" != "$VERSION" ]; then
+    log "to put it back on $old_tag: ${idle^^}_TAG=$old_tag ${COMPOSE_CMD[*]} ${compose_args[*]} -p $COMPOSE_PROJECT_NAME up -d --no-deps app-$idle"
+  fi
 }
 
 # 2. Start the new version on the idle colour.
