@@ -181,6 +181,7 @@ type shipper struct {
 
 	mu        sync.Mutex
 	positions map[string]time.Time // container id -> last shipped timestamp
+	lastRead  map[string]time.Time // container id -> last timestamp read by an ended follower
 	following map[string]bool
 }
 
@@ -196,6 +197,7 @@ func newShipper(cfg config, log *slog.Logger) (*shipper, error) {
 		sink:      &http.Client{Timeout: 30 * time.Second},
 		lines:     make(chan line, 4*cfg.batch),
 		positions: map[string]time.Time{},
+		lastRead:  map[string]time.Time{},
 		following: map[string]bool{},
 	}
 	s.self, _ = os.Hostname()
@@ -357,7 +359,13 @@ func (s *shipper) discover(ctx context.Context, wg *sync.WaitGroup) error {
 		s.mu.Lock()
 		busy := s.following[c.ID]
 		s.following[c.ID] = true
+		// A container followed before (it restarted): after what was read,
+		// shipped or not yet; after a restart of logship: after what was
+		// shipped.
 		since := s.positions[c.ID]
+		if r := s.lastRead[c.ID]; r.After(since) {
+			since = r
+		}
 		s.mu.Unlock()
 		if busy {
 			continue
@@ -369,11 +377,14 @@ func (s *shipper) discover(ctx context.Context, wg *sync.WaitGroup) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			err := s.follow(ctx, c.ID, name, svc, since)
+			last, err := s.follow(ctx, c.ID, name, svc, since)
 			if err != nil && ctx.Err() == nil {
 				s.log.Warn("following", "container", name, "err", err)
 			}
 			s.mu.Lock()
+			if last.After(s.lastRead[c.ID]) {
+				s.lastRead[c.ID] = last
+			}
 			delete(s.following, c.ID)
 			s.mu.Unlock()
 		}()
@@ -382,8 +393,8 @@ func (s *shipper) discover(ctx context.Context, wg *sync.WaitGroup) error {
 }
 
 // follow reads one container's log stream until it ends (the container
-// stopped) or ctx ends.
-func (s *shipper) follow(ctx context.Context, id, name, service string, since time.Time) error {
+// stopped) or ctx ends. It returns the timestamp of the last line it read.
+func (s *shipper) follow(ctx context.Context, id, name, service string, since time.Time) (last time.Time, err error) {
 	q := url.Values{"follow": {"1"}, "stdout": {"1"}, "stderr": {"1"}, "timestamps": {"1"}}
 	if !since.IsZero() {
 		// Docker's since is inclusive: start after the last shipped line.
@@ -392,7 +403,7 @@ func (s *shipper) follow(ctx context.Context, id, name, service string, since ti
 	}
 	res, err := s.dockerGet(ctx, "/containers/"+id+"/logs?"+q.Encode())
 	if err != nil {
-		return err
+		return last, err
 	}
 	defer res.Body.Close()
 	s.log.Info("following", "container", name, "service", service)
@@ -410,16 +421,17 @@ func (s *shipper) follow(ctx context.Context, id, name, service string, since ti
 				s.read.Add(1)
 				select {
 				case s.lines <- l:
+					last = l.ts
 				case <-ctx.Done():
-					return ctx.Err()
+					return last, ctx.Err()
 				}
 			}
 		}
 		if err != nil {
 			if errors.Is(err, io.EOF) {
-				return nil
+				return last, nil
 			}
-			return err
+			return last, err
 		}
 	}
 }
