@@ -506,7 +506,7 @@ docker volume rm "${project}_bluegreen-state" >/dev/null || fail "could not remo
 dc --profile restore run --rm restore | tee "$work/restore.log"
 grep -q '^restored state-' "$work/restore.log" || fail "restore"
 t=$(now)
-dc up -d bluegreen
+dc up -d --no-deps bluegreen
 proxy_id=$(dc ps -q bluegreen)
 wait_healthy bluegreen 120
 st_after=$(curl -fsS -m 5 "$admin/admin/status")
