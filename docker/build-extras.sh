@@ -44,15 +44,19 @@ cp /etc/ssl/certs/ca-certificates.crt "$ctx/"
 printf 'root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/nonexistent:/sbin/nologin\n' >"$ctx/passwd"
 printf 'root:x:0:\nnonroot:x:65532:\n' >"$ctx/group"
 
-# No timestamp label: a rebuild of unchanged binaries gives the same image
-# ids (no dangling images).
 for target in $TARGETS; do
   case "$target" in
     victorialogs) img="${IMAGE_PREFIX}bluegreen-victorialogs:$VICTORIALOGS_VERSION" ;;
     logship|backup) img="${IMAGE_PREFIX}bluegreen-$target:$TAG" ;;
     *) echo "unknown target $target" >&2; exit 2 ;;
   esac
+  previous=$("$DOCKER" image inspect -f '{{.Id}}' "$img" 2>/dev/null || true)
   DOCKER_BUILDKIT=0 "$DOCKER" build -q --target "$target" --build-arg "VICTORIALOGS_VERSION=$VICTORIALOGS_VERSION" \
     -t "$img" "$ctx" >/dev/null 2>"$ctx/build.log" || { cat "$ctx/build.log" >&2; exit 1; }
+  # The image the tag named before is removed when nothing else uses it (no
+  # dangling images).
+  if [ -n "$previous" ] && [ "$("$DOCKER" image inspect -f '{{len .RepoTags}}' "$previous" 2>/dev/null)" = 0 ]; then
+    "$DOCKER" image rm "$previous" >/dev/null 2>&1 || true
+  fi
   echo "extras build: $img $("$DOCKER" image inspect -f '{{.Size}}' "$img" | awk '{printf "%.1f MB", $1/1e6}')"
 done

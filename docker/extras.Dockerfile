@@ -23,6 +23,18 @@ LABEL org.opencontainers.image.title="bluegreen-logship" \
 HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 CMD ["/logship", "probe", "http://127.0.0.1:9400/healthz"]
 ENTRYPOINT ["/logship"]
 
+FROM base AS backup
+COPY stateback /stateback
+# Owned by the container user, so new named volumes mounted here are too.
+COPY --chown=65532:65532 empty/ /state/
+COPY --chown=65532:65532 empty/ /backups/
+LABEL org.opencontainers.image.title="bluegreen-backup" \
+      org.opencontainers.image.description="Scheduled snapshots of the bluegreen state volume, with retention and restore"
+ENTRYPOINT ["/stateback"]
+CMD ["loop"]
+
+# Last: the classic builder builds every stage before --target, and only
+# this one needs the VictoriaLogs binary (TARGETS without victorialogs).
 FROM base AS victorialogs
 ARG VICTORIALOGS_VERSION=unknown
 COPY victoria-logs /victoria-logs
@@ -36,13 +48,3 @@ EXPOSE 9428
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 CMD ["/logship", "probe", "http://127.0.0.1:9428/health"]
 ENTRYPOINT ["/victoria-logs"]
 CMD ["-storageDataPath=/vlogs", "-httpListenAddr=:9428"]
-
-FROM base AS backup
-COPY stateback /stateback
-# Owned by the container user, so new named volumes mounted here are too.
-COPY --chown=65532:65532 empty/ /state/
-COPY --chown=65532:65532 empty/ /backups/
-LABEL org.opencontainers.image.title="bluegreen-backup" \
-      org.opencontainers.image.description="Scheduled snapshots of the bluegreen state volume, with retention and restore"
-ENTRYPOINT ["/stateback"]
-CMD ["loop"]

@@ -54,6 +54,7 @@ for target in "${targets[@]}"; do
   root=$(mktemp -d)
   trap 'rm -rf "$root"' EXIT
   base_rootfs "$root"
+  previous=$("$DOCKER" image inspect -f '{{.Id}}' "bluegreen-$target:$TAG" 2>/dev/null || true)
   case "$target" in
     prometheus)
       need prometheus prometheus
@@ -95,5 +96,9 @@ for target in "${targets[@]}"; do
   esac
   rm -rf "$root"
   trap - EXIT
+  # The image the tag named before is removed when nothing else uses it.
+  if [ -n "${previous:-}" ] && [ "$("$DOCKER" image inspect -f '{{len .RepoTags}}' "$previous" 2>/dev/null)" = 0 ]; then
+    "$DOCKER" image rm "$previous" >/dev/null 2>&1 || true
+  fi
   echo "made $image (version $version, $("$DOCKER" image inspect -f '{{.Size}}' "$image" | awk '{printf "%.0f MB", $1/1e6}'))"
 done
