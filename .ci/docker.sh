@@ -64,7 +64,8 @@ teardown() {
     if [ "${CI_KEEP_STACK:-0}" = 1 ]; then
       echo "stack left running: docker-compose -f docker/compose.yml -p $project ..."
     else
-      dc down -v --remove-orphans >/dev/null 2>&1
+      # Every profile, so that their containers and volumes go too.
+      COMPOSE_PROFILES=logging-lite,backup,restore dc down -v --remove-orphans >/dev/null 2>&1
     fi
   fi
   docker image rm "bluegreen:ci-arm64" "bluegreen:v2-fleet" >/dev/null 2>&1
@@ -81,17 +82,26 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 # The stack's settings, exported for every docker-compose call below.
 export COMPOSE_PROJECT_NAME="$project"
 export BLUEGREEN_TAG=v1 BLUE_TAG=v1 GREEN_TAG=v1
-export PUBLIC_PORT ADMIN_PORT
+# ECS records and the access log: the logging-lite section reads them back.
+export BLUEGREEN_LOG_FORMAT=ecs BLUEGREEN_ACCESS_LOG=true
+export PUBLIC_PORT ADMIN_PORT VICTORIALOGS_PORT DOCKER_GID
 PUBLIC_PORT=$(free_port)
 ADMIN_PORT=$(free_port)
+VICTORIALOGS_PORT=$(free_port)
+DOCKER_GID=$(stat -c %g /var/run/docker.sock)
 mkdir -p "$work/secrets"
 head -c 32 /dev/urandom | base64 | tr -d '/+=\n' >"$work/secrets/admin_token"
 head -c 18 /dev/urandom | base64 | tr -d '/+=\n' >"$work/secrets/grafana_admin_password"
+for f in elastic_password kibana_system_password logstash_writer_password kibana_encryption_key; do
+  head -c 33 /dev/urandom | base64 | tr -d '/+=\n' >"$work/secrets/$f"
+done
 # The container user (uid/gid 65532) reads the bind-mounted secret files.
 chgrp 65532 "$work"/secrets/*
 chmod 0640 "$work"/secrets/*
 export ADMIN_TOKEN_FILE="$work/secrets/admin_token"
 export GRAFANA_ADMIN_PASSWORD_FILE="$work/secrets/grafana_admin_password"
+export ELASTIC_PASSWORD_FILE="$work/secrets/elastic_password" KIBANA_SYSTEM_PASSWORD_FILE="$work/secrets/kibana_system_password"
+export LOGSTASH_WRITER_PASSWORD_FILE="$work/secrets/logstash_writer_password" KIBANA_ENCRYPTION_KEY_FILE="$work/secrets/kibana_encryption_key"
 token=$(cat "$ADMIN_TOKEN_FILE")
 public="http://127.0.0.1:$PUBLIC_PORT"
 admin="http://127.0.0.1:$ADMIN_PORT"
@@ -107,9 +117,18 @@ validate() { # files...
   echo "ok  $* (default)"
   for p in $profiles; do
     docker-compose "${args[@]}" --profile "$p" config -q || fail "$* --profile $p is not valid"
-    echo "ok  $* --profile $p"
     all+=(--profile "$p")
   done
+  docker-compose "${args[@]}" "${all[@]}" config -q || fail "$* with every profile is not valid"
+  echo "ok  $* (docker-compose config -q): no profile, each of: ${profiles//$'\n'/ }; all of them"
+  # Every combination of profiles, in one process with compose's library:
+  # each must resolve as "up" does (no service depending on a disabled one).
+  # Profiles an overlay defines itself are always on with that overlay.
+  local req=() q
+  for f in "${@:2}"; do
+    for q in $(sed -n 's/^ *profiles: *\[\([a-z0-9, -]*\)\].*/\1/p' "$f" | tr ',' ' ' | sort -u); do req+=(--require "$q"); done
+  done
+  /usr/bin/python3 .ci/compose-profiles.py "${req[@]}" "$@" || fail "$* fails with some profile combination"
   # Every file the stack bind-mounts must exist (configs/ is shared with
   # other parts of the repository).
   docker-compose "${args[@]}" "${all[@]}" config | python3 -c '
@@ -133,6 +152,21 @@ for overlay in docker/compose.*.yml docker/compose.*.yaml; do
   validate docker/compose.yml "$overlay"
 done
 shopt -u nullglob
+# Staging: the env file gives its own project name, ports and limits (the
+# variables this script exports would override the file's: unset them).
+staging=$(env -u COMPOSE_PROJECT_NAME -u PUBLIC_PORT -u ADMIN_PORT docker-compose --env-file docker/staging.env -f docker/compose.yml config)
+grep -q '127.0.0.1:28080:8080' <<<"$staging" && grep -q 'memory: 128M' <<<"$staging" || fail "docker/staging.env: ports or limits not applied"
+note "compose files" "every profile combination resolves (compose.yml, + compose.fleet.yml); staging.env applies"
+
+section "offline Prometheus and etcd images (Debian packages)"
+apt_install prometheus etcd-server etcd-client
+t=$(now)
+docker/make-offline-images.sh
+# (Whole outputs captured: head would close the pipe under pipefail.)
+v=$(docker run --rm --network none bluegreen-prometheus:debian --version 2>&1); echo "${v%%$'\n'*}"
+v=$(docker run --rm --network none bluegreen-etcd:debian --version); echo "${v%%$'\n'*}"
+v=$(docker run --rm --network none --entrypoint /usr/local/bin/etcdctl bluegreen-etcd:debian version); echo "${v%%$'\n'*}"
+note "make-offline-images.sh" "$(since "$t")s: $(docker image inspect -f '{{.Size}}' bluegreen-prometheus:debian | awk '{printf "prometheus %.0f MB", $1/1e6}'), $(docker image inspect -f '{{.Size}}' bluegreen-etcd:debian | awk '{printf "etcd %.0f MB", $1/1e6}')"
 
 section "builder image"
 t=$(now)
@@ -264,6 +298,7 @@ load_pid=$!
 sleep 2
 t=$(now)
 deploy_rc=0
+export ENV_FILE="$work/deploy.env" # where deploy.sh records the tags (default docker/.env)
 WATCH=15s SMOKE_EXPECT=version=v2 docker/deploy.sh v2 >"$work/deploy.log" 2>&1 || deploy_rc=$?
 deploy_time=$(since "$t")
 grep -v -e '^Recreating' -e '^Creating' -e '^Starting' "$work/deploy.log" || true
@@ -280,6 +315,8 @@ note "requests during the deploy" "$requests, failed $failed, colours $(jq -c .c
 [ "$failed" -eq 0 ] || fail "$failed requests failed during the deploy"
 [ "$(jq -r '.sequence | join(",")' "$work/load.json")" = blue,green ] || fail "traffic did not move from blue to green once"
 curl -fsS -m 5 "$public/" | grep -q 'color=green version=v2' || fail "live traffic is not on green v2"
+[ "$(sort "$ENV_FILE" | paste -sd' ' -)" = "BLUE_TAG=v1 GREEN_TAG=v2" ] || fail "deploy.sh recorded: $(cat "$ENV_FILE")"
+note "deploy.sh records the tags" "$(paste -sd' ' - <"$ENV_FILE") in ENV_FILE (default docker/.env)"
 
 section "green stops: the proxy rolls back to blue"
 green_id=$(dc ps -q app-green)
@@ -324,8 +361,160 @@ WATCH=30s SMOKE_REQUESTS=3 docker/deploy.sh v2 >"$work/deploy-rollback.log" 2>&1
 wait "$breaker" || true
 tail -n 4 "$work/deploy-rollback.log"
 [ "$rc" -eq 4 ] || fail "deploy.sh exited $rc after an auto-rollback, want 4"
+grep -q 'still runs v2' "$work/deploy-rollback.log" || fail "deploy.sh exit 4 does not say that the idle colour still runs v2"
 [ "$(curl -fsS -m 5 "$admin/admin/status" | jq -r .active)" = blue ] || fail "blue is not live after the auto-rollback"
 note "deploy.sh failure paths" "smoke fail -> exit 1, live untouched; auto-rollback -> exit 4"
+
+section "logging-lite: VictoriaLogs and logship"
+# The proxy has logged in ECS (BLUEGREEN_LOG_FORMAT=ecs, the compose default)
+# with the access log on since the stack started. logship reads every line
+# from each container's start, so what it ships can be counted against
+# docker logs, and what VictoriaLogs stores against what it shipped.
+t=$(now)
+TARGETS="victorialogs logship backup" docker/build-extras.sh >"$work/build-extras.log" 2>&1 ||
+  { cat "$work/build-extras.log"; fail "docker/build-extras.sh"; }
+cat "$work/build-extras.log"
+note "extras images (host Go + scratch)" "$(since "$t")s: $(grep -o 'bluegreen-[a-z]*:[^ ]* [0-9.]* MB' "$work/build-extras.log" | paste -sd, - | sed 's/,/, /g')"
+dc --profile logging-lite up -d victorialogs logship
+vl="http://127.0.0.1:$VICTORIALOGS_PORT"
+wait_healthy() { # service seconds
+  local id deadline=$(( $(date +%s) + $2 ))
+  id=$(dc ps -q "$1")
+  [ -n "$id" ] || fail "no container for $1"
+  until [ "$(docker inspect -f '{{if .State.Health}}{{.State.Health.Status}}{{end}}' "$id")" = healthy ]; do
+    [ "$(date +%s)" -lt "$deadline" ] || fail "$1 is not healthy after $2s"
+    sleep 1
+  done
+}
+wait_healthy victorialogs 60
+wait_healthy logship 60
+logsql() { curl -fsS -m 10 "$vl/select/logsql/query" --data-urlencode "query=$1"; }
+count() { logsql "$1 | stats count() as n" | jq -r '.n // "0"'; }
+
+# Traffic: 502s answered by blue (live), then a cutover to green with a
+# reason, then 502s answered by green.
+n502=25
+for i in $(seq 1 "$n502"); do
+  code=$(curl -s -m 5 -o /dev/null -w '%{http_code}' "$public/status/502")
+  [ "$code" = 502 ] || fail "GET /status/502 through the proxy answered $code"
+done
+# Green was told to fail its health check by the exit-4 test (and the
+# proxy routes nothing to it, not even previews): restart it, then wait for
+# the proxy to see it healthy. logship follows the restarted container from
+# where it stopped.
+docker restart "$(dc ps -q app-green)" >/dev/null
+deadline=$(( $(date +%s) + 60 ))
+until curl -fsS -m 2 "$admin/admin/status" | jq -e '.colors.green.healthy > 0' >/dev/null; do
+  [ "$(date +%s)" -lt "$deadline" ] || fail "green did not turn healthy again"
+  sleep 0.5
+done
+gen_before=$(curl -fsS -m 5 "$admin/admin/status" | jq -r .generation)
+reason="ci logging-lite $$"
+curl -fsS -m 10 -X POST -H "Authorization: Bearer $token" -H 'Content-Type: application/json' \
+  -d "{\"to\":\"green\",\"reason\":\"$reason\"}" "$admin/admin/cutover" >/dev/null
+for i in $(seq 1 "$n502"); do
+  curl -s -m 5 -o /dev/null "$public/status/502"
+done
+
+# Wait until logship has shipped all it read, and VictoriaLogs holds it all.
+proxy_name=$(docker inspect -f '{{.Name}}' "$proxy_id" | sed 's|^/||')
+deadline=$(( $(date +%s) + 90 ))
+while :; do
+  st=$(docker exec "$(dc ps -q logship)" /logship stats)
+  read_n=$(jq .lines_read <<<"$st"); shipped=$(jq .lines_shipped <<<"$st")
+  found=$(count '*')
+  docker_lines=$(docker logs "$proxy_id" 2>&1 | wc -l)
+  found_proxy=$(count "container.name:\"$proxy_name\"")
+  if [ "$read_n" = "$shipped" ] && [ "$found" = "$shipped" ] && [ "$found_proxy" = "$docker_lines" ] &&
+     [ "$(count "url.path:\"/status/502\" labels.color:green")" = "$n502" ]; then
+    break
+  fi
+  [ "$(date +%s)" -lt "$deadline" ] || fail "log store incomplete: logship $st, VictoriaLogs $found, proxy lines $docker_lines vs stored $found_proxy"
+  sleep 2
+done
+echo "logship: $st"
+note "logging-lite: lines shipped/found" "$shipped shipped, $found found in VictoriaLogs (all containers); proxy: $docker_lines in docker logs, $found_proxy found"
+blue502=$(count 'labels.color:blue http.response.status_code:502 url.path:"/status/502"')
+green502=$(count 'labels.color:green http.response.status_code:502 url.path:"/status/502"')
+[ "$blue502" = "$n502" ] && [ "$green502" = "$n502" ] || fail "502s by labels.color: blue $blue502, green $green502, want $n502 each"
+note "logging-lite: 502s by labels.color" "blue $blue502, green $green502 (sent $n502 each)"
+logsql "event.action:cutover event.reason:\"$reason\"" >"$work/cutover.json"
+cat "$work/cutover.json"
+[ "$(wc -l <"$work/cutover.json")" = 1 ] || fail "the cutover event is not in VictoriaLogs exactly once"
+jq -e --arg g "$((gen_before + 1))" '."labels.color" == "green" and ."labels.from_color" == "blue" and ."labels.trigger" == "api" and ."labels.generation" == $g and ."log.level" == "warn"' \
+  "$work/cutover.json" >/dev/null || fail "the cutover event lacks its fields"
+note "logging-lite: cutover event" "found by event.action and event.reason, generation $((gen_before + 1)), blue -> green"
+# Access records carry every ECS field.
+logsql 'log.logger:access url.path:"/status/502" labels.color:green | limit 1' >"$work/access.json"
+jq -e '."http.request.method" == "GET" and ."http.response.status_code" == "502" and (."event.duration" | tonumber) > 0 and
+  ."client.ip" != null and ."labels.instance" != null and ."service.name" == "bluegreen" and ."event.dataset" == "bluegreen.access"' \
+  "$work/access.json" >/dev/null || { cat "$work/access.json"; fail "an access record lacks ECS fields"; }
+
+# The pitfall of the JSON-lines endpoint: without the Content-Type it
+# answers 200 and stores nothing. Count what comes back.
+marker="ci-ctype-$$"
+doc="{\"@timestamp\":\"$(date -u +%Y-%m-%dT%H:%M:%SZ)\",\"message\":\"content-type check\",\"labels.marker\":\"$marker-X\"}"
+q='_time_field=@timestamp&_msg_field=message&_stream_fields=labels.marker'
+c1=$(curl -s -m 5 -o /dev/null -w '%{http_code}' --data-binary "${doc/X/plain}" "$vl/insert/jsonline?$q")
+c2=$(curl -s -m 5 -o /dev/null -w '%{http_code}' -H 'Content-Type: application/stream+json' --data-binary "${doc/X/stream}" "$vl/insert/jsonline?$q")
+sleep 2
+curl -fsS -m 5 "$vl/internal/force_flush" >/dev/null 2>&1 || true
+plain=$(count "labels.marker:\"$marker-plain\""); stream=$(count "labels.marker:\"$marker-stream\"")
+note "jsonline without/with Content-Type" "HTTP $c1 stored $plain; HTTP $c2 stored $stream"
+[ "$stream" = 1 ] || fail "a JSON line sent with application/stream+json was not stored"
+
+# The logging profile's Logstash pipeline cannot run here (no registry for
+# its image). What its elasticsearch output sends, a bulk body of "create"
+# actions for the data stream logs-bluegreen-default with the decoded ECS
+# record plus Filebeat's container fields and the data_stream fields, is
+# sent to VictoriaLogs' Elasticsearch bulk API and read back.
+docker logs "$proxy_id" 2>&1 | grep '^{' | tail -n 200 | jq -c --arg c "$proxy_name" '
+  {create: {_index: "logs-bluegreen-default"}},
+  (. + {"container": {"name": $c, "image": {"name": "bluegreen"}}, "labels.pipeline": "logstash-bulk-'"$$"'",
+        "data_stream": {"type": "logs", "dataset": "bluegreen", "namespace": "default"}})' >"$work/bulk.ndjson"
+bulk_docs=$(( $(wc -l <"$work/bulk.ndjson") / 2 ))
+resp=$(curl -fsS -m 30 -H 'Content-Type: application/x-ndjson' --data-binary @"$work/bulk.ndjson" \
+  "$vl/insert/elasticsearch/_bulk?_msg_field=message&_time_field=@timestamp&_stream_fields=container.name")
+jq -e '.errors == false' <<<"$resp" >/dev/null || fail "bulk answer: $resp"
+deadline=$(( $(date +%s) + 30 ))
+until [ "$(count "labels.pipeline:\"logstash-bulk-$$\"")" = "$bulk_docs" ]; do
+  [ "$(date +%s)" -lt "$deadline" ] || fail "bulk: $bulk_docs sent, $(count "labels.pipeline:\"logstash-bulk-$$\"") found"
+  sleep 1
+done
+bulk_cut=$(count "labels.pipeline:\"logstash-bulk-$$\" event.action:cutover")
+note "Logstash-shaped bulk -> VictoriaLogs" "$bulk_docs sent, $bulk_docs found (cutover events among them: $bulk_cut)"
+
+section "backup and restore of the state volume"
+st_before=$(curl -fsS -m 5 "$admin/admin/status")
+active_before=$(jq -r .active <<<"$st_before"); gen=$(jq -r .generation <<<"$st_before")
+BACKUP_KEEP=2 dc --profile backup up -d backup
+backup_id=$(dc ps -q backup)
+deadline=$(( $(date +%s) + 30 ))
+until [ -n "$(docker exec "$backup_id" /stateback list 2>/dev/null)" ]; do
+  [ "$(date +%s)" -lt "$deadline" ] || fail "no snapshot 30s after the backup service started"
+  sleep 1
+done
+# Retention: two more snapshots, two kept.
+docker exec -e BACKUP_KEEP=2 "$backup_id" /stateback snapshot >/dev/null
+docker exec -e BACKUP_KEEP=2 "$backup_id" /stateback snapshot >/dev/null
+kept=$(docker exec "$backup_id" /stateback list | wc -l)
+[ "$kept" = 2 ] || fail "BACKUP_KEEP=2 kept $kept snapshots"
+# Destroy the state: the proxy and the backup service go, then the volume.
+dc --profile backup stop bluegreen backup >/dev/null 2>&1
+dc --profile backup rm -f bluegreen backup >/dev/null 2>&1
+docker volume rm "${project}_bluegreen-state" >/dev/null || fail "could not remove the state volume"
+dc --profile restore run --rm restore | tee "$work/restore.log"
+grep -q '^restored state-' "$work/restore.log" || fail "restore"
+t=$(now)
+dc up -d --no-deps bluegreen
+proxy_id=$(dc ps -q bluegreen)
+wait_healthy bluegreen 120
+st_after=$(curl -fsS -m 5 "$admin/admin/status")
+[ "$(jq -r .active <<<"$st_after")" = "$active_before" ] && [ "$(jq -r .generation <<<"$st_after")" = "$gen" ] ||
+  fail "after the restore: $(jq -c '{active, generation}' <<<"$st_after"), want $active_before generation $gen"
+color=$(curl -fsS -m 5 -o /dev/null -D - "$public/" | tr -d '\r' | awk -F': *' 'tolower($1)=="x-deployment-color"{print $2}')
+[ "$color" = "$active_before" ] || fail "after the restore, traffic goes to '$color'"
+note "backup -> rm state volume -> restore" "back on $active_before, generation $gen (proxy healthy $(since "$t")s after up); BACKUP_KEEP=2 kept $kept"
 
 section "arm64"
 if [ "${CI_DOCKER_ARM64:-1}" = 1 ]; then

@@ -55,7 +55,7 @@ fi
 args=(--network "$BUILD_NETWORK"
   --build-arg "VERSION=$VERSION"
   --build-arg "REVISION=${REVISION:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}"
-  --build-arg "CREATED=${CREATED:-$(date -u +%Y-%m-%dT%H:%M:%SZ)}")
+  --build-arg "CREATED=${CREATED:-$(TZ=UTC git log -1 --format=%cd --date=format-local:%Y-%m-%dT%H:%M:%SZ 2>/dev/null || TZ=UTC date +%Y-%m-%dT%H:%M:%SZ)}")
 [ -n "${GO_IMAGE:-}" ] && args+=(--build-arg "GO_IMAGE=$GO_IMAGE")
 [ -n "${GOPROXY:-}" ] && args+=(--build-arg "GOPROXY=$GOPROXY")
 # COLD=1: download the modules again and compile every package again (the
@@ -86,10 +86,17 @@ for target in $TARGETS; do
     *) echo "unknown target $target" >&2; exit 2 ;;
   esac
   start=$(date +%s.%N)
+  previous=$("$DOCKER" image inspect -f '{{.Id}}' "$image" 2>/dev/null || true)
   if ! "$DOCKER" build --progress "${PROGRESS:-plain}" "${args[@]}" --target "$target" -t "$image" . >>"${BUILD_LOG:-/dev/stderr}" 2>&1; then
     echo "build: $target failed${BUILD_LOG:+ (log: $BUILD_LOG)}" >&2
     [ -n "${BUILD_LOG:-}" ] && tail -n 40 "$BUILD_LOG" >&2
     exit 1
+  fi
+  # The image the tag named before, if nothing else uses it, would be left
+  # dangling (<none>): remove it.
+  if [ -n "$previous" ] && [ "$previous" != "$("$DOCKER" image inspect -f '{{.Id}}' "$image")" ] &&
+     [ "$("$DOCKER" image inspect -f '{{len .RepoTags}}' "$previous" 2>/dev/null)" = 0 ]; then
+    "$DOCKER" image rm "$previous" >/dev/null 2>&1 || true
   fi
   secs=$(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b-a}')
   size=$("$DOCKER" image inspect -f '{{.Size}}' "$image" | awk '{printf "%.1f MB", $1/1e6}')

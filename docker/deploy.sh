@@ -17,12 +17,17 @@
 #
 # Exit status: 0 deployed and live; 1 failed before the switch (live traffic
 # never moved; the idle colour is put back on its previous tag); 2 bad usage;
-# 4 failed after the switch, traffic is back on the previous colour.
+# 4 failed after the switch, traffic is back on the previous colour and the
+# idle colour still runs VERSION, unhealthy (STOP_FAILED=1 stops it).
+#
+# The tags each colour runs afterwards are recorded in docker/.env (BLUE_TAG,
+# GREEN_TAG), which docker-compose reads: a later "up -d" in a new shell keeps
+# them instead of moving a colour back to "latest".
 #
 # Environment (defaults in brackets):
 #   COMPOSE              compose command ["docker-compose"; "docker compose" works]
 #   COMPOSE_FILE         compose file(s) [docker/compose.yml next to this script]
-#   COMPOSE_PROJECT_NAME project name [compose's default: the directory name]
+#   COMPOSE_PROJECT_NAME project name [bluegreen, as in docker/README.md]
 #   PUBLIC_URL           the proxy's public address [http://127.0.0.1:${PUBLIC_PORT:-8080}]
 #   PREVIEW_HEADER       header that routes to the idle colour [X-Bluegreen-Preview]
 #   WAIT_HEALTHY         how long the new containers may take to turn healthy [120s]
@@ -32,6 +37,8 @@
 #   WATCH                how long to watch after the switch [60s]
 #   REASON               reason recorded in the history ["deploy VERSION"]
 #   KEEP_FAILED=1        leave a failed idle colour on VERSION (for debugging)
+#   STOP_FAILED=1        after exit 4, stop the idle colour that runs VERSION
+#   ENV_FILE             where the tags are recorded [docker/.env; "" = nowhere]
 # The token for the cutover is the proxy container's own secret file.
 set -euo pipefail
 
@@ -46,6 +53,9 @@ if ! [[ "$VERSION" =~ ^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$ ]]; then
 fi
 
 here="$(cd "$(dirname "$0")" && pwd)"
+# One project name everywhere: the README's commands use -p bluegreen.
+export COMPOSE_PROJECT_NAME="${COMPOSE_PROJECT_NAME:-bluegreen}"
+ENV_FILE="${ENV_FILE-$here/.env}"
 read -r -a COMPOSE_CMD <<<"${COMPOSE:-docker-compose}"
 compose_args=()
 [ -z "${COMPOSE_FILE:-}" ] && compose_args+=(-f "$here/compose.yml")
@@ -81,7 +91,12 @@ wait_secs=$(seconds "$WAIT_HEALTHY")
 seconds "$WATCH" >/dev/null
 
 # 1. Who is live?
-status=$(bg status --json) || { echo "deploy: cannot read the proxy's status (is the stack up?)" >&2; exit 1; }
+if [ -z "$(dc ps -q bluegreen 2>/dev/null)" ]; then
+  running=$(docker ps --filter label=com.docker.compose.service=bluegreen --format '{{.Label "com.docker.compose.project"}}' | sort -u | paste -sd, -)
+  echo "deploy: no proxy container in compose project '$COMPOSE_PROJECT_NAME'${running:+; projects with one: $running (set COMPOSE_PROJECT_NAME)}" >&2
+  exit 1
+fi
+status=$(bg status --json) || { echo "deploy: cannot read the proxy's status in project '$COMPOSE_PROJECT_NAME'" >&2; exit 1; }
 active=$(jq -r .active <<<"$status")
 case "$active" in
   blue) idle=green ;;
@@ -105,6 +120,20 @@ log "live: $active; deploying $VERSION to $idle (now on ${old_tag:-nothing})"
 
 set_idle_tag() { if [ "$idle" = blue ]; then export BLUE_TAG="$1"; else export GREEN_TAG="$1"; fi; }
 
+# record_tags writes the running tags into ENV_FILE (other lines kept).
+record_tags() {
+  [ -n "$ENV_FILE" ] || return 0
+  local tmp
+  tmp=$(mktemp)
+  { [ -f "$ENV_FILE" ] && grep -v -e '^BLUE_TAG=' -e '^GREEN_TAG=' "$ENV_FILE"; echo "BLUE_TAG=$BLUE_TAG"; echo "GREEN_TAG=$GREEN_TAG"; } >"$tmp" || true
+  if cat "$tmp" >"$ENV_FILE"; then
+    log "recorded BLUE_TAG=$BLUE_TAG GREEN_TAG=$GREEN_TAG in $ENV_FILE"
+  else
+    log "could not write $ENV_FILE; export BLUE_TAG=$BLUE_TAG GREEN_TAG=$GREEN_TAG before the next up"
+  fi
+  rm -f "$tmp"
+}
+
 abort() { # before the switch: live traffic never moved
   log "FAILED before the switch: $*"
   if [ "${KEEP_FAILED:-0}" != 1 ] && [ -n "$old_tag" ] && [ "$old_tag" != "$VERSION" ]; then
@@ -112,7 +141,23 @@ abort() { # before the switch: live traffic never moved
     set_idle_tag "$old_tag"
     dc up -d --no-deps "app-$idle" || log "could not restore app-$idle to $old_tag"
   fi
+  record_tags
   exit 1
+}
+
+# failed_idle: after exit 4, app-<idle> still runs VERSION, and is unhealthy.
+failed_idle() {
+  record_tags
+  if [ "${STOP_FAILED:-0}" = 1 ]; then
+    log "stopping app-$idle ($VERSION)"
+    dc stop "app-$idle" || log "could not stop app-$idle"
+    return
+  fi
+  log "app-$idle still runs $VERSION and is probably unhealthy; live traffic is on $final."
+  log "to stop it: ${COMPOSE_CMD[*]} ${compose_args[*]} -p $COMPOSE_PROJECT_NAME stop app-$idle (or run deploy.sh with STOP_FAILED=1);"
+  if [ -n "$old_tag" ] && [ "$old_tag" != "$VERSION" ]; then
+    log "to put it back on $old_tag: ${idle^^}_TAG=$old_tag ${COMPOSE_CMD[*]} ${compose_args[*]} -p $COMPOSE_PROJECT_NAME up -d --no-deps app-$idle"
+  fi
 }
 
 # 2. Start the new version on the idle colour.
@@ -167,13 +212,14 @@ case "$rc" in
   0)
     if [ "$final" = "$idle" ]; then
       log "done: $idle live on $VERSION; $active stays on $live_tag as the rollback target"
-      log "to recreate the stack with these tags: BLUE_TAG=$BLUE_TAG GREEN_TAG=$GREEN_TAG"
+      record_tags
       exit 0
     fi
     log "FAILED: the watch ended with $final live"; exit 4 ;;
   4)
     log "FAILED: the proxy rolled back to $final during the watch"
-    bg history 2>/dev/null | tail -n 3 || true
+    bg history --limit 3 2>/dev/null || true   # newest first
+    failed_idle
     exit 4 ;;
 esac
 if [ "$final" = "$active" ]; then
@@ -182,4 +228,5 @@ fi
 # Unknown outcome after the switch: go back explicitly.
 log "FAILED after the switch (exit $rc, live: $final); rolling back to $active"
 bg cutover --to "$active" --reason "deploy $VERSION failed" --wait-healthy 30s || bg cutover --to "$active" --force --reason "deploy $VERSION failed"
+failed_idle
 exit 4

@@ -182,9 +182,9 @@ func loadConfig(environ []string, hostname func() (string, error)) (Config, erro
 		bad("HEALTH_FALL", fmt.Sprint(cfg.HealthFall), "expected an integer of at least 1")
 	}
 	switch cfg.LogFormat {
-	case "auto", "json", "text":
+	case "auto", "json", "text", "ecs":
 	default:
-		bad("LOG_FORMAT", cfg.LogFormat, `expected "auto", "json" or "text"`)
+		bad("LOG_FORMAT", cfg.LogFormat, `expected "auto", "json", "text" or "ecs"`)
 	}
 	if _, err := parseLevel(cfg.LogLevel); err != nil {
 		bad("LOG_LEVEL", cfg.LogLevel, `expected "debug", "info", "warn" or "error"`)

@@ -25,7 +25,8 @@ func parseLevel(s string) (slog.Level, error) {
 }
 
 // newLogger returns the process logger: tint on a terminal, JSON otherwise
-// (format "auto"), or what format names.
+// (format "auto"), or what format names ("json", "text", or "ecs": JSON with
+// Elastic Common Schema field names, see logging_ecs.go).
 func newLogger(w io.Writer, format, level string) *slog.Logger {
 	lvl, err := parseLevel(level)
 	if err != nil {
@@ -36,6 +37,9 @@ func newLogger(w io.Writer, format, level string) *slog.Logger {
 		if isTerminal(w) {
 			format = "text"
 		}
+	}
+	if format == "ecs" {
+		return slog.New(newECSHandler(w, lvl, "bluegreen"))
 	}
 	if format == "text" {
 		return slog.New(tint.NewHandler(w, &tint.Options{Level: lvl, TimeFormat: "15:04:05.000", NoColor: !isTerminal(w)}))
