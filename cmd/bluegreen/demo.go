@@ -114,7 +114,7 @@ func demoBanner(a addrs, blueURL, greenURL string) string {
 	return fmt.Sprintf(`
 bluegreen demo is running
   proxy  http://%[1]s   (live traffic: blue v1)
-  admin  http://%[2]s
+  admin  http://%[2]s   (status page: open it in a browser)
   blue   %[3]s   green  %[4]s
 
 Try these in another terminal:
@@ -123,6 +123,8 @@ Try these in another terminal:
   curl http://%[2]s/admin/status                      # active colour, health of every instance
 
 More: curl -H 'X-Bluegreen-Preview: 1' http://%[1]s/ previews the idle colour;
+curl -X POST -d '{"to":"green","steps":[10,50,100],"step_interval":"20s","min_requests":20}' http://%[2]s/admin/rollout
+shifts clients to green in steps (watch it on the status page);
 curl -X POST %[4]s/health/fail breaks green: after a cutover the proxy rolls back by itself.
 Ctrl-C stops the demo.
 
