@@ -63,6 +63,8 @@ type Config struct {
 	EtcdPasswordFile    string        `env:"ETCD_PASSWORD_FILE"`
 	EtcdTimeout         time.Duration `env:"ETCD_TIMEOUT" envDefault:"2s"`
 	EtcdLeaseTTL        time.Duration `env:"ETCD_LEASE_TTL" envDefault:"5s"`
+	// Graceful stop in two phases (shutdown.go).
+	ShutdownDelay time.Duration `env:"SHUTDOWN_DELAY" envDefault:"5s"`
 
 	// Derived by loadConfig.
 	blue, green []*url.URL
@@ -139,6 +141,7 @@ func loadConfig(environ []string, hostname func() (string, error)) (Config, erro
 	positive("UPSTREAM_IDLE_TIMEOUT", cfg.UpstreamIdleTimeout)
 	positive("OUTLIER_EJECT", cfg.OutlierEject)
 	positive("READ_HEADER_TIMEOUT", cfg.ReadHeaderTimeout)
+	validateShutdown(cfg, bad)
 	if cfg.UpstreamTimeout < 0 {
 		bad("UPSTREAM_TIMEOUT", cfg.UpstreamTimeout.String(), "expected a duration of at least 0 (0: no limit)")
 	}

@@ -159,7 +159,7 @@ func TestE2EBinaries(t *testing.T) {
 		"BLUEGREEN_LISTEN=" + pub, "BLUEGREEN_ADMIN_LISTEN=" + adm,
 		"BLUEGREEN_STATE=file:" + statePath, "BLUEGREEN_ADMIN_TOKEN=e2e-token",
 		"BLUEGREEN_HEALTH_INTERVAL=100ms", "BLUEGREEN_HEALTH_RISE=1", "BLUEGREEN_HEALTH_FALL=1",
-		"BLUEGREEN_LOG_FORMAT=json",
+		"BLUEGREEN_LOG_FORMAT=json", "BLUEGREEN_SHUTDOWN_DELAY=0s",
 	}
 	proxy := startProc(t, bg, env)
 	adminURL := "http://" + adm

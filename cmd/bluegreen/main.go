@@ -20,10 +20,8 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/signal"
 	"runtime/debug"
 	"strings"
-	"syscall"
 )
 
 // version is stamped at build time with -ldflags "-X main.version=v1.2.3".
@@ -37,7 +35,7 @@ const (
 )
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	ctx, stop := notifyStop(context.Background())
 	code := run(ctx, os.Args[1:], os.Environ(), os.Stdout, os.Stderr)
 	stop()
 	os.Exit(code)
@@ -140,6 +138,8 @@ Runs the proxy. Configuration comes from the environment:
   BLUEGREEN_AUTO_ROLLBACK      roll back when the new colour goes bad (default true)
   BLUEGREEN_ROLLBACK_WINDOW    watch window after a cutover (default 5m)
   BLUEGREEN_DRAIN_TIMEOUT      grace for long-lived connections and shutdown (default 30s)
+  BLUEGREEN_SHUTDOWN_DELAY     after SIGTERM, /readyz answers 503 while serving on for this
+                               long before the listener closes (default 5s, 0: at once)
   BLUEGREEN_LOG_FORMAT/LEVEL   auto|json|text / debug|info|warn|error (default auto/info)
   BLUEGREEN_ACCESS_LOG         one JSON line per request (default false)
   BLUEGREEN_PREVIEW            route preview requests to the idle colour (default true)
@@ -158,6 +158,9 @@ Runs the proxy. Configuration comes from the environment:
   BLUEGREEN_FAST_PATH            built-in HTTP/1.1 fast path for plain requests (default true)
   BLUEGREEN_ETCD_*             CA_FILE, CERT_FILE, KEY_FILE, USERNAME, PASSWORD[_FILE],
                                TIMEOUT (2s), LEASE_TTL (5s) for an etcd:// state store
+
+SIGTERM or SIGINT stops gracefully (see BLUEGREEN_SHUTDOWN_DELAY and
+BLUEGREEN_DRAIN_TIMEOUT); a second signal stops at once.
 
 Exit status: 0 after a clean shutdown, 1 on a runtime failure, 2 on bad
 configuration or an unreadable state file.

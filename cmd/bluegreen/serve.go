@@ -67,6 +67,9 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, version string, re
 		return startupError{fmt.Errorf("%sSTATE=%q: %w", envPrefix, cfg.State, err)}
 	}
 	defer store.Close()
+	if err := removeStaleState(store, log); err != nil {
+		return startupError{err}
+	}
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -212,26 +215,10 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, version string, re
 		runErr = fmt.Errorf("serve: %w", err)
 	}
 
-	// Graceful shutdown: readiness turns 503, listeners stop accepting,
-	// requests in flight finish within the drain timeout. Upgraded
-	// connections and event streams never finish by themselves, so they
-	// are closed at once; their clients reconnect elsewhere.
-	stopping.Store(true)
-	log.Info("shutting down", "drain_timeout", cfg.DrainTimeout.String())
-	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.DrainTimeout)
-	defer cancel()
-	if n := router.CloseStreams(); n > 0 {
-		log.Info("closed long-lived connections", "connections", n)
-	}
-	if err := pub.Shutdown(sctx); err != nil {
-		log.Warn("requests still running at the end of the drain timeout were cut", "err", err)
-		pub.Close()
-	}
-	actx, acancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
-	defer acancel()
-	if err := adm.Shutdown(actx); err != nil {
-		adm.Close()
-	}
+	shutdown{
+		delay: cfg.ShutdownDelay, drain: cfg.DrainTimeout, hard: hardStopOf(ctx), log: log,
+		notReady: func() { stopping.Store(true) }, router: router, pub: pub, adm: adm,
+	}.run(runErr != nil)
 	stopBG()
 	wg.Wait()
 	if runErr != nil && !errors.Is(runErr, http.ErrServerClosed) {

@@ -1,0 +1,385 @@
+package main
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// holdApp is an instance for the shutdown tests: /health answers 200, /hold
+// answers only once release is closed (entered receives a value when it
+// starts), anything else answers its colour at once.
+type holdApp struct {
+	srv     *httptest.Server
+	entered chan struct{}
+	release chan struct{}
+	once    sync.Once
+}
+
+func newHoldApp(t *testing.T, color string) *holdApp {
+	t.Helper()
+	a := &holdApp{entered: make(chan struct{}, 64), release: make(chan struct{})}
+	a.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/health":
+		case "/hold":
+			a.entered <- struct{}{}
+			select {
+			case <-a.release:
+			case <-r.Context().Done():
+				return
+			}
+		}
+		w.Header().Set("Content-Type", "text/plain")
+		fmt.Fprintf(w, "color=%s\n", color)
+	}))
+	t.Cleanup(func() { a.unblock(); a.srv.Close() })
+	return a
+}
+
+func (a *holdApp) unblock() { a.once.Do(func() { close(a.release) }) }
+
+// replica is one bluegreen process on fixed loopback ports.
+type replica struct {
+	t        *testing.T
+	bin      string
+	env      []string
+	pub, adm string
+	p        *proc
+}
+
+// newReplica prepares a bluegreen process in front of blue and green with
+// fast health checks and its own state file; extra overrides the env.
+func newReplica(t *testing.T, blue, green string, extra ...string) *replica {
+	t.Helper()
+	bin, _ := binaries(t)
+	r := &replica{t: t, bin: bin, pub: "127.0.0.1:" + freePort(t), adm: "127.0.0.1:" + freePort(t)}
+	r.env = append([]string{
+		"BLUEGREEN_BLUE_URLS=" + blue, "BLUEGREEN_GREEN_URLS=" + green,
+		"BLUEGREEN_LISTEN=" + r.pub, "BLUEGREEN_ADMIN_LISTEN=" + r.adm,
+		"BLUEGREEN_STATE=file:" + filepath.Join(t.TempDir(), "state.json"),
+		"BLUEGREEN_HEALTH_INTERVAL=100ms", "BLUEGREEN_HEALTH_RISE=1", "BLUEGREEN_HEALTH_FALL=1",
+		"BLUEGREEN_LOG_FORMAT=json",
+	}, extra...)
+	return r
+}
+
+// start runs the process and waits until /readyz answers 200.
+func (r *replica) start() {
+	r.t.Helper()
+	r.p = startProc(r.t, r.bin, r.env)
+	waitHTTP(r.t, "http://"+r.adm+"/readyz", 200)
+}
+
+func (r *replica) signal(sig os.Signal) {
+	r.t.Helper()
+	if err := r.p.cmd.Process.Signal(sig); err != nil {
+		r.t.Fatal(err)
+	}
+}
+
+// waitLog waits for a line of the process's output containing s: the
+// process says what phase it is in, and the test follows it.
+func (r *replica) waitLog(s string) {
+	r.t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !strings.Contains(r.p.out.String(), s) {
+		select {
+		case <-r.p.exited:
+			if strings.Contains(r.p.out.String(), s) {
+				return
+			}
+			r.t.Fatalf("process exited before logging %q; output:\n%s", s, r.p.out.String())
+		case <-time.After(5 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			r.t.Fatalf("no %q in the output; output:\n%s", s, r.p.out.String())
+		}
+	}
+}
+
+// Log lines that mark the phases of a graceful stop.
+const (
+	logDelay   = "shutting down: /readyz answers 503"
+	logDrain   = "shutting down: no new connections"
+	logStopped = `"msg":"stopped"`
+	logAtOnce  = "stopping at once"
+)
+
+// rawConn is one keep-alive client connection speaking HTTP/1.1.
+type rawConn struct {
+	nc net.Conn
+	br *bufio.Reader
+}
+
+func dialRaw(t *testing.T, addr string) *rawConn {
+	t.Helper()
+	nc, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { nc.Close() })
+	return &rawConn{nc: nc, br: bufio.NewReader(nc)}
+}
+
+// get sends GET path and reads the response.
+func (c *rawConn) get(path string) (*http.Response, string, error) {
+	c.nc.SetDeadline(time.Now().Add(20 * time.Second))
+	if _, err := fmt.Fprintf(c.nc, "GET %s HTTP/1.1\r\nHost: test\r\n\r\n", path); err != nil {
+		return nil, "", err
+	}
+	return c.read()
+}
+
+func (c *rawConn) read() (*http.Response, string, error) {
+	res, err := http.ReadResponse(c.br, nil)
+	if err != nil {
+		return nil, "", err
+	}
+	b, err := io.ReadAll(res.Body)
+	res.Body.Close()
+	return res, string(b), err
+}
+
+// closedByPeer reports whether the server closed the connection: a read
+// returns EOF (or a reset) within the deadline.
+func (c *rawConn) closedByPeer(within time.Duration) error {
+	c.nc.SetReadDeadline(time.Now().Add(within))
+	_, err := c.br.ReadByte()
+	switch {
+	case err == nil:
+		return errors.New("read a byte, want a closed connection")
+	case errors.Is(err, io.EOF), errors.Is(err, syscall.ECONNRESET):
+		return nil
+	}
+	return err
+}
+
+func readyz(adm string) int {
+	res, err := http.Get("http://" + adm + "/readyz")
+	if err != nil {
+		return 0
+	}
+	res.Body.Close()
+	return res.StatusCode
+}
+
+// The graceful stop, followed phase by phase in a real process with real
+// signals, on the fast path and on net/http.
+func TestShutdownTwoPhases(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the binary")
+	}
+	for _, fast := range []string{"true", "false"} {
+		t.Run("fast_path="+fast, func(t *testing.T) {
+			blue, green := newHoldApp(t, "blue"), newHoldApp(t, "green")
+			r := newReplica(t, blue.srv.URL, green.srv.URL,
+				"BLUEGREEN_SHUTDOWN_DELAY=1s", "BLUEGREEN_DRAIN_TIMEOUT=10s", "BLUEGREEN_FAST_PATH="+fast)
+			r.start()
+
+			idle := dialRaw(t, r.pub) // kept alive and idle across the stop
+			if res, body, err := idle.get("/"); err != nil || res.StatusCode != 200 || body != "color=blue\n" {
+				t.Fatalf("before: %v %v %q", res, err, body)
+			}
+			busy := dialRaw(t, r.pub) // a request in flight across the stop
+			if _, err := fmt.Fprint(busy.nc, "GET /hold HTTP/1.1\r\nHost: test\r\n\r\n"); err != nil {
+				t.Fatal(err)
+			}
+			<-blue.entered
+
+			sent := time.Now()
+			r.signal(syscall.SIGTERM)
+			r.waitLog(logDelay)
+			// Phase 1: not ready, still serving everything: new
+			// connections and kept-alive ones, which stay open.
+			if code := readyz(r.adm); code != 503 {
+				t.Fatalf("/readyz during the delay = %d, want 503", code)
+			}
+			res, body, err := idle.get("/")
+			if err != nil || res.StatusCode != 200 || body != "color=blue\n" || res.Close {
+				t.Fatalf("kept-alive request during the delay: %v %v %q (close %v)", res, err, body, res != nil && res.Close)
+			}
+			if res, err := http.Get("http://" + r.pub + "/"); err != nil || res.StatusCode != 200 {
+				t.Fatalf("new connection during the delay: %v %v", res, err)
+			} else {
+				res.Body.Close()
+			}
+
+			// Phase 2: the listener is closed, idle connections are closed,
+			// the request in flight finishes with Connection: close.
+			r.waitLog(logDrain)
+			if took := time.Since(sent); took < time.Second {
+				t.Fatalf("listener closed %s after SIGTERM, want the 1s delay first", took)
+			}
+			if err := idle.closedByPeer(5 * time.Second); err != nil {
+				t.Fatalf("idle keep-alive connection after the delay: %v", err)
+			}
+			if c, err := net.DialTimeout("tcp", r.pub, time.Second); err == nil {
+				c.Close()
+				t.Fatal("the public listener still accepts after the delay")
+			}
+			select {
+			case <-r.p.exited:
+				t.Fatalf("exited with a request in flight; output:\n%s", r.p.out.String())
+			default:
+			}
+			blue.unblock()
+			res, body, err = busy.read()
+			if err != nil || res.StatusCode != 200 || body != "color=blue\n" || !res.Close {
+				t.Fatalf("request in flight: %v %v %q, want 200 with Connection: close", res, err, body)
+			}
+			if code := r.p.exitCode(t, 10*time.Second); code != 0 {
+				t.Fatalf("exit %d; output:\n%s", code, r.p.out.String())
+			}
+			if !strings.Contains(r.p.out.String(), logStopped) {
+				t.Fatalf("no clean stop logged:\n%s", r.p.out.String())
+			}
+		})
+	}
+}
+
+// A second signal ends the stop at once, in either phase: SIGTERM twice
+// during the delay, SIGINT after SIGTERM while a request is in flight.
+func TestShutdownSecondSignal(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the binary")
+	}
+	t.Run("SIGTERM twice during the delay", func(t *testing.T) {
+		blue, green := newHoldApp(t, "blue"), newHoldApp(t, "green")
+		r := newReplica(t, blue.srv.URL, green.srv.URL, "BLUEGREEN_SHUTDOWN_DELAY=60s")
+		r.start()
+		r.signal(syscall.SIGTERM)
+		r.waitLog(logDelay)
+		sent := time.Now()
+		r.signal(syscall.SIGTERM)
+		if code := r.p.exitCode(t, 5*time.Second); code != 0 {
+			t.Fatalf("exit %d", code)
+		}
+		t.Logf("exited %s after the second SIGTERM", time.Since(sent).Round(time.Millisecond))
+		if !strings.Contains(r.p.out.String(), logAtOnce) {
+			t.Fatalf("output:\n%s", r.p.out.String())
+		}
+	})
+	t.Run("SIGINT after SIGTERM while draining", func(t *testing.T) {
+		blue, green := newHoldApp(t, "blue"), newHoldApp(t, "green")
+		r := newReplica(t, blue.srv.URL, green.srv.URL, "BLUEGREEN_SHUTDOWN_DELAY=0s", "BLUEGREEN_DRAIN_TIMEOUT=60s")
+		r.start()
+		busy := dialRaw(t, r.pub)
+		fmt.Fprint(busy.nc, "GET /hold HTTP/1.1\r\nHost: test\r\n\r\n")
+		<-blue.entered
+		r.signal(syscall.SIGTERM)
+		r.waitLog(logDrain)
+		r.signal(syscall.SIGINT)
+		if code := r.p.exitCode(t, 5*time.Second); code != 0 {
+			t.Fatalf("exit %d", code)
+		}
+		if _, _, err := busy.read(); err == nil {
+			t.Fatal("the held request got an answer; want it cut")
+		}
+	})
+}
+
+// load runs GET / from n keep-alive clients against url until stop is
+// closed and counts the outcomes. A request fails on any error or any
+// answer but 200 from the expected colour.
+type load struct {
+	ok, failed, refused atomic.Int64
+	mu                  sync.Mutex
+	errs                map[string]int
+	wg                  sync.WaitGroup
+}
+
+func startLoad(url string, n int, stop <-chan struct{}, want string) *load {
+	l := &load{errs: map[string]int{}}
+	for range n {
+		l.wg.Go(func() {
+			tr := &http.Transport{MaxIdleConnsPerHost: 1}
+			defer tr.CloseIdleConnections()
+			c := &http.Client{Transport: tr, Timeout: 10 * time.Second}
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				res, err := c.Get(url)
+				if err != nil {
+					if errors.Is(err, syscall.ECONNREFUSED) {
+						l.refused.Add(1)
+						continue
+					}
+					l.fail(err.Error())
+					continue
+				}
+				b, err := io.ReadAll(res.Body)
+				res.Body.Close()
+				if err != nil || res.StatusCode != 200 || string(b) != want {
+					l.fail(fmt.Sprintf("%d %q %v", res.StatusCode, b, err))
+					continue
+				}
+				l.ok.Add(1)
+			}
+		})
+	}
+	return l
+}
+
+func (l *load) fail(why string) {
+	l.failed.Add(1)
+	l.mu.Lock()
+	l.errs[why]++
+	l.mu.Unlock()
+}
+
+func (l *load) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return fmt.Sprintf("%d ok, %d failed, %d refused at connect; failures: %v", l.ok.Load(), l.failed.Load(), l.refused.Load(), l.errs)
+}
+
+// SIGTERM under load with no balancer in front: nothing that reached the
+// proxy fails. Once the listener has closed after the delay, new
+// connections are refused (there is nowhere else to go), which the clients
+// see at connect; a request already sent is never lost.
+func TestShutdownUnderLoad(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the binary")
+	}
+	blue, green := newHoldApp(t, "blue"), newHoldApp(t, "green")
+	r := newReplica(t, blue.srv.URL, green.srv.URL, "BLUEGREEN_SHUTDOWN_DELAY=1s", "BLUEGREEN_DRAIN_TIMEOUT=5s")
+	r.start()
+	stop := make(chan struct{})
+	l := startLoad("http://"+r.pub+"/", 32, stop, "color=blue\n")
+	for l.ok.Load() < 2000 {
+		time.Sleep(10 * time.Millisecond)
+	}
+	r.signal(syscall.SIGTERM)
+	r.waitLog(logDelay)
+	okAtSignal := l.ok.Load()
+	r.waitLog(logDrain)
+	okInDelay := l.ok.Load() - okAtSignal
+	if code := r.p.exitCode(t, 10*time.Second); code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+	close(stop)
+	l.wg.Wait()
+	t.Logf("SIGTERM under load, no balancer: %s; %d answered during the 1s delay", l, okInDelay)
+	if l.failed.Load() != 0 {
+		t.Fatalf("failed requests: %s", l)
+	}
+	if okInDelay == 0 {
+		t.Fatal("nothing served during the delay")
+	}
+}
