@@ -40,6 +40,7 @@ type Server struct {
 
 	shutdown atomic.Bool
 	closed   atomic.Bool // Close was called: connections are cut, not drained
+	noKeep   atomic.Bool // EndKeepAlives was called (proxy/shutdown.go)
 	mu       sync.Mutex
 	lns      map[net.Listener]struct{}
 	conns    map[*fconn]struct{}
@@ -398,7 +399,7 @@ func (s *Server) forward(c *fconn, x *exchange, pool *Pool, b *Backend, start ti
 // read) on it; an unread body also makes the close linger.
 func (s *Server) keepAfterError(c *fconn, req *head, bodyStarted bool) bool {
 	c.linger = req.contentLength > 0 && !bodyStarted
-	return req.contentLength <= 0 && !req.closeConn && !s.shutdown.Load()
+	return req.contentLength <= 0 && !req.closeConn && s.keepAlive()
 }
 
 func retryableFast(req *head, kind string) bool {
@@ -593,7 +594,7 @@ func (s *Server) relay(c *fconn, x *exchange, uc *upConn, pool *Pool, b *Backend
 		}
 	}
 	upKeep := !res.closeConn && !res.http10 && framing != bodyUntilClose
-	keep = !req.closeConn && framing != bodyUntilClose && !s.shutdown.Load()
+	keep = !req.closeConn && framing != bodyUntilClose && s.keepAlive()
 	c.writeHead(res, framing == bodyChunked, !res.hasDate, !keep)
 	uc.cr.discard(res.end)
 

@@ -177,7 +177,7 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, version string, re
 	pub := &proxy.Server{
 		Router: router,
 		Fallback: &http.Server{
-			Handler:           router,
+			Handler:           nil, // set below: the router, ending keep-alives on request (shutdown.go)
 			ReadHeaderTimeout: cfg.ReadHeaderTimeout,
 			IdleTimeout:       120 * time.Second,
 			MaxHeaderBytes:    64 << 10,
@@ -186,6 +186,7 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, version string, re
 		ReadHeaderTimeout: cfg.ReadHeaderTimeout,
 		IdleTimeout:       120 * time.Second,
 	}
+	pub.Fallback.Handler = pub.EndKeepAlivesHandler(router)
 	adm := &http.Server{Handler: admHandler, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 60 * time.Second, ErrorLog: errLog}
 
 	bg, stopBG := context.WithCancel(context.WithoutCancel(ctx))

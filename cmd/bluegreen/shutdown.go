@@ -87,6 +87,10 @@ type shutdown struct {
 func (s shutdown) run(failed bool) {
 	start := time.Now()
 	s.notReady()
+	// Busy keep-alive connections end with their next response, so their
+	// clients reconnect through the load balancer, which stops choosing
+	// this replica within the delay.
+	s.pub.EndKeepAlives()
 	if s.delay > 0 && !failed {
 		s.log.Info("shutting down: /readyz answers 503; still serving for the shutdown delay",
 			"shutdown_delay", s.delay.String(), "drain_timeout", s.drain.String())
