@@ -341,7 +341,7 @@ func (s *Server) serveRequest(c *fconn, x *exchange, start time.Time) bool {
 func (s *Server) forward(c *fconn, x *exchange, pool *Pool, b *Backend, start time.Time) (int, *Backend, bool, bool) {
 	rt := s.Router
 	req := &x.req
-	attempt, fresh := b, false
+	attempt, fresh, failedOver := b, false, false
 	for try := 0; ; try++ {
 		uc, err := attempt.conns.get(fresh)
 		bodyStarted := false
@@ -366,7 +366,7 @@ func (s *Server) forward(c *fconn, x *exchange, pool *Pool, b *Backend, start ti
 		}
 		status, kind := classify(context.Background(), err)
 		attempt.errs.inc(kind)
-		attempt.failed()
+		attempt.failedAttempt(kind)
 		if try == 0 && !bodyStarted && retryableFast(req, kind) {
 			alt := pool.pickOther(attempt)
 			if alt == nil && kind != KindDial {
@@ -377,6 +377,10 @@ func (s *Server) forward(c *fconn, x *exchange, pool *Pool, b *Backend, start ti
 				attempt = alt
 				continue
 			}
+		}
+		if np, nb := rt.failoverFast(attempt.pool, kind, bodyStarted || failedOver); nb != nil {
+			pool, attempt, fresh, failedOver = np, nb, false, true
+			continue
 		}
 		pool.metrics.count(req.method, status)
 		path := x.path
@@ -574,8 +578,9 @@ const (
 func (s *Server) relay(c *fconn, x *exchange, uc *upConn, pool *Pool, b *Backend, start time.Time) (code int, stream, keep bool) {
 	req, res := &x.req, &x.res
 	code = res.code
+	b.answered(code)
 	if code >= 500 {
-		b.failed()
+		b.failedAnswer()
 	} else {
 		b.succeeded()
 	}

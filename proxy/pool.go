@@ -52,6 +52,7 @@ type Backend struct {
 	conns    *upstream // the fast path's connections
 	errs     *upstreamErrorCounters
 	out      outlierState
+	refusal  // the data plane's evidence (colorfail.go)
 }
 
 // URL returns the instance's base URL.

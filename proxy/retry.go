@@ -40,12 +40,12 @@ func (t *backendTransport) RoundTrip(req *http.Request) (*http.Response, error) 
 	}
 	kind := b.attemptFailed(req.Context(), err)
 	if !retryable(req, kind) {
-		return nil, &attemptError{b: b, kind: kind, err: err}
+		return t.failover(req, b, kind, err)
 	}
 	alt := b.pool.pickOther(b)
 	if alt == nil {
 		if kind == KindDial {
-			return nil, &attemptError{b: b, kind: kind, err: err}
+			return t.failover(req, b, kind, err)
 		}
 		// A reset on a kept-alive connection: a fresh one to the same
 		// instance is the next best thing.
@@ -60,13 +60,14 @@ func (t *backendTransport) RoundTrip(req *http.Request) (*http.Response, error) 
 		return res, nil
 	}
 	kind = alt.attemptFailed(req.Context(), err)
-	return nil, &attemptError{b: alt, kind: kind, err: err}
+	return t.failover(req, alt, kind, err)
 }
 
 // observe feeds an answer to outlier detection: 5xx is a failure.
 func (b *Backend) observe(res *http.Response) {
+	b.answered(res.StatusCode)
 	if res.StatusCode >= 500 {
-		b.failed()
+		b.failedAnswer()
 		return
 	}
 	b.succeeded()
@@ -80,7 +81,7 @@ func (b *Backend) attemptFailed(ctx context.Context, err error) string {
 		return ""
 	}
 	b.errs.inc(kind)
-	b.failed()
+	b.failedAttempt(kind)
 	return kind
 }
 

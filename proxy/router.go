@@ -63,6 +63,13 @@ type Config struct {
 	TrustedProxies []netip.Prefix
 	// StripPreviewHeader removes PreviewHeader before forwarding.
 	StripPreviewHeader bool
+	// ColorFailing, when set, is called synchronously on the request path
+	// when every instance of the active colour in rotation refuses
+	// connections since its last answer, or is failing by outlier
+	// detection (see colorfail.go). It may switch the active colour; a
+	// request that was refused (nothing sent) is then retried on the new
+	// active colour. It must be safe for concurrent use.
+	ColorFailing func(color, reason string)
 }
 
 // snapshot is one immutable routing decision. A request loads it once.
@@ -88,6 +95,7 @@ type Router struct {
 	stripPreview  bool
 	transport     http.RoundTripper
 	setMu         sync.Mutex // serialises SetActive
+	colorFailing  colorFailingFunc
 
 	// The fast path (see Server).
 	fast              bool
@@ -135,6 +143,7 @@ func NewRouter(cfg Config) (*Router, error) {
 		trusted:       cfg.TrustedProxies,
 		transport:     cfg.Transport,
 		stripPreview:  cfg.StripPreviewHeader && cfg.PreviewHeader != "",
+		colorFailing:  cfg.ColorFailing,
 
 		previewLower:      strings.ToLower(cfg.PreviewHeader),
 		respHeaderTimeout: cfg.Upstream.ResponseHeaderTimeout,

@@ -112,6 +112,10 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, version string, re
 	if cfg.Preview {
 		pcfg.PreviewHeader, pcfg.PreviewCookie = cfg.PreviewHeader, cfg.PreviewCookie
 	}
+	// The data plane's evidence that the new colour is gone rolls back at
+	// once (rollout/evidence.go); ctl is set before traffic flows.
+	var ctl *rollout.Controller
+	pcfg.ColorFailing = func(color, reason string) { ctl.DataPlaneEvidence(color, reason) }
 	router, err := proxy.NewRouter(pcfg)
 	if err != nil {
 		return startupError{err}
@@ -119,7 +123,6 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, version string, re
 
 	// The controller learns of health changes through the same reporter
 	// that marks instances up and down in the pools.
-	var ctl *rollout.Controller
 	hcfg := health.Config{Path: cfg.HealthPath, Interval: cfg.HealthInterval, Timeout: cfg.HealthTimeout, Rise: cfg.HealthRise, Fall: cfg.HealthFall}
 	probeClient := &http.Client{Transport: proxy.NewTransport(proxy.TransportConfig{MaxIdleConnsPerHost: 2})}
 	hv := checkers{}

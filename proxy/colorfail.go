@@ -1,0 +1,165 @@
+package proxy
+
+import (
+	"fmt"
+	"net/http"
+	"sync/atomic"
+)
+
+// The data plane's evidence that a colour cannot serve. An instance that
+// refused a connection (a dial error: nothing was sent) is marked refusing
+// until it answers again. When every instance of the active colour that is
+// in rotation (up by its probes) is refusing, or every one of them is
+// failing by outlier detection (ejected, or at the failure count that
+// ejects), the Router calls Config.ColorFailing synchronously. The callback
+// may switch the active colour (an auto-rollback); a request whose attempt
+// was refused, so that nothing of it reached an instance, is then sent to
+// the new active colour instead of failing.
+
+// colorFailingFunc is Config.ColorFailing.
+type colorFailingFunc = func(color, reason string)
+
+// refusal is an instance's evidence marks, embedded in Backend: refusing
+// is set by a refused connection and cleared by any answer; suspect is set
+// when outlier detection counts it failing (ejected, or at the failure
+// count that ejects) and cleared by an answer below 500.
+type refusal struct{ refusing, suspect atomic.Bool }
+
+// failedAttempt records an attempt that got no answer (kind says why).
+func (b *Backend) failedAttempt(kind string) {
+	if kind == KindDial && !b.refusing.Load() && !b.refusing.Swap(true) {
+		b.pool.log.Warn("instance refuses connections", "color", b.pool.color, "instance", b.name)
+	}
+	b.failed()
+	b.markSuspect()
+}
+
+// failedAnswer records a 5xx answer: a failure for outlier detection,
+// whose state may now say the whole colour is failing.
+func (b *Backend) failedAnswer() {
+	b.failed()
+	if b.markSuspect() {
+		b.rt.failover(b.pool, KindOther)
+	}
+}
+
+// markSuspect sets suspect when outlier detection counts b failing, and
+// reports whether it is set.
+func (b *Backend) markSuspect() bool {
+	p := b.pool
+	if p.outlier.consecutive == 0 {
+		return false
+	}
+	if b.out.ejected.Load() || b.out.fails.Load() >= p.outlier.consecutive {
+		if !b.suspect.Load() {
+			b.suspect.Store(true)
+		}
+		return true
+	}
+	return b.suspect.Load()
+}
+
+// answered clears the marks an answer with status code disproves. Costs
+// one or two atomic loads on the request path.
+func (b *Backend) answered(code int) {
+	if b.refusing.Load() {
+		b.refusing.Store(false)
+	}
+	if code < 500 && b.suspect.Load() {
+		b.suspect.Store(false)
+	}
+}
+
+// failing reports whether the data plane has evidence that p cannot serve,
+// and what it is. A colour with no instance in rotation is the health
+// checker's business (it answers 503 and the probe-driven auto-rollback
+// acts), not evidence here.
+func (p *Pool) failing() (bool, string) {
+	inRotation, refusing, outliers := 0, 0, 0
+	for _, b := range p.backends {
+		if !b.up.Load() {
+			continue
+		}
+		inRotation++
+		if b.refusing.Load() {
+			refusing++
+		}
+		if b.suspect.Load() {
+			outliers++
+		}
+	}
+	switch {
+	case inRotation == 0:
+		return false, ""
+	case refusing == inRotation:
+		return true, fmt.Sprintf("every %s instance in rotation (%d) refused connections since its last answer", p.color, inRotation)
+	case outliers == inRotation:
+		return true, fmt.Sprintf("every %s instance in rotation (%d) is failing by outlier detection", p.color, inRotation)
+	}
+	return false, ""
+}
+
+// failover is called after an attempt on p failed with kind. When p is
+// the active colour and the evidence says it cannot serve, it reports to
+// Config.ColorFailing and returns the active pool after that call if it
+// changed (the caller may then send an unsent request there), else nil.
+func (rt *Router) failover(p *Pool, kind string) *Pool {
+	if rt.colorFailing == nil || kind == "" {
+		return nil
+	}
+	if kind == KindDial || p.outlier.consecutive > 0 {
+		if rt.snap.Load().active != p {
+			return nil // preview traffic, or a switch already happened: nothing to report
+		}
+		bad, why := p.failing()
+		if !bad {
+			return nil
+		}
+		rt.log.Debug("data plane: the active colour is failing", "color", p.color, "evidence", why)
+		rt.colorFailing(p.color, why)
+		if now := rt.snap.Load().active; now != p {
+			return now
+		}
+	}
+	return nil
+}
+
+// failoverFast is failover for the fast path: it returns the new active
+// pool and an instance of it when the request, refused so that nothing of
+// it was sent (and not sent anywhere yet: sent is false), may go there.
+func (rt *Router) failoverFast(p *Pool, kind string, sent bool) (*Pool, *Backend) {
+	np := rt.failover(p, kind)
+	if np == nil || kind != KindDial || sent {
+		return nil, nil
+	}
+	nb := np.Pick()
+	if nb == nil {
+		return nil, nil
+	}
+	np.metrics.retried()
+	return np, nb
+}
+
+// failover is the net/http path's end of a failed request: it reports the
+// evidence and, when the active colour changed and the request was refused
+// and may be sent again, sends it once to an instance of the new colour.
+func (t *backendTransport) failover(req *http.Request, last *Backend, kind string, err error) (*http.Response, error) {
+	np := t.b.rt.failover(last.pool, kind)
+	if np == nil || kind != KindDial || !retryable(req, kind) {
+		return nil, &attemptError{b: last, kind: kind, err: err}
+	}
+	nb := np.Pick()
+	if nb == nil {
+		return nil, &attemptError{b: last, kind: kind, err: err}
+	}
+	retry := req.Clone(req.Context())
+	retry.URL = retarget(req.URL, t.b.url, nb.url)
+	np.metrics.retried()
+	res, err := t.base.RoundTrip(retry)
+	if err == nil {
+		nb.observe(res)
+		return res, nil
+	}
+	kind = nb.attemptFailed(req.Context(), err)
+	return nil, &attemptError{b: nb, kind: kind, err: err}
+}
