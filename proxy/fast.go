@@ -604,8 +604,10 @@ func (s *Server) relay(c *fconn, x *exchange, uc *upConn, pool *Pool, b *Backend
 	uc.cr.discard(res.end)
 
 	stream = res.sse && framing != bodyLength
+	var fs *fastStream // drainend.go
 	if stream {
-		st := pool.streams.add(streamCloser{c.nc, uc.nc})
+		fs = &fastStream{client: c.nc, instance: uc.nc}
+		st := pool.streams.add(fs)
 		defer pool.streams.remove(st)
 	}
 	var err error
@@ -616,6 +618,12 @@ func (s *Server) relay(c *fconn, x *exchange, uc *upConn, pool *Pool, b *Backend
 		err = s.copyChunked(c, uc)
 	case bodyUntilClose:
 		err = s.copyUntilClose(c, uc)
+	}
+	if fs.endedAtBoundary(err) {
+		c.out.writeString("0\r\n\r\n") // a clean end: the client reconnects
+		c.out.flush()
+		uc.close()
+		return code, stream, false
 	}
 	c.out.flush()
 	if err != nil || c.out.err != nil {
@@ -632,13 +640,6 @@ func (s *Server) relay(c *fconn, x *exchange, uc *upConn, pool *Pool, b *Backend
 		uc.close()
 	}
 	return code, stream, keep
-}
-
-type streamCloser struct{ a, b net.Conn }
-
-func (s streamCloser) Close() error {
-	s.b.Close()
-	return s.a.Close()
 }
 
 // writeHead writes a response head: the status line and the instance's
@@ -779,7 +780,7 @@ func (s *Server) copyChunked(c *fconn, uc *upConn) error {
 	for c.out.err == nil {
 		ln, err := s.line(c, uc)
 		if err != nil {
-			return err
+			return errChunkBoundary{err}
 		}
 		size, ok := parseChunkSize(ln[:len(ln)-2])
 		if !ok {

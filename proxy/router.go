@@ -259,9 +259,10 @@ func (rt *Router) CloseIdleConnections() {
 // Transport was given.
 func (rt *Router) FastPath() bool { return rt.fast }
 
-// CloseStreams closes every upgraded connection and event stream at once;
-// used at the end of a graceful shutdown, since http.Server.Shutdown does not
-// wait for hijacked connections. It returns how many were closed.
+// CloseStreams ends every upgraded connection and event stream at once
+// (cleanly, see drainend.go: they stay counted by Streams until they have
+// ended); used in a graceful shutdown, since http.Server.Shutdown does not
+// wait for hijacked connections. It returns how many were ended.
 func (rt *Router) CloseStreams() int {
 	n := 0
 	for _, p := range rt.pools {
@@ -462,10 +463,10 @@ func (b *Backend) modifyResponse(res *http.Response) error {
 	p.metrics.count(res.Request.Method, res.StatusCode)
 	if res.StatusCode == http.StatusSwitchingProtocols {
 		if rwc, ok := res.Body.(io.ReadWriteCloser); ok {
-			res.Body = p.streams.trackConn(rwc)
+			res.Body = p.streams.trackWebSocket(rwc) // drainend.go
 		}
 	} else if res.ContentLength < 0 && strings.HasPrefix(res.Header.Get("Content-Type"), "text/event-stream") {
-		res.Body = p.streams.trackBody(res.Body)
+		res.Body = p.streams.trackEventStream(res.Body)
 	}
 	return nil
 }

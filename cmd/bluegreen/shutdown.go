@@ -106,12 +106,18 @@ func (s shutdown) run(failed bool) {
 	s.log.Info("shutting down: no new connections; closing keep-alive connections after their current response",
 		"drain_timeout", s.drain.String())
 	// Long-lived connections never finish by themselves: they are ended
-	// now, so their clients reconnect elsewhere.
-	if n := s.router.CloseStreams(); n > 0 {
-		s.log.Info("closed long-lived connections", "connections", n)
-	}
+	// now (WebSockets with close 1001 at a frame boundary, streams with
+	// their last chunk), so their clients reconnect elsewhere.
 	ctx, cancel := s.bounded(s.drain)
 	defer cancel()
+	if n := s.router.CloseStreams(); n > 0 {
+		s.log.Info("ended long-lived connections", "connections", n)
+		// They have got their close frame or last chunk; wait a moment for
+		// the clients to take it, not for the whole drain timeout.
+		wctx, wcancel := context.WithTimeout(ctx, 2*time.Second)
+		s.waitStreams(wctx)
+		wcancel()
+	}
 	if err := s.pub.Shutdown(ctx); err != nil {
 		select {
 		case <-s.hard:
@@ -127,6 +133,28 @@ func (s shutdown) run(failed bool) {
 		s.adm.Close()
 	}
 	s.log.Info("shut down", "took", time.Since(start).Round(time.Millisecond).String())
+}
+
+// waitStreams waits until the ended long-lived connections are gone (an
+// upgraded connection is not a request Shutdown waits for), or ctx ends.
+func (s shutdown) waitStreams(ctx context.Context) {
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		open := 0
+		for _, c := range colors {
+			n, _ := s.router.Streams(c)
+			open += n
+		}
+		if open == 0 {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
 }
 
 // bounded returns a context that ends after d or at a second signal.
