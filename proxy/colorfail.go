@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"fmt"
-	"net/http"
 	"sync/atomic"
 )
 
@@ -124,42 +123,18 @@ func (rt *Router) failover(p *Pool, kind string) *Pool {
 	return nil
 }
 
-// failoverFast is failover for the fast path: it returns the new active
-// pool and an instance of it when the request, refused so that nothing of
-// it was sent (and not sent anywhere yet: sent is false), may go there.
-func (rt *Router) failoverFast(p *Pool, kind string, sent bool) (*Pool, *Backend) {
+// failoverTarget is where a request whose attempt on p failed with kind
+// goes next when the evidence has switched the active colour: an instance
+// of the new active colour, if the request was refused and nothing of it
+// was sent (a.bodySent false). Otherwise nil.
+func (rt *Router) failoverTarget(p *Pool, kind string, a attempt) *Backend {
 	np := rt.failover(p, kind)
-	if np == nil || kind != KindDial || sent {
-		return nil, nil
+	if np == nil || kind != KindDial || a.bodySent {
+		return nil
 	}
 	nb := np.Pick()
-	if nb == nil {
-		return nil, nil
+	if nb != nil {
+		np.metrics.retried()
 	}
-	np.metrics.retried()
-	return np, nb
-}
-
-// failover is the net/http path's end of a failed request: it reports the
-// evidence and, when the active colour changed and the request was refused
-// and may be sent again, sends it once to an instance of the new colour.
-func (t *backendTransport) failover(req *http.Request, last *Backend, kind string, err error) (*http.Response, error) {
-	np := t.b.rt.failover(last.pool, kind)
-	if np == nil || kind != KindDial || !retryable(req, kind) {
-		return nil, &attemptError{b: last, kind: kind, err: err}
-	}
-	nb := np.Pick()
-	if nb == nil {
-		return nil, &attemptError{b: last, kind: kind, err: err}
-	}
-	retry := req.Clone(req.Context())
-	retry.URL = retarget(req.URL, t.b.url, nb.url)
-	np.metrics.retried()
-	res, err := t.base.RoundTrip(retry)
-	if err == nil {
-		nb.observe(res)
-		return res, nil
-	}
-	kind = nb.attemptFailed(req.Context(), err)
-	return nil, &attemptError{b: nb, kind: kind, err: err}
+	return nb
 }

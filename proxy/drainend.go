@@ -3,7 +3,6 @@ package proxy
 import (
 	"errors"
 	"io"
-	"net"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -279,37 +278,4 @@ func (b *eventBody) End() {
 func (b *eventBody) Close() error {
 	b.once.Do(func() { b.set.remove(b.st) })
 	return b.ReadCloser.Close()
-}
-
-// fastStream is an event stream relayed by the fast path. End sets a read
-// deadline on the instance connection, which wakes the relay; if it was
-// waiting for the next chunk's size line (a chunk boundary), the relay
-// ends the response with the last chunk. Close cuts both connections.
-type fastStream struct {
-	client, instance net.Conn
-	ending           atomic.Bool
-}
-
-func (s *fastStream) End() {
-	s.ending.Store(true)
-	_ = s.instance.SetReadDeadline(time.Now())
-	time.AfterFunc(endGrace, func() { _ = s.Close() })
-}
-
-func (s *fastStream) Close() error {
-	s.instance.Close()
-	return s.client.Close()
-}
-
-// errChunkBoundary wraps an error met while reading a chunk-size line:
-// everything before it was whole chunks.
-type errChunkBoundary struct{ error }
-
-func (e errChunkBoundary) Unwrap() error { return e.error }
-
-// endedAtBoundary reports whether err is the fast stream's End at a chunk
-// boundary, so the relay may write the last chunk.
-func (s *fastStream) endedAtBoundary(err error) bool {
-	var be errChunkBoundary
-	return s != nil && s.ending.Load() && errors.As(err, &be)
 }

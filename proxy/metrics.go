@@ -19,6 +19,7 @@ type Metrics struct {
 	draining       *prometheus.GaugeVec
 	retries        *prometheus.CounterVec
 	ejections      *prometheus.CounterVec
+	clientErrors   [len(clientKinds)]prometheus.Counter
 }
 
 // DurationBuckets are the request_duration_seconds buckets: finer than the
@@ -58,7 +59,14 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Help: "Times passive outlier detection took an instance out of balancing after consecutive failures.",
 		}, []string{"color", "instance"}),
 	}
-	for _, c := range []prometheus.Collector{m.requests, m.duration, m.inflight, m.upstreamErrors, m.draining, m.retries, m.ejections} {
+	clientErrors := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "bluegreen_client_errors_total",
+		Help: "Requests that failed by the client's doing, by kind: malformed (a malformed request or body, 400), timeout (the client stopped sending its body, 408), gone (the client left before its answer, 499). Never counted against an instance.",
+	}, []string{"kind"})
+	for i, k := range clientKinds {
+		m.clientErrors[i] = clientErrors.WithLabelValues(k)
+	}
+	for _, c := range []prometheus.Collector{m.requests, m.duration, m.inflight, m.upstreamErrors, m.draining, m.retries, m.ejections, clientErrors} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("proxy metrics: %w", err)
 		}
@@ -200,4 +208,17 @@ func (cm *colorMetrics) ejectionCounter(instance string) prometheus.Counter {
 		return nil
 	}
 	return cm.ejects.WithLabelValues(cm.color, instance)
+}
+
+// clientError counts a request that failed by the client's doing.
+func (m *Metrics) clientError(kind string) {
+	if m == nil {
+		return
+	}
+	for i, k := range clientKinds {
+		if k == kind {
+			m.clientErrors[i].Inc()
+			return
+		}
+	}
 }

@@ -18,6 +18,8 @@ import (
 	"net/http/httputil"
 	"net/url"
 	"sync/atomic"
+
+	"github.com/cryoprotect/bluegreen/proxy/h1"
 )
 
 // Balance names a policy for choosing among the healthy instances of a colour.
@@ -49,7 +51,7 @@ type Backend struct {
 	up       atomic.Bool
 	inflight atomic.Int64
 	rp       *httputil.ReverseProxy
-	conns    *upstream // the fast path's connections
+	conns    *h1.Upstream // the fast codec's connections
 	errs     *upstreamErrorCounters
 	out      outlierState
 	refusal  // the data plane's evidence (colorfail.go)

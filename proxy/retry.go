@@ -1,31 +1,32 @@
 package proxy
 
 import (
-	"context"
 	"errors"
+	"io"
 	"net/http"
 	"net/url"
 	"strings"
+	"time"
+
+	"github.com/cryoprotect/bluegreen/proxy/h1"
 )
 
-// backendTransport is the RoundTripper of one Backend's reverse proxy. It
-// feeds every attempt's outcome to the error counters and outlier detection
-// and retries once, on another available instance of the same colour, a
-// request that is safe to send again: an idempotent method without a body
-// whose attempt failed before any response byte arrived (the connection was
-// refused, or a connection was reset or closed before the answer). The
-// success path allocates nothing.
+// backendTransport is the RoundTripper of one Backend's reverse proxy: the
+// net/http codec's attempt loop. Every failed attempt goes to
+// Pool.attemptFailed, which judges it, charges the instance when it is the
+// instance's fault and decides the retry (once, on another available
+// instance of the same colour). The success path allocates nothing.
 type backendTransport struct {
 	b    *Backend
 	base http.RoundTripper
 }
 
 // attemptError is the last failed attempt of a request: the instance it went
-// to and the error kind, already counted.
+// to and the verdict, already counted.
 type attemptError struct {
-	b    *Backend
-	kind string
-	err  error
+	b   *Backend
+	v   verdict
+	err error
 }
 
 func (e *attemptError) Error() string { return e.err.Error() }
@@ -35,76 +36,72 @@ func (t *backendTransport) RoundTrip(req *http.Request) (*http.Response, error) 
 	b := t.b
 	res, err := t.base.RoundTrip(req)
 	if err == nil {
-		b.observe(res)
+		b.observe(res.StatusCode)
 		return res, nil
 	}
-	kind := b.attemptFailed(req.Context(), err)
-	if !retryable(req, kind) {
-		return t.failover(req, b, kind, err)
-	}
-	alt := b.pool.pickOther(b)
-	if alt == nil {
-		if kind == KindDial {
-			return t.failover(req, b, kind, err)
+	body, _ := req.Context().Value(clientBodyKey{}).(*clientBody)
+	for try := 0; ; try++ {
+		if body != nil && body.err != nil {
+			err = body.err // the client's body failed the attempt
 		}
-		// A reset on a kept-alive connection: a fresh one to the same
-		// instance is the next best thing.
-		alt = b
+		a := attempt{method: req.Method, hasBody: body != nil, bodySent: body != nil && body.started, firstTry: try == 0}
+		v, next, _ := b.pool.attemptFailed(req.Context(), b, err, a)
+		if next == nil {
+			return nil, &attemptError{b: b, v: v, err: err}
+		}
+		retry := req.Clone(req.Context())
+		if body != nil {
+			retry.Body = body
+		}
+		retry.URL = retarget(req.URL, b.url, next.url)
+		b = next
+		res, err = t.base.RoundTrip(retry)
+		if err == nil {
+			b.observe(res.StatusCode)
+			return res, nil
+		}
 	}
-	retry := req.Clone(req.Context())
-	retry.URL = retarget(req.URL, b.url, alt.url)
-	b.pool.metrics.retried()
-	res, err = t.base.RoundTrip(retry)
-	if err == nil {
-		alt.observe(res)
-		return res, nil
-	}
-	kind = alt.attemptFailed(req.Context(), err)
-	return t.failover(req, alt, kind, err)
 }
 
-// observe feeds an answer to outlier detection: 5xx is a failure.
-func (b *Backend) observe(res *http.Response) {
-	b.answered(res.StatusCode)
-	if res.StatusCode >= 500 {
-		b.failedAnswer()
-		return
-	}
-	b.succeeded()
+// clientBodyKey finds a request's clientBody in its context.
+type clientBodyKey struct{}
+
+// clientBody is a request body on the net/http codec: it gives the client
+// ClientBodyTimeout between two reads and remembers a failure on the
+// client's side, so the pipeline never charges it to an instance. Close
+// does not close the client's body: a request not sent yet may go again.
+type clientBody struct {
+	rc      io.ReadCloser
+	ctl     *http.ResponseController
+	timeout time.Duration
+	started bool // a read was attempted: the body cannot be sent again
+	done    bool
+	err     *h1.ClientError
 }
 
-// attemptFailed counts a failed attempt and returns its kind; "" when the
-// client went away, which is nobody's failure.
-func (b *Backend) attemptFailed(ctx context.Context, err error) string {
-	_, kind := classify(ctx, err)
-	if kind == "" {
-		return ""
+func (cb *clientBody) Read(p []byte) (int, error) {
+	if cb.err != nil {
+		return 0, cb.err
 	}
-	b.errs.inc(kind)
-	b.failedAttempt(kind)
-	return kind
+	if cb.done {
+		return 0, io.EOF
+	}
+	cb.started = true
+	_ = cb.ctl.SetReadDeadline(time.Now().Add(cb.timeout))
+	n, err := cb.rc.Read(p)
+	if err == io.EOF {
+		cb.done = true
+		_ = cb.ctl.SetReadDeadline(time.Time{})
+		return n, err
+	}
+	if err != nil {
+		cb.err = clientReadError(err)
+		return n, cb.err
+	}
+	return n, nil
 }
 
-// retryable reports whether a request whose attempt failed with kind may be
-// sent again: nothing of it was processed (refused connection) or it is
-// idempotent and the failure came before any response byte, and it has no
-// body that was consumed.
-func retryable(req *http.Request, kind string) bool {
-	return mayRetry(req.Method, req.Body != nil && req.Body != http.NoBody, kind)
-}
-
-// mayRetry is the retry policy of both paths: a refused connection or a
-// reset before any response byte, of an idempotent method without a body.
-func mayRetry(method string, hasBody bool, kind string) bool {
-	if kind != KindDial && kind != KindReset || hasBody {
-		return false
-	}
-	switch method {
-	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace, http.MethodPut, http.MethodDelete:
-		return true
-	}
-	return false
-}
+func (cb *clientBody) Close() error { return nil }
 
 // retarget moves the outgoing URL u, built for the instance at from, to the
 // instance at to, keeping the path below the instance's base path.

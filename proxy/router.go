@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httputil"
 	"net/netip"
@@ -15,6 +16,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/cryoprotect/bluegreen/proxy/h1"
 )
 
 // ColorConfig names a colour and its instances.
@@ -63,6 +66,10 @@ type Config struct {
 	TrustedProxies []netip.Prefix
 	// StripPreviewHeader removes PreviewHeader before forwarding.
 	StripPreviewHeader bool
+	// ClientBodyTimeout is the most time between two reads of a request
+	// body (as nginx's client_body_timeout); a client that stops sending
+	// longer gets 408 and the connection closes. Default 60s.
+	ClientBodyTimeout time.Duration
 	// ColorFailing, when set, is called synchronously on the request path
 	// when every instance of the active colour in rotation refuses
 	// connections since its last answer, or is failing by outlier
@@ -97,11 +104,12 @@ type Router struct {
 	setMu         sync.Mutex // serialises SetActive
 	colorFailing  colorFailingFunc
 
-	// The fast path (see Server).
+	metrics           *Metrics
+	clientBodyTimeout time.Duration
+
+	// The fast codec (see Server).
 	fast              bool
-	bufs              buffers
-	exchanges         exchangePool
-	date              dateCache
+	bufs              h1.Buffers
 	previewLower      string
 	respHeaderTimeout time.Duration
 	upstreamIdle      time.Duration
@@ -122,6 +130,9 @@ func NewRouter(cfg Config) (*Router, error) {
 	}
 	if cfg.RetryAfter <= 0 {
 		cfg.RetryAfter = 2 * time.Second
+	}
+	if cfg.ClientBodyTimeout <= 0 {
+		cfg.ClientBodyTimeout = 60 * time.Second
 	}
 	cfg.Upstream = cfg.Upstream.withDefaults()
 	fast := cfg.Transport == nil
@@ -144,6 +155,9 @@ func NewRouter(cfg Config) (*Router, error) {
 		transport:     cfg.Transport,
 		stripPreview:  cfg.StripPreviewHeader && cfg.PreviewHeader != "",
 		colorFailing:  cfg.ColorFailing,
+		metrics:       cfg.Metrics,
+
+		clientBodyTimeout: cfg.ClientBodyTimeout,
 
 		previewLower:      strings.ToLower(cfg.PreviewHeader),
 		respHeaderTimeout: cfg.Upstream.ResponseHeaderTimeout,
@@ -173,7 +187,8 @@ func NewRouter(cfg Config) (*Router, error) {
 			if u.Scheme != "http" || u.RawQuery != "" || u.User != nil || u.Fragment != "" {
 				fast = false
 			}
-			b.conns = newUpstream(u.Host, u.EscapedPath(), cfg.Upstream, &rt.bufs, cfg.Now)
+			b.conns = h1.NewUpstream(u.Host, u.EscapedPath(), cfg.Upstream.DialTimeout, cfg.Upstream.IdleConnTimeout,
+				cfg.Upstream.MaxIdleConnsPerHost, &rt.bufs, cfg.Now)
 			b.out.counter = cm.ejectionCounter(name)
 			b.rp = &httputil.ReverseProxy{
 				Rewrite:        b.rewrite,
@@ -249,7 +264,7 @@ func (rt *Router) CloseIdleConnections() {
 	}
 	for _, p := range rt.pools {
 		for _, b := range p.backends {
-			b.conns.closeIdle(false)
+			b.conns.CloseIdle(false)
 		}
 	}
 }
@@ -259,10 +274,9 @@ func (rt *Router) CloseIdleConnections() {
 // Transport was given.
 func (rt *Router) FastPath() bool { return rt.fast }
 
-// CloseStreams ends every upgraded connection and event stream at once
-// (cleanly, see drainend.go: they stay counted by Streams until they have
-// ended); used in a graceful shutdown, since http.Server.Shutdown does not
-// wait for hijacked connections. It returns how many were ended.
+// CloseStreams closes every upgraded connection and event stream at once;
+// used at the end of a graceful shutdown, since http.Server.Shutdown does not
+// wait for hijacked connections. It returns how many were closed.
 func (rt *Router) CloseStreams() int {
 	n := 0
 	for _, p := range rt.pools {
@@ -289,7 +303,8 @@ func (rt *Router) wantsPreview(r *http.Request) bool {
 
 func truthy(v string) bool { return v == "1" || strings.EqualFold(v, "true") }
 
-// ServeHTTP routes one request.
+// ServeHTTP runs the pipeline (pipeline.go) for one request of the
+// net/http codec.
 func (rt *Router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.Method == http.MethodConnect {
 		// Not a forward proxy: no tunnels to anywhere.
@@ -303,65 +318,36 @@ func (rt *Router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "400 bad request: the request target has no path", http.StatusBadRequest)
 		return
 	}
-	s := rt.snap.Load()
-	pool := s.active
-	if (rt.previewHeader != "" || rt.previewCookie != "") && rt.wantsPreview(r) {
-		pool = s.idle
+	pool := rt.route(rt.previewable() && rt.wantsPreview(r))
+	rec := &statusRecorder{ResponseWriter: w}
+	rec.o = outcome{pool: pool, method: r.Method, start: time.Now(), remote: r.RemoteAddr, longLived: longLived(r)}
+	o := &rec.o
+	if rt.access != nil {
+		o.path = r.URL.EscapedPath()
 	}
 	b := pool.Pick()
 	if b == nil {
-		rt.unavailable(w, r, pool)
+		rt.unavailable(w, pool)
+		o.status = http.StatusServiceUnavailable
+		rt.finish(o)
 		return
 	}
-	start := time.Now()
-	var rec *statusRecorder
-	if rt.access != nil {
-		rec = &statusRecorder{ResponseWriter: w}
-		w = rec
-	}
 	pool.begin(b)
+	o.b, o.inst = b, b
+	if r.Body != nil && r.Body != http.NoBody {
+		rec.body = &clientBody{rc: r.Body, ctl: http.NewResponseController(w), timeout: rt.clientBodyTimeout}
+		r.Body = rec.body
+		// The attempt loop finds it here: ReverseProxy hides it behind a
+		// wrapper that a failed attempt closes for good.
+		r = r.WithContext(context.WithValue(r.Context(), clientBodyKey{}, rec.body))
+	}
 	defer func() {
-		elapsed := pool.end(b, start, longLived(r))
-		if rec != nil {
-			rt.logAccess(r.Context(), r.Method, r.URL.Path, rec.status(), pool, b, elapsed, r.RemoteAddr)
+		if o.status == 0 {
+			o.status = rec.status()
 		}
+		rt.finish(o)
 	}()
-	b.rp.ServeHTTP(w, r)
-}
-
-// begin counts a request in flight on b, an instance of p.
-func (p *Pool) begin(b *Backend) {
-	b.inflight.Add(1)
-	if cm := p.metrics; cm != nil {
-		cm.inflight.Inc()
-	}
-}
-
-// end undoes begin and observes the request's duration, unless it was a
-// long-lived connection (an upgrade or an event stream). It returns the
-// duration.
-func (p *Pool) end(b *Backend, start time.Time, longLived bool) time.Duration {
-	b.inflight.Add(-1)
-	elapsed := time.Since(start)
-	if cm := p.metrics; cm != nil {
-		cm.inflight.Dec()
-		if !longLived {
-			cm.duration.Observe(elapsed.Seconds())
-		}
-	}
-	return elapsed
-}
-
-// logAccess writes one access-log record; rt.access must be set.
-func (rt *Router) logAccess(ctx context.Context, method, path string, status int, p *Pool, b *Backend, elapsed time.Duration, remote string) {
-	rt.access.LogAttrs(ctx, slog.LevelInfo, "request",
-		slog.String("method", method),
-		slog.String("path", path),
-		slog.Int("status", status),
-		slog.String("color", p.color),
-		slog.String("instance", b.name),
-		slog.Duration("duration", elapsed),
-		slog.String("remote", remote))
+	b.rp.ServeHTTP(rec, r)
 }
 
 // longLived reports requests whose duration is a connection's lifetime, not
@@ -374,8 +360,7 @@ func longLived(r *http.Request) bool {
 	return len(a) > 0 && strings.HasPrefix(a[0], "text/event-stream")
 }
 
-func (rt *Router) unavailable(w http.ResponseWriter, r *http.Request, p *Pool) {
-	p.metrics.count(r.Method, http.StatusServiceUnavailable)
+func (rt *Router) unavailable(w http.ResponseWriter, p *Pool) {
 	h := w.Header()
 	h.Set("Retry-After", rt.retryAfter)
 	h.Set("Content-Type", "text/plain; charset=utf-8")
@@ -388,26 +373,39 @@ func (rt *Router) unavailable(w http.ResponseWriter, r *http.Request, p *Pool) {
 // instance answers with.
 func unavailableBody(p *Pool) string { return "503 no healthy " + p.color + " instance\n" }
 
+// errorHandler answers a request whose attempts failed, with the verdict
+// the pipeline reached (attemptFailed) or, for a failure outside the
+// attempts, judge's.
 func (rt *Router) errorHandler(b *Backend) func(http.ResponseWriter, *http.Request, error) {
 	return func(w http.ResponseWriter, r *http.Request, err error) {
-		status, kind := classify(r.Context(), err)
-		b.pool.metrics.count(r.Method, status)
-		if kind == "" {
-			// The client went away; nobody reads an answer.
-			w.WriteHeader(http.StatusBadGateway)
-			return
-		}
+		var v verdict
 		inst := b
 		if ae := errAttempt(err); ae != nil {
-			inst = ae.b // counted by the transport already
+			v, inst = ae.v, ae.b
 		} else {
-			b.errs.inc(kind)
-			b.failed()
+			v = judge(r.Context(), err)
 		}
-		rt.log.Warn("upstream error", "color", b.pool.color, "instance", inst.name, "kind", kind, "method", r.Method, "path", r.URL.Path, "err", err)
+		rec, _ := w.(*statusRecorder)
+		if rec != nil {
+			if rec.body != nil && rec.body.err != nil {
+				v = clientVerdict(rec.body.err.Kind) // the body's failure came first
+			}
+			rec.o.fail(v, inst, err)
+			if rec.o.fault == instanceFault && rec.o.path == "" {
+				rec.o.path = r.URL.EscapedPath()
+			}
+		}
+		if v.status == 499 {
+			// Nobody reads an answer: close without one (as nginx does),
+			// not with the empty 200 net/http would send.
+			panic(http.ErrAbortHandler)
+		}
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		w.WriteHeader(status)
-		_, _ = io.WriteString(w, http.StatusText(status)+"\n")
+		if v.fault == clientFault {
+			w.Header().Set("Connection", "close")
+		}
+		w.WriteHeader(v.status)
+		_, _ = io.WriteString(w, http.StatusText(v.status)+"\n")
 	}
 }
 
@@ -460,7 +458,6 @@ func (rt *Router) trustedPeer(remoteAddr string) bool {
 
 func (b *Backend) modifyResponse(res *http.Response) error {
 	p := b.pool
-	p.metrics.count(res.Request.Method, res.StatusCode)
 	if res.StatusCode == http.StatusSwitchingProtocols {
 		if rwc, ok := res.Body.(io.ReadWriteCloser); ok {
 			res.Body = p.streams.trackWebSocket(rwc) // drainend.go
@@ -471,11 +468,13 @@ func (b *Backend) modifyResponse(res *http.Response) error {
 	return nil
 }
 
-// statusRecorder remembers the status for the access log. It unwraps so
+// statusRecorder remembers the status and carries the request's outcome. It unwraps so
 // http.ResponseController still reaches Flush and Hijack.
 type statusRecorder struct {
 	http.ResponseWriter
 	code int
+	o    outcome
+	body *clientBody // the request body, when there is one
 }
 
 func (s *statusRecorder) WriteHeader(code int) {
@@ -499,4 +498,9 @@ func (s *statusRecorder) status() int {
 		return http.StatusOK
 	}
 	return s.code
+}
+
+// serveNetHTTP serves ln with net/http only (the fast codec off).
+func serveNetHTTP(srv *http.Server, ln net.Listener, _ *Router) error {
+	return srv.Serve(ln)
 }

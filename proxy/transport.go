@@ -1,13 +1,8 @@
 package proxy
 
 import (
-	"context"
-	"errors"
-	"io"
 	"net"
 	"net/http"
-	"strings"
-	"syscall"
 	"time"
 )
 
@@ -77,26 +72,4 @@ func (p bufferPool) Put(b []byte) {
 	case p <- b[:copyBufferSize]:
 	default:
 	}
-}
-
-// classify maps an upstream error to the status the client gets and the kind
-// counted in bluegreen_upstream_errors_total. A client that went away is not
-// an upstream failure: kind is "".
-func classify(ctx context.Context, err error) (status int, kind string) {
-	if ctx.Err() != nil && errors.Is(err, context.Canceled) {
-		return 499, ""
-	}
-	var ne net.Error
-	if errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout()) {
-		return http.StatusGatewayTimeout, KindTimeout
-	}
-	var oe *net.OpError
-	if errors.As(err, &oe) && oe.Op == "dial" {
-		return http.StatusBadGateway, KindDial
-	}
-	if errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
-		strings.Contains(err.Error(), "server closed idle connection") { // net/http's unexported errServerClosedIdle
-		return http.StatusBadGateway, KindReset
-	}
-	return http.StatusBadGateway, KindOther
 }

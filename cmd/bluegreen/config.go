@@ -66,6 +66,9 @@ type Config struct {
 	// Graceful stop in two phases (shutdown.go).
 	ShutdownDelay time.Duration `env:"SHUTDOWN_DELAY" envDefault:"5s"`
 
+	// Data plane: client faults (proxy pipeline).
+	ClientBodyTimeout time.Duration `env:"CLIENT_BODY_TIMEOUT" envDefault:"60s"`
+
 	// Derived by loadConfig.
 	blue, green []*url.URL
 	token       string
@@ -138,6 +141,7 @@ func loadConfig(environ []string, hostname func() (string, error)) (Config, erro
 	positive("HEALTH_TIMEOUT", cfg.HealthTimeout)
 	positive("ROLLBACK_WINDOW", cfg.RollbackWindow)
 	positive("DRAIN_TIMEOUT", cfg.DrainTimeout)
+	cfg.checkClientFaults(bad)
 	positive("UPSTREAM_IDLE_TIMEOUT", cfg.UpstreamIdleTimeout)
 	positive("OUTLIER_EJECT", cfg.OutlierEject)
 	positive("READ_HEADER_TIMEOUT", cfg.ReadHeaderTimeout)

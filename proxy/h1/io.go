@@ -1,4 +1,4 @@
-package proxy
+package h1
 
 import (
 	"errors"
@@ -35,8 +35,9 @@ type (
 	upstreamBuf = [upstreamBufSize]byte
 )
 
-// buffers are the pools one Router's fast path shares.
-type buffers struct {
+// Buffers are the pools one front end's connections share: the client
+// connections of a Server and the instance connections of its Upstreams.
+type Buffers struct {
 	client   bufPool[clientBuf]
 	upstream bufPool[upstreamBuf]
 }
@@ -48,7 +49,7 @@ var errBufferFull = errors.New("proxy: head larger than the read buffer")
 // and takes one only when bytes have arrived.
 type connReader struct {
 	nc   net.Conn
-	rc   syscall.RawConn // nil when the connection has none: waits hold the buffer
+	rc   syscall.RawConn // nil when the connection has none or the system lacks the calls: waits hold the buffer
 	buf  []byte          // nil while released
 	r, w int
 	take func() []byte
@@ -59,37 +60,39 @@ type connReader struct {
 	readFn func(fd uintptr) bool
 	rn     int
 	rerr   error
+
+	peekFn func(fd uintptr) bool
+	peeked peekResult
+	one    [1]byte
+}
+
+// peekResult is what a non-blocking look at a socket found.
+type peekResult uint8
+
+const (
+	peekUnknown peekResult = iota // no raw access on this system or connection
+	peekNothing                   // open, nothing to read
+	peekData                      // bytes are waiting
+	peekClosed                    // EOF or an error
+)
+
+// peekState looks at the socket without reading or blocking. Bytes already
+// buffered are not looked at.
+func (cr *connReader) peekState() peekResult {
+	if cr.rc == nil || cr.peekFn == nil {
+		return peekUnknown
+	}
+	cr.peeked = peekUnknown
+	if cr.rc.Read(cr.peekFn) != nil {
+		return peekClosed
+	}
+	return cr.peeked
 }
 
 func newConnReader(nc net.Conn, take func() []byte, give func([]byte)) *connReader {
 	cr := &connReader{nc: nc, take: take, give: give}
-	if sc, ok := nc.(syscall.Conn); ok {
-		if rc, err := sc.SyscallConn(); err == nil {
-			cr.rc = rc
-			cr.readFn = cr.readReady
-		}
-	}
+	cr.initRaw()
 	return cr
-}
-
-// readReady is the RawConn.Read callback: it reads when bytes are there and
-// holds no buffer when they are not.
-func (cr *connReader) readReady(fd uintptr) bool {
-	if cr.buf == nil {
-		cr.buf = cr.take()
-	}
-	for {
-		cr.rn, cr.rerr = syscall.Read(int(fd), cr.buf)
-		if cr.rerr != syscall.EINTR {
-			break
-		}
-	}
-	if cr.rerr == syscall.EAGAIN {
-		cr.give(cr.buf)
-		cr.buf = nil
-		return false
-	}
-	return true
 }
 
 func (cr *connReader) buffered() int { return cr.w - cr.r }

@@ -1,10 +1,8 @@
-package proxy
+package h1
 
 import (
-	"bufio"
 	"errors"
 	"io"
-	"net/http"
 	"net/http/httputil"
 	"strings"
 	"testing"
@@ -31,7 +29,7 @@ func TestFindHeadEnd(t *testing.T) {
 		{"GET / HTTP/1.1\r\nX: a\rb\r\n\r\n", 26}, // a CR inside a line is the parser's business
 	}
 	for _, c := range cases {
-		if got := findHeadEnd([]byte(c.in)); got != c.want {
+		if got := FindHeadEnd([]byte(c.in)); got != c.want {
 			t.Errorf("findHeadEnd(%q) = %d, want %d", c.in, got, c.want)
 		}
 	}
@@ -60,8 +58,8 @@ func TestParseRequest(t *testing.T) {
 		{"GET / HTTP/1.1\r\nHost: a\r\nX-Utf8: \xc3\xa9t\xc3\xa9\r\n\r\n", want{"GET", "/", -1, false, 2}},
 	}
 	for _, c := range ok {
-		var h head
-		if err := h.parseRequest([]byte(c.in)); err != nil {
+		var h Head
+		if err := h.ParseRequest([]byte(c.in)); err != nil {
 			t.Errorf("parseRequest(%q) = %v, want ok", c.in, err)
 			continue
 		}
@@ -71,8 +69,8 @@ func TestParseRequest(t *testing.T) {
 		}
 	}
 	// The value is trimmed of surrounding blanks only.
-	var h head
-	if err := h.parseRequest([]byte("GET / HTTP/1.1\r\nHost: a\r\nX-A: \t v w \t\r\n\r\n")); err != nil || string(h.fields[1].value) != "v w" {
+	var h Head
+	if err := h.ParseRequest([]byte("GET / HTTP/1.1\r\nHost: a\r\nX-A: \t v w \t\r\n\r\n")); err != nil || string(h.fields[1].value) != "v w" {
 		t.Errorf("value %q, %v", h.fields[1].value, err)
 	}
 
@@ -129,8 +127,8 @@ func TestParseRequest(t *testing.T) {
 		"GET / HTTP/1.1\r\nHost: a\r\n" + strings.Repeat("X: y\r\n", maxFields) + "\r\n",
 	}
 	for _, in := range fallback {
-		var h head
-		if err := h.parseRequest([]byte(in)); !errors.Is(err, errFallback) {
+		var h Head
+		if err := h.ParseRequest([]byte(in)); !errors.Is(err, errFallback) {
 			t.Errorf("parseRequest(%q) = %v, want errFallback", in, err)
 		}
 	}
@@ -141,19 +139,19 @@ func TestParseRequest(t *testing.T) {
 		"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n",
 	}
 	for _, in := range clte {
-		var h head
-		if err := h.parseRequest([]byte(in)); !errors.Is(err, errCLTE) {
+		var h Head
+		if err := h.ParseRequest([]byte(in)); !errors.Is(err, errCLTE) {
 			t.Errorf("parseRequest(%q) = %v, want errCLTE", in, err)
 		}
 	}
 	// Up to maxFields fields are fine.
 	in := "GET / HTTP/1.1\r\nHost: a\r\n" + strings.Repeat("X: y\r\n", maxFields-1) + "\r\n"
-	if err := h.parseRequest([]byte(in)); err != nil || len(h.fields) != maxFields {
+	if err := h.ParseRequest([]byte(in)); err != nil || len(h.fields) != maxFields {
 		t.Errorf("%d fields: %v", len(h.fields), err)
 	}
 	// Connection tokens are recorded, case kept, compared without case.
 	in = "GET / HTTP/1.1\r\nHost: a\r\nConnection: X-A, x-b, close\r\n\r\n"
-	_ = h.parseRequest([]byte(in))
+	_ = h.ParseRequest([]byte(in))
 	if !h.closeConn || !h.connectionNamed([]byte("x-a")) || !h.connectionNamed([]byte("X-B")) || h.connectionNamed([]byte("X-C")) {
 		t.Errorf("close %v, tokens %q", h.closeConn, h.connTokens[:h.nConnTokens])
 	}
@@ -184,8 +182,8 @@ func TestParseResponse(t *testing.T) {
 		{in: "HTTP/1.1 999 Odd\r\n\r\n", code: 999, reason: "Odd", cl: -1},
 	}
 	for _, c := range ok {
-		var h head
-		if err := h.parseResponse([]byte(c.in)); err != nil {
+		var h Head
+		if err := h.ParseResponse([]byte(c.in)); err != nil {
 			t.Errorf("parseResponse(%q) = %v", c.in, err)
 			continue
 		}
@@ -213,8 +211,8 @@ func TestParseResponse(t *testing.T) {
 		"HTTP/1.1 200 OK\r\nX: a\r\n folded\r\n\r\n",
 	}
 	for _, in := range bad {
-		var h head
-		if err := h.parseResponse([]byte(in)); err == nil {
+		var h Head
+		if err := h.ParseResponse([]byte(in)); err == nil {
 			t.Errorf("parseResponse(%q) accepted: code %d", in, h.code)
 		}
 	}
@@ -258,76 +256,6 @@ func TestParseChunkSize(t *testing.T) {
 	}
 }
 
-// TestFastPreviewRoutingMatchesNetHTTP: the fast path and net/http pick the
-// same colour for the same preview header and cookies, so a request does
-// not change colour when it happens to take the other path (a larger head,
-// a chunked body). net/http (Router.wantsPreview) reads the first
-// X-Bluegreen-Preview field and the first valid cookie of the name
-// (Request.Cookie: names trimmed; a value may hold blanks and commas, not
-// " ; \; a bare name is a cookie with an empty value).
-//
-// At 689007b "header 0 then 1", "cookie 0 then 1" and "cookie name blank"
-// failed (any truthy field or cookie counted; names were not trimmed);
-// d7bdeb1 fixed those. At d7bdeb1 "first value has a blank", "first value
-// has a comma" and "first is a bare name" failed (cookieValue skipped a
-// first cookie net/http takes, and the second one decided); c02f5c6 fixed
-// those.
-func TestFastPreviewRoutingMatchesNetHTTP(t *testing.T) {
-	rt := newRouterOnly(t, []string{"http://127.0.0.1:1"}, []string{"http://127.0.0.1:2"}, nil)
-	cases := []struct {
-		name    string
-		headers [][2]string
-	}{
-		{"header 1", [][2]string{{"X-Bluegreen-Preview", "1"}}},
-		{"header true", [][2]string{{"x-bluegreen-preview", "TrUe"}}},
-		{"header 0", [][2]string{{"X-Bluegreen-Preview", "0"}}},
-		{"header yes", [][2]string{{"X-Bluegreen-Preview", "yes"}}},
-		{"header empty", [][2]string{{"X-Bluegreen-Preview", ""}}},
-		{"header 1 then 0", [][2]string{{"X-Bluegreen-Preview", "1"}, {"X-Bluegreen-Preview", "0"}}},
-		{"header 0 then 1", [][2]string{{"X-Bluegreen-Preview", "0"}, {"X-Bluegreen-Preview", "1"}}},
-		{"cookie", [][2]string{{"Cookie", "bluegreen_preview=1"}}},
-		{"cookie among others", [][2]string{{"Cookie", "a=b;bluegreen_preview=true; c=d"}}},
-		{"cookie quoted", [][2]string{{"Cookie", `bluegreen_preview="1"`}}},
-		{"cookie half quoted", [][2]string{{"Cookie", `bluegreen_preview="1`}}},
-		{"cookie 0", [][2]string{{"Cookie", "bluegreen_preview=0"}}},
-		{"cookie prefix", [][2]string{{"Cookie", "bluegreen_preview_x=1; xbluegreen_preview=1"}}},
-		{"cookie case", [][2]string{{"Cookie", "Bluegreen_preview=1"}}},
-		{"cookie value blank", [][2]string{{"Cookie", "bluegreen_preview= 1"}}},
-		{"cookie in second field", [][2]string{{"Cookie", "a=b"}, {"Cookie", "bluegreen_preview=1"}}},
-		{"cookie 1 then 0", [][2]string{{"Cookie", "bluegreen_preview=1; bluegreen_preview=0"}}},
-		{"cookie 0 then 1", [][2]string{{"Cookie", "bluegreen_preview=0; bluegreen_preview=1"}}},
-		{"cookie name blank", [][2]string{{"Cookie", "bluegreen_preview =1"}}},
-		{"header 0 cookie 1", [][2]string{{"X-Bluegreen-Preview", "0"}, {"Cookie", "bluegreen_preview=1"}}},
-		// net/http's cookie values may hold blanks and commas (not " ; \),
-		// and a bare name is a cookie with an empty value: the first
-		// cookie below decides, and it is not truthy.
-		{"first value has a blank", [][2]string{{"Cookie", "bluegreen_preview=a b; bluegreen_preview=1"}}},
-		{"first value has a comma", [][2]string{{"Cookie", "bluegreen_preview=a,b; bluegreen_preview=1"}}},
-		{"first is a bare name", [][2]string{{"Cookie", "bluegreen_preview; bluegreen_preview=1"}}},
-		{"first value invalid", [][2]string{{"Cookie", `bluegreen_preview=a"b; bluegreen_preview=1`}}},
-	}
-	for _, c := range cases {
-		t.Run(c.name, func(t *testing.T) {
-			raw := "GET / HTTP/1.1\r\nHost: a\r\n"
-			for _, kv := range c.headers {
-				raw += kv[0] + ": " + kv[1] + "\r\n"
-			}
-			raw += "\r\n"
-			var h head
-			if err := h.parseRequest([]byte(raw)); err != nil {
-				t.Fatalf("fast parse: %v", err)
-			}
-			r, err := http.ReadRequest(bufio.NewReader(strings.NewReader(raw)))
-			if err != nil {
-				t.Fatalf("net/http parse: %v", err)
-			}
-			if fast, std := rt.wantsPreviewFast(&h), rt.wantsPreview(r); fast != std {
-				t.Errorf("preview: fast path %v, net/http %v", fast, std)
-			}
-		})
-	}
-}
-
 // TestFastHelpers: pathOf, the case-insensitive comparisons, classifyField.
 func TestFastHelpers(t *testing.T) {
 	for in, want := range map[string]string{"/": "/", "/a?b": "/a", "/a?": "/a", "/?": "/", "/a/b?c?d": "/a/b"} {
@@ -338,7 +266,7 @@ func TestFastHelpers(t *testing.T) {
 	if !equalFold([]byte("Content-LENGTH"), "content-length") || equalFold([]byte("content-lengtx"), "content-length") || equalFold([]byte("a"), "ab") {
 		t.Error("equalFold")
 	}
-	var h head
+	var h Head
 	h.reset(0)
 	h.connection([]byte("X-A"))
 	if !h.connectionNamed([]byte("x-a")) || h.connectionNamed([]byte("x-b")) {

@@ -1,63 +1,63 @@
-package proxy
+package h1
 
 import (
 	"net"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 )
 
-// upstream is the fast path's keep-alive pool to one instance: a LIFO stack
+// Upstream is the fast path's keep-alive pool to one instance: a LIFO stack
 // of idle connections (the most recently used is the warmest and the least
 // likely to have been closed by the instance), expired after the idle
 // timeout.
-type upstream struct {
+type Upstream struct {
 	addr        string // host:port
 	prefix      string // the instance's base path without its trailing slash
 	dialer      net.Dialer
 	idleTimeout time.Duration
 	maxIdle     int
-	bufs        *buffers
+	bufs        *Buffers
 	now         func() time.Time
 
 	mu   sync.Mutex
-	idle []*upConn
+	idle []*UpConn
 }
 
-// upConn is one connection to an instance.
-type upConn struct {
+// UpConn is one connection to an instance.
+type UpConn struct {
 	nc       net.Conn
 	cr       *connReader
 	lastUsed time.Time
 	reused   bool
-
-	peekFn func(fd uintptr) bool // c.peek, bound once
-	alive  bool
-	one    [1]byte
 }
 
-func newUpstream(hostport, path string, cfg TransportConfig, bufs *buffers, now func() time.Time) *upstream {
+// NewUpstream returns the pool of connections to the instance at hostport
+// (port 80 when none is given) whose base path is path.
+func NewUpstream(hostport, path string, dialTimeout, idleTimeout time.Duration, maxIdle int, bufs *Buffers, now func() time.Time) *Upstream {
 	if _, _, err := net.SplitHostPort(hostport); err != nil {
 		hostport = net.JoinHostPort(strings.Trim(hostport, "[]"), "80")
 	}
-	return &upstream{
+	return &Upstream{
 		addr:        hostport,
 		prefix:      strings.TrimSuffix(path, "/"),
-		dialer:      net.Dialer{Timeout: cfg.DialTimeout, KeepAlive: 30 * time.Second},
-		idleTimeout: cfg.IdleConnTimeout,
-		maxIdle:     cfg.MaxIdleConnsPerHost,
+		dialer:      net.Dialer{Timeout: dialTimeout, KeepAlive: 30 * time.Second},
+		idleTimeout: idleTimeout,
+		maxIdle:     maxIdle,
 		bufs:        bufs,
 		now:         now,
 	}
 }
 
-// get returns a pooled connection that still looks open, or dials one.
+// Prefix is the instance's base path without its trailing slash.
+func (u *Upstream) Prefix() string { return u.prefix }
+
+// Get returns a pooled connection that still looks open, or dials one.
 // Every pooled connection is peeked at first (one non-blocking system
 // call): one the instance closed is not used, and neither is one on which
 // the instance sent bytes nobody asked for, which would otherwise be read
 // as the answer to the next request.
-func (u *upstream) get(fresh bool) (*upConn, error) {
+func (u *Upstream) Get(fresh bool) (*UpConn, error) {
 	if !fresh {
 		now := u.now()
 		for {
@@ -72,7 +72,7 @@ func (u *upstream) get(fresh bool) (*upConn, error) {
 			u.idle = u.idle[:n-1]
 			u.mu.Unlock()
 			if now.Sub(c.lastUsed) >= u.idleTimeout || !c.open() {
-				c.close()
+				c.Close()
 				continue
 			}
 			c.reused = true
@@ -83,19 +83,18 @@ func (u *upstream) get(fresh bool) (*upConn, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &upConn{nc: nc}
+	c := &UpConn{nc: nc}
 	c.cr = newConnReader(nc, u.takeBuf, u.giveBuf)
-	c.peekFn = c.peek
 	return c, nil
 }
 
-func (u *upstream) takeBuf() []byte  { return u.bufs.upstream.get()[:] }
-func (u *upstream) giveBuf(b []byte) { u.bufs.upstream.put((*upstreamBuf)(b)) }
+func (u *Upstream) takeBuf() []byte  { return u.bufs.upstream.get()[:] }
+func (u *Upstream) giveBuf(b []byte) { u.bufs.upstream.put((*upstreamBuf)(b)) }
 
-// put returns a connection whose exchange ended cleanly to the pool.
-func (u *upstream) put(c *upConn) {
+// Put returns a connection whose exchange ended cleanly to the pool.
+func (u *Upstream) Put(c *UpConn) {
 	if c.cr.buffered() != 0 { // the instance sent more than it announced
-		c.close()
+		c.Close()
 		return
 	}
 	c.cr.release()
@@ -103,19 +102,19 @@ func (u *upstream) put(c *upConn) {
 	u.mu.Lock()
 	if len(u.idle) >= u.maxIdle {
 		u.mu.Unlock()
-		c.close()
+		c.Close()
 		return
 	}
 	u.idle = append(u.idle, c)
 	u.mu.Unlock()
 }
 
-// closeIdle closes the idle connections, or only those idle for longer
+// CloseIdle closes the idle connections, or only those idle for longer
 // than the idle timeout when expiredOnly.
-func (u *upstream) closeIdle(expiredOnly bool) {
+func (u *Upstream) CloseIdle(expiredOnly bool) {
 	now := u.now()
 	u.mu.Lock()
-	var victims []*upConn
+	var victims []*UpConn
 	keep := u.idle[:0]
 	for _, c := range u.idle {
 		if expiredOnly && now.Sub(c.lastUsed) < u.idleTimeout {
@@ -128,31 +127,36 @@ func (u *upstream) closeIdle(expiredOnly bool) {
 	u.idle = keep
 	u.mu.Unlock()
 	for _, c := range victims {
-		c.close()
+		c.Close()
 	}
 }
 
-func (c *upConn) close() {
+func (c *UpConn) Close() {
 	_ = c.nc.Close()
 	c.cr.release()
 }
 
 // open peeks at an idle connection without blocking: an instance that
-// closed it has sent EOF (or reset it); an idle one has sent nothing.
-func (c *upConn) open() bool {
-	if c.cr.rc == nil {
+// closed it has sent EOF (or reset it); an idle one has sent nothing, and
+// one that sent bytes nobody asked for is not used either.
+func (c *UpConn) open() bool {
+	switch c.cr.peekState() {
+	case peekNothing, peekUnknown:
 		return true
 	}
-	c.alive = false
-	return c.cr.rc.Read(c.peekFn) == nil && c.alive
+	return false
 }
 
-// peek is open's RawConn callback, kept in the connection so a check
-// allocates nothing.
-func (c *upConn) peek(fd uintptr) bool {
-	_, _, err := syscall.Recvfrom(int(fd), c.one[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
-	// EAGAIN: nothing to read, still open. Anything else is EOF, an error,
-	// or bytes nobody asked for.
-	c.alive = err == syscall.EAGAIN
-	return true
+// IdleBuffers reports the pooled connections and how many of them hold a
+// buffer; for tests of the memory an idle connection costs.
+func (u *Upstream) IdleBuffers() (idle, holding int) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	for _, c := range u.idle {
+		idle++
+		if c.cr.buf != nil {
+			holding++
+		}
+	}
+	return idle, holding
 }

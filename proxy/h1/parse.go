@@ -1,4 +1,4 @@
-package proxy
+package h1
 
 import (
 	"bytes"
@@ -48,7 +48,7 @@ const maxFields = 100
 
 // head is one parsed request or response head. Its slices point into the
 // read buffer and are valid until that buffer is consumed.
-type head struct {
+type Head struct {
 	// request line
 	method string // one of the fast path's methods (a constant)
 	target []byte
@@ -84,7 +84,7 @@ var (
 // findHeadEnd returns the length of the head at the start of b including the
 // blank line, 0 when it is not complete yet, or -1 when a line ends in a bare
 // LF (net/http decides about those).
-func findHeadEnd(b []byte) int {
+func FindHeadEnd(b []byte) int {
 	i := 0
 	for {
 		j := bytes.IndexByte(b[i:], '\n')
@@ -106,7 +106,7 @@ var fastMethods = [...]string{"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "
 
 // parseRequest parses the complete head b (as found by findHeadEnd).
 // errFallback: let net/http serve the connection; errCLTE: refuse with 400.
-func (h *head) parseRequest(b []byte) error {
+func (h *Head) ParseRequest(b []byte) error {
 	h.reset(len(b))
 	line, rest := cutLine(b)
 	sp := bytes.IndexByte(line, ' ')
@@ -165,7 +165,7 @@ func (h *head) parseRequest(b []byte) error {
 }
 
 // parseResponse parses a complete response head.
-func (h *head) parseResponse(b []byte) error {
+func (h *Head) ParseResponse(b []byte) error {
 	h.reset(len(b))
 	line, rest := cutLine(b)
 	switch {
@@ -210,8 +210,8 @@ func (h *head) parseResponse(b []byte) error {
 	return nil
 }
 
-func (h *head) reset(end int) {
-	*h = head{end: end, contentLength: -1, fields: h.arr[:0]}
+func (h *Head) reset(end int) {
+	*h = Head{end: end, contentLength: -1, fields: h.arr[:0]}
 }
 
 func cutLine(b []byte) (line, rest []byte) {
@@ -220,7 +220,7 @@ func cutLine(b []byte) (line, rest []byte) {
 }
 
 // parseFields parses the field lines up to the blank line.
-func (h *head) parseFields(b []byte) bool {
+func (h *Head) parseFields(b []byte) bool {
 	for {
 		line, rest := cutLine(b)
 		b = rest
@@ -284,7 +284,7 @@ func (h *head) parseFields(b []byte) bool {
 }
 
 // connection records the tokens of a Connection field.
-func (h *head) connection(v []byte) bool {
+func (h *Head) connection(v []byte) bool {
 	for len(v) > 0 {
 		var tok []byte
 		if i := bytes.IndexByte(v, ','); i >= 0 {
@@ -310,7 +310,7 @@ func (h *head) connection(v []byte) bool {
 }
 
 // connectionNamed reports whether the Connection field listed name.
-func (h *head) connectionNamed(name []byte) bool {
+func (h *Head) connectionNamed(name []byte) bool {
 	for _, t := range h.connTokens[:h.nConnTokens] {
 		if bytes.EqualFold(t, name) {
 			return true
@@ -492,4 +492,89 @@ func validHost(v []byte) bool {
 
 func isHex(c byte) bool {
 	return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F'
+}
+
+// Method is the request's method, one of the codec's (a constant).
+func (h *Head) Method() string { return h.method }
+
+// ContentLength is the request's body length; -1: none.
+func (h *Head) ContentLength() int64 { return h.contentLength }
+
+// pathOf is the path of an origin-form target.
+func pathOf(target []byte) []byte {
+	if i := bytes.IndexByte(target, '?'); i >= 0 {
+		return target[:i]
+	}
+	return target
+}
+
+// WantsPreview reports whether the request asks for the idle colour with
+// the preview field (lower-case name headerLower) or cookie, read as
+// net/http reads them: the first preview field decides, and the first
+// cookie of that name. Empty names are not looked for.
+func (h *Head) WantsPreview(headerLower, cookie string) bool {
+	headerSeen, cookieSeen := headerLower == "", cookie == ""
+	for i := range h.fields {
+		f := &h.fields[i]
+		switch {
+		case !headerSeen && f.id == fOther && equalFold(f.name, headerLower):
+			headerSeen = true
+			if truthyBytes(f.value) {
+				return true
+			}
+		case !cookieSeen && f.id == fCookie:
+			if val, ok := cookieValue(f.value, cookie); ok {
+				cookieSeen = true
+				if truthyBytes(val) {
+					return true
+				}
+			}
+		}
+		if headerSeen && cookieSeen {
+			return false
+		}
+	}
+	return false
+}
+
+func truthyBytes(v []byte) bool { return string(v) == "1" || equalFold(v, "true") }
+
+// cookieValue finds the first cookie called name in the Cookie field value
+// v, read exactly as net/http reads it: parts and names trimmed, a part
+// without '=' is a cookie with an empty value, a quoted value is unquoted,
+// and a value with a byte a cookie cannot hold is skipped.
+func cookieValue(v []byte, name string) ([]byte, bool) {
+	for len(v) > 0 {
+		var part []byte
+		if i := bytes.IndexByte(v, ';'); i >= 0 {
+			part, v = v[:i], v[i+1:]
+		} else {
+			part, v = v, nil
+		}
+		part = bytes.Trim(part, " \t")
+		if len(part) == 0 {
+			continue
+		}
+		n, val := part, []byte(nil)
+		if eq := bytes.IndexByte(part, '='); eq >= 0 {
+			n, val = part[:eq], part[eq+1:]
+		}
+		if string(bytes.Trim(n, " \t")) != name {
+			continue
+		}
+		if len(val) > 1 && val[0] == '"' && val[len(val)-1] == '"' {
+			val = val[1 : len(val)-1]
+		}
+		ok := true
+		for _, c := range val {
+			if c < 0x20 || c >= 0x7f || c == '"' || c == ';' || c == '\\' {
+				ok = false
+				break
+			}
+		}
+		if ok {
+			return val, true
+		}
+	}
+	return nil, false
 }

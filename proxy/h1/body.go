@@ -1,0 +1,144 @@
+package h1
+
+import (
+	"errors"
+	"io"
+	"net"
+)
+
+// Body framing of responses: Content-Length, chunked (relayed as it is,
+// its framing checked so the end of the message is known) and until close.
+
+// fillUp reads more of the response, first sending the client what is
+// pending: the read may block, and a stream's client must not wait on it.
+func (c *Conn) fillUp(uc *UpConn) error {
+	if c.out.pending() > 0 {
+		c.out.flush()
+		if c.out.err != nil {
+			return nil // reported through c.out.err
+		}
+	}
+	return uc.cr.fill()
+}
+
+func (c *Conn) copyN(uc *UpConn, n int64) error {
+	for n > 0 && c.out.err == nil {
+		if uc.cr.buffered() == 0 {
+			if err := c.fillUp(uc); err != nil {
+				if err == io.EOF {
+					err = io.ErrUnexpectedEOF
+				}
+				return err
+			}
+			if c.out.err != nil {
+				return nil
+			}
+		}
+		p := uc.cr.bytes()
+		if int64(len(p)) > n {
+			p = p[:n]
+		}
+		c.out.write(p)
+		uc.cr.discard(len(p))
+		n -= int64(len(p))
+	}
+	return nil
+}
+
+func (c *Conn) copyUntilClose(uc *UpConn) error {
+	for c.out.err == nil {
+		if uc.cr.buffered() == 0 {
+			if err := c.fillUp(uc); err != nil {
+				if err == io.EOF {
+					return nil
+				}
+				return err
+			}
+			if c.out.err != nil {
+				return nil
+			}
+		}
+		p := uc.cr.bytes()
+		c.out.write(p)
+		uc.cr.discard(len(p))
+	}
+	return nil
+}
+
+const maxChunkLine = 4096
+
+// line returns the next CRLF-terminated line of the response (with its
+// CRLF), still in the read buffer.
+func (c *Conn) line(uc *UpConn) ([]byte, error) {
+	for {
+		p := uc.cr.bytes()
+		for i, ch := range p {
+			if ch == '\n' {
+				if i == 0 || p[i-1] != '\r' {
+					return nil, errors.New("malformed chunked body: bare LF")
+				}
+				return p[:i+1], nil
+			}
+		}
+		if len(p) > maxChunkLine {
+			return nil, errors.New("malformed chunked body: line too long")
+		}
+		if err := c.fillUp(uc); err != nil {
+			if err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			return nil, err
+		}
+		if c.out.err != nil {
+			return nil, c.out.err
+		}
+	}
+}
+
+// copyChunked relays a chunked body as it is, checking its framing so the
+// end of the message is known.
+func (c *Conn) copyChunked(uc *UpConn) error {
+	for c.out.err == nil {
+		ln, err := c.line(uc)
+		if err != nil {
+			return errChunkBoundary{err} // drainend.go
+		}
+		size, ok := parseChunkSize(ln[:len(ln)-2])
+		if !ok {
+			return errors.New("malformed chunked body: bad chunk size")
+		}
+		c.out.write(ln)
+		uc.cr.discard(len(ln))
+		if size == 0 {
+			for { // trailer fields up to the blank line
+				ln, err := c.line(uc)
+				if err != nil {
+					return err
+				}
+				c.out.write(ln)
+				uc.cr.discard(len(ln))
+				if len(ln) == 2 {
+					return nil
+				}
+			}
+		}
+		if err := c.copyN(uc, size); err != nil {
+			return err
+		}
+		ln, err = c.line(uc)
+		if err != nil {
+			return err
+		}
+		if len(ln) != 2 {
+			return errors.New("malformed chunked body: no CRLF after a chunk")
+		}
+		c.out.write(ln)
+		uc.cr.discard(2)
+	}
+	return nil
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}

@@ -1,0 +1,437 @@
+package h1
+
+import (
+	"errors"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Exchange is the scratch space of one request, pooled: two heads of up to
+// 100 fields are too large to keep per idle connection.
+type Exchange struct {
+	Req, Res Head
+	// Start is when the request's first byte was seen.
+	Start time.Time
+
+	wbuf     []byte
+	path     string
+	consumed bool // the request head was taken out of the read buffer
+	early    bool // the instance answered before it had the whole body
+}
+
+// Path is the request's path as the client sent it (without the query).
+func (x *Exchange) Path() string {
+	if x.path == "" {
+		x.path = string(pathOf(x.Req.target))
+	}
+	return x.path
+}
+
+// Early reports whether the instance answered before it had the whole
+// request body (RFC 9112 9.5); the client connection then closes after
+// the answer.
+func (x *Exchange) Early() bool { return x.early }
+
+// ClientError is a failure on the client's side of an exchange: the
+// client's body was malformed, the client stopped sending it, or the
+// client went away. It is never the instance's fault.
+type ClientError struct {
+	Kind string // ClientMalformed, ClientTimeout or ClientGone
+	Err  error
+}
+
+// Kinds of ClientError.
+const (
+	ClientMalformed = "malformed"
+	ClientTimeout   = "timeout"
+	ClientGone      = "gone"
+)
+
+func (e *ClientError) Error() string { return "client " + e.Kind + ": " + e.Err.Error() }
+func (e *ClientError) Unwrap() error { return e.Err }
+
+// clientReadError wraps an error reading the client's body.
+func clientReadError(err error) error {
+	if isTimeout(err) {
+		return &ClientError{Kind: ClientTimeout, Err: err}
+	}
+	return &ClientError{Kind: ClientGone, Err: err}
+}
+
+var errClientLeft = errors.New("the client closed the connection while waiting for the answer")
+
+// earlyWriteSlice bounds one write of a request body to the instance, so
+// an instance that stopped reading because it answered early is noticed.
+const earlyWriteSlice = 20 * time.Millisecond
+
+// Send writes the request head, rebuilt with the forwarding headers and
+// without hop-by-hop fields, and the body, to uc; prefix is the instance's
+// base path. sent reports whether any byte of the request may have reached
+// the instance. While a body is sent, an answer from the instance ends the
+// sending (x.Early); a client that stops sending or leaves is a
+// *ClientError.
+func (c *Conn) Send(x *Exchange, uc *UpConn, prefix string) (sent bool, err error) {
+	s := c.s
+	req := &x.Req
+	w := x.wbuf[:0]
+	w = append(w, req.method...)
+	w = append(w, ' ')
+	w = append(w, prefix...)
+	w = append(w, req.target...)
+	w = append(w, " HTTP/1.1\r\n"...)
+	var host []byte
+	hasXFH, hasXFP := false, false
+	for i := range req.fields {
+		f := &req.fields[i]
+		switch f.id {
+		case fHost:
+			host = f.value
+		case fConnection, fKeepAlive, fProxyConnection, fProxyAuthenticate, fProxyAuthorization, fTrailer, fXForwardedFor:
+			continue
+		case fTE:
+			if !equalFold(f.value, "trailers") {
+				continue
+			}
+		case fXForwardedHost:
+			if !c.trusted {
+				continue
+			}
+			hasXFH = true
+		case fXForwardedProto:
+			if !c.trusted {
+				continue
+			}
+			hasXFP = true
+		case fXForwardedOther, fXRealIP, fForwarded:
+			if !c.trusted {
+				continue
+			}
+		case fOther:
+			if s.StripField != "" && equalFold(f.name, s.StripField) {
+				continue
+			}
+		}
+		w = append(w, f.name...)
+		w = append(w, ": "...)
+		w = append(w, f.value...)
+		w = append(w, "\r\n"...)
+	}
+	w = append(w, "X-Forwarded-For: "...)
+	if c.trusted {
+		for i := range req.fields {
+			if f := &req.fields[i]; f.id == fXForwardedFor && len(f.value) > 0 {
+				w = append(w, f.value...)
+				w = append(w, ", "...)
+			}
+		}
+	}
+	w = append(w, c.clientIP...)
+	if !hasXFH {
+		w = append(w, "\r\nX-Forwarded-Host: "...)
+		w = append(w, host...)
+	}
+	if !hasXFP {
+		w = append(w, "\r\nX-Forwarded-Proto: http"...)
+	}
+	w = append(w, "\r\n\r\n"...)
+	if !x.consumed {
+		c.cr.discard(req.end)
+		x.consumed = true
+	}
+	c.upstream.Store(uc)
+	if s.closed.Load() {
+		uc.nc.Close() // Close ran between the pick and the store
+	}
+
+	rem := max(req.contentLength, 0)
+	if rem > 0 {
+		take := min(rem, int64(c.cr.buffered()))
+		if len(w)+int(take) <= cap(w) {
+			w = append(w, c.cr.bytes()[:take]...)
+			c.cr.discard(int(take))
+			rem -= take
+		}
+	}
+	x.wbuf = w[:0]
+	if _, err := uc.nc.Write(w); err != nil {
+		return req.contentLength > 0, err
+	}
+	if rem > 0 {
+		if x.path == "" { // the target is overwritten by the body
+			x.path = string(pathOf(req.target))
+		}
+		return true, c.sendBody(x, uc, rem)
+	}
+	return false, nil
+}
+
+// sendBody relays the rest of a Content-Length body. The client has
+// ClientBodyTimeout between two reads; the instance may answer at any
+// point, which ends the sending.
+func (c *Conn) sendBody(x *Exchange, uc *UpConn, rem int64) error {
+	s := c.s
+	c.deadlineSet = true
+	defer uc.nc.SetWriteDeadline(time.Time{})
+	for rem > 0 {
+		if uc.cr.peekState() == peekData {
+			x.early = true
+			return nil
+		}
+		if c.cr.buffered() == 0 {
+			_ = c.nc.SetReadDeadline(time.Now().Add(s.ClientBodyTimeout))
+			if err := c.cr.fill(); err != nil {
+				return clientReadError(err)
+			}
+		}
+		p := c.cr.bytes()
+		if int64(len(p)) > rem {
+			p = p[:rem]
+		}
+		for len(p) > 0 {
+			_ = uc.nc.SetWriteDeadline(time.Now().Add(earlyWriteSlice))
+			n, err := uc.nc.Write(p)
+			c.cr.discard(n)
+			rem -= int64(n)
+			p = p[n:]
+			if err == nil {
+				continue
+			}
+			switch uc.cr.peekState() {
+			case peekData:
+				// It answered and stopped reading (or closed): the answer
+				// is what the client gets.
+				x.early = true
+				return nil
+			case peekNothing, peekUnknown:
+				if isTimeout(err) {
+					continue // a slow reader, not a failure
+				}
+			}
+			return err
+		}
+	}
+	return nil
+}
+
+var errUpstream101 = errors.New("instance switched protocols without being asked")
+
+// ReadResponseHead reads the instance's response head into x.Res, passing
+// informational (1xx) responses on to the client. A client that closes its
+// connection meanwhile cancels the wait: *ClientError of kind ClientGone.
+func (c *Conn) ReadResponseHead(x *Exchange, uc *UpConn) error {
+	s := c.s
+	if s.ResponseHeaderTimeout > 0 {
+		_ = uc.nc.SetReadDeadline(time.Now().Add(s.ResponseHeaderTimeout))
+		defer uc.nc.SetReadDeadline(time.Time{})
+	}
+	c.waiting.Store(waitHead)
+	err := c.readResponseHead(x, uc)
+	if !c.waiting.CompareAndSwap(waitHead, waitNone) {
+		c.waiting.Store(waitNone)
+		return &ClientError{Kind: ClientGone, Err: errClientLeft}
+	}
+	return err
+}
+
+func (c *Conn) readResponseHead(x *Exchange, uc *UpConn) error {
+	for {
+		n := 0
+		for {
+			n = FindHeadEnd(uc.cr.bytes())
+			if n > 0 {
+				break
+			}
+			if n < 0 {
+				return errors.New("malformed response head: bare LF")
+			}
+			if err := uc.cr.fill(); err != nil {
+				if err == errBufferFull {
+					return errors.New("response head larger than 16 KiB")
+				}
+				return err
+			}
+		}
+		res := &x.Res
+		if err := res.ParseResponse(uc.cr.bytes()[:n]); err != nil {
+			return err
+		}
+		if res.code >= 200 {
+			return nil
+		}
+		if res.code == http.StatusSwitchingProtocols {
+			return errUpstream101
+		}
+		// 100 Continue, 103 Early Hints: pass on and read on.
+		c.ensureOut()
+		c.writeHead(res, false, false, false)
+		c.out.flush()
+		uc.cr.discard(n)
+	}
+}
+
+// Body framings of a response.
+const (
+	bodyNone = iota
+	bodyLength
+	bodyChunked
+	bodyUntilClose
+)
+
+// Response is how a response head was relayed.
+type Response struct {
+	Code    int
+	Stream  bool // an event stream: its duration is a connection's lifetime
+	framing int
+	length  int64
+	upKeep  bool // the instance connection may be reused
+	keep    bool // the client connection may carry another request
+}
+
+// WriteResponseHead writes the head read into x.Res to the client.
+func (c *Conn) WriteResponseHead(x *Exchange, uc *UpConn) Response {
+	req, res := &x.Req, &x.Res
+	r := Response{Code: res.code, framing: bodyUntilClose}
+	switch {
+	case req.method == http.MethodHead || res.code == http.StatusNoContent || res.code == http.StatusNotModified:
+		r.framing = bodyNone
+	case res.te > 0:
+		r.framing = bodyChunked
+	case res.nCL > 0:
+		r.framing, r.length = bodyLength, res.contentLength
+		if res.contentLength == 0 {
+			r.framing = bodyNone
+		}
+	}
+	r.upKeep = !res.closeConn && !res.http10 && r.framing != bodyUntilClose
+	r.keep = !req.closeConn && r.framing != bodyUntilClose && c.s.keepAlive() && !x.early
+	c.ensureOut()
+	c.writeHead(res, r.framing == bodyChunked, !res.hasDate, !r.keep)
+	uc.cr.discard(res.end)
+	r.Stream = res.sse && r.framing != bodyLength
+	return r
+}
+
+// RelayBody relays the response body and returns the instance connection
+// to its pool when the exchange ended cleanly. It reports whether the
+// client connection may carry another request, and an error of the
+// instance's side (nil when only the client failed).
+func (c *Conn) RelayBody(r *Response, uc *UpConn, u *Upstream) (keep bool, err error) {
+	switch r.framing {
+	case bodyLength:
+		err = c.copyN(uc, r.length)
+	case bodyChunked:
+		err = c.copyChunked(uc)
+	case bodyUntilClose:
+		err = c.copyUntilClose(uc)
+	}
+	if c.endedAtBoundary(err) {
+		c.writeLastChunk() // drainend.go: a clean end, the client reconnects
+		uc.Close()
+		return false, nil
+	}
+	c.out.flush()
+	if err != nil || c.out.err != nil {
+		uc.Close()
+		if c.out.err != nil {
+			err = nil
+		}
+		return false, err
+	}
+	if r.upKeep {
+		u.Put(uc)
+	} else {
+		uc.Close()
+	}
+	return r.keep, nil
+}
+
+// StreamCloser ends or closes both sides of an exchange: for draining an
+// event stream (see drainend.go).
+func (c *Conn) StreamCloser(uc *UpConn) interface {
+	Close() error
+	End()
+} {
+	c.ending.Store(false)
+	return &streamCloser{c: c, uc: uc}
+}
+
+// writeHead writes a response head: the status line and the instance's
+// fields without the hop-by-hop ones (Transfer-Encoding stays when the
+// chunked body is relayed as it is).
+func (c *Conn) writeHead(res *Head, chunked, addDate, closeConn bool) {
+	o := &c.out
+	o.writeString("HTTP/1.1 ")
+	o.writeCode(res.code)
+	if len(res.reason) > 0 {
+		o.write(res.reason)
+	} else {
+		o.writeString(http.StatusText(res.code))
+	}
+	o.writeString("\r\n")
+	for i := range res.fields {
+		f := &res.fields[i]
+		switch f.id {
+		case fConnection, fKeepAlive, fProxyConnection, fTE, fUpgrade, fProxyAuthenticate, fProxyAuthorization:
+			continue
+		case fTransferEncoding, fTrailer:
+			if !chunked {
+				continue
+			}
+		case fContentLength:
+			if chunked {
+				continue
+			}
+		}
+		if res.nConnTokens > 0 && f.id != fContentLength && f.id != fTransferEncoding && res.connectionNamed(f.name) {
+			continue // hop-by-hop by the instance's word; the framing stays, it is relayed as is
+		}
+		o.write(f.name)
+		o.writeString(": ")
+		o.write(f.value)
+		o.writeString("\r\n")
+	}
+	if addDate {
+		o.writeString("Date: ")
+		o.write(c.s.date.get(time.Now()))
+		o.writeString("\r\n")
+	}
+	if closeConn {
+		o.writeString("Connection: close\r\n")
+	}
+	o.writeString("\r\n")
+}
+
+// dateCache formats the Date field once a second.
+type dateCache struct{ p atomic.Pointer[dateValue] }
+
+type dateValue struct {
+	sec int64
+	b   []byte
+}
+
+func (d *dateCache) get(now time.Time) []byte {
+	sec := now.Unix()
+	if v := d.p.Load(); v != nil && v.sec == sec {
+		return v.b
+	}
+	v := &dateValue{sec: sec, b: now.UTC().AppendFormat(nil, http.TimeFormat)}
+	d.p.Store(v)
+	return v.b
+}
+
+// exchangePool lends the per-request scratch space.
+type exchangePool struct{ p sync.Pool }
+
+func (ep *exchangePool) get() *Exchange {
+	if x, _ := ep.p.Get().(*Exchange); x != nil {
+		return x
+	}
+	return &Exchange{wbuf: make([]byte, 0, clientBufSize+1024)}
+}
+
+func (ep *exchangePool) put(x *Exchange) {
+	x.path, x.consumed, x.early = "", false, false
+	ep.p.Put(x)
+}

@@ -1,0 +1,18 @@
+//go:build !unix
+
+package h1
+
+import "syscall"
+
+// initRaw leaves the connection without raw access: waits hold their
+// buffer, and peeks report nothing known.
+func (cr *connReader) initRaw() {}
+
+func (cr *connReader) readReady(uintptr) bool { return true }
+
+func (cr *connReader) peek(uintptr) bool {
+	cr.peeked = peekUnknown
+	return true
+}
+
+func peekConn(syscall.RawConn) peekResult { return peekUnknown }

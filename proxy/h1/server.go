@@ -1,0 +1,382 @@
+// Package h1 is the fast HTTP/1.1 codec of the data plane: it accepts
+// client connections, reads request heads, sends requests to an instance,
+// reads response heads and relays bodies, in the connection's goroutine and
+// without per-request allocations. It decides nothing about routing,
+// retries, faults or counting: each parsed request goes to a Handler (the
+// proxy's request pipeline), which drives an exchange with the Conn and
+// Exchange methods. Any connection the codec does not fully understand is
+// handed, with the bytes already read, to a net/http Server (Fallback).
+//
+// Where the system offers them (unix), raw socket calls let an idle
+// connection hold no buffer and let a pooled instance connection be peeked
+// at before reuse; elsewhere the codec works the same with blocking reads.
+package h1
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"net/http"
+	"runtime/debug"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Handler runs the request pipeline for one request whose head is parsed
+// in x.Req. It returns whether the client connection may carry another
+// request.
+type Handler interface {
+	ServeH1(c *Conn, x *Exchange) (keep bool)
+}
+
+// Server accepts client connections and runs their requests through
+// Handler. The zero value is not usable: Handler, Fallback, Buffers and Log
+// are required.
+type Server struct {
+	Handler  Handler
+	Fallback *http.Server // serves what the codec hands over
+	Buffers  *Buffers
+	Log      *slog.Logger
+	// ReadHeaderTimeout bounds the time from a request's first byte to the
+	// end of its head; default 10s.
+	ReadHeaderTimeout time.Duration
+	// IdleTimeout closes a keep-alive connection without a request for
+	// that long; default 120s.
+	IdleTimeout time.Duration
+	// ClientBodyTimeout is the most time between two reads of a request
+	// body; default 60s.
+	ClientBodyTimeout time.Duration
+	// ResponseHeaderTimeout bounds the wait for an instance's response
+	// head; 0: none.
+	ResponseHeaderTimeout time.Duration
+	// Trusted reports whether a peer's forwarding headers are kept; nil:
+	// none is.
+	Trusted func(remote string) bool
+	// StripField is the lower-case name of a request field that is not
+	// forwarded; empty: none.
+	StripField string
+	// Reap, when set, runs every ReapEvery (default 1s) to close instance
+	// connections idle for too long, and once with false when the server
+	// stops.
+	Reap      func(expiredOnly bool)
+	ReapEvery time.Duration
+	// GuardHandoff wraps each connection handed to Fallback; nil: none.
+	GuardHandoff func(net.Conn) net.Conn
+
+	date      dateCache
+	exchanges exchangePool
+
+	shutdown atomic.Bool
+	noKeep   atomic.Bool // EndKeepAlives was called (drainend.go)
+	closed   atomic.Bool // Close was called: connections are cut, not drained
+	mu       sync.Mutex
+	lns      map[net.Listener]struct{}
+	conns    map[*Conn]struct{}
+	handoff  *handoffListener
+	done     chan struct{}
+}
+
+// Connection states, for graceful shutdown.
+const (
+	stateActive int32 = iota
+	stateIdle
+	stateClosed
+)
+
+// watchEvery is how often the server looks for clients that went away
+// while their request waits for an instance's answer.
+const watchEvery = 100 * time.Millisecond
+
+// Serve accepts connections on ln until Shutdown or Close.
+func (s *Server) Serve(ln net.Listener) error {
+	if s.Fallback == nil || s.Handler == nil || s.Buffers == nil || s.Log == nil {
+		return errors.New("h1: Server needs Handler, Fallback, Buffers and Log")
+	}
+	if s.ReadHeaderTimeout <= 0 {
+		s.ReadHeaderTimeout = 10 * time.Second
+	}
+	if s.IdleTimeout <= 0 {
+		s.IdleTimeout = 120 * time.Second
+	}
+	if s.ClientBodyTimeout <= 0 {
+		s.ClientBodyTimeout = 60 * time.Second
+	}
+	if s.ReapEvery <= 0 {
+		s.ReapEvery = time.Second
+	}
+	if s.GuardHandoff == nil {
+		s.GuardHandoff = func(c net.Conn) net.Conn { return c }
+	}
+	s.mu.Lock()
+	if s.shutdown.Load() {
+		s.mu.Unlock()
+		ln.Close()
+		return http.ErrServerClosed
+	}
+	if s.lns == nil {
+		s.lns = make(map[net.Listener]struct{})
+		s.conns = make(map[*Conn]struct{})
+		s.handoff = &handoffListener{addr: ln.Addr(), ch: make(chan net.Conn), done: make(chan struct{})}
+		s.done = make(chan struct{})
+		go func() { _ = s.Fallback.Serve(s.handoff) }() // ends when handoff is closed
+		go s.background()
+	}
+	s.lns[ln] = struct{}{}
+	s.mu.Unlock()
+
+	var delay time.Duration
+	for {
+		nc, err := ln.Accept()
+		if err != nil {
+			if s.shutdown.Load() {
+				return http.ErrServerClosed
+			}
+			if errors.Is(err, net.ErrClosed) {
+				return err
+			}
+			// Out of descriptors and the like: back off, as net/http does.
+			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+			s.Log.Warn("accept failed; retrying", "err", err, "delay", delay)
+			time.Sleep(delay)
+			continue
+		}
+		delay = 0
+		c := s.newConn(nc)
+		s.mu.Lock()
+		if s.shutdown.Load() {
+			s.mu.Unlock()
+			nc.Close()
+			return http.ErrServerClosed
+		}
+		s.conns[c] = struct{}{}
+		s.mu.Unlock()
+		go s.serveConn(c)
+	}
+}
+
+func (s *Server) forget(c *Conn) {
+	s.mu.Lock()
+	delete(s.conns, c)
+	s.mu.Unlock()
+}
+
+// handOff gives the connection, with what was read of it, to net/http
+// behind the framing guard.
+func (s *Server) handOff(c *Conn) bool {
+	pre := append([]byte(nil), c.cr.bytes()...)
+	c.cr.discard(len(pre))
+	c.cr.release()
+	c.releaseOut()
+	_ = c.nc.SetReadDeadline(time.Time{})
+	return s.handoff.deliver(s.GuardHandoff(&prefixConn{Conn: c.nc, pre: pre}))
+}
+
+// Shutdown stops accepting, closes idle connections, and waits for the
+// requests in flight (on both codecs) until ctx ends.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.shutdown.Store(true)
+	s.mu.Lock()
+	started := s.lns != nil
+	for ln := range s.lns {
+		ln.Close()
+	}
+	s.mu.Unlock()
+	if !started {
+		return s.Fallback.Shutdown(ctx)
+	}
+	s.handoff.Close()
+	fbDone := make(chan error, 1)
+	go func() { fbDone <- s.Fallback.Shutdown(ctx) }()
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		if s.closeIdle() == 0 {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-tick.C:
+		}
+	}
+	s.stopBackground()
+	return <-fbDone
+}
+
+// ShuttingDown reports whether Shutdown or Close was called.
+func (s *Server) ShuttingDown() bool { return s.shutdown.Load() }
+
+// closeIdle closes the idle connections and returns how many are left.
+func (s *Server) closeIdle() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for c := range s.conns {
+		if c.state.CompareAndSwap(stateIdle, stateClosed) {
+			c.nc.Close()
+		}
+	}
+	return len(s.conns)
+}
+
+// Close closes the listeners and every connection at once.
+func (s *Server) Close() error {
+	s.shutdown.Store(true)
+	s.mu.Lock()
+	for ln := range s.lns {
+		ln.Close()
+	}
+	s.closed.Store(true)
+	for c := range s.conns {
+		c.state.Store(stateClosed)
+		c.nc.Close()
+		if uc := c.upstream.Load(); uc != nil {
+			uc.nc.Close()
+		}
+	}
+	started := s.lns != nil
+	s.mu.Unlock()
+	if started {
+		s.handoff.Close()
+		s.stopBackground()
+	}
+	return s.Fallback.Close()
+}
+
+func (s *Server) stopBackground() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	select {
+	case <-s.done:
+	default:
+		close(s.done)
+	}
+}
+
+// background reaps idle instance connections and cancels the waits of
+// clients that went away.
+func (s *Server) background() {
+	reap := time.NewTicker(s.ReapEvery)
+	defer reap.Stop()
+	watch := time.NewTicker(watchEvery)
+	defer watch.Stop()
+	for {
+		select {
+		case <-s.done:
+			if s.Reap != nil {
+				s.Reap(false)
+			}
+			return
+		case <-reap.C:
+			if s.Reap != nil {
+				s.Reap(true)
+			}
+		case <-watch.C:
+			s.watchWaits()
+		}
+	}
+}
+
+// watchWaits looks at the client of every request waiting for an
+// instance's answer; one whose client closed its side is cancelled by
+// closing the instance connection it waits on.
+func (s *Server) watchWaits() {
+	var gone []*Conn
+	s.mu.Lock()
+	for c := range s.conns {
+		if c.waiting.Load() == waitHead && peekConn(c.cr.rc) == peekClosed {
+			gone = append(gone, c)
+		}
+	}
+	s.mu.Unlock()
+	for _, c := range gone {
+		if c.waiting.CompareAndSwap(waitHead, waitCancelled) {
+			if uc := c.upstream.Load(); uc != nil {
+				uc.nc.Close()
+			}
+		}
+	}
+}
+
+// IdleBuffers reports the connections that are idle and parked in a wait
+// for the next request, and how many of those hold a buffer; for tests of
+// the memory an idle connection costs.
+func (s *Server) IdleBuffers(parked func(net.Conn) bool) (conns, idle, holding int, noRaw bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for c := range s.conns {
+		conns++
+		if c.state.Load() == stateIdle && parked(c.nc) {
+			idle++
+			if c.cr.rc == nil {
+				noRaw = true
+			}
+			if c.cr.buf != nil || c.out.b != nil {
+				holding++
+			}
+		}
+	}
+	return
+}
+
+// handoffListener feeds connections the codec hands over to net/http.
+type handoffListener struct {
+	addr net.Addr
+	ch   chan net.Conn
+	done chan struct{}
+	once sync.Once
+}
+
+func (l *handoffListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.ch:
+		return c, nil
+	case <-l.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (l *handoffListener) Close() error {
+	l.once.Do(func() { close(l.done) })
+	return nil
+}
+
+func (l *handoffListener) Addr() net.Addr { return l.addr }
+
+func (l *handoffListener) deliver(c net.Conn) bool {
+	select {
+	case l.ch <- c:
+		return true
+	case <-l.done:
+		return false
+	}
+}
+
+// prefixConn replays the bytes the codec read before handing over.
+type prefixConn struct {
+	net.Conn
+	pre []byte
+}
+
+func (p *prefixConn) Read(b []byte) (int, error) {
+	if len(p.pre) > 0 {
+		n := copy(b, p.pre)
+		p.pre = p.pre[n:]
+		return n, nil
+	}
+	return p.Conn.Read(b)
+}
+
+// CloseWrite lets net/http half-close after an error response.
+func (p *prefixConn) CloseWrite() error {
+	if cw, ok := p.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
+}
+
+// panicked logs a recovered panic of a connection goroutine.
+func (s *Server) panicked(c *Conn, v any) {
+	s.Log.Error("panic serving a connection", "remote", c.remote, "panic", v, "stack", string(debug.Stack()))
+}

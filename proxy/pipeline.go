@@ -1,0 +1,181 @@
+package proxy
+
+import (
+	"context"
+	"log/slog"
+	"net/http"
+	"time"
+)
+
+// The request pipeline, the same for both codecs (the fast HTTP/1.1 codec
+// in fast.go and proxy/h1, net/http in router.go and retry.go):
+//
+//	route (snapshot + preview)     Router.route         the colour of a request
+//	pick                           Pool.Pick
+//	attempt, retry                 Pool.attemptFailed   fault.go: whose fault; retryPolicy: retry or not
+//	finish(outcome)                Router.finish        what is counted and logged
+//
+// The codecs only read request heads, send, read response heads and relay
+// bodies; every decision about a request is taken here.
+
+// route is where the colour of a request is chosen: the active colour of
+// the routing snapshot, or the idle colour for a preview request. A request
+// loads the snapshot once.
+func (rt *Router) route(preview bool) *Pool {
+	s := rt.snap.Load()
+	if preview {
+		return s.idle
+	}
+	return s.active
+}
+
+// previewable reports whether preview routing is configured at all.
+func (rt *Router) previewable() bool { return rt.previewHeader != "" || rt.previewCookie != "" }
+
+// outcome is how a request ended, whichever codec carried it. finish
+// counts and logs it.
+type outcome struct {
+	pool      *Pool
+	b         *Backend // the picked instance (in-flight accounting); nil: none was available
+	inst      *Backend // the instance of the last attempt
+	method    string
+	path      string // as the client sent it, without the query; set when logged
+	remote    string
+	start     time.Time
+	status    int // what the client got; 499 when it left first
+	fault     fault
+	kind      string // the client error kind or the instance error kind
+	err       error
+	longLived bool // an upgrade or an event stream: its duration is not a response time
+}
+
+// fail records the verdict on a failed request in o.
+func (o *outcome) fail(v verdict, b *Backend, err error) {
+	o.status, o.fault, o.kind, o.inst, o.err = v.status, v.fault, v.kind, b, err
+}
+
+// finish is where every request ends: it counts the status
+// (bluegreen_requests_total), client faults (bluegreen_client_errors_total;
+// instance faults were counted per attempt by attemptFailed), ends the
+// in-flight accounting and the duration, and writes the logs.
+func (rt *Router) finish(o *outcome) {
+	p := o.pool
+	p.metrics.count(o.method, o.status)
+	switch o.fault {
+	case clientFault:
+		rt.metrics.clientError(o.kind)
+	case instanceFault:
+		rt.log.Warn("upstream error", "color", p.color, "instance", o.inst.name, "kind", o.kind,
+			"method", o.method, "path", o.path, "status", o.status, "err", o.err)
+	}
+	if o.b == nil {
+		return
+	}
+	elapsed := p.end(o.b, o.start, o.longLived)
+	if rt.access != nil {
+		inst := o.inst
+		if inst == nil {
+			inst = o.b
+		}
+		rt.access.LogAttrs(context.Background(), slog.LevelInfo, "request",
+			slog.String("method", o.method),
+			slog.String("path", o.path),
+			slog.Int("status", o.status),
+			slog.String("color", p.color),
+			slog.String("instance", inst.name),
+			slog.Duration("duration", elapsed),
+			slog.String("remote", o.remote))
+	}
+}
+
+// begin counts a request in flight on b, an instance of p.
+func (p *Pool) begin(b *Backend) {
+	b.inflight.Add(1)
+	if cm := p.metrics; cm != nil {
+		cm.inflight.Inc()
+	}
+}
+
+// end undoes begin and observes the request's duration, unless it was a
+// long-lived connection (an upgrade or an event stream). It returns the
+// duration.
+func (p *Pool) end(b *Backend, start time.Time, longLived bool) time.Duration {
+	b.inflight.Add(-1)
+	elapsed := time.Since(start)
+	if cm := p.metrics; cm != nil {
+		cm.inflight.Dec()
+		if !longLived {
+			cm.duration.Observe(elapsed.Seconds())
+		}
+	}
+	return elapsed
+}
+
+// observe feeds an instance's answer to outlier detection: 5xx is a
+// failure.
+func (b *Backend) observe(code int) {
+	b.answered(code) // colorfail.go
+	if code >= 500 {
+		b.failedAnswer()
+		return
+	}
+	b.succeeded()
+}
+
+// attempt describes a failed attempt for attemptFailed.
+type attempt struct {
+	method   string
+	hasBody  bool // the request has a body
+	bodySent bool // some of it may have left (it cannot be sent again)
+	firstTry bool
+}
+
+// attemptFailed is the one place an attempt's failure is judged: whose fault
+// it is (judge), what the instance is charged with (its error counter and
+// outlier detection, only for its own faults), and whether to retry
+// (retryPolicy). It returns the verdict and the instance to try next (nil:
+// none) and whether that needs a fresh connection.
+func (p *Pool) attemptFailed(ctx context.Context, b *Backend, err error, a attempt) (v verdict, next *Backend, fresh bool) {
+	v = judge(ctx, err)
+	if v.fault != instanceFault {
+		return v, nil, false // the client's doing: nobody is charged, nothing is retried
+	}
+	b.errs.inc(v.kind)
+	b.failedAttempt(v.kind) // colorfail.go: outlier detection and the data plane's evidence
+	if !a.firstTry || !retryPolicy(a.method, a.hasBody, a.bodySent, v.kind) {
+		// The active colour may just have been found failing and rolled
+		// back: a refused request then goes to the new active colour.
+		return v, b.rt.failoverTarget(p, v.kind, a), false
+	}
+	next = p.pickOther(b)
+	if next == nil && v.kind != KindDial {
+		next, fresh = b, true // a reset kept-alive connection: a fresh one to the same instance
+	}
+	if next == nil {
+		return v, b.rt.failoverTarget(p, v.kind, a), false
+	}
+	if next != nil {
+		p.metrics.retried()
+	}
+	return v, next, fresh
+}
+
+// retryPolicy decides, for both codecs, whether a failed request may be
+// sent again: a refused connection sent nothing, so any request whose body
+// was not read yet may go elsewhere; after a reset before any response
+// byte, only an idempotent request without a body may.
+func retryPolicy(method string, hasBody, bodySent bool, kind string) bool {
+	switch kind {
+	case KindDial:
+		return !bodySent
+	case KindReset:
+		if hasBody {
+			return false
+		}
+		switch method {
+		case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace, http.MethodPut, http.MethodDelete:
+			return true
+		}
+	}
+	return false
+}
