@@ -123,16 +123,32 @@ func (rt *Router) failover(p *Pool, kind string) *Pool {
 	return nil
 }
 
-// failoverTarget is where a request whose attempt on p failed with kind
-// goes next when the evidence has switched the active colour: an instance
-// of the new active colour, if the request was refused and nothing of it
-// was sent (a.bodySent false). Otherwise nil.
-func (rt *Router) failoverTarget(p *Pool, kind string, a attempt) *Backend {
+// failoverTarget is where a request whose attempt on b, an instance of p,
+// failed with kind goes next, if it was refused and nothing of it was sent
+// (a.bodySent false): an instance of the new active colour when the
+// evidence has switched it; else, while the evidence is incomplete, an
+// instance of p in rotation not known to refuse (each refusal marks one
+// more, so this ends). Otherwise nil.
+func (rt *Router) failoverTarget(p *Pool, b *Backend, kind string, a attempt) *Backend {
 	np := rt.failover(p, kind)
-	if np == nil || kind != KindDial || a.bodySent {
+	if kind != KindDial || a.bodySent {
 		return nil
 	}
-	nb := np.Pick()
+	var nb *Backend
+	switch {
+	case np != nil:
+		nb = np.Pick()
+	case rt.colorFailing != nil && rt.snap.Load().active == p:
+		// Another instance may have reset a kept-alive connection rather
+		// than refused a new one: it is not known to refuse yet.
+		np = p
+		for _, o := range p.backends {
+			if o != b && o.up.Load() && !o.refusing.Load() {
+				nb = o
+				break
+			}
+		}
+	}
 	if nb != nil {
 		np.metrics.retried()
 	}

@@ -145,14 +145,14 @@ func (p *Pool) attemptFailed(ctx context.Context, b *Backend, err error, a attem
 	if !a.firstTry || !retryPolicy(a.method, a.hasBody, a.bodySent, v.kind) {
 		// The active colour may just have been found failing and rolled
 		// back: a refused request then goes to the new active colour.
-		return v, b.rt.failoverTarget(p, v.kind, a), false
+		return v, b.rt.failoverTarget(p, b, v.kind, a), false
 	}
 	next = p.pickOther(b)
 	if next == nil && v.kind != KindDial {
 		next, fresh = b, true // a reset kept-alive connection: a fresh one to the same instance
 	}
 	if next == nil {
-		return v, b.rt.failoverTarget(p, v.kind, a), false
+		return v, b.rt.failoverTarget(p, b, v.kind, a), false
 	}
 	if next != nil {
 		p.metrics.retried()
