@@ -18,7 +18,11 @@ func (c *Conn) fillUp(uc *UpConn) error {
 			return nil // reported through c.out.err
 		}
 	}
-	return uc.cr.fill()
+	err := uc.cr.fill()
+	if err != nil && c.midChunkEnd(uc, err) {
+		err = uc.cr.fill() // the rest of the chunk, within endGrace (drainend.go)
+	}
+	return err
 }
 
 func (c *Conn) copyN(uc *UpConn, n int64) error {
@@ -99,7 +103,9 @@ func (c *Conn) line(uc *UpConn) ([]byte, error) {
 // end of the message is known.
 func (c *Conn) copyChunked(uc *UpConn) error {
 	for c.out.err == nil {
+		c.atChunkStart = true
 		ln, err := c.line(uc)
+		c.atChunkStart = false
 		if err != nil {
 			return errChunkBoundary{err} // drainend.go
 		}

@@ -37,13 +37,25 @@ type streamCloser struct {
 func (s *streamCloser) End() {
 	s.c.ending.Store(true)
 	_ = s.uc.nc.SetReadDeadline(time.Now())
-	time.AfterFunc(endGrace, func() { _ = s.Close() })
+	time.AfterFunc(2*endGrace, func() { _ = s.Close() })
 }
 
 // Close cuts both connections.
 func (s *streamCloser) Close() error {
 	s.uc.nc.Close()
 	return s.c.nc.Close()
+}
+
+// midChunkEnd reports, for a read error err of the relay, whether End woke
+// it in the middle of a chunk: then it gets endGrace more for the rest of
+// the chunk, once, and the caller reads again.
+func (c *Conn) midChunkEnd(uc *UpConn, err error) bool {
+	if c.atChunkStart || c.endWaited || !c.ending.Load() || !isTimeout(err) {
+		return false
+	}
+	c.endWaited = true
+	_ = uc.nc.SetReadDeadline(time.Now().Add(endGrace))
+	return true
 }
 
 // errChunkBoundary wraps an error met while reading a chunk-size line:

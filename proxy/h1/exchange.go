@@ -354,6 +354,7 @@ func (c *Conn) StreamCloser(uc *UpConn) interface {
 	End()
 } {
 	c.ending.Store(false)
+	c.endWaited = false
 	return &streamCloser{c: c, uc: uc}
 }
 
