@@ -3,6 +3,7 @@ package proxy
 import (
 	"fmt"
 	"sync/atomic"
+	"time"
 )
 
 // The data plane's evidence that a colour cannot serve. An instance that
@@ -38,7 +39,7 @@ func (b *Backend) failedAttempt(kind string) {
 func (b *Backend) failedAnswer() {
 	b.failed()
 	if b.markSuspect() {
-		b.rt.failover(b.pool, KindOther)
+		b.rt.failover(b.pool, KindOther, time.Time{})
 	}
 }
 
@@ -102,13 +103,22 @@ func (p *Pool) failing() (bool, string) {
 // the active colour and the evidence says it cannot serve, it reports to
 // Config.ColorFailing and returns the active pool after that call if it
 // changed (the caller may then send an unsent request there), else nil.
-func (rt *Router) failover(p *Pool, kind string) *Pool {
+// When p has already lost the traffic by the latest switch and the request
+// was routed (routed, zero: unknown) before that switch, it returns the
+// new active pool too; a preview request to the idle colour never moves.
+func (rt *Router) failover(p *Pool, kind string, routed time.Time) *Pool {
 	if rt.colorFailing == nil || kind == "" {
 		return nil
 	}
 	if kind == KindDial || p.outlier.consecutive > 0 {
-		if rt.snap.Load().active != p {
-			return nil // preview traffic, or a switch already happened: nothing to report
+		if s := rt.snap.Load(); s.active != p {
+			// Preview traffic, or a switch already happened: nothing to
+			// report. A request routed to p just before p lost the traffic
+			// goes where the switch sent the traffic.
+			if s.from == p && !routed.IsZero() && routed.UnixNano() < s.at {
+				return s.active
+			}
+			return nil
 		}
 		bad, why := p.failing()
 		if !bad {
@@ -125,13 +135,25 @@ func (rt *Router) failover(p *Pool, kind string) *Pool {
 
 // failoverTarget is where a request whose attempt on b, an instance of p,
 // failed with kind goes next, if it was refused and nothing of it was sent
-// (a.bodySent false): an instance of the new active colour when the
-// evidence has switched it; else, while the evidence is incomplete, an
-// instance of p in rotation not known to refuse (each refusal marks one
-// more, so this ends). Otherwise nil.
+// (a.bodySent false), or reset and may be sent again: an instance of the
+// new active colour when the evidence has switched it; else, while the
+// evidence is incomplete, an instance of p in rotation not known to refuse
+// (each refusal marks one more; a.try bounds the rest). Otherwise nil.
 func (rt *Router) failoverTarget(p *Pool, b *Backend, kind string, a attempt) *Backend {
-	np := rt.failover(p, kind)
-	if kind != KindDial || a.bodySent {
+	np := rt.failover(p, kind, a.start)
+	switch {
+	case a.try > 8+2*len(p.backends):
+		// Enough: a dead instance's kept-alive connections each reset
+		// once, but an instance that resets every connection must not
+		// keep a request going round.
+		return nil
+	case kind == KindDial && !a.bodySent:
+	case kind == KindReset && retryPolicy(a.method, a.hasBody, a.bodySent, kind):
+		// A kept-alive connection reset before any answer: a dead instance
+		// shows itself so before it refuses. A request that may be sent
+		// again tries the instances not known to refuse (one of them
+		// refusing a new connection completes the evidence).
+	default:
 		return nil
 	}
 	var nb *Backend

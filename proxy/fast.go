@@ -140,7 +140,7 @@ func (h fastHandler) ServeH1(c *h1.Conn, x *h1.Exchange) bool {
 			uc.Close()
 		}
 		v, next, fr := pool.attemptFailed(context.Background(), b, err, attempt{
-			method: o.method, hasBody: hasBody, bodySent: sent, firstTry: try == 0,
+			method: o.method, hasBody: hasBody, bodySent: sent, firstTry: try == 0, try: try, start: o.start,
 		})
 		if next != nil {
 			b, fresh = next, fr

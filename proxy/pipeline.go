@@ -128,6 +128,8 @@ type attempt struct {
 	hasBody  bool // the request has a body
 	bodySent bool // some of it may have left (it cannot be sent again)
 	firstTry bool
+	try      int       // attempts before this one (colorfail.go bounds its retries with it)
+	start    time.Time // when the request was routed, or just after (colorfail.go)
 }
 
 // attemptFailed is the one place an attempt's failure is judged: whose fault

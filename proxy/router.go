@@ -83,6 +83,8 @@ type Config struct {
 type snapshot struct {
 	active, idle *Pool
 	generation   uint64
+	from         *Pool // the active pool before this switch (colorfail.go)
+	at           int64 // when this switch was applied, Unix ns
 }
 
 // Router is the public listener's handler: it sends each request to a
@@ -238,7 +240,7 @@ func (rt *Router) SetActive(color string, generation uint64) error {
 	}
 	rt.setMu.Lock()
 	defer rt.setMu.Unlock()
-	prev := rt.snap.Swap(&snapshot{active: next, idle: idle, generation: generation})
+	prev := rt.snap.Swap(&snapshot{active: next, idle: idle, generation: generation, from: rt.snap.Load().active, at: time.Now().UnixNano()})
 	if prev.active != next {
 		next.streams.undrain()
 		prev.active.streams.drain()

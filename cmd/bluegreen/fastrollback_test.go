@@ -118,7 +118,13 @@ func TestFastRollbackWhenNewColourDies(t *testing.T) {
 			t.Logf("green killed under 200 req/s: %d ok %v, %d failed %v; rollback %s after the first refused connection (%s after the kill as the test saw it); reason %q",
 				ok.Load(), perColor, failed.Load(), failures, latency.Round(10*time.Microsecond), rolledBack.Round(time.Millisecond), rb.Reason)
 			if failed.Load() != 0 {
-				t.Fatalf("%d requests failed: %v", failed.Load(), failures)
+				var upstream []string
+				for line := range strings.SplitSeq(logs, "\n") {
+					if strings.Contains(line, "upstream error") {
+						upstream = append(upstream, line)
+					}
+				}
+				t.Fatalf("%d requests failed: %v\n%s", failed.Load(), failures, strings.Join(upstream, "\n"))
 			}
 			if latency > 100*time.Millisecond || latency < 0 {
 				t.Fatalf("rollback %s after the first refused connection, want within 100ms", latency)
