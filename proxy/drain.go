@@ -128,7 +128,7 @@ func (s *streamSet) closeDraining() {
 		s.log.Info("closed drained connections", "color", s.color, "connections", len(victims))
 	}
 	for _, c := range victims {
-		_ = c.Close()
+		endStream(c)
 	}
 }
 
@@ -138,8 +138,11 @@ func (s *streamSet) closeAll() int {
 	victims := make([]io.Closer, 0, len(s.live))
 	for st := range s.live {
 		victims = append(victims, st.closer)
+		st.draining = false
+		if _, ok := st.closer.(ender); !ok {
+			delete(s.live, st) // an ender stays listed until it has ended (drainend.go)
+		}
 	}
-	clear(s.live)
 	if s.timer != nil {
 		s.timer.Stop()
 		s.timer = nil
@@ -148,46 +151,7 @@ func (s *streamSet) closeAll() int {
 	s.setGauge()
 	s.mu.Unlock()
 	for _, c := range victims {
-		_ = c.Close()
+		endStream(c)
 	}
 	return len(victims)
-}
-
-// trackedConn is the backend side of an upgraded connection, registered in a
-// streamSet for as long as it is open.
-type trackedConn struct {
-	io.ReadWriteCloser
-	set  *streamSet
-	st   *stream
-	once sync.Once
-}
-
-func (c *trackedConn) Close() error {
-	c.once.Do(func() { c.set.remove(c.st) })
-	return c.ReadWriteCloser.Close()
-}
-
-// trackedBody is a streaming response body registered in a streamSet.
-type trackedBody struct {
-	io.ReadCloser
-	set  *streamSet
-	st   *stream
-	once sync.Once
-}
-
-func (b *trackedBody) Close() error {
-	b.once.Do(func() { b.set.remove(b.st) })
-	return b.ReadCloser.Close()
-}
-
-func (s *streamSet) trackConn(rwc io.ReadWriteCloser) io.ReadWriteCloser {
-	c := &trackedConn{ReadWriteCloser: rwc, set: s}
-	c.st = s.add(rwc)
-	return c
-}
-
-func (s *streamSet) trackBody(rc io.ReadCloser) io.ReadCloser {
-	b := &trackedBody{ReadCloser: rc, set: s}
-	b.st = s.add(rc)
-	return b
 }

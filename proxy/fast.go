@@ -131,7 +131,7 @@ func (h fastHandler) ServeH1(c *h1.Conn, x *h1.Exchange) bool {
 	pool.begin(b)
 	o.b, o.inst = b, b
 	hasBody := req.ContentLength() > 0
-	fresh, failedOver := false, false
+	fresh := false
 	for try := 0; ; try++ {
 		uc, err := b.conns.Get(fresh)
 		sent := false
@@ -147,20 +147,11 @@ func (h fastHandler) ServeH1(c *h1.Conn, x *h1.Exchange) bool {
 			uc.Close()
 		}
 		v, next, fr := pool.attemptFailed(context.Background(), b, err, attempt{
-			method: o.method, hasBody: hasBody, bodySent: sent, firstTry: try == 0,
+			method: o.method, hasBody: hasBody, bodySent: sent, firstTry: try == 0, try: try, start: o.start,
 		})
 		if next != nil {
 			b, fresh = next, fr
 			continue
-		}
-		if v.fault == instanceFault && !sent && !preview && !failedOver {
-			if np := rt.failover(pool); np != nil {
-				if nb := np.Pick(); nb != nil {
-					o.moveTo(np, nb)
-					pool, b, fresh, failedOver, try = np, nb, false, true, -1
-					continue
-				}
-			}
 		}
 		o.fail(v, b, err)
 		if o.path == "" && o.fault == instanceFault {

@@ -119,11 +119,9 @@ func (p *Pool) end(b *Backend, start time.Time, longLived bool) time.Duration {
 // observe feeds an instance's answer to outlier detection: 5xx is a
 // failure.
 func (b *Backend) observe(code int) {
-	if b.refusing.Load() {
-		b.refusing.Store(false)
-	}
+	b.answered(code) // colorfail.go
 	if code >= 500 {
-		b.failed()
+		b.failedAnswer()
 		return
 	}
 	b.succeeded()
@@ -135,6 +133,8 @@ type attempt struct {
 	hasBody  bool // the request has a body
 	bodySent bool // some of it may have left (it cannot be sent again)
 	firstTry bool
+	try      int       // attempts before this one (colorfail.go bounds its retries with it)
+	start    time.Time // when the request was routed, or just after (colorfail.go)
 }
 
 // attemptFailed is the one place an attempt's failure is judged: whose fault
@@ -148,16 +148,18 @@ func (p *Pool) attemptFailed(ctx context.Context, b *Backend, err error, a attem
 		return v, nil, false // the client's doing: nobody is charged, nothing is retried
 	}
 	b.errs.inc(v.kind)
-	b.failed()
-	if v.kind == KindDial && !b.refusing.Load() {
-		b.refusing.Store(true)
-	}
+	b.failedAttempt(v.kind) // colorfail.go: outlier detection and the data plane's evidence
 	if !a.firstTry || !retryPolicy(a.method, a.hasBody, a.bodySent, v.kind) {
-		return v, nil, false
+		// The active colour may just have been found failing and rolled
+		// back: a refused request then goes to the new active colour.
+		return v, b.rt.failoverTarget(p, b, v.kind, a), false
 	}
 	next = p.pickOther(b)
 	if next == nil && v.kind != KindDial {
 		next, fresh = b, true // a reset kept-alive connection: a fresh one to the same instance
+	}
+	if next == nil {
+		return v, b.rt.failoverTarget(p, b, v.kind, a), false
 	}
 	if next != nil {
 		p.metrics.retried()
@@ -183,61 +185,4 @@ func retryPolicy(method string, hasBody, bodySent bool, kind string) bool {
 		}
 	}
 	return false
-}
-
-// failover is the data-plane seam of fast rollback (Config.ColorFailing).
-// After the attempts of a request routed to the active colour p failed by
-// the instance's fault with nothing sent, it reports a colour whose
-// instances all refuse connections or are all ejected, and returns the new
-// active colour when the callback switched it (nil otherwise).
-func (rt *Router) failover(p *Pool) *Pool {
-	if rt.colorFailing == nil || rt.route(false, nil) != p {
-		return nil
-	}
-	reason := p.failing()
-	if reason == "" {
-		return nil
-	}
-	rt.colorFailing(p.color, reason)
-	if now := rt.route(false, nil); now != p {
-		return now
-	}
-	return nil
-}
-
-// failing says why every in-rotation instance of p is failing, or "".
-func (p *Pool) failing() string {
-	up, refusing, ejected := 0, 0, 0
-	for _, b := range p.backends {
-		if !b.up.Load() {
-			continue
-		}
-		up++
-		if b.refusing.Load() {
-			refusing++
-		}
-		if b.out.ejected.Load() {
-			ejected++
-		}
-	}
-	switch {
-	case up == 0:
-		return ""
-	case refusing == up:
-		return "every instance refuses connections"
-	case ejected == up:
-		return "every instance failing by outlier detection"
-	}
-	return ""
-}
-
-// moveTo moves a request's in-flight accounting to instance b of the pool
-// it fails over to.
-func (o *outcome) moveTo(p *Pool, b *Backend) {
-	o.b.inflight.Add(-1)
-	if cm := o.pool.metrics; cm != nil {
-		cm.inflight.Dec()
-	}
-	p.begin(b)
-	o.pool, o.b, o.inst = p, b, b
 }

@@ -59,7 +59,7 @@ type Backend struct {
 	conns    *h1.Upstream // the fast codec's connections
 	errs     *upstreamErrorCounters
 	out      outlierState
-	refusing atomic.Bool // its connections were refused since its last answer
+	refusal  // the data plane's evidence (colorfail.go)
 }
 
 // URL returns the instance's base URL.

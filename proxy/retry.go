@@ -34,6 +34,7 @@ func (e *attemptError) Unwrap() error { return e.err }
 
 func (t *backendTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	b := t.b
+	began := time.Now() // for colorfail.go: was the request routed before a switch?
 	res, err := t.base.RoundTrip(req)
 	if err == nil {
 		b.observe(res.StatusCode)
@@ -44,7 +45,7 @@ func (t *backendTransport) RoundTrip(req *http.Request) (*http.Response, error) 
 		if body != nil && body.err != nil {
 			err = body.err // the client's body failed the attempt
 		}
-		a := attempt{method: req.Method, hasBody: body != nil, bodySent: body != nil && body.started, firstTry: try == 0}
+		a := attempt{method: req.Method, hasBody: body != nil, bodySent: body != nil && body.started, firstTry: try == 0, try: try, start: began}
 		v, next, _ := b.pool.attemptFailed(req.Context(), b, err, a)
 		if next == nil {
 			return nil, &attemptError{b: b, v: v, err: err}

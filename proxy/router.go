@@ -67,14 +67,6 @@ type Config struct {
 	TrustedProxies []netip.Prefix
 	// StripPreviewHeader removes PreviewHeader before forwarding.
 	StripPreviewHeader bool
-	// ColorFailing, when set, is the fast-rollback seam: a request calls it
-	// synchronously when every in-rotation instance of its colour has
-	// refused connections since its last answer ("every instance refuses
-	// connections"), or every one is ejected by outlier detection ("every
-	// instance failing by outlier detection"). When it returns and the
-	// active colour has changed, a request routed to the active colour
-	// whose attempt sent nothing goes to the new active colour.
-	ColorFailing func(color, reason string)
 	// ClientBodyTimeout is the most time between two reads of a request
 	// body (as nginx's client_body_timeout); a client that stops sending
 	// longer gets 408 and the connection closes. Default 60s.
@@ -85,6 +77,13 @@ type Config struct {
 	// RolloutKey recognises a client during a progressive rollout (see
 	// SetActiveWeighted); the zero value is the rollout cookie.
 	RolloutKey RolloutKey
+	// ColorFailing, when set, is called synchronously on the request path
+	// when every instance of the active colour in rotation refuses
+	// connections since its last answer, or is failing by outlier
+	// detection (see colorfail.go). It may switch the active colour; a
+	// request that was refused (nothing sent) is then retried on the new
+	// active colour. It must be safe for concurrent use.
+	ColorFailing func(color, reason string)
 }
 
 // snapshot is one immutable routing decision. A request loads it once.
@@ -92,6 +91,8 @@ type snapshot struct {
 	active, idle *Pool
 	generation   uint64
 	weight       uint32 // rollout: clients whose key hashes below it go to idle (weight.go)
+	from         *Pool  // the active pool before this switch (colorfail.go)
+	at           int64  // when this switch was applied, Unix ns
 }
 
 // Router is the public listener's handler: it sends each request to a
@@ -115,10 +116,10 @@ type Router struct {
 	stripPreview    bool
 	transport       http.RoundTripper
 	setMu           sync.Mutex // serialises SetActive
+	colorFailing    colorFailingFunc
 
 	metrics           *Metrics
 	clientBodyTimeout time.Duration
-	colorFailing      func(color, reason string)
 
 	// The fast codec (see Server).
 	fast              bool
@@ -261,7 +262,8 @@ func (rt *Router) SetActiveWeighted(color string, generation uint64, weight int)
 	}
 	rt.setMu.Lock()
 	defer rt.setMu.Unlock()
-	prev := rt.snap.Swap(&snapshot{active: next, idle: idle, generation: generation, weight: weightOf(weight)})
+	prev := rt.snap.Swap(&snapshot{active: next, idle: idle, generation: generation, weight: weightOf(weight),
+		from: rt.snap.Load().active, at: time.Now().UnixNano()})
 	if prev.active != next {
 		next.streams.undrain()
 		prev.active.streams.drain()
@@ -419,16 +421,6 @@ func (rt *Router) errorHandler(b *Backend) func(http.ResponseWriter, *http.Reque
 			if rec.body != nil && rec.body.err != nil {
 				v = clientVerdict(rec.body.err.Kind) // the body's failure came first
 			}
-			if v.fault == instanceFault && !rec.failedOver && (rec.body == nil || !rec.body.started) {
-				if np := rt.failover(rec.o.pool); np != nil {
-					if nb := np.Pick(); nb != nil {
-						rec.failedOver = true
-						rec.o.moveTo(np, nb)
-						nb.rp.ServeHTTP(w, rec.req) // the client's request, not the one built for the last instance
-						return
-					}
-				}
-			}
 			rec.o.fail(v, inst, err)
 			if rec.o.fault == instanceFault && rec.o.path == "" {
 				rec.o.path = rec.req.URL.EscapedPath()
@@ -499,10 +491,10 @@ func (b *Backend) modifyResponse(res *http.Response) error {
 	p := b.pool
 	if res.StatusCode == http.StatusSwitchingProtocols {
 		if rwc, ok := res.Body.(io.ReadWriteCloser); ok {
-			res.Body = p.streams.trackConn(rwc)
+			res.Body = p.streams.trackWebSocket(rwc) // drainend.go
 		}
 	} else if res.ContentLength < 0 && strings.HasPrefix(res.Header.Get("Content-Type"), "text/event-stream") {
-		res.Body = p.streams.trackBody(res.Body)
+		res.Body = p.streams.trackEventStream(res.Body)
 	}
 	return nil
 }
@@ -515,8 +507,7 @@ type statusRecorder struct {
 	o    outcome
 	body *clientBody // the request body, when there is one
 
-	failedOver bool          // sent to a new active colour once (Config.ColorFailing)
-	req        *http.Request // the client's request as ServeHTTP passed it on
+	req *http.Request // the client's request as ServeHTTP passed it on
 }
 
 func (s *statusRecorder) WriteHeader(code int) {

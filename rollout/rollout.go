@@ -93,8 +93,9 @@ type Controller struct {
 
 	kick chan struct{} // health changed; buffered 1
 
-	mu  sync.Mutex
-	cur state.State // last state stored and applied
+	mu         sync.Mutex
+	cur        state.State // last state stored and applied
+	refusedGen uint64      // generation whose data-plane rollback was refused and logged
 }
 
 // New returns a Controller. Call Init before serving traffic and Run to
@@ -406,14 +407,7 @@ func (c *Controller) maybeRollback(ctx context.Context) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	cur := c.cur
-	if len(cur.History) == 0 || cur.Previous == "" {
-		return
-	}
-	last := cur.History[len(cur.History)-1]
-	if last.Action != state.ActionCutover || last.Forced || last.Generation != cur.Generation {
-		return
-	}
-	if c.now().Sub(cur.ChangedAt) > c.cfg.Window {
+	if !c.rollbackAllowedLocked(cur) {
 		return
 	}
 	if healthy, probed := c.inspect(cur.Active); healthy > 0 || !probed {

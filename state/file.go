@@ -277,3 +277,42 @@ func (s *FileStore) Close() error {
 	}
 	return nil
 }
+
+// RemoveStaleTemps removes the temporary files a crash during a write left
+// next to the state file (".NAME.tmp-*" of this file only) and returns the
+// paths it removed. Call it at start, before the first write: the store's
+// own writes remove their temporary files themselves, and a state file has
+// exactly one writer, so any such file that exists then is stale. The first
+// removal that fails stops it and is returned with what was removed so far.
+func (s *FileStore) RemoveStaleTemps() ([]string, error) {
+	pattern := filepath.Join(s.dir, "."+escapeGlob(filepath.Base(s.path))+".tmp-*")
+	matches, err := filepath.Glob(pattern)
+	if err != nil {
+		return nil, fmt.Errorf("state: file store %s: find temporary files: %w", s.path, err)
+	}
+	var removed []string
+	for _, m := range matches {
+		fi, err := os.Lstat(m)
+		if err != nil || !fi.Mode().IsRegular() {
+			continue // gone already, or not something this store wrote
+		}
+		if err := os.Remove(m); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return removed, fmt.Errorf("state: file store %s: remove stale temporary file: %w", s.path, err)
+		}
+		removed = append(removed, m)
+	}
+	return removed, nil
+}
+
+// escapeGlob quotes the characters filepath.Match treats specially.
+func escapeGlob(s string) string {
+	var b []byte
+	for i := 0; i < len(s); i++ {
+		switch s[i] {
+		case '*', '?', '[', '\\':
+			b = append(b, '\\')
+		}
+		b = append(b, s[i])
+	}
+	return string(b)
+}

@@ -86,6 +86,8 @@ type Config struct {
 	StateCache       string        `env:"STATE_CACHE" envDefault:"./bluegreen-state-cache.json"`
 	StateMigrateFrom string        `env:"STATE_MIGRATE_FROM"`
 	EtcdStartWait    time.Duration `env:"ETCD_START_WAIT" envDefault:"30s"`
+	// Graceful stop in two phases (shutdown.go).
+	ShutdownDelay time.Duration `env:"SHUTDOWN_DELAY" envDefault:"5s"`
 
 	// Data plane: client faults (proxy pipeline).
 	ClientBodyTimeout time.Duration `env:"CLIENT_BODY_TIMEOUT" envDefault:"60s"`
@@ -166,6 +168,7 @@ func loadConfig(environ []string, hostname func() (string, error)) (Config, erro
 	positive("UPSTREAM_IDLE_TIMEOUT", cfg.UpstreamIdleTimeout)
 	positive("OUTLIER_EJECT", cfg.OutlierEject)
 	positive("READ_HEADER_TIMEOUT", cfg.ReadHeaderTimeout)
+	validateShutdown(cfg, bad)
 	if cfg.UpstreamTimeout < 0 {
 		bad("UPSTREAM_TIMEOUT", cfg.UpstreamTimeout.String(), "expected a duration of at least 0 (0: no limit)")
 	}

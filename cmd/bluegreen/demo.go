@@ -85,6 +85,7 @@ func runDemo(ctx context.Context, args, environ []string, stdout, stderr io.Writ
 		envPrefix + "HEALTH_INTERVAL=1s",
 		envPrefix + "ROLLBACK_WINDOW=2m",
 		envPrefix + "DRAIN_TIMEOUT=5s",
+		envPrefix + "SHUTDOWN_DELAY=0s", // nothing balances in front of the demo: Ctrl-C stops at once
 	}
 	var own []string
 	for _, kv := range environ {

@@ -90,6 +90,7 @@ func TestE2EBinaries(t *testing.T) {
 		"BLUEGREEN_BLUE_URLS=" + blueURL, "BLUEGREEN_GREEN_URLS=" + greenURL,
 		"BLUEGREEN_STATE=file:" + statePath, "BLUEGREEN_ADMIN_TOKEN=e2e-token",
 		"BLUEGREEN_HEALTH_INTERVAL=100ms", "BLUEGREEN_HEALTH_RISE=1", "BLUEGREEN_HEALTH_FALL=1",
+		"BLUEGREEN_SHUTDOWN_DELAY=0s",
 	}
 	proxy, pub, adm := startProxyProc(t, bg, env)
 	adminURL := "http://" + adm

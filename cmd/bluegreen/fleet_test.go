@@ -52,6 +52,7 @@ func startFleet(t *testing.T, c *etcdtest.Cluster, prefix string, n int, extra .
 		"BLUEGREEN_HEALTH_RISE=1",
 		"BLUEGREEN_HEALTH_FALL=1",
 		"BLUEGREEN_DRAIN_TIMEOUT=2s",
+		"BLUEGREEN_SHUTDOWN_DELAY=0s",
 	}, extra...)
 	for i := range n {
 		f.add(fmt.Sprintf("r%d", i))

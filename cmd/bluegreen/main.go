@@ -20,10 +20,8 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/signal"
 	"runtime/debug"
 	"strings"
-	"syscall"
 )
 
 // version is stamped at build time with -ldflags "-X main.version=v1.2.3".
@@ -37,7 +35,7 @@ const (
 )
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	ctx, stop := notifyStop(context.Background())
 	code := run(ctx, os.Args[1:], os.Environ(), os.Stdout, os.Stderr)
 	stop()
 	os.Exit(code)
@@ -141,6 +139,8 @@ Runs the proxy. Configuration comes from the environment:
   BLUEGREEN_AUTO_ROLLBACK      roll back when the new colour goes bad (default true)
   BLUEGREEN_ROLLBACK_WINDOW    watch window after a cutover (default 5m)
   BLUEGREEN_DRAIN_TIMEOUT      grace for long-lived connections and shutdown (default 30s)
+  BLUEGREEN_SHUTDOWN_DELAY     after SIGTERM, /readyz answers 503 while serving on for this
+                               long before the listener closes (default 5s, 0: at once)
   BLUEGREEN_LOG_FORMAT/LEVEL   auto|json|text / debug|info|warn|error (default auto/info)
   BLUEGREEN_ACCESS_LOG         one JSON line per request (default false)
   BLUEGREEN_PREVIEW            route preview requests to the idle colour (default true)
@@ -163,6 +163,9 @@ Runs the proxy. Configuration comes from the environment:
   BLUEGREEN_STATE_CACHE        a fleet replica's copy of its state, to start while etcd is
                                away (default ./bluegreen-state-cache.json; off: none)
   BLUEGREEN_STATE_MIGRATE_FROM file:PATH of a single proxy's state, copied into an empty etcd
+
+SIGTERM or SIGINT stops gracefully (see BLUEGREEN_SHUTDOWN_DELAY and
+BLUEGREEN_DRAIN_TIMEOUT); a second signal stops at once.
 
 Exit status: 0 after a clean shutdown, 1 on a runtime failure, 2 on bad
 configuration or an unreadable state file.

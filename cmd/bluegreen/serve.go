@@ -68,6 +68,9 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, version string, re
 		return startupError{fmt.Errorf("%sSTATE=%q: %w", envPrefix, cfg.State, err)}
 	}
 	defer store.Close()
+	if err := removeStaleState(store, log); err != nil {
+		return startupError{err}
+	}
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -114,6 +117,10 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, version string, re
 	if cfg.Preview {
 		pcfg.PreviewHeader, pcfg.PreviewCookie = cfg.PreviewHeader, cfg.PreviewCookie
 	}
+	// The data plane's evidence that the new colour is gone rolls back at
+	// once (rollout/evidence.go); ctl is set before traffic flows.
+	var ctl *rollout.Controller
+	pcfg.ColorFailing = func(color, reason string) { ctl.DataPlaneEvidence(color, reason) }
 	router, err := proxy.NewRouter(pcfg)
 	if err != nil {
 		return startupError{err}
@@ -121,7 +128,6 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, version string, re
 
 	// The controller learns of health changes through the same reporter
 	// that marks instances up and down in the pools.
-	var ctl *rollout.Controller
 	hcfg := health.Config{Path: cfg.HealthPath, Interval: cfg.HealthInterval, Timeout: cfg.HealthTimeout, Rise: cfg.HealthRise, Fall: cfg.HealthFall, Version: cfg.versionSource()}
 	probeClient := &http.Client{Transport: proxy.NewTransport(proxy.TransportConfig{MaxIdleConnsPerHost: 2})}
 	hv := checkers{}
@@ -180,7 +186,7 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, version string, re
 	pub := &proxy.Server{
 		Router: router,
 		Fallback: &http.Server{
-			Handler:           router,
+			Handler:           nil, // set below: the router, ending keep-alives on request (shutdown.go)
 			ReadHeaderTimeout: cfg.ReadHeaderTimeout,
 			IdleTimeout:       120 * time.Second,
 			MaxHeaderBytes:    64 << 10,
@@ -189,8 +195,11 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, version string, re
 		ReadHeaderTimeout: cfg.ReadHeaderTimeout,
 		IdleTimeout:       120 * time.Second,
 	}
+	pub.Fallback.Handler = pub.EndKeepAlivesHandler(router)
 	adm := &http.Server{Handler: admHandler, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 60 * time.Second, ErrorLog: errLog}
-	edge, err := newTLSEdge(cfg, log, reg, router, pubLn, store) // nil unless BLUEGREEN_TLS_LISTEN is set
+	// nil unless BLUEGREEN_TLS_LISTEN is set; its answers end keep-alives
+	// at shutdown like the plain listener's (on HTTP/2: GOAWAY).
+	edge, err := newTLSEdge(cfg, log, reg, pub.EndKeepAlivesHandler(router), pubLn, store)
 	if err != nil {
 		pubLn.Close()
 		admLn.Close()
@@ -226,28 +235,10 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, version string, re
 		runErr = fmt.Errorf("serve: %w", err)
 	}
 
-	// Graceful shutdown: readiness turns 503, listeners stop accepting,
-	// requests in flight finish within the drain timeout. Upgraded
-	// connections and event streams never finish by themselves, so they
-	// are closed at once; their clients reconnect elsewhere.
-	stopping.Store(true)
-	log.Info("shutting down", "drain_timeout", cfg.DrainTimeout.String())
-	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.DrainTimeout)
-	defer cancel()
-	if n := router.CloseStreams(); n > 0 {
-		log.Info("closed long-lived connections", "connections", n)
-	}
-	tlsStopped := edge.shutdown(sctx)
-	if err := pubSrv.Shutdown(sctx); err != nil {
-		log.Warn("requests still running at the end of the drain timeout were cut", "err", err)
-		pubSrv.Close()
-	}
-	tlsStopped()
-	actx, acancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
-	defer acancel()
-	if err := adm.Shutdown(actx); err != nil {
-		adm.Close()
-	}
+	shutdown{
+		delay: cfg.ShutdownDelay, drain: cfg.DrainTimeout, hard: hardStopOf(ctx), log: log,
+		notReady: func() { stopping.Store(true) }, router: router, pub: pub, plain: pubSrv, edge: edge, adm: adm,
+	}.run(runErr != nil)
 	stopBG()
 	wg.Wait()
 	if runErr != nil && !errors.Is(runErr, http.ErrServerClosed) {

@@ -96,6 +96,7 @@ func startStack(t *testing.T, nBlue, nGreen int, extra ...string) *stack {
 		"BLUEGREEN_HEALTH_RISE=1",
 		"BLUEGREEN_HEALTH_FALL=1",
 		"BLUEGREEN_DRAIN_TIMEOUT=2s",
+		"BLUEGREEN_SHUTDOWN_DELAY=0s",
 	}
 	st.start(append(env, extra...))
 	return st
@@ -542,7 +543,7 @@ func TestServeReadyzWaitsForFirstProbe(t *testing.T) {
 		"BLUEGREEN_BLUE_URLS=" + slowHealth.URL, "BLUEGREEN_GREEN_URLS=" + green[0].URL,
 		"BLUEGREEN_LISTEN=127.0.0.1:0", "BLUEGREEN_ADMIN_LISTEN=127.0.0.1:0",
 		"BLUEGREEN_STATE=file:" + filepath.Join(t.TempDir(), "s.json"),
-		"BLUEGREEN_HEALTH_TIMEOUT=5s",
+		"BLUEGREEN_HEALTH_TIMEOUT=5s", "BLUEGREEN_SHUTDOWN_DELAY=0s",
 	}, os.Hostname)
 	if err != nil {
 		t.Fatal(err)

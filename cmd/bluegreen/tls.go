@@ -159,6 +159,13 @@ func (e *tlsEdge) shutdown(ctx context.Context) (wait func()) {
 	return func() { <-done }
 }
 
+// close stops the TLS listener at once.
+func (e *tlsEdge) close() {
+	if e != nil {
+		e.srv.Close()
+	}
+}
+
 // hsts sets Strict-Transport-Security on every HTTPS answer.
 func hsts(value string, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

@@ -18,7 +18,11 @@ func (c *Conn) fillUp(uc *UpConn) error {
 			return nil // reported through c.out.err
 		}
 	}
-	return uc.cr.fill()
+	err := uc.cr.fill()
+	if err != nil && c.midChunkEnd(uc, err) {
+		err = uc.cr.fill() // the rest of the chunk, within endGrace (drainend.go)
+	}
+	return err
 }
 
 func (c *Conn) copyN(uc *UpConn, n int64) error {
@@ -99,9 +103,11 @@ func (c *Conn) line(uc *UpConn) ([]byte, error) {
 // end of the message is known.
 func (c *Conn) copyChunked(uc *UpConn) error {
 	for c.out.err == nil {
+		c.atChunkStart = true
 		ln, err := c.line(uc)
+		c.atChunkStart = false
 		if err != nil {
-			return err
+			return errChunkBoundary{err} // drainend.go
 		}
 		size, ok := parseChunkSize(ln[:len(ln)-2])
 		if !ok {
@@ -136,13 +142,6 @@ func (c *Conn) copyChunked(uc *UpConn) error {
 		uc.cr.discard(2)
 	}
 	return nil
-}
-
-type streamCloser struct{ a, b net.Conn }
-
-func (s streamCloser) Close() error {
-	s.b.Close()
-	return s.a.Close()
 }
 
 func isTimeout(err error) bool {

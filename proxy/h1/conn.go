@@ -24,6 +24,10 @@ type Conn struct {
 
 	upstream atomic.Pointer[UpConn] // the instance connection of the request in flight, for Close and watchWaits
 	waiting  atomic.Int32           // waitNone, waitHead (for a response head), waitCancelled (the client left)
+	ending   atomic.Bool            // the stream in flight is to end at its next chunk boundary (drainend.go)
+
+	atChunkStart bool // the relay is reading a chunk-size line (drainend.go)
+	endWaited    bool // the relay waited once for the end of a chunk (drainend.go)
 }
 
 // States of Conn.waiting.
@@ -196,7 +200,7 @@ func (c *Conn) badRequest(why string) {
 func (c *Conn) KeepAfterError(x *Exchange, bodyStarted bool) bool {
 	req := &x.Req
 	c.linger = req.contentLength > 0 && !bodyStarted
-	return req.contentLength <= 0 && !req.closeConn && !c.s.shutdown.Load()
+	return req.contentLength <= 0 && !req.closeConn && c.s.keepAlive()
 }
 
 // WriteError answers x with a short plain-text error; extra holds more

@@ -305,7 +305,7 @@ func (c *Conn) WriteResponseHead(x *Exchange, uc *UpConn) Response {
 		}
 	}
 	r.upKeep = !res.closeConn && !res.http10 && r.framing != bodyUntilClose
-	r.keep = !req.closeConn && r.framing != bodyUntilClose && !c.s.shutdown.Load() && !x.early
+	r.keep = !req.closeConn && r.framing != bodyUntilClose && c.s.keepAlive() && !x.early
 	c.ensureOut()
 	c.writeHead(res, r.framing == bodyChunked, !res.hasDate, !r.keep)
 	uc.cr.discard(res.end)
@@ -326,6 +326,11 @@ func (c *Conn) RelayBody(r *Response, uc *UpConn, u *Upstream) (keep bool, err e
 	case bodyUntilClose:
 		err = c.copyUntilClose(uc)
 	}
+	if c.endedAtBoundary(err) {
+		c.writeLastChunk() // drainend.go: a clean end, the client reconnects
+		uc.Close()
+		return false, nil
+	}
 	c.out.flush()
 	if err != nil || c.out.err != nil {
 		uc.Close()
@@ -342,10 +347,15 @@ func (c *Conn) RelayBody(r *Response, uc *UpConn, u *Upstream) (keep bool, err e
 	return r.keep, nil
 }
 
-// StreamCloser closes both sides of an exchange: for draining an event
-// stream.
-func (c *Conn) StreamCloser(uc *UpConn) interface{ Close() error } {
-	return streamCloser{c.nc, uc.nc}
+// StreamCloser ends or closes both sides of an exchange: for draining an
+// event stream (see drainend.go).
+func (c *Conn) StreamCloser(uc *UpConn) interface {
+	Close() error
+	End()
+} {
+	c.ending.Store(false)
+	c.endWaited = false
+	return &streamCloser{c: c, uc: uc}
 }
 
 // writeHead writes a response head: the status line and the instance's

@@ -77,6 +77,7 @@ type Server struct {
 	exchanges exchangePool
 
 	shutdown atomic.Bool
+	noKeep   atomic.Bool // EndKeepAlives was called (drainend.go)
 	closed   atomic.Bool // Close was called: connections are cut, not drained
 	mu       sync.Mutex
 	lns      map[net.Listener]struct{}

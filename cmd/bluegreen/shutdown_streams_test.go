@@ -1,0 +1,157 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+)
+
+// talkApp upgrades /ws and sends a message every 50 ms; /events is an
+// event stream with an event every 5 ms; /health answers 200.
+func talkApp(t *testing.T) *httptest.Server {
+	t.Helper()
+	s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/health":
+			return
+		case "/events":
+			w.Header().Set("Content-Type", "text/event-stream")
+			rc := http.NewResponseController(w)
+			for i := 0; ; i++ {
+				if _, err := fmt.Fprintf(w, "data: %d\n\n", i); err != nil || rc.Flush() != nil {
+					return
+				}
+				select {
+				case <-r.Context().Done():
+					return
+				case <-time.After(5 * time.Millisecond):
+				}
+			}
+		}
+		c, err := websocket.Accept(w, r, nil)
+		if err != nil {
+			return
+		}
+		defer c.CloseNow()
+		ctx := c.CloseRead(r.Context())
+		msg := []byte(strings.Repeat("m", 1500))
+		for {
+			if c.Write(ctx, websocket.MessageBinary, msg) != nil {
+				return
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(50 * time.Millisecond):
+			}
+		}
+	}))
+	t.Cleanup(s.Close)
+	return s
+}
+
+// SIGTERM ends 50 WebSockets with close 1001 and event streams with their
+// last chunk (curl exits 0), and the process exits 0.
+func TestShutdownEndsWebSocketsAndStreams(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the binary")
+	}
+	curl, err := exec.LookPath("curl")
+	if err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatal("curl not found; .ci/apt/ops.txt lists it")
+		}
+		t.Skip("curl not installed")
+	}
+	blue, green := talkApp(t), talkApp(t)
+	r := newReplica(t, blue.URL, green.URL, "BLUEGREEN_SHUTDOWN_DELAY=0s", "BLUEGREEN_DRAIN_TIMEOUT=10s")
+	r.start()
+
+	const n = 50
+	codes := make(chan websocket.StatusCode, n)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	for range n {
+		c, _, err := websocket.Dial(ctx, "ws://"+r.pub+"/ws", nil)
+		if err != nil {
+			t.Fatalf("dial: %v", err)
+		}
+		defer c.CloseNow()
+		if _, _, err := c.Read(ctx); err != nil {
+			t.Fatalf("first message: %v", err)
+		}
+		go func() {
+			for {
+				if _, _, err := c.Read(ctx); err != nil {
+					codes <- websocket.CloseStatus(err)
+					return
+				}
+			}
+		}()
+	}
+	var mu sync.Mutex
+	var exits []string
+	var wg sync.WaitGroup
+	for range 3 {
+		cmd := exec.Command(curl, "-sS", "-N", "--max-time", "30", "-o", os.DevNull, "http://"+r.pub+"/events")
+		var stderr strings.Builder
+		cmd.Stderr = &stderr
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		wg.Go(func() {
+			err := cmd.Wait()
+			code := 0
+			var ee *exec.ExitError
+			if errors.As(err, &ee) {
+				code = ee.ExitCode()
+			}
+			mu.Lock()
+			exits = append(exits, fmt.Sprintf("exit %d%s", code, strings.TrimSpace(" "+stderr.String())))
+			mu.Unlock()
+		})
+	}
+	// The streams are open once the proxy counts them.
+	deadline := time.Now().Add(20 * time.Second)
+	for !strings.Contains(metricsText(t, "http://"+r.adm), "bluegreen_inflight_requests{color=\"blue\"} 53") {
+		if time.Now().After(deadline) {
+			t.Fatalf("53 long-lived requests not in flight:\n%s", metricsText(t, "http://"+r.adm))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+
+	r.signal(syscall.SIGTERM)
+	got := map[websocket.StatusCode]int{}
+	for range n {
+		select {
+		case c := <-codes:
+			got[c]++
+		case <-time.After(20 * time.Second):
+			t.Fatalf("only %v of %d WebSockets ended", got, n)
+		}
+	}
+	wg.Wait()
+	if code := r.p.ExitCode(t, 15*time.Second); code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+	t.Logf("SIGTERM: close codes seen by %d WebSocket clients %v; curl %v", n, got, exits)
+	if got[websocket.StatusGoingAway] != n {
+		t.Fatalf("close codes %v, want all %d 1001", got, n)
+	}
+	for _, e := range exits {
+		if e != "exit 0" {
+			t.Fatalf("curl: %v, want all exit 0", exits)
+		}
+	}
+}
