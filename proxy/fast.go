@@ -116,7 +116,7 @@ func (h fastHandler) ServeH1(c *h1.Conn, x *h1.Exchange) bool {
 		key = rt.rolloutKeyH1(req, c.Remote())
 	}
 	pool := rt.route(preview, key)
-	o := outcome{pool: pool, method: req.Method(), start: x.Start, remote: c.Remote()}
+	o := outcome{pool: pool, method: req.Method(), start: x.Start, remote: c.Remote(), proto: "HTTP/1.1"}
 	if rt.access != nil {
 		o.path = x.Path()
 	}

@@ -44,6 +44,7 @@ type outcome struct {
 	method    string
 	path      string // as the client sent it, without the query; set when logged
 	remote    string
+	proto     string // the client's protocol version, as "HTTP/1.1" or "HTTP/2.0"
 	start     time.Time
 	status    int // what the client got; 499 when it left first
 	fault     fault
@@ -89,7 +90,8 @@ func (rt *Router) finish(o *outcome) {
 			slog.String("color", p.color),
 			slog.String("instance", inst.name),
 			slog.Duration("duration", elapsed),
-			slog.String("remote", o.remote))
+			slog.String("remote", o.remote),
+			slog.String("proto", o.proto))
 	}
 }
 

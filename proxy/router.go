@@ -350,7 +350,7 @@ func (rt *Router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	pool := rt.route(preview, key)
 	rec := &statusRecorder{ResponseWriter: w}
-	rec.o = outcome{pool: pool, method: r.Method, start: time.Now(), remote: r.RemoteAddr, longLived: longLived(r)}
+	rec.o = outcome{pool: pool, method: r.Method, start: time.Now(), remote: r.RemoteAddr, proto: r.Proto, longLived: longLived(r)}
 	o := &rec.o
 	if rt.access != nil {
 		o.path = r.URL.EscapedPath()

@@ -471,7 +471,7 @@ func TestAccessLog(t *testing.T) {
 	})
 	get(t, f.front.Client(), f.front.URL+"/hello", nil)
 	line := buf.String()
-	for _, want := range []string{`"method":"GET"`, `"path":"/hello"`, `"status":200`, `"color":"blue"`, `"instance":"` + blue.URL + `"`, `"duration"`} {
+	for _, want := range []string{`"method":"GET"`, `"path":"/hello"`, `"status":200`, `"color":"blue"`, `"instance":"` + blue.URL + `"`, `"duration"`, `"proto":"HTTP/1.1"`} {
 		if !strings.Contains(line, want) {
 			t.Errorf("access log %q lacks %s", line, want)
 		}

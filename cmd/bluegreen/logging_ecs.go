@@ -194,6 +194,9 @@ func (h *ecsHandler) appendMapped(out []slog.Attr, a slog.Attr) []slog.Attr {
 			out = append(out, slog.Int("client.port", p))
 		}
 		return out
+	case "proto":
+		// ECS http.version: "1.1", "2.0".
+		return append(out, slog.String("http.version", strings.TrimPrefix(v.String(), "HTTP/")))
 	case "to":
 		// The colour a switch goes to is the colour the record is about.
 		return append(out, slog.String("labels.color", v.String()))

@@ -212,6 +212,7 @@ func TestServeECSLogs(t *testing.T) {
 	for k, v := range map[string]any{
 		"log.logger": "access", "event.dataset": "bluegreen.access", "http.request.method": "GET",
 		"url.path": "/status/502", "labels.color": "blue", "client.ip": "127.0.0.1", "log.level": "info",
+		"http.version": "1.1",
 	} {
 		if access502[k] != v {
 			t.Errorf("access record: %s = %#v, want %#v", k, access502[k], v)

@@ -160,7 +160,7 @@ func TestServeTLSHTTP2CutoversAndPreview(t *testing.T) {
 	entered := make(chan string, 4)
 	blue, _ := newApps(t, "blue", 2, entered)
 	green, _ := newApps(t, "green", 2, entered)
-	st := startTLSStack(t, urls(blue), urls(green), "BLUEGREEN_HSTS=max-age=31536000")
+	st := startTLSStack(t, urls(blue), urls(green), "BLUEGREEN_HSTS=max-age=31536000", "BLUEGREEN_ACCESS_LOG=true")
 	url := "https://" + st.a.tls + "/"
 	c := st.client(true, 4)
 
@@ -193,6 +193,9 @@ func TestServeTLSHTTP2CutoversAndPreview(t *testing.T) {
 	if err != nil || res.ProtoMajor != 2 || res.Header.Get(app.ColorHeader) != "blue" ||
 		res.Header.Get("Strict-Transport-Security") != "max-age=31536000" {
 		t.Fatalf("h2: %v %+v", err, res)
+	}
+	if !strings.Contains(st.logs.String(), `"proto":"HTTP/2.0"`) {
+		t.Fatalf("no HTTP/2 request in the access log:\n%s", st.logs)
 	}
 	// Preview over h2 (and over HTTP/1.1 on TLS).
 	for _, h2 := range []bool{true, false} {
