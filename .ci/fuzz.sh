@@ -17,8 +17,9 @@ targets="
 ./admin FuzzParseSwitch
 ./cmd/bluegreen FuzzLoadConfig
 ./proxy FuzzRouterHeaders
-./proxy FuzzParseRequest
-./proxy FuzzParseResponse
+./proxy/h1 FuzzParseRequest
+./proxy/h1 FuzzParseResponse
+./proxy/h1 FuzzGuard
 ./proxy FuzzFastServer
 ./proxy FuzzFastUpstream
 ./state FuzzDecode
