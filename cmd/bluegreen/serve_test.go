@@ -237,9 +237,15 @@ func TestServeRoutesAndPreview(t *testing.T) {
 	if g := st.status().Colors["green"].Instances[0]; g.LastError == "" {
 		t.Fatalf("no last_error for a failing instance: %+v", g)
 	}
-	if _, code := st.colorOf("/", "X-Bluegreen-Preview", "1"); code != http.StatusServiceUnavailable {
-		t.Fatalf("preview of an unhealthy colour answered %d", code)
-	}
+	// The checker publishes the state a moment before the pool hears of
+	// it: wait for the data plane, then check it never falls over to blue.
+	st.eventually(func() bool {
+		c, code := st.colorOf("/", "X-Bluegreen-Preview", "1")
+		if code == 200 && c != "green" {
+			t.Fatalf("preview of the idle colour answered by %s", c)
+		}
+		return code == http.StatusServiceUnavailable
+	}, "preview of an unhealthy colour to answer 503")
 	if c, code := st.colorOf("/"); c != "blue" || code != 200 {
 		t.Fatalf("live traffic %s %d", c, code)
 	}
