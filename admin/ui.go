@@ -55,6 +55,7 @@ func newUI(a *api) *ui {
 		"upper":   strings.ToUpper,
 		"version": colorVersion,
 		"pct":     func(f float64) string { return strconv.FormatFloat(100*f, 'f', 2, 64) + " %" },
+		"secs":    func(f float64) string { return fmtDur(time.Duration(f * float64(time.Second))) },
 	}).ParseFS(uiFiles, "ui/index.html"))
 	css, _ := fs.ReadFile(uiFiles, "ui/app.css")
 	js, _ := fs.ReadFile(uiFiles, "ui/app.js")

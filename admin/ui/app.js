@@ -329,7 +329,7 @@
     $("ro-limits").textContent = lim;
     const rows = [];
     for (const [c, role, w] of [[r.to, "target", v.weight], [r.from, "baseline", 100 - v.weight]]) {
-      const win = (v.colors && v.colors[c]) || { requests: 0, instance_errors: 0, error_ratio: 0, p99: "" };
+      const win = (v.colors && v.colors[c]) || { requests: 0, instance_errors: 0, error_ratio: 0, p99_seconds: 0 };
       const tr = document.createElement("tr");
       tr.dataset.color = c;
       cell(tr, "", c);
@@ -338,7 +338,7 @@
       cell(tr, "", String(win.requests));
       cell(tr, "", String(win.instance_errors));
       cell(tr, "", win.requests ? (100 * win.error_ratio).toFixed(2) + " %" : "–");
-      cell(tr, "", win.p99 || "–");
+      cell(tr, "", ms(win.p99_seconds * 1e9));
       rows.push(tr);
     }
     $("ro-colors").querySelector("tbody").replaceChildren(...rows);
