@@ -370,14 +370,15 @@
       }));
     }
     const switches = history.filter((e) => new Date(e.time).getTime() >= from)
-      .map((e) => ({ t: new Date(e.time).getTime(), label: e.action === "abort" ? "abort" : "→" + e.to, cls: "switch" }));
+      .map((e) => ({ t: new Date(e.time).getTime(), label: e.action === "abort" ? "abort" : "→" + e.to, cls: "switch", row: 0 }));
     // The running rollout: where it started and where its current step
-    // began, labelled with the target's weight.
+    // began, labelled with the target's weight (each kind of marker on its
+    // own row of labels, so that close ones stay readable).
     const r = ro && ro.rollout;
     if (r) {
       const st = new Date(r.started_at).getTime(), ss = new Date(r.step_started_at).getTime();
-      if (st >= from && ss - st > 1000) switches.push({ t: st, label: r.to + " " + r.steps[0] + "%", cls: "step" });
-      if (ss >= from) switches.push({ t: ss, label: r.to + " " + r.weight + "%", cls: "step" });
+      if (st >= from && ss - st > 1000) switches.push({ t: st, label: r.to + " " + r.steps[0] + "%", cls: "step", row: 1 });
+      if (ss >= from) switches.push({ t: ss, label: r.to + " " + r.weight + "%", cls: "step", row: 2 });
     }
     draw($("chart-rate"), series, "rate", from, now, switches, (v) => v.toFixed(v < 10 ? 1 : 0), 1);
     draw($("chart-errors"), series, "err", from, now, switches, (v) => v.toFixed(v < 10 ? 1 : 0) + "%", 1);
@@ -402,7 +403,7 @@
       const sx = x(s.t);
       svg.appendChild(el("line", { class: s.cls, x1: sx, y1: T, x2: sx, y2: H - B }));
       const right = sx > W - 70; // near the right edge: label on the left of the line
-      svg.appendChild(el("text", { class: s.cls + "-label", x: right ? sx - 3 : sx + 3, y: T + (s.cls === "step" ? 22 : 10), "text-anchor": right ? "end" : "start" }, s.label));
+      svg.appendChild(el("text", { class: s.cls + "-label", x: right ? sx - 3 : sx + 3, y: T + 10 + 12 * s.row, "text-anchor": right ? "end" : "start" }, s.label));
     }
     for (const c of Object.keys(series).sort()) {
       let d = "", pen = false;
