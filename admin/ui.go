@@ -167,7 +167,7 @@ func newRolloutPage(v rollout.RolloutView) *rolloutPage {
 // rolloutLimits says what a step must show to pass.
 func rolloutLimits(r *state.Rollout) string {
 	s := "each step " + time.Duration(r.StepInterval).String() + ", at least " + strconv.FormatInt(r.MinRequests, 10) +
-		" requests to " + r.To + ", errors ≤ " + strconv.FormatFloat(100*r.MaxErrorRatio, 'f', -1, 64) + " %"
+		" requests to " + r.To + ", errors ≤ " + strconv.FormatFloat(100*r.MaxErrorRatio, 'f', -1, 64) + "\u00a0%"
 	if r.MaxP99 > 0 {
 		s += ", p99 ≤ " + time.Duration(r.MaxP99).String()
 	}

@@ -323,7 +323,7 @@
     $("ro-weight").textContent = r.to + " " + v.weight + " % · " + r.from + " " + (100 - v.weight) + " %";
     $("ro-time").textContent = v.time_in_step || "–";
     $("ro-verdict").textContent = v.verdict || "–";
-    let lim = "each step " + r.step_interval + ", at least " + r.min_requests + " requests to " + r.to + ", errors ≤ " + +(100 * r.max_error_ratio).toFixed(4) + " %";
+    let lim = "each step " + r.step_interval + ", at least " + r.min_requests + " requests to " + r.to + ", errors ≤ " + +(100 * r.max_error_ratio).toFixed(4) + "\u00a0%";
     if (r.max_p99) lim += ", p99 ≤ " + r.max_p99;
     if (r.max_p99_ratio) lim += ", p99 ≤ " + r.max_p99_ratio + "× " + r.from + "'s";
     $("ro-limits").textContent = lim;
