@@ -14,14 +14,16 @@ import (
 	"github.com/go-chi/chi/v5"
 
 	"github.com/cryoprotect/bluegreen/proxy/stats"
+	"github.com/cryoprotect/bluegreen/rollout"
 	"github.com/cryoprotect/bluegreen/state"
 )
 
 // The status page: GET / (and /ui/) renders the whole state server-side, so
 // it is useful without JavaScript; /ui/app.js then polls /admin/status,
 // /admin/history and /admin/stats to keep it live and draws the charts, and
-// drives cut over and roll back with the bearer token the operator types
-// (kept in the tab's sessionStorage only). Everything is embedded.
+// drives cut over, roll back and the progressive rollout's pause, resume,
+// promote and abort with the bearer token the operator types (kept in the
+// tab's sessionStorage only). Everything is embedded.
 
 //go:embed ui/index.html ui/app.css ui/app.js
 var uiFiles embed.FS
@@ -52,6 +54,8 @@ func newUI(a *api) *ui {
 		"rate":    func(n int64, secs int) string { return strconv.FormatFloat(float64(n)/float64(secs), 'f', 1, 64) },
 		"upper":   strings.ToUpper,
 		"version": colorVersion,
+		"pct":     func(f float64) string { return strconv.FormatFloat(100*f, 'f', 2, 64) + " %" },
+		"secs":    func(f float64) string { return fmtDur(time.Duration(f * float64(time.Second))) },
 	}).ParseFS(uiFiles, "ui/index.html"))
 	css, _ := fs.ReadFile(uiFiles, "ui/app.css")
 	js, _ := fs.ReadFile(uiFiles, "ui/app.js")
@@ -105,6 +109,72 @@ type pageData struct {
 	AuthNeeded bool
 	InSync     bool
 	HasStats   bool
+	Rollout    *rolloutPage // nil when progressive delivery is not served
+}
+
+// rolloutPage is the progressive rollout as the page shows it: the one
+// running, or else the last one's outcome.
+type rolloutPage struct {
+	View   rollout.RolloutView
+	Phase  string
+	Live   bool           // running or paused
+	R      *state.Rollout // the running one, else the last one; nil when none ever ran
+	Line   string         // one sentence: what runs, or how the last one ended
+	Steps  string         // "10 → 50 → 100 %"
+	Colors []rolloutColor // target first
+	Limits string
+}
+
+// rolloutColor is one colour's share and analysis window in a rollout.
+type rolloutColor struct {
+	Name   string
+	Role   string // "target" or "baseline"
+	Weight int
+	Window rollout.Window
+}
+
+func newRolloutPage(v rollout.RolloutView) *rolloutPage {
+	p := &rolloutPage{View: v, Phase: v.Phase, Live: v.Rollout != nil, R: v.Rollout}
+	if p.R == nil {
+		p.R = v.Last
+	}
+	r := p.R
+	if r == nil {
+		p.Line = "No rollout has run. Start one with bluegreen rollout --to COLOUR (or POST /admin/rollout)."
+		return p
+	}
+	steps := make([]string, len(r.Steps))
+	for i, s := range r.Steps {
+		steps[i] = strconv.Itoa(s)
+	}
+	p.Steps = strings.Join(steps, " → ") + " %"
+	if !p.Live {
+		p.Line = "Last rollout " + r.From + " → " + r.To + ": " + r.Outcome + " at " + strconv.Itoa(r.Weight) + " % on " + fmtTime(r.EndedAt) + ": " + r.Ending
+		return p
+	}
+	p.Line = r.From + " → " + r.To + ", started " + fmtTime(r.StartedAt)
+	if r.Reason != "" {
+		p.Line += ": " + r.Reason
+	}
+	p.Limits = rolloutLimits(r)
+	p.Colors = []rolloutColor{
+		{Name: r.To, Role: "target", Weight: v.Weight, Window: v.Colors[r.To]},
+		{Name: r.From, Role: "baseline", Weight: 100 - v.Weight, Window: v.Colors[r.From]},
+	}
+	return p
+}
+
+// rolloutLimits says what a step must show to pass.
+func rolloutLimits(r *state.Rollout) string {
+	s := "each step " + time.Duration(r.StepInterval).String() + ", at least " + strconv.FormatInt(r.MinRequests, 10) +
+		" requests to " + r.To + ", errors ≤ " + strconv.FormatFloat(100*r.MaxErrorRatio, 'f', -1, 64) + "\u00a0%"
+	if r.MaxP99 > 0 {
+		s += ", p99 ≤ " + time.Duration(r.MaxP99).String()
+	}
+	if r.MaxP99Ratio > 0 {
+		s += ", p99 ≤ " + strconv.FormatFloat(r.MaxP99Ratio, 'f', -1, 64) + "× " + r.From + "'s"
+	}
+	return s
 }
 
 func (u *ui) index(w http.ResponseWriter, r *http.Request) {
@@ -125,6 +195,9 @@ func (u *ui) index(w http.ResponseWriter, r *http.Request) {
 			v.Quarter = rec.Window(c, now.Add(-stats.Span))
 		}
 		d.Colors = append(d.Colors, v)
+	}
+	if ro := u.a.cfg.Rollouts; ro != nil {
+		d.Rollout = newRolloutPage(ro.RolloutStatus())
 	}
 	for i := len(st.History) - 1; i >= 0 && len(d.History) < historyOnPage; i-- {
 		d.History = append(d.History, st.History[i])

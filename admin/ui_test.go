@@ -52,3 +52,53 @@ func TestPageWithoutRecorder(t *testing.T) {
 		}
 	}
 }
+
+// TestPageRollout: the first paint shows the progressive rollout without
+// JavaScript: none yet, then the running one's step, weights and verdict,
+// then how it ended.
+func TestPageRollout(t *testing.T) {
+	srv := rolloutAPI(t, "s3cret", true)
+	page := func() string {
+		t.Helper()
+		res, err := http.Get(srv.URL + "/")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer res.Body.Close()
+		body, _ := io.ReadAll(res.Body)
+		if res.StatusCode != 200 {
+			t.Fatalf("GET /: %d %s", res.StatusCode, body)
+		}
+		return string(body)
+	}
+	post := func(path, body string) {
+		t.Helper()
+		if code, m, _ := call(t, "POST", srv.URL+path, body, "Authorization", "Bearer s3cret"); code != 200 {
+			t.Fatalf("POST %s: %d %v", path, code, m)
+		}
+	}
+	check := func(p string, want ...string) {
+		t.Helper()
+		for _, w := range want {
+			if !strings.Contains(p, w) {
+				t.Errorf("page lacks %q", w)
+			}
+		}
+	}
+	check(page(), `class="phase ph-none">none<`, "No rollout has run", `id="ro-live" hidden`, `id="btn-ro-abort" type="button" class="danger" disabled`)
+
+	post("/admin/rollout", `{"to":"green","steps":[10,50,100],"step_interval":"1m","max_p99":"500ms","reason":"release <1.4.3>"}`)
+	p := page()
+	check(p, `class="phase ph-running">running<`, "blue → green, started", "release &lt;1.4.3&gt;", `id="ro-step">1 of 3 (10 → 50 → 100 %)<`,
+		`value="10"`, "green 10 % · blue 90 %", "waiting for traffic: 0 of 100 requests to green", "p99 ≤ 500ms",
+		`<tr data-color="green"><td>green</td><td>target</td><td>10 %</td>`, `id="btn-ro-pause" type="button">`)
+	if strings.Contains(p, `id="ro-live" hidden`) {
+		t.Error("the running rollout's details are hidden")
+	}
+
+	post("/admin/rollout/pause", `{"reason":"lunch"}`)
+	check(page(), `ph-paused">paused<`, "paused: paused by request: lunch", `id="btn-ro-resume" type="button">`, `id="btn-ro-pause" type="button" disabled`)
+
+	post("/admin/rollout/abort", `{"reason":"bad build"}`)
+	check(page(), `ph-aborted">aborted<`, "Last rollout blue → green: aborted at 10 % on", ": bad build", `id="ro-live" hidden`, "<td>abort</td>")
+}

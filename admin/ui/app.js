@@ -1,7 +1,8 @@
 // bluegreen status page: keeps the server-rendered page live. Polls the
-// admin API every 1.5 s, draws the charts as inline SVG, and sends cut over
-// and roll back with the bearer token typed once and kept in this tab's
-// sessionStorage only (never a cookie, never in the page).
+// admin API every 1.5 s, draws the charts as inline SVG, and sends cut over,
+// roll back and the rollout's pause, resume, promote and abort with the
+// bearer token typed once and kept in this tab's sessionStorage only (never
+// a cookie, never in the page).
 "use strict";
 (function () {
   const POLL_MS = 1500;
@@ -11,6 +12,7 @@
   document.documentElement.classList.remove("nojs");
 
   let status = null;   // last /admin/status answer
+  let ro = null;       // last /admin/rollout answer (null when not served)
   let history = [];    // newest first
   let lastOK = null;   // time of the last successful poll
   let newestSeen = null;
@@ -37,8 +39,8 @@
   showTokenState();
 
   // ---- messages ----------------------------------------------------------
-  function say(text, ok) {
-    const m = $("message");
+  function say(text, ok, where) {
+    const m = $(where || "message");
     m.textContent = text;
     m.className = "message " + (ok ? "ok" : "error");
   }
@@ -59,12 +61,44 @@
       body = { to: status.previous };
     }
     body.generation = status.generation; // refused with 409 if the state moved meanwhile
-    pending = { path: "/admin/" + action, body: body };
-    $("confirm-h").textContent = action === "cutover" ? "Cut over" : "Roll back";
+    confirm({ path: "/admin/" + action, body: body, where: "message", done: switched },
+      action === "cutover" ? "Cut over" : "Roll back", text);
+  }
+  function switched(data) {
+    return data.changed === false ? "Nothing changed: " + data.active + " was already live." :
+      "Switched: " + data.active + " is live (generation " + data.generation + ").";
+  }
+  function confirm(p, title, text) {
+    pending = p;
+    $("confirm-h").textContent = title;
     $("confirm-text").textContent = text;
     $("reason").value = "";
     $("confirm").showModal();
     $("reason").focus();
+  }
+
+  // ---- progressive rollout -----------------------------------------------
+  function askRollout(action) {
+    const r = ro && ro.rollout;
+    if (!r) { say("No rollout is running.", false, "ro-message"); return; }
+    const next = r.steps[Math.min(r.step + 1, r.steps.length - 1)];
+    const text = {
+      pause: "Pause the rollout to " + r.to.toUpperCase() + " at " + r.weight + " %? The weight stays; no step passes until it is resumed.",
+      resume: "Resume the rollout to " + r.to.toUpperCase() + "? The step's analysis window starts afresh.",
+      promote: "Promote the rollout to " + r.to.toUpperCase() + " to its next step (" + next + " %) now, without waiting for the analysis?" +
+        (next === 100 ? " That is the cutover." : ""),
+      abort: "Abort the rollout to " + r.to.toUpperCase() + "? Every client goes back to " + r.from.toUpperCase() + " at once.",
+    }[action];
+    confirm({ path: "/admin/rollout/" + action, body: {}, where: "ro-message", done: rolledOut },
+      action.charAt(0).toUpperCase() + action.slice(1) + " the rollout", text);
+  }
+  function rolledOut(v) {
+    return "Rollout " + v.phase + (v.rollout ? ": step " + v.step_number + " of " + v.rollout.steps.length + ", " + v.rollout.to + " at " + v.weight + " %." :
+      v.last ? " (" + v.last.to + " at " + v.last.weight + " %): " + v.last.ending + "." : ".");
+  }
+  for (const a of ["pause", "resume", "promote", "abort"]) {
+    const b = $("btn-ro-" + a);
+    if (b) b.addEventListener("click", () => askRollout(a));
   }
   $("btn-cutover").addEventListener("click", () => ask("cutover"));
   $("btn-rollback").addEventListener("click", () => ask("rollback"));
@@ -73,28 +107,28 @@
     pending = null;
     if (!p || $("confirm").returnValue !== "ok") return;
     p.body.reason = $("reason").value.trim();
-    send(p.path, p.body);
+    send(p);
   });
 
-  async function send(path, body) {
+  async function send(p) {
+    const path = p.path, body = p.body, where = p.where;
     const headers = { "Content-Type": "application/json" };
     const t = token();
     if (t) headers.Authorization = "Bearer " + t;
-    say("Sending…", true);
+    say("Sending…", true, where);
     let res, data = {};
     try {
       res = await fetch(path, { method: "POST", headers: headers, body: JSON.stringify(body), cache: "no-store", credentials: "omit" });
     } catch (e) {
-      say("The proxy did not answer: " + e.message, false);
+      say("The proxy did not answer: " + e.message, false, where);
       return;
     }
     try { data = await res.json(); } catch (e) { /* not JSON */ }
     if (!res.ok) {
-      say(res.status + " " + (data.code || res.statusText) + ": " + (data.error || "refused"), false);
+      say(res.status + " " + (data.code || res.statusText) + ": " + (data.error || "refused"), false, where);
       return;
     }
-    say(data.changed === false ? "Nothing changed: " + data.active + " was already live." :
-      "Switched: " + data.active + " is live (generation " + data.generation + ").", true);
+    say(p.done(data), true, where);
     poll();
   }
 
@@ -118,6 +152,9 @@
       history = hi.history || [];
       let stats = null;
       try { stats = await getJSON("/admin/stats?step=5s"); } catch (e) { /* statistics off */ }
+      if ($("rollout")) {
+        try { ro = await getJSON("/admin/rollout"); } catch (e) { ro = null; }
+      }
       lastOK = new Date();
       render(stats);
       const c = $("conn");
@@ -259,7 +296,52 @@
       newestSeen = history[0] ? history[0].generation : 0;
     }
 
+    if (ro) renderRollout(ro);
     if (stats) charts(stats);
+  }
+
+  // renderRollout mirrors the server-rendered rollout section.
+  function renderRollout(v) {
+    const live = !!v.rollout;
+    const r = v.rollout || v.last;
+    const ph = $("ro-phase");
+    ph.textContent = v.phase;
+    ph.className = "phase ph-" + v.phase;
+    let line;
+    if (!r) line = "No rollout has run. Start one with bluegreen rollout --to COLOUR (or POST /admin/rollout).";
+    else if (!live) line = "Last rollout " + r.from + " → " + r.to + ": " + r.outcome + " at " + r.weight + " % on " + fmtTime(r.ended_at) + ": " + r.ending;
+    else line = r.from + " → " + r.to + ", started " + fmtTime(r.started_at) + (r.reason ? ": " + r.reason : "");
+    $("ro-line").textContent = line;
+    $("ro-live").hidden = !live;
+    $("btn-ro-pause").disabled = v.phase !== "running";
+    $("btn-ro-resume").disabled = v.phase !== "paused";
+    $("btn-ro-promote").disabled = !live;
+    $("btn-ro-abort").disabled = !live;
+    if (!live) return;
+    $("ro-step").textContent = v.step_number + " of " + r.steps.length + " (" + r.steps.join(" → ") + " %)";
+    $("ro-meter").value = v.weight;
+    $("ro-weight").textContent = r.to + " " + v.weight + " % · " + r.from + " " + (100 - v.weight) + " %";
+    $("ro-time").textContent = v.time_in_step || "–";
+    $("ro-verdict").textContent = v.verdict || "–";
+    let lim = "each step " + r.step_interval + ", at least " + r.min_requests + " requests to " + r.to + ", errors ≤ " + +(100 * r.max_error_ratio).toFixed(4) + "\u00a0%";
+    if (r.max_p99) lim += ", p99 ≤ " + r.max_p99;
+    if (r.max_p99_ratio) lim += ", p99 ≤ " + r.max_p99_ratio + "× " + r.from + "'s";
+    $("ro-limits").textContent = lim;
+    const rows = [];
+    for (const [c, role, w] of [[r.to, "target", v.weight], [r.from, "baseline", 100 - v.weight]]) {
+      const win = (v.colors && v.colors[c]) || { requests: 0, instance_errors: 0, error_ratio: 0, p99_seconds: 0 };
+      const tr = document.createElement("tr");
+      tr.dataset.color = c;
+      cell(tr, "", c);
+      cell(tr, "", role);
+      cell(tr, "", w + " %");
+      cell(tr, "", String(win.requests));
+      cell(tr, "", String(win.instance_errors));
+      cell(tr, "", win.requests ? (100 * win.error_ratio).toFixed(2) + " %" : "–");
+      cell(tr, "", ms(win.p99_seconds * 1e9));
+      rows.push(tr);
+    }
+    $("ro-colors").querySelector("tbody").replaceChildren(...rows);
   }
 
   // ---- charts ------------------------------------------------------------
@@ -288,7 +370,16 @@
       }));
     }
     const switches = history.filter((e) => new Date(e.time).getTime() >= from)
-      .map((e) => ({ t: new Date(e.time).getTime(), label: "→" + e.to }));
+      .map((e) => ({ t: new Date(e.time).getTime(), label: e.action === "abort" ? "abort" : "→" + e.to, cls: "switch", row: 0 }));
+    // The running rollout: where it started and where its current step
+    // began, labelled with the target's weight (each kind of marker on its
+    // own row of labels, so that close ones stay readable).
+    const r = ro && ro.rollout;
+    if (r) {
+      const st = new Date(r.started_at).getTime(), ss = new Date(r.step_started_at).getTime();
+      if (st >= from && ss - st > 1000) switches.push({ t: st, label: r.to + " " + r.steps[0] + "%", cls: "step", row: 1 });
+      if (ss >= from) switches.push({ t: ss, label: r.to + " " + r.weight + "%", cls: "step", row: 2 });
+    }
     draw($("chart-rate"), series, "rate", from, now, switches, (v) => v.toFixed(v < 10 ? 1 : 0), 1);
     draw($("chart-errors"), series, "err", from, now, switches, (v) => v.toFixed(v < 10 ? 1 : 0) + "%", 1);
     draw($("chart-p50"), series, "p50", from, now, switches, (v) => v.toFixed(v < 10 ? 1 : 0) + "ms", 1);
@@ -310,9 +401,9 @@
     }
     for (const s of switches) {
       const sx = x(s.t);
-      svg.appendChild(el("line", { class: "switch", x1: sx, y1: T, x2: sx, y2: H - B }));
+      svg.appendChild(el("line", { class: s.cls, x1: sx, y1: T, x2: sx, y2: H - B }));
       const right = sx > W - 70; // near the right edge: label on the left of the line
-      svg.appendChild(el("text", { class: "switch-label", x: right ? sx - 3 : sx + 3, y: T + 10, "text-anchor": right ? "end" : "start" }, s.label));
+      svg.appendChild(el("text", { class: s.cls + "-label", x: right ? sx - 3 : sx + 3, y: T + 10 + 12 * s.row, "text-anchor": right ? "end" : "start" }, s.label));
     }
     for (const c of Object.keys(series).sort()) {
       let d = "", pen = false;

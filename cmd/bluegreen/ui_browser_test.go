@@ -66,7 +66,9 @@ func artifactDir(t *testing.T) string {
 // token gets the API's 401 message; the right token and "Cut over" with a
 // reason show green within 2 s with the history row; a green instance that
 // dies is shown unhealthy within a health interval (plus one poll); a
-// 1280×800 screenshot is written as an artifact; across a restart of the
+// progressive rollout started through the API is shown (step, weights),
+// paused from the page, shown in a 1280×800 screenshot written as an
+// artifact, and aborted from the page with a reason (phase and history row); across a restart of the
 // proxy the page says it is offline, then goes on and rolls back; a cut over
 // to a colour with no healthy instance shows the API's 409.
 func TestStatusPageInBrowser(t *testing.T) {
@@ -216,9 +218,35 @@ func TestStatusPageInBrowser(t *testing.T) {
 		t.Fatalf("state cell %q has no symbol besides the colour", got)
 	}
 
-	// A few polls so the charts carry the traffic and the switch, then the
-	// screenshot.
-	waitFor("charts drawn", `document.querySelectorAll("#chart-rate path.s-blue, #chart-rate line.switch").length >= 2`, 15*time.Second)
+	// A progressive rollout back to blue, started through the API: the page
+	// shows its phase, step and weights; "Pause" with a reason pauses it.
+	if code, m := st.post("/admin/rollout", `{"to":"blue","steps":[10,50,100],"step_interval":"10m","reason":"release v2 to a tenth"}`,
+		"Authorization", "Bearer s3cret-token"); code != http.StatusOK {
+		t.Fatalf("start a rollout: %d %v", code, m)
+	}
+	const roShown = `document.getElementById("ro-phase").textContent === "running" && document.getElementById("ro-step").textContent.startsWith("1 of 3") &&
+		document.getElementById("ro-weight").textContent === "blue 10 % · green 90 %" && document.getElementById("ro-meter").value === 10 &&
+		document.querySelector('#ro-colors tr[data-color="blue"]').textContent.includes("target")`
+	took = waitFor("the rollout shown", roShown, 5*time.Second)
+	t.Logf("rollout shown %v after it started", took.Round(time.Millisecond))
+	rolloutAction := func(action, reason string) {
+		t.Helper()
+		run(action,
+			chromedp.Click(chromedp.CSS("#btn-ro-"+action)),
+			chromedp.WaitVisible(chromedp.CSS("#reason")),
+			chromedp.SendKeys(chromedp.CSS("#reason"), reason),
+			chromedp.Click(chromedp.CSS("#confirm-ok")))
+	}
+	rolloutAction("pause", "hold at a tenth")
+	waitFor("the rollout shown paused", `document.getElementById("ro-phase").textContent === "paused" &&
+		document.getElementById("ro-verdict").textContent.includes("hold at a tenth") && !document.getElementById("btn-ro-resume").disabled`, 2*time.Second)
+	if v := st.rolloutView(); v.Phase != "paused" || v.Weight != 10 {
+		t.Fatalf("after the pause the rollout is %s at %d %%", v.Phase, v.Weight)
+	}
+
+	// A few polls so the charts carry the traffic, the switch and the
+	// rollout's step, then the screenshot.
+	waitFor("charts drawn", `document.querySelectorAll("#chart-rate path.s-blue, #chart-rate line.switch").length >= 2 && document.querySelector("#chart-rate line.step") !== null`, 15*time.Second)
 	run("viewport", chromedp.EmulateViewport(1280, 800))
 	png, err := chromedp.Run(ctx, chromedp.CaptureScreenshot())
 	if err != nil {
@@ -229,6 +257,16 @@ func TestStatusPageInBrowser(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("screenshot: %s", out)
+
+	// "Abort" with a reason: the page shows it aborted, and the history row.
+	rolloutAction("abort", "canary looked wrong")
+	waitFor("the rollout shown aborted", `document.getElementById("ro-phase").textContent === "aborted" &&
+		document.getElementById("ro-line").textContent.includes("aborted at 10 %") && document.getElementById("ro-live").hidden`, 2*time.Second)
+	waitFor("the abort in the history", `document.querySelector("#history tbody tr").textContent.includes("abort") &&
+		document.querySelector("#history tbody tr").textContent.includes("canary looked wrong")`, 2*time.Second)
+	if v := st.rolloutView(); v.Phase != "aborted" || v.Active != "green" {
+		t.Fatalf("after the abort the rollout is %s, %s live", v.Phase, v.Active)
+	}
 
 	// The proxy restarts: the page says it is offline, then carries on
 	// (the token still in the tab) and rolls back.
