@@ -147,6 +147,8 @@ if missing:
 ' || fail "$* mounts files that do not exist"
 }
 validate docker/compose.yml
+# The ACME overlay insists on the site's names (":?"); any name does here.
+export BLUEGREEN_ACME_DOMAINS="${BLUEGREEN_ACME_DOMAINS:-site.example}"
 shopt -s nullglob
 for overlay in docker/compose.*.yml docker/compose.*.yaml; do
   validate docker/compose.yml "$overlay"
@@ -156,7 +158,7 @@ shopt -u nullglob
 # variables this script exports would override the file's: unset them).
 staging=$(env -u COMPOSE_PROJECT_NAME -u PUBLIC_PORT -u ADMIN_PORT docker-compose --env-file docker/staging.env -f docker/compose.yml config)
 grep -q '127.0.0.1:28080:8080' <<<"$staging" && grep -q 'memory: 128M' <<<"$staging" || fail "docker/staging.env: ports or limits not applied"
-note "compose files" "every profile combination resolves (compose.yml, + compose.fleet.yml); staging.env applies"
+note "compose files" "every profile combination resolves (compose.yml, and with each overlay: $(cd docker && echo compose.*.yml)); staging.env applies"
 
 section "offline Prometheus and etcd images (Debian packages)"
 apt_install prometheus etcd-server etcd-client
