@@ -18,6 +18,7 @@ QUICK=0
 
 CHARTS=auto
 BG_ENV=""
+ALT_ENV=""
 NGINX_KEEPALIVE=1024
 OUT=""
 KEEP=0
@@ -31,7 +32,7 @@ usage: bench/run.sh [options]
   --duration S          seconds per measured wrk run (default $DURATION)
   --conc "64 256"       client concurrencies (default "$CONCS")
   --c1000               add concurrency 1000
-  --targets "LIST"      subset/order of: direct nginx haproxy caddy bluegreen bluegreen-gmp1 bluegreen-nethttp
+  --targets "LIST"      subset/order of: direct nginx haproxy caddy bluegreen bluegreen-gmp1 bluegreen-nethttp bluegreen-alt
                         (default "$TARGETS"; bluegreen-gmp1 = bluegreen with GOMAXPROCS=1,
                         bluegreen-nethttp = bluegreen with BLUEGREEN_FAST_PATH=false)
   --idle-conns N        idle keep-alive connections held per proxy (default $IDLE_N; max ~6000 here)
@@ -47,6 +48,8 @@ usage: bench/run.sh [options]
                         the examples of its documentation use 16-64)
   --bluegreen-env "K=V ..."  extra environment of the bluegreen targets
                         (e.g. BLUEGREEN_UPSTREAM_MAX_CONNS=1024)
+  --alt-env "K=V ..."   environment of the target bluegreen-alt (bluegreen with it on top of
+                        --bluegreen-env): measures a setting side by side with the default
   --out FILE            results file (default bench/results/<date>-<host>.md; --quick: a temp file)
   --port N              base port (default $BASE_PORT; uses N+1, N+2, N+80, N+81)
   --keep                keep the temp dir with configs, logs and raw data
@@ -71,6 +74,7 @@ while [ $# -gt 0 ]; do
     --charts) CHARTS=1 ;;
     --no-charts) CHARTS=0 ;;
     --bluegreen-env) BG_ENV=$2; shift ;;
+    --alt-env) ALT_ENV=$2; shift ;;
     --nginx-keepalive) NGINX_KEEPALIVE=$2; shift ;;
     --out) OUT=$2; shift ;;
     --port) BASE_PORT=$2; shift ;;
@@ -325,11 +329,12 @@ start_target() {
       XDG_DATA_HOME="$T/caddy" XDG_CONFIG_HOME="$T/caddy" HOME="$T/caddy" \
         caddy run --config "$T/caddy/Caddyfile" --adapter caddyfile >"$T/caddy.out" 2>&1 &
       ;;
-    bluegreen|bluegreen-gmp1|bluegreen-nethttp)
+    bluegreen|bluegreen-gmp1|bluegreen-nethttp|bluegreen-alt)
       rm -f "$T/bg-state.json"
       local gmp=($BG_ENV)
       [ "$name" = bluegreen-gmp1 ] && gmp+=(GOMAXPROCS=1)
       [ "$name" = bluegreen-nethttp ] && gmp+=(BLUEGREEN_FAST_PATH=false)
+      [ "$name" = bluegreen-alt ] && gmp+=($ALT_ENV)
       env "${gmp[@]}" \
         BLUEGREEN_LISTEN="127.0.0.1:$PROXY_PORT" BLUEGREEN_ADMIN_LISTEN="127.0.0.1:$ADMIN_PORT" \
         BLUEGREEN_BLUE_URLS="http://127.0.0.1:$BLUE_PORT" BLUEGREEN_GREEN_URLS="http://127.0.0.1:$GREEN_PORT" \
@@ -578,6 +583,7 @@ draw_charts() {
   echo "switch	c$SWITCH_CONC, ${SWITCH_DURATION}s, one switch a second"
   [ -n "$BG_ENV" ] && echo "bluegreen_env	$BG_ENV"
   echo "nginx_keepalive	$NGINX_KEEPALIVE"
+  [ -n "$ALT_ENV" ] && echo "bluegreen-alt	bluegreen with $ALT_ENV"
   echo "command	bench/run.sh $ARGS"
 } >"$T/meta.tsv"
 

@@ -188,7 +188,7 @@ func order(loads []loadRow, idles []idleRow, sw []switchRow) []string {
 			names = append(names, n)
 		}
 	}
-	for _, n := range []string{"direct", "nginx", "haproxy", "caddy", "bluegreen", "bluegreen-gmp1", "bluegreen-nethttp"} {
+	for _, n := range []string{"direct", "nginx", "haproxy", "caddy", "bluegreen", "bluegreen-gmp1", "bluegreen-nethttp", "bluegreen-alt"} {
 		for _, l := range loads {
 			if l.name == n {
 				add(n)
