@@ -353,16 +353,13 @@ func write(w io.Writer, meta map[string]string, keys []string, loads []loadRow, 
 			if !ok || a.rCPU.n == 0 {
 				continue
 			}
-			limit := 1.0
-			if c >= 256 {
-				limit = 1.2
-			}
+			const limit = 1.0 // the goals of performance round 2 (issue 17), at every concurrency
 			p("| CPU/req ≤ %.1f× nginx at c%d | %s× | %s |\n", limit, c, a.rCPU.fmt(2), verdict(a.rCPU.med <= limit))
 			p("| req/s ≥ 1.0× nginx at c%d | %s× | %s |\n", c, a.rRps.fmt(2), verdict(a.rRps.med >= 1))
 			p("| p99 ≤ nginx at c%d | %s× | %s |\n", c, a.rP99.fmt(2), verdict(a.rP99.med <= 1))
 		}
 		if kb, ok := idleKB[n]; ok {
-			p("| idle memory ≤ 11 KB per client connection | %.1f KiB | %s |\n", kb, verdict(kb*1.024 <= 11))
+			p("| idle memory ≤ 2 KiB per client connection | %.1f KiB | %s |\n", kb, verdict(kb <= 2))
 		}
 		if f, ok := swFail[n]; ok {
 			p("| 0 failed requests across switches | %d | %s |\n", f, verdict(f == 0))
