@@ -40,7 +40,7 @@ usage: bench/run.sh [options]
   --no-load | --no-idle | --no-switch   skip a part
   --quick               CI smoke: 1 round, 2 s, c64 only, 200 idle conns, 4 s switch run
   --curve               the curve: 3 rounds x 3 s at c16 c64 c256 c1024 c4096 of nginx haproxy
-                        caddy bluegreen, no idle or switch part, PNG charts (~9 min);
+                        caddy bluegreen, no idle or switch part, PNG charts (~6 min);
                         options after it override its settings
   --charts | --no-charts  draw PNG charts with gnuplot next to the results file
                         (default: when more than one concurrency is measured and not --quick)
