@@ -15,6 +15,11 @@ SWITCH_DURATION=20
 SWITCH_CONC=64
 DO_LOAD=1 DO_IDLE=1 DO_SWITCH=1
 QUICK=0
+
+CHARTS=auto
+BG_ENV=""
+ALT_ENV=""
+NGINX_KEEPALIVE=1024
 OUT=""
 KEEP=0
 BASE_PORT=18000
@@ -27,13 +32,24 @@ usage: bench/run.sh [options]
   --duration S          seconds per measured wrk run (default $DURATION)
   --conc "64 256"       client concurrencies (default "$CONCS")
   --c1000               add concurrency 1000
-  --targets "LIST"      subset/order of: direct nginx haproxy caddy bluegreen bluegreen-gmp1 bluegreen-nethttp
+  --targets "LIST"      subset/order of: direct nginx haproxy caddy bluegreen bluegreen-gmp1 bluegreen-nethttp bluegreen-alt
                         (default "$TARGETS"; bluegreen-gmp1 = bluegreen with GOMAXPROCS=1,
                         bluegreen-nethttp = bluegreen with BLUEGREEN_FAST_PATH=false)
   --idle-conns N        idle keep-alive connections held per proxy (default $IDLE_N; max ~6000 here)
   --switch-duration S   seconds of the switch-under-load run (default $SWITCH_DURATION)
   --no-load | --no-idle | --no-switch   skip a part
   --quick               CI smoke: 1 round, 2 s, c64 only, 200 idle conns, 4 s switch run
+  --curve               the curve: 3 rounds x 3 s at c16 c64 c256 c1024 c4096 of nginx haproxy
+                        caddy bluegreen, no idle or switch part, PNG charts (~6 min);
+                        options after it override its settings
+  --charts | --no-charts  draw PNG charts with gnuplot next to the results file
+                        (default: when more than one concurrency is measured and not --quick)
+  --nginx-keepalive N   nginx's upstream keepalive (idle connections kept per worker; default $NGINX_KEEPALIVE,
+                        the examples of its documentation use 16-64)
+  --bluegreen-env "K=V ..."  extra environment of the bluegreen targets
+                        (e.g. BLUEGREEN_UPSTREAM_MAX_CONNS=1024)
+  --alt-env "K=V ..."   environment of the target bluegreen-alt (bluegreen with it on top of
+                        --bluegreen-env): measures a setting side by side with the default
   --out FILE            results file (default bench/results/<date>-<host>.md; --quick: a temp file)
   --port N              base port (default $BASE_PORT; uses N+1, N+2, N+80, N+81)
   --keep                keep the temp dir with configs, logs and raw data
@@ -53,6 +69,13 @@ while [ $# -gt 0 ]; do
     --no-idle) DO_IDLE=0 ;;
     --no-switch) DO_SWITCH=0 ;;
     --quick) QUICK=1 ;;
+    --curve)   # options after it override these
+      DURATION=3 CONCS="16 64 256 1024 4096" TARGETS="nginx haproxy caddy bluegreen" DO_IDLE=0 DO_SWITCH=0 ;;
+    --charts) CHARTS=1 ;;
+    --no-charts) CHARTS=0 ;;
+    --bluegreen-env) BG_ENV=$2; shift ;;
+    --alt-env) ALT_ENV=$2; shift ;;
+    --nginx-keepalive) NGINX_KEEPALIVE=$2; shift ;;
     --out) OUT=$2; shift ;;
     --port) BASE_PORT=$2; shift ;;
     --keep) KEEP=1 ;;
@@ -63,6 +86,10 @@ while [ $# -gt 0 ]; do
 done
 if [ "$QUICK" = 1 ]; then
   ROUNDS=1 DURATION=2 CONCS=64 IDLE_N=200 SWITCH_DURATION=4
+fi
+if [ "$CHARTS" = auto ]; then
+  CHARTS=0
+  [ "$QUICK" = 0 ] && [ "$(echo $CONCS | wc -w)" -gt 1 ] && CHARTS=1
 fi
 
 BLUE_PORT=$((BASE_PORT + 1))
@@ -128,11 +155,13 @@ need=()
 for t in wrk nginx haproxy caddy socat; do
   command -v "$t" >/dev/null 2>&1 || [ -x "/usr/sbin/$t" ] || need+=("$t")
 done
+if [ "$CHARTS" = 1 ] && ! command -v gnuplot >/dev/null 2>&1; then need+=(gnuplot-nox); fi
 if [ ${#need[@]} -gt 0 ]; then
   apt_install "${need[@]}" || die "could not install ${need[*]} (see $T/apt.log)"
 fi
 export PATH="$PATH:/usr/sbin:/sbin"
 for t in wrk nginx haproxy caddy socat; do command -v "$t" >/dev/null || die "$t not found"; done
+if [ "$CHARTS" = 1 ]; then command -v gnuplot >/dev/null || die "gnuplot not found"; fi
 # Packaged services must not hold our ports; we start our own instances.
 
 log "building bluegreen, backend and idleconns"
@@ -223,7 +252,7 @@ http {
     scgi_temp_path $T/nginx/tmp/scgi;
     upstream app {
         include $T/nginx/upstream.conf;
-        keepalive 1024;
+        keepalive $NGINX_KEEPALIVE;
         keepalive_requests 1000000;
         keepalive_timeout 60s;
     }
@@ -300,11 +329,12 @@ start_target() {
       XDG_DATA_HOME="$T/caddy" XDG_CONFIG_HOME="$T/caddy" HOME="$T/caddy" \
         caddy run --config "$T/caddy/Caddyfile" --adapter caddyfile >"$T/caddy.out" 2>&1 &
       ;;
-    bluegreen|bluegreen-gmp1|bluegreen-nethttp)
+    bluegreen|bluegreen-gmp1|bluegreen-nethttp|bluegreen-alt)
       rm -f "$T/bg-state.json"
-      local gmp=()
-      [ "$name" = bluegreen-gmp1 ] && gmp=(GOMAXPROCS=1)
-      [ "$name" = bluegreen-nethttp ] && gmp=(BLUEGREEN_FAST_PATH=false)
+      local gmp=($BG_ENV)
+      [ "$name" = bluegreen-gmp1 ] && gmp+=(GOMAXPROCS=1)
+      [ "$name" = bluegreen-nethttp ] && gmp+=(BLUEGREEN_FAST_PATH=false)
+      [ "$name" = bluegreen-alt ] && gmp+=($ALT_ENV)
       env "${gmp[@]}" \
         BLUEGREEN_LISTEN="127.0.0.1:$PROXY_PORT" BLUEGREEN_ADMIN_LISTEN="127.0.0.1:$ADMIN_PORT" \
         BLUEGREEN_BLUE_URLS="http://127.0.0.1:$BLUE_PORT" BLUEGREEN_GREEN_URLS="http://127.0.0.1:$GREEN_PORT" \
@@ -329,6 +359,9 @@ stop_target() {
   forget_pid "$TPID"
   TPID=""
 }
+
+# backend_conns: connections the backend has accepted so far (both ports).
+backend_conns() { curl -fsS --max-time 2 "http://127.0.0.1:$BLUE_PORT/conns" 2>/dev/null || echo NA; }
 
 target_url() { if [ "$1" = direct ]; then echo "http://127.0.0.1:$BLUE_PORT/"; else echo "$PROXY_URL"; fi; }
 
@@ -363,7 +396,7 @@ run_wrk() { # URL CONC SECONDS OUTFILE
 # ---------------------------------------------------------------- 1. load
 
 load_round() { # ROUND
-  local r=$1 n i name c url before after bbefore bafter out stats cpu bcpu hwm
+  local r=$1 n i name c url before after bbefore bafter out stats cpu bcpu hwm cbefore cafter reconn
   local -a order=($TARGETS)
   n=${#order[@]}
   for ((i = 0; i < n; i++)); do
@@ -372,6 +405,7 @@ load_round() { # ROUND
       start_target "$name"
       url=$(target_url "$name")
       run_wrk "$url" "$c" 1 "$T/warm.txt"                        # open the pools
+      cbefore=$(backend_conns)
       bbefore=$(ticks "$BACKEND_PID")
       if [ -n "$TPID" ]; then before=$(ticks "$TPID"); fi
       out="$T/wrk-r$r-$name-c$c.txt"
@@ -381,15 +415,20 @@ load_round() { # ROUND
         hwm=$(mem "$TPID" VmHWM)
       fi
       bafter=$(ticks "$BACKEND_PID")
+      cafter=$(backend_conns)
       stats=($(parse_wrk "$out"))
       if [ "${stats[0]}" -gt 0 ] && [ -n "$TPID" ]; then
         cpu=$(awk -v t=$((after - before)) -v hz="$HZ" -v n="${stats[0]}" 'BEGIN { printf "%.1f", t / hz * 1e6 / n }')
       else cpu=NA; hwm=NA; fi
+      # Upstream connections opened during the measured run per 1,000
+      # requests (the /conns query itself counts one).
+      reconn=$(awk -v a="$cbefore" -v b="$cafter" -v n="${stats[0]}" \
+        'BEGIN { if (n > 0 && a != "NA" && b != "NA") printf "%.2f", (b - a - 1) * 1000 / n; else print "NA" }')
       bcpu=$(awk -v t=$((bafter - bbefore)) -v hz="$HZ" -v n="${stats[0]}" 'BEGIN { if (n > 0) printf "%.1f", t / hz * 1e6 / n; else print "NA" }')
-      printf 'load\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
+      printf 'load\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
         "$r" "$c" "$name" "${stats[1]}" "${stats[2]}" "${stats[3]}" "$cpu" "$hwm" \
-        "${stats[0]}" "${stats[4]}" "${stats[5]}" "$bcpu" >>"$RAW"
-      log "round $r c$c $name: ${stats[1]} req/s p50 ${stats[2]}ms p99 ${stats[3]}ms cpu ${cpu}us/req hwm ${hwm}KiB non2xx ${stats[4]} sockerr ${stats[5]}"
+        "${stats[0]}" "${stats[4]}" "${stats[5]}" "$bcpu" "$reconn" >>"$RAW"
+      log "round $r c$c $name: ${stats[1]} req/s p50 ${stats[2]}ms p99 ${stats[3]}ms cpu ${cpu}us/req hwm ${hwm}KiB non2xx ${stats[4]} sockerr ${stats[5]} reconnects/1k $reconn"
       stop_target "$name"
     done
   done
@@ -475,6 +514,51 @@ switch_test() { # NAME
   stop_target "$name"
 }
 
+# ---------------------------------------------------------------- charts
+
+# draw_charts DATA BASE: BASE-rps.png, BASE-cpu.png and BASE-p99.png from the
+# report's curve table (column 1 the connections, then per target its median
+# req/s, CPU µs/req and p99 ms over the rounds; "#" header names the targets).
+draw_charts() {
+  local data=$1 base=$2 names n i what col title ylab logy xt xmin xmax
+  names=($(head -1 "$data" | sed 's/^# *conns *//'))
+  n=${#names[@]}
+  [ "$n" -gt 0 ] || return 1
+  xt=$(grep -v '^#' "$data" | awk '{ print $1 }' | paste -sd,)
+  xmin=$(grep -v '^#' "$data" | awk 'NR == 1 { print $1 / 1.5 }')
+  xmax=$(grep -v '^#' "$data" | awk '{ m = $1 } END { print m * 1.5 }')
+  for what in rps cpu p99; do
+    case $what in
+      rps) col=0 title="Requests per second (median of rounds; higher is better)" ylab="requests/s" logy="" ;;
+      cpu) col=1 title="Proxy CPU per request (median of rounds; lower is better)" ylab="CPU µs per request (user+system)" logy="" ;;
+      p99) col=2 title="p99 latency (median of rounds; lower is better)" ylab="p99 latency, ms (log scale)" logy="set logscale y" ;;
+    esac
+    {
+      echo "set terminal pngcairo size 900,560 font 'sans,11'"
+      echo "set output '$base-$what.png'"
+      echo "set title \"$title\\n{/*0.8 wrk -> proxy -> one Go backend, 100-byte answers, keep-alive, 127.0.0.1, $(nproc) cores shared}\" enhanced"
+      echo "set xlabel 'client connections (wrk -c)'"
+      echo "set ylabel '$ylab'"
+      echo "set logscale x 2"
+      echo "$logy"
+      echo "set xtics ($xt)"
+      echo "set xrange [$xmin:$xmax]"
+      echo "set grid"
+      echo "set key outside right top"
+      echo "set yrange [0:*]"
+      [ -n "$logy" ] && echo "set yrange [*:*]"
+      printf 'plot '
+      for ((i = 0; i < n; i++)); do
+        [ "$i" -gt 0 ] && printf ', '
+        printf "'%s' using 1:%d with linespoints lw 2 pt 7 title '%s'" "$data" $((2 + 3 * i + col)) "${names[$i]}"
+      done
+      echo
+    } >"$T/chart-$what.gp"
+    gnuplot "$T/chart-$what.gp" >>"$T/gnuplot.log" 2>&1 || return 1
+    log "chart $base-$what.png"
+  done
+}
+
 # ---------------------------------------------------------------- main
 
 {
@@ -497,6 +581,9 @@ switch_test() { # NAME
   echo "targets	$TARGETS"
   echo "idle_conns	$IDLE_N"
   echo "switch	c$SWITCH_CONC, ${SWITCH_DURATION}s, one switch a second"
+  [ -n "$BG_ENV" ] && echo "bluegreen_env	$BG_ENV"
+  echo "nginx_keepalive	$NGINX_KEEPALIVE"
+  [ -n "$ALT_ENV" ] && echo "bluegreen-alt	bluegreen with $ALT_ENV"
   echo "command	bench/run.sh $ARGS"
 } >"$T/meta.tsv"
 
@@ -521,6 +608,12 @@ if [ -z "$OUT" ]; then
   if [ "$QUICK" = 1 ]; then OUT="$T/quick.md"; else OUT="$ROOT/bench/results/$(date -u +%F)-$(hostname -s).md"; fi
 fi
 mkdir -p "$(dirname "$OUT")"
-"$T/report" -meta "$T/meta.tsv" -raw "$RAW" >"$OUT" || die "report failed"
+CHART_ARGS=()
+if [ "$CHARTS" = 1 ]; then
+  CHART_BASE="${OUT%.md}"
+  CHART_ARGS=(-plot "$T/curve.tsv" -charts "$(basename "$CHART_BASE")")
+fi
+"$T/report" -meta "$T/meta.tsv" -raw "$RAW" "${CHART_ARGS[@]}" >"$OUT" || die "report failed"
+if [ "$CHARTS" = 1 ]; then draw_charts "$T/curve.tsv" "$CHART_BASE" || log "gnuplot failed (see $T/gnuplot.log)"; fi
 cat "$OUT"
 if [ "$QUICK" = 1 ] && [ "$OUT" = "$T/quick.md" ]; then log "quick run: results not kept (use --out FILE)"; else log "wrote $OUT"; fi

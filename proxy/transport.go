@@ -10,7 +10,7 @@ import (
 type TransportConfig struct {
 	DialTimeout           time.Duration // default 5s
 	IdleConnTimeout       time.Duration // default 30s; keep it below the instances' own keep-alive timeout
-	MaxIdleConnsPerHost   int           // default 1024: an idle pool smaller than the client concurrency forces new connections
+	MaxIdleConnsPerHost   int           // most idle connections kept per instance, both paths (default 1024; bluegreen serve: BLUEGREEN_UPSTREAM_MAX_CONNS): a pool smaller than the client concurrency forces new connections
 	ResponseHeaderTimeout time.Duration // default 0: none (event streams and slow endpoints)
 }
 

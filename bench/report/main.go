@@ -20,6 +20,7 @@ type loadRow struct {
 	rps, p50, p99, cpu, hwm   float64
 	requests, non2xx, sockerr int
 	backendCPU                float64
+	reconnects                float64 // upstream connections opened per 1,000 requests; -1 when not measured
 }
 
 type idleRow struct {
@@ -48,12 +49,59 @@ func inum(s string) int { return int(num(s)) }
 func main() {
 	metaPath := flag.String("meta", "", "meta.tsv")
 	rawPath := flag.String("raw", "", "raw.tsv")
+	plotPath := flag.String("plot", "", "write the curve (medians per concurrency and target) to this file for gnuplot")
+	charts := flag.String("charts", "", "base name of the PNG charts (BASE-rps.png, BASE-cpu.png, BASE-p99.png) to link")
 	flag.Parse()
 	meta, keys := readMeta(*metaPath)
 	loads, idles, switches := readRaw(*rawPath)
 	w := bufio.NewWriter(os.Stdout)
 	defer w.Flush()
-	write(w, meta, keys, loads, idles, switches)
+	write(w, meta, keys, loads, idles, switches, *charts)
+	if *plotPath != "" {
+		if err := os.WriteFile(*plotPath, curve(loads, order(loads, nil, nil)), 0o644); err != nil {
+			fmt.Fprintln(os.Stderr, "report:", err)
+			os.Exit(1)
+		}
+	}
+}
+
+// curve is the gnuplot table: one line per concurrency, then for each target
+// its median req/s, CPU µs/req and p99 ms over the rounds ("NaN" where not
+// measured); the header line names the targets.
+func curve(loads []loadRow, names []string) []byte {
+	var concs []int
+	for _, l := range loads {
+		if !slices.Contains(concs, l.conc) {
+			concs = append(concs, l.conc)
+		}
+	}
+	slices.Sort(concs)
+	var b strings.Builder
+	b.WriteString("# conns")
+	for _, n := range names {
+		b.WriteString(" " + n)
+	}
+	b.WriteString("\n")
+	for _, c := range concs {
+		fmt.Fprintf(&b, "%d", c)
+		for _, n := range names {
+			var rps, cpu, p99 []float64
+			for _, l := range loads {
+				if l.conc == c && l.name == n {
+					rps, cpu, p99 = append(rps, l.rps), append(cpu, l.cpu), append(p99, l.p99)
+				}
+			}
+			for _, st := range []stat{summarize(rps), summarize(cpu), summarize(p99)} {
+				if st.n == 0 {
+					b.WriteString(" NaN")
+				} else {
+					fmt.Fprintf(&b, " %.3f", st.med)
+				}
+			}
+		}
+		b.WriteString("\n")
+	}
+	return []byte(b.String())
 }
 
 func readMeta(path string) (map[string]string, []string) {
@@ -84,7 +132,10 @@ func readRaw(path string) (loads []loadRow, idles []idleRow, switches []switchRo
 		switch {
 		case f[0] == "load" && len(f) >= 13:
 			loads = append(loads, loadRow{round: inum(f[1]), conc: inum(f[2]), name: f[3], rps: num(f[4]), p50: num(f[5]), p99: num(f[6]),
-				cpu: num(f[7]), hwm: num(f[8]), requests: inum(f[9]), non2xx: inum(f[10]), sockerr: inum(f[11]), backendCPU: num(f[12])})
+				cpu: num(f[7]), hwm: num(f[8]), requests: inum(f[9]), non2xx: inum(f[10]), sockerr: inum(f[11]), backendCPU: num(f[12]), reconnects: -1})
+			if len(f) >= 14 {
+				loads[len(loads)-1].reconnects = num(f[13])
+			}
 		case f[0] == "idle" && len(f) >= 7:
 			idles = append(idles, idleRow{name: f[1], n: inum(f[2]), held: inum(f[3]), failed: inum(f[4]), before: num(f[5]), after: num(f[6])})
 		case f[0] == "switch" && len(f) >= 10:
@@ -137,7 +188,7 @@ func order(loads []loadRow, idles []idleRow, sw []switchRow) []string {
 			names = append(names, n)
 		}
 	}
-	for _, n := range []string{"direct", "nginx", "haproxy", "caddy", "bluegreen", "bluegreen-gmp1", "bluegreen-nethttp"} {
+	for _, n := range []string{"direct", "nginx", "haproxy", "caddy", "bluegreen", "bluegreen-gmp1", "bluegreen-nethttp", "bluegreen-alt"} {
 		for _, l := range loads {
 			if l.name == n {
 				add(n)
@@ -160,7 +211,7 @@ func order(loads []loadRow, idles []idleRow, sw []switchRow) []string {
 	return names
 }
 
-func write(w io.Writer, meta map[string]string, keys []string, loads []loadRow, idles []idleRow, switches []switchRow) {
+func write(w io.Writer, meta map[string]string, keys []string, loads []loadRow, idles []idleRow, switches []switchRow, charts string) {
 	p := func(format string, a ...any) { fmt.Fprintf(w, format, a...) }
 	p("# bluegreen benchmark: %s, %s\n\n", meta["date"], meta["host"])
 	p("Written by `bench/run.sh`; every figure below is the harness's own measurement.\n")
@@ -173,6 +224,10 @@ func write(w io.Writer, meta map[string]string, keys []string, loads []loadRow, 
 		p("| %s | %s |\n", k, strings.ReplaceAll(meta[k], "|", "\\|"))
 	}
 	names := order(loads, idles, switches)
+	if charts != "" {
+		p("\n## The curve\n\nMedians over rounds at each concurrency (log scale of connections).\n\n")
+		p("![req/s](%s-rps.png)\n\n![CPU per request](%s-cpu.png)\n\n![p99 latency](%s-p99.png)\n", charts, charts, charts)
+	}
 
 	var concs []int
 	for _, l := range loads {
@@ -196,17 +251,17 @@ func write(w io.Writer, meta map[string]string, keys []string, loads []loadRow, 
 		return a / b
 	}
 	type agg struct {
-		rps, p50, p99, cpu, hwm, bcpu, rRps, rP99, rCPU stat
-		errs                                            int
+		rps, p50, p99, cpu, hwm, bcpu, rRps, rP99, rCPU, reconn stat
+		errs                                                    int
 	}
 	aggs := map[int]map[string]agg{}
 	for _, c := range concs {
 		aggs[c] = map[string]agg{}
 		p("\n## Load, %d connections\n\n", c)
-		p("| proxy | req/s | × nginx | p50 ms | p99 ms | p99 × nginx | CPU µs/req | CPU × nginx | peak RSS MiB | backend CPU µs/req | errors |\n")
-		p("|---|---|---|---|---|---|---|---|---|---|---|\n")
+		p("| proxy | req/s | × nginx | p50 ms | p99 ms | p99 × nginx | CPU µs/req | CPU × nginx | peak RSS MiB | backend CPU µs/req | upstream conns opened per 1k req | errors |\n")
+		p("|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 		for _, n := range names {
-			var rps, p50, p99, cpu, hwm, bcpu, rr, rp, rc []float64
+			var rps, p50, p99, cpu, hwm, bcpu, rr, rp, rc, rec []float64
 			errs, seen := 0, false
 			for _, l := range loads {
 				if l.conc != c || l.name != n {
@@ -214,7 +269,7 @@ func write(w io.Writer, meta map[string]string, keys []string, loads []loadRow, 
 				}
 				seen = true
 				rps, p50, p99 = append(rps, l.rps), append(p50, l.p50), append(p99, l.p99)
-				cpu, bcpu = append(cpu, l.cpu), append(bcpu, l.backendCPU)
+				cpu, bcpu, rec = append(cpu, l.cpu), append(bcpu, l.backendCPU), append(rec, l.reconnects)
 				if l.hwm >= 0 {
 					hwm = append(hwm, l.hwm/1024)
 				}
@@ -228,18 +283,18 @@ func write(w io.Writer, meta map[string]string, keys []string, loads []loadRow, 
 			if !seen {
 				continue
 			}
-			a := agg{summarize(rps), summarize(p50), summarize(p99), summarize(cpu), summarize(hwm), summarize(bcpu), summarize(rr), summarize(rp), summarize(rc), errs}
+			a := agg{summarize(rps), summarize(p50), summarize(p99), summarize(cpu), summarize(hwm), summarize(bcpu), summarize(rr), summarize(rp), summarize(rc), summarize(rec), errs}
 			aggs[c][n] = a
-			p("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %d |\n", n, a.rps.fmt(0), a.rRps.fmt(2), a.p50.fmt(2), a.p99.fmt(2), a.rP99.fmt(2),
-				a.cpu.fmt(1), a.rCPU.fmt(2), a.hwm.fmt(1), a.bcpu.fmt(1), errs)
+			p("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %d |\n", n, a.rps.fmt(0), a.rRps.fmt(2), a.p50.fmt(2), a.p99.fmt(2), a.rP99.fmt(2),
+				a.cpu.fmt(1), a.rCPU.fmt(2), a.hwm.fmt(1), a.bcpu.fmt(1), a.reconn.fmt(1), errs)
 		}
 	}
 	if len(loads) > 0 {
-		p("\n<details><summary>Every run</summary>\n\n| round | conns | proxy | req/s | p50 ms | p99 ms | CPU µs/req | peak RSS KiB | requests | non-2xx | socket errors | backend CPU µs/req |\n")
-		p("|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+		p("\n<details><summary>Every run</summary>\n\n| round | conns | proxy | req/s | p50 ms | p99 ms | CPU µs/req | peak RSS KiB | requests | non-2xx | socket errors | backend CPU µs/req | upstream conns opened per 1k req |\n")
+		p("|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 		for _, l := range loads {
-			p("| %d | %d | %s | %.0f | %.2f | %.2f | %s | %s | %d | %d | %d | %s |\n", l.round, l.conc, l.name, l.rps, l.p50, l.p99,
-				na(l.cpu, 1), na(l.hwm, 0), l.requests, l.non2xx, l.sockerr, na(l.backendCPU, 1))
+			p("| %d | %d | %s | %.0f | %.2f | %.2f | %s | %s | %d | %d | %d | %s | %s |\n", l.round, l.conc, l.name, l.rps, l.p50, l.p99,
+				na(l.cpu, 1), na(l.hwm, 0), l.requests, l.non2xx, l.sockerr, na(l.backendCPU, 1), na(l.reconnects, 2))
 		}
 		p("\n</details>\n")
 	}
@@ -298,16 +353,13 @@ func write(w io.Writer, meta map[string]string, keys []string, loads []loadRow, 
 			if !ok || a.rCPU.n == 0 {
 				continue
 			}
-			limit := 1.0
-			if c >= 256 {
-				limit = 1.2
-			}
+			const limit = 1.0 // the goals of performance round 2 (issue 17), at every concurrency
 			p("| CPU/req ≤ %.1f× nginx at c%d | %s× | %s |\n", limit, c, a.rCPU.fmt(2), verdict(a.rCPU.med <= limit))
 			p("| req/s ≥ 1.0× nginx at c%d | %s× | %s |\n", c, a.rRps.fmt(2), verdict(a.rRps.med >= 1))
 			p("| p99 ≤ nginx at c%d | %s× | %s |\n", c, a.rP99.fmt(2), verdict(a.rP99.med <= 1))
 		}
 		if kb, ok := idleKB[n]; ok {
-			p("| idle memory ≤ 11 KB per client connection | %.1f KiB | %s |\n", kb, verdict(kb*1.024 <= 11))
+			p("| idle memory ≤ 2 KiB per client connection | %.1f KiB | %s |\n", kb, verdict(kb <= 2))
 		}
 		if f, ok := swFail[n]; ok {
 			p("| 0 failed requests across switches | %d | %s |\n", f, verdict(f == 0))

@@ -92,6 +92,10 @@ type Config struct {
 	// Data plane: client faults (proxy pipeline).
 	ClientBodyTimeout time.Duration `env:"CLIENT_BODY_TIMEOUT" envDefault:"60s"`
 
+	// Upstream connection pools: the most kept open per instance (config_pool.go).
+	UpstreamMaxConns string `env:"UPSTREAM_MAX_CONNS"`
+	upstreamMaxConns int
+
 	// Derived by loadConfig.
 	blue, green []*url.URL
 	token       string
@@ -165,6 +169,7 @@ func loadConfig(environ []string, hostname func() (string, error)) (Config, erro
 	positive("ROLLBACK_WINDOW", cfg.RollbackWindow)
 	positive("DRAIN_TIMEOUT", cfg.DrainTimeout)
 	cfg.checkClientFaults(bad)
+	cfg.checkUpstreamPool(bad, nofileLimit)
 	positive("UPSTREAM_IDLE_TIMEOUT", cfg.UpstreamIdleTimeout)
 	positive("OUTLIER_EJECT", cfg.OutlierEject)
 	positive("READ_HEADER_TIMEOUT", cfg.ReadHeaderTimeout)

@@ -100,7 +100,7 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, version string, re
 		Balance:      cfg.balance,
 		DrainTimeout: cfg.DrainTimeout,
 		RetryAfter:   cfg.HealthInterval,
-		Upstream:     proxy.TransportConfig{IdleConnTimeout: cfg.UpstreamIdleTimeout, ResponseHeaderTimeout: cfg.UpstreamTimeout},
+		Upstream:     proxy.TransportConfig{IdleConnTimeout: cfg.UpstreamIdleTimeout, ResponseHeaderTimeout: cfg.UpstreamTimeout, MaxIdleConnsPerHost: cfg.upstreamMaxConns},
 		Metrics:      pm,
 		Log:          log,
 		AccessLog:    accessLog,

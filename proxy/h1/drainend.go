@@ -65,10 +65,14 @@ type errChunkBoundary struct{ error }
 func (e errChunkBoundary) Unwrap() error { return e.error }
 
 // endedAtBoundary reports whether err is an ended stream's wake-up at a
-// chunk boundary.
+// chunk boundary. The target of errors.As escapes to the heap: it is
+// declared only past the early return, or every request would allocate it.
 func (c *Conn) endedAtBoundary(err error) bool {
+	if err == nil || !c.ending.Load() {
+		return false
+	}
 	var be errChunkBoundary
-	return err != nil && c.ending.Load() && errors.As(err, &be)
+	return errors.As(err, &be)
 }
 
 // writeLastChunk ends a chunked response.
