@@ -42,6 +42,12 @@ func FuzzParseRequest(f *testing.F) {
 		var h Head
 		err := h.ParseRequest(data[:n])
 		if err != nil {
+			if errors.Is(err, errUserinfo) {
+				if !h.userinfo {
+					t.Fatalf("errUserinfo without a Host holding '@': %q", data[:n])
+				}
+				return // refused with 400 (RFC 9112 §3.2), as the guard does on net/http
+			}
 			if !errors.Is(err, errFallback) && !errors.Is(err, errCLTE) {
 				t.Fatalf("parseRequest: unexpected error %v", err)
 			}
