@@ -226,47 +226,60 @@ func BenchmarkLoopback(b *testing.B) {
 // connections that allocate nothing, so -benchmem counts the proxy and the
 // instance only (the instance allocates nothing either).
 func BenchmarkFront(b *testing.B) {
+	req := []byte("GET /path HTTP/1.1\r\nHost: bench.example\r\nUser-Agent: bench\r\n\r\n")
 	run := func(b *testing.B, addr string) {
-		req := []byte("GET /path HTTP/1.1\r\nHost: bench.example\r\nUser-Agent: bench\r\n\r\n")
-		b.ReportAllocs()
 		b.SetBytes(int64(len(benchBody)))
-		b.RunParallel(func(pb *testing.PB) {
-			c, err := net.Dial("tcp", addr)
-			if err != nil {
-				b.Error(err)
-				return
-			}
-			defer c.Close()
-			buf := make([]byte, 4096)
-			for pb.Next() {
-				if _, err := c.Write(req); err != nil {
-					b.Error(err)
-					return
-				}
-				if err := readBenchResponse(c, buf); err != nil {
-					b.Error(err)
-					return
-				}
-			}
-		})
+		runBenchClients(b, addr, req)
 	}
 	b.Run("fast", func(b *testing.B) {
-		rt := newBenchRouterFast(b)
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			b.Fatal(err)
-		}
-		srv := &Server{Router: rt, Fallback: &http.Server{Handler: rt}}
-		done := make(chan struct{})
-		go func() { defer close(done); _ = srv.Serve(ln) }()
-		b.Cleanup(func() { srv.Close(); <-done })
-		run(b, ln.Addr().String())
+		run(b, serveBenchFast(b, newBenchRouterFast(b)))
 	})
 	b.Run("nethttp", func(b *testing.B) {
 		rt := newBenchRouter(b, true)
 		front := httptest.NewServer(rt)
 		b.Cleanup(front.Close)
 		run(b, front.Listener.Addr().String())
+	})
+}
+
+// serveBenchFast serves rt on a loopback listener with the fast path until
+// the benchmark ends, and returns the address.
+func serveBenchFast(b *testing.B, rt *Router) string {
+	b.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	srv := &Server{Router: rt, Fallback: &http.Server{Handler: rt}}
+	done := make(chan struct{})
+	go func() { defer close(done); _ = srv.Serve(ln) }()
+	b.Cleanup(func() { srv.Close(); <-done })
+	return ln.Addr().String()
+}
+
+// runBenchClients sends req over raw keep-alive connections to addr, one
+// per parallel goroutine, and reads each answer; the clients allocate
+// nothing, so -benchmem counts the proxy and the instance only.
+func runBenchClients(b *testing.B, addr string, req []byte) {
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			b.Error(err)
+			return
+		}
+		defer c.Close()
+		buf := make([]byte, 4096)
+		for pb.Next() {
+			if _, err := c.Write(req); err != nil {
+				b.Error(err)
+				return
+			}
+			if err := readBenchResponse(c, buf); err != nil {
+				b.Error(err)
+				return
+			}
+		}
 	})
 }
 

@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"testing"
@@ -83,34 +82,7 @@ func BenchmarkFrontStats(b *testing.B) {
 			if on {
 				rt.stats = stats.New([]string{"blue", "green"}, nil)
 			}
-			ln, err := net.Listen("tcp", "127.0.0.1:0")
-			if err != nil {
-				b.Fatal(err)
-			}
-			srv := &Server{Router: rt, Fallback: &http.Server{Handler: rt}}
-			done := make(chan struct{})
-			go func() { defer close(done); _ = srv.Serve(ln) }()
-			b.Cleanup(func() { srv.Close(); <-done })
-			b.ReportAllocs()
-			b.RunParallel(func(pb *testing.PB) {
-				c, err := net.Dial("tcp", ln.Addr().String())
-				if err != nil {
-					b.Error(err)
-					return
-				}
-				defer c.Close()
-				buf := make([]byte, 4096)
-				for pb.Next() {
-					if _, err := c.Write(req); err != nil {
-						b.Error(err)
-						return
-					}
-					if err := readBenchResponse(c, buf); err != nil {
-						b.Error(err)
-						return
-					}
-				}
-			})
+			runBenchClients(b, serveBenchFast(b, rt), req)
 			if on && rt.stats.Window("blue", time.Time{}).Requests == 0 {
 				b.Fatal("nothing counted")
 			}

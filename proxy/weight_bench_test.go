@@ -1,8 +1,6 @@
 package proxy
 
 import (
-	"net"
-	"net/http"
 	"testing"
 )
 
@@ -17,35 +15,8 @@ func BenchmarkFrontRollout(b *testing.B) {
 			if err := rt.SetActiveWeighted("blue", 1, weight); err != nil {
 				b.Fatal(err)
 			}
-			ln, err := net.Listen("tcp", "127.0.0.1:0")
-			if err != nil {
-				b.Fatal(err)
-			}
-			srv := &Server{Router: rt, Fallback: &http.Server{Handler: rt}}
-			done := make(chan struct{})
-			go func() { defer close(done); _ = srv.Serve(ln) }()
-			b.Cleanup(func() { srv.Close(); <-done })
-			b.ReportAllocs()
 			b.SetParallelism(32) // 64 connections on 2 cores
-			b.RunParallel(func(pb *testing.PB) {
-				c, err := net.Dial("tcp", ln.Addr().String())
-				if err != nil {
-					b.Error(err)
-					return
-				}
-				defer c.Close()
-				buf := make([]byte, 4096)
-				for pb.Next() {
-					if _, err := c.Write(req); err != nil {
-						b.Error(err)
-						return
-					}
-					if err := readBenchResponse(c, buf); err != nil {
-						b.Error(err)
-						return
-					}
-				}
-			})
+			runBenchClients(b, serveBenchFast(b, rt), req)
 		})
 	}
 }
