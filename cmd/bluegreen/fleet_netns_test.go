@@ -277,6 +277,8 @@ func labTraffic(rs ...*labReplica) (stop func() (sent, failed int64, firstErr st
 			}
 		})
 	}
+	// stop is safe to call twice: each case defers it, so a case that fails
+	// early leaves no traffic running into the lab's teardown.
 	return func() (int64, int64, string) {
 		cancel()
 		wg.Wait()
@@ -388,6 +390,7 @@ func TestFleetPartitions(t *testing.T) {
 	t.Run("a: replica cut off from every etcd member", func(t *testing.T) {
 		r0, r1, r2 := rs[0], rs[1], rs[2]
 		stop := labTraffic(rs...)
+		defer stop()
 		l.cut("r0")
 		defer l.heal("r0")
 		cut := time.Now()
@@ -437,6 +440,7 @@ func TestFleetPartitions(t *testing.T) {
 			}
 		}
 		stop := labTraffic(old)
+		defer stop()
 		mark := len(old.p.Out.String())
 		l.cut(old.node.name)
 		defer l.heal(old.node.name)
@@ -513,12 +517,23 @@ func TestFleetPartitions(t *testing.T) {
 			t.Fatalf("%d of %d requests through the cut-off replica failed", failed, sent)
 		}
 		allRoute("blue", 15*time.Second, rs...)
+		// Case (c) switches to green: every replica must see it healthy
+		// again first, or the switch is refused as a switch to nothing.
+		until(t, "every replica to see green healthy again", 15*time.Second, func() bool {
+			for _, r := range rs {
+				if s, err := r.status(); err != nil || s.Colors["green"].Healthy == 0 {
+					return false
+				}
+			}
+			return true
+		})
 	})
 
 	t.Run("c: replica with a minority etcd member", func(t *testing.T) {
 		r0, r2 := rs[0], rs[2]
 		before := r0.mustStatus().AppliedGeneration
 		stop := labTraffic(rs...)
+		defer stop()
 		l.join("br1", "e2", "r2")
 		defer l.join("br0", "e2", "r2")
 		part := time.Now()
