@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/cryoprotect/bluegreen/proxy/h1"
@@ -36,8 +37,12 @@ type Server struct {
 	// IdleTimeout closes a keep-alive connection without a request for
 	// that long; default 120s.
 	IdleTimeout time.Duration
+	// HSTS, when set, is the Strict-Transport-Security value of every
+	// answer on a connection given to ServeTLS.
+	HSTS string
 
-	h1 h1.Server
+	once sync.Once
+	h1   h1.Server
 }
 
 // Serve accepts connections on ln until Shutdown or Close.
@@ -49,42 +54,55 @@ func (s *Server) Serve(ln net.Listener) error {
 	if !rt.fast {
 		return serveNetHTTP(s.Fallback, ln, rt)
 	}
-	h := &s.h1
-	h.Handler = fastHandler{rt}
-	h.Fallback = s.Fallback
-	h.Buffers = &rt.bufs
-	h.Log = rt.log
-	h.ReadHeaderTimeout = s.ReadHeaderTimeout
-	h.IdleTimeout = s.IdleTimeout
-	h.ClientBodyTimeout = rt.clientBodyTimeout
-	h.ResponseHeaderTimeout = rt.respHeaderTimeout
-	if len(rt.trusted) > 0 {
-		h.Trusted = rt.trustedPeer
-	}
-	if rt.stripPreview {
-		h.StripField = rt.previewLower
-	}
-	h.HandOff = rt.needsRolloutID
-	h.Refused = rt.refused
-	h.Reap = rt.reapUpstreams
-	h.ReapEvery = max(rt.upstreamIdle/2, time.Second)
-	return h.Serve(ln)
+	s.configure()
+	return s.h1.Serve(ln)
+}
+
+// configure sets up the fast codec from the Router, once (Serve and
+// ServeTLS may both run).
+func (s *Server) configure() {
+	s.once.Do(func() {
+		rt := s.Router
+		h := &s.h1
+		h.Handler = fastHandler{rt}
+		h.Fallback = s.Fallback
+		s.Fallback.ConnContext = tlsConnContext(s.Fallback.ConnContext)
+		s.Fallback.Handler = s.tlsAware(s.Fallback.Handler)
+		h.Buffers = &rt.bufs
+		h.Log = rt.log
+		h.ReadHeaderTimeout = s.ReadHeaderTimeout
+		h.IdleTimeout = s.IdleTimeout
+		h.ClientBodyTimeout = rt.clientBodyTimeout
+		h.ResponseHeaderTimeout = rt.respHeaderTimeout
+		if len(rt.trusted) > 0 {
+			h.Trusted = rt.trustedPeer
+		}
+		if rt.stripPreview {
+			h.StripField = rt.previewLower
+		}
+		h.HandOff = rt.needsRolloutID
+		h.Refused = rt.refused
+		h.Reap = rt.reapUpstreams
+		h.ReapEvery = max(rt.upstreamIdle/2, time.Second)
+	})
 }
 
 // Shutdown stops accepting, closes idle connections, and waits for the
 // requests in flight (on both codecs) until ctx ends.
 func (s *Server) Shutdown(ctx context.Context) error {
-	if s.Router != nil && !s.Router.fast {
+	if s.Router == nil || !s.Router.fast {
 		return s.Fallback.Shutdown(ctx)
 	}
+	s.configure() // Serve or ServeTLS may not have run
 	return s.h1.Shutdown(ctx)
 }
 
 // Close closes the listeners and every connection at once.
 func (s *Server) Close() error {
-	if s.Router != nil && !s.Router.fast {
+	if s.Router == nil || !s.Router.fast {
 		return s.Fallback.Close()
 	}
+	s.configure() // Serve or ServeTLS may not have run
 	return s.h1.Close()
 }
 
@@ -125,7 +143,7 @@ func (h fastHandler) ServeH1(c *h1.Conn, x *h1.Exchange) bool {
 		o.status = http.StatusServiceUnavailable
 		rt.finish(&o) // an error answer is counted before the client can read it
 		keep := c.KeepAfterError(x, false)
-		ok := c.WriteError(x, o.status, "Retry-After: "+rt.retryAfter+"\r\nCache-Control: no-store\r\n", unavailableBody(pool), keep)
+		ok := c.WriteError(x, o.status, c.ResponseFields()+"Retry-After: "+rt.retryAfter+"\r\nCache-Control: no-store\r\n", unavailableBody(pool), keep)
 		return keep && ok
 	}
 	pool.begin(b)
@@ -162,10 +180,10 @@ func (h fastHandler) ServeH1(c *h1.Conn, x *h1.Exchange) bool {
 		switch {
 		case o.fault == instanceFault:
 			keep = c.KeepAfterError(x, sent)
-			keep = c.WriteError(x, o.status, "", http.StatusText(o.status)+"\n", keep) && keep
+			keep = c.WriteError(x, o.status, c.ResponseFields(), http.StatusText(o.status)+"\n", keep) && keep
 		case o.status != 499: // 400, 408: the client is told, and the connection closes
 			c.KeepAfterError(x, true)
-			c.WriteError(x, o.status, "", http.StatusText(o.status)+"\n", false)
+			c.WriteError(x, o.status, c.ResponseFields(), http.StatusText(o.status)+"\n", false)
 		}
 		return keep
 	}

@@ -18,6 +18,7 @@ type Conn struct {
 	remote   string
 	clientIP string
 	trusted  bool
+	opts     ConnOptions // what ServeConn was told of the connection (serveconn.go)
 
 	deadlineSet bool // a body read set a deadline of its own: re-arm the idle one
 	linger      bool // closing with request bytes unread: half-close and drain first

@@ -132,7 +132,11 @@ func (c *Conn) Send(x *Exchange, uc *UpConn, prefix string) (sent bool, err erro
 		w = append(w, "\r\nX-Forwarded-Host: "...)
 		w = append(w, host...)
 	}
-	if !hasXFP {
+	switch {
+	case hasXFP:
+	case c.opts.HTTPS:
+		w = append(w, "\r\nX-Forwarded-Proto: https"...)
+	default:
 		w = append(w, "\r\nX-Forwarded-Proto: http"...)
 	}
 	w = append(w, "\r\n\r\n"...)
@@ -401,6 +405,7 @@ func (c *Conn) writeHead(res *Head, chunked, addDate, closeConn bool) {
 	if closeConn {
 		o.writeString("Connection: close\r\n")
 	}
+	o.writeString(c.opts.ResponseFields)
 	o.writeString("\r\n")
 }
 

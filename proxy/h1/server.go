@@ -99,37 +99,10 @@ const watchEvery = 100 * time.Millisecond
 
 // Serve accepts connections on ln until Shutdown or Close.
 func (s *Server) Serve(ln net.Listener) error {
-	if s.Fallback == nil || s.Handler == nil || s.Buffers == nil || s.Log == nil {
-		return errors.New("h1: Server needs Handler, Fallback, Buffers and Log")
-	}
-	if s.ReadHeaderTimeout <= 0 {
-		s.ReadHeaderTimeout = 10 * time.Second
-	}
-	if s.IdleTimeout <= 0 {
-		s.IdleTimeout = 120 * time.Second
-	}
-	if s.ClientBodyTimeout <= 0 {
-		s.ClientBodyTimeout = 60 * time.Second
-	}
-	if s.ReapEvery <= 0 {
-		s.ReapEvery = time.Second
-	}
-	s.mu.Lock()
-	if s.shutdown.Load() {
-		s.mu.Unlock()
+	if err := s.start(ln, ln.Addr()); err != nil {
 		ln.Close()
-		return http.ErrServerClosed
+		return err
 	}
-	if s.lns == nil {
-		s.lns = make(map[net.Listener]struct{})
-		s.conns = make(map[*Conn]struct{})
-		s.handoff = &handoffListener{addr: ln.Addr(), ch: make(chan net.Conn), done: make(chan struct{})}
-		s.done = make(chan struct{})
-		go func() { _ = s.Fallback.Serve(s.handoff) }() // ends when handoff is closed
-		go s.background()
-	}
-	s.lns[ln] = struct{}{}
-	s.mu.Unlock()
 
 	var delay time.Duration
 	for {
@@ -149,14 +122,9 @@ func (s *Server) Serve(ln net.Listener) error {
 		}
 		delay = 0
 		c := s.newConn(nc)
-		s.mu.Lock()
-		if s.shutdown.Load() {
-			s.mu.Unlock()
-			nc.Close()
+		if !s.track(c) {
 			return http.ErrServerClosed
 		}
-		s.conns[c] = struct{}{}
-		s.mu.Unlock()
 		go s.serveConn(c)
 	}
 }
