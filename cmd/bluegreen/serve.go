@@ -199,7 +199,7 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, version string, re
 	adm := &http.Server{Handler: admHandler, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 60 * time.Second, ErrorLog: errLog}
 	// nil unless BLUEGREEN_TLS_LISTEN is set; its answers end keep-alives
 	// at shutdown like the plain listener's (on HTTP/2: GOAWAY).
-	edge, err := newTLSEdge(cfg, log, reg, pub.EndKeepAlivesHandler(router), pubLn, store)
+	edge, err := newTLSEdge(cfg, log, reg, pub, pubLn, store)
 	if err != nil {
 		pubLn.Close()
 		admLn.Close()

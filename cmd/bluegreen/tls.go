@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -30,25 +31,35 @@ type publicServer interface {
 	Close() error
 }
 
-// tlsEdge is the TLS listener: net/http with the router as its handler,
-// HTTP/2 and HTTP/1.1 by ALPN, certificates from certs.Manager. A nil
-// *tlsEdge (TLS off) is valid and does nothing.
+// tlsEdge is the TLS listener: HTTP/2 and HTTP/1.1 by ALPN, certificates
+// from certs.Manager. With the fast path it accepts and handshakes itself
+// (tlsfast.go): HTTPS/1.1 connections go to the proxy's fast codec, HTTP/2
+// ones to net/http. Without it net/http serves everything with the router
+// as its handler. A nil *tlsEdge (TLS off) is valid and does nothing.
 type tlsEdge struct {
 	ln    net.Listener
-	srv   *http.Server
+	srv   *http.Server // net/http: HTTP/2, and HTTP/1.1 without the fast path
 	mgr   *certs.Manager
 	plain *http.Server // nil: the plain listener keeps the proxy's server
 	log   *slog.Logger
+
+	fast             *proxy.Server // nil: net/http serves HTTP/1.1 too
+	handshakeTimeout time.Duration
+	h2               *connQueue // handshaken HTTP/2 connections for srv
+	pending          handshakes
 }
 
 // newTLSEdge binds the TLS listener and loads the certificates; nil when
-// BLUEGREEN_TLS_LISTEN is empty. pubLn is the bound plain listener (where
-// ACME HTTP-01 validations arrive); with an etcd state store, ACME
-// certificates are kept in etcd for the whole fleet.
-func newTLSEdge(cfg Config, log *slog.Logger, reg prometheus.Registerer, router http.Handler, pubLn net.Listener, store state.Store) (*tlsEdge, error) {
+// BLUEGREEN_TLS_LISTEN is empty. pub is the proxy's server of the plain
+// listener: its fast codec also serves HTTPS/1.1, and its answers end
+// keep-alives at shutdown (on HTTP/2: GOAWAY). pubLn is the bound plain
+// listener (where ACME HTTP-01 validations arrive); with an etcd state
+// store, ACME certificates are kept in etcd for the whole fleet.
+func newTLSEdge(cfg Config, log *slog.Logger, reg prometheus.Registerer, pub *proxy.Server, pubLn net.Listener, store state.Store) (*tlsEdge, error) {
 	if cfg.TLSListen == "" {
 		return nil, nil
 	}
+	router := pub.EndKeepAlivesHandler(pub.Router)
 	m, err := certs.NewMetrics(reg)
 	if err != nil {
 		return nil, err
@@ -69,7 +80,12 @@ func newTLSEdge(cfg Config, log *slog.Logger, reg prometheus.Registerer, router 
 		ln.Close()
 		return nil, startupError{fmt.Errorf("%sTLS_CERT_FILE=%q %sTLS_KEY_FILE=%q: %w", envPrefix, cfg.TLSCertFile, envPrefix, cfg.TLSKeyFile, err)}
 	}
-	e := &tlsEdge{ln: ln, mgr: mgr, log: log}
+	e := &tlsEdge{ln: ln, mgr: mgr, log: log, handshakeTimeout: cmp.Or(cfg.ReadHeaderTimeout, 10*time.Second)}
+	if pub.Router.FastPath() {
+		e.fast = pub
+		pub.HSTS = cfg.HSTS
+		e.h2 = newConnQueue(ln.Addr())
+	}
 	var h http.Handler = router
 	if cfg.HSTS != "" {
 		h = hsts(cfg.HSTS, h)
@@ -121,7 +137,12 @@ func (e *tlsEdge) start(bg context.Context, wg *sync.WaitGroup, errc chan<- erro
 	if e == nil {
 		return
 	}
-	go func() { errc <- e.srv.ServeTLS(e.ln, "", "") }()
+	if e.fast == nil {
+		go func() { errc <- e.srv.ServeTLS(e.ln, "", "") }()
+	} else {
+		go func() { _ = e.srv.Serve(e.h2) }() // ends when srv shuts down
+		go func() { errc <- e.serve() }()
+	}
 	wg.Go(func() { e.mgr.Run(bg) })
 	wg.Go(func() {
 		hup := make(chan os.Signal, 1)
@@ -148,21 +169,37 @@ func (e *tlsEdge) shutdown(ctx context.Context) (wait func()) {
 	if e == nil {
 		return func() {}
 	}
+	e.stopAccepting()
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		if err := e.srv.Shutdown(ctx); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			e.log.Warn("TLS requests still running at the end of the drain timeout were cut", "err", err)
-			e.srv.Close()
+		if e.fast != nil && e.plain != nil { // else the plain listener's stop waits for it
+			fastDone := make(chan error, 1)
+			go func() { fastDone <- e.fast.Shutdown(ctx) }()
+			defer func() { e.cutAfterDrain(<-fastDone, e.fast.Close) }()
 		}
+		e.cutAfterDrain(e.srv.Shutdown(ctx), e.srv.Close)
 	}()
 	return func() { <-done }
 }
 
+// cutAfterDrain closes what err (of a Shutdown) says is still running.
+func (e *tlsEdge) cutAfterDrain(err error, closeFn func() error) {
+	if err != nil && !errors.Is(err, http.ErrServerClosed) {
+		e.log.Warn("TLS requests still running at the end of the drain timeout were cut", "err", err)
+		closeFn()
+	}
+}
+
 // close stops the TLS listener at once.
 func (e *tlsEdge) close() {
-	if e != nil {
-		e.srv.Close()
+	if e == nil {
+		return
+	}
+	e.stopAccepting()
+	e.srv.Close()
+	if e.fast != nil && e.plain != nil {
+		e.fast.Close()
 	}
 }
 
