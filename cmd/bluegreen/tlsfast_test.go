@@ -24,8 +24,20 @@ import (
 // echoApp answers 200 "ok" with its colour, the X-Forwarded-Proto it was
 // sent and a field named in lower case: the fast codec relays field names
 // as the instance wrote them, net/http canonicalizes them (X-Lower-Case).
-func echoApp(t *testing.T, color string) *httptest.Server {
+// GET /hang answers nothing until the proxy gives up the request (then
+// cancelled is told) or 10 s pass.
+func echoApp(t *testing.T, color string, cancelled ...chan<- struct{}) *httptest.Server {
 	s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/hang" {
+			select {
+			case <-r.Context().Done():
+				for _, c := range cancelled {
+					c <- struct{}{}
+				}
+			case <-time.After(10 * time.Second):
+			}
+			return
+		}
 		io.Copy(io.Discard, r.Body)
 		w.Header()["x-lower-case"] = []string{"1"}
 		w.Header().Set("X-Color", color)
@@ -195,10 +207,23 @@ func waitMetric(t *testing.T, adm, prefix string, want float64) string {
 // is a 499 and no instance error; plain HTTP on the TLS port gets a 400
 // and, like other failed handshakes, is counted without an error log.
 func TestServeTLSClientFaults(t *testing.T) {
-	blue, green := echoApp(t, "blue"), echoApp(t, "green")
+	cancelled := make(chan struct{}, 1)
+	blue, green := echoApp(t, "blue", cancelled), echoApp(t, "green")
 	st := startTLSStack(t, blue.URL, green.URL)
 
+	// A client that leaves while its request waits for the instance: the
+	// request is given up at once, not when the instance answers.
 	tc := st.dialTLS(t, "http/1.1")
+	io.WriteString(tc, "GET /hang HTTP/1.1\r\nHost: site.test\r\n\r\n")
+	time.Sleep(200 * time.Millisecond)
+	tc.Close() // with a close_notify alert ahead of the FIN
+	select {
+	case <-cancelled:
+	case <-time.After(3 * time.Second):
+		t.Fatal("the instance's request went on 3 s after its client left")
+	}
+
+	tc = st.dialTLS(t, "http/1.1")
 	tc.SetDeadline(time.Now().Add(10 * time.Second))
 	io.WriteString(tc, "POST / HTTP/1.1\r\nHost: site.test\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\nabc")
 	a, err := readRaw(bufio.NewReader(tc))
@@ -211,7 +236,7 @@ func TestServeTLSClientFaults(t *testing.T) {
 	io.WriteString(tc, "POST /up HTTP/1.1\r\nHost: site.test\r\nContent-Length: 100000\r\n\r\n0123456789")
 	time.Sleep(100 * time.Millisecond) // the request reaches the instance
 	tc.Close()
-	m := waitMetric(t, st.a.admin, `bluegreen_requests_total{code="499"`, 1)
+	m := waitMetric(t, st.a.admin, `bluegreen_requests_total{code="499"`, 2)
 	if n := metricSum(m, "bluegreen_upstream_errors_total"); n != 0 {
 		t.Fatalf("a client leaving mid-body counted %v instance errors:\n%s", n, grep(m, "bluegreen_upstream_errors_total"))
 	}

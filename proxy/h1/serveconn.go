@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"net/http"
+	"syscall"
 	"time"
 )
 
@@ -16,6 +17,8 @@ type ConnOptions struct {
 	// ResponseFields are header lines, each ending in CRLF, added to every
 	// response relayed on the connection (Strict-Transport-Security, say).
 	ResponseFields string
+
+	sock syscall.RawConn // the socket under the connection, for clientLeft
 }
 
 // ServeConn serves one established client connection in the calling
@@ -31,6 +34,7 @@ func (s *Server) ServeConn(nc net.Conn, o ConnOptions) error {
 		return err
 	}
 	c := s.newConn(nc)
+	o.sock = socketOf(nc)
 	c.opts = o
 	if !s.track(c) {
 		return http.ErrServerClosed
@@ -117,3 +121,32 @@ func (g *guardConn) NetConn() net.Conn { return g.Conn }
 // ResponseFields are the header lines every answer on the connection
 // carries (ConnOptions); for error answers the Handler writes.
 func (c *Conn) ResponseFields() string { return c.opts.ResponseFields }
+
+// clientLeft reports whether the client of a request that waits for an
+// instance's answer has closed its side: a peek at the socket, or for a
+// connection given to ServeConn with a socket under it (a *tls.Conn),
+// whether the peer hung up, since TLS records (a close_notify alert) may
+// wait ahead of the end.
+func (c *Conn) clientLeft() bool {
+	if c.cr.rc != nil {
+		return peekConn(c.cr.rc) == peekClosed
+	}
+	return c.opts.sock != nil && hungUp(c.opts.sock)
+}
+
+// socketOf is the socket under nc when nc wraps one (a *tls.Conn), or nil.
+func socketOf(nc net.Conn) syscall.RawConn {
+	w, ok := nc.(interface{ NetConn() net.Conn })
+	if !ok {
+		return nil
+	}
+	sc, ok := w.NetConn().(syscall.Conn)
+	if !ok {
+		return nil
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	return rc
+}

@@ -258,7 +258,7 @@ func (s *Server) watchWaits() {
 	var gone []*Conn
 	s.mu.Lock()
 	for c := range s.conns {
-		if c.waiting.Load() == waitHead && peekConn(c.cr.rc) == peekClosed {
+		if c.waiting.Load() == waitHead && c.clientLeft() {
 			gone = append(gone, c)
 		}
 	}
