@@ -161,6 +161,54 @@ func TestFastLargeBodies(t *testing.T) {
 	}
 }
 
+// TestFastLargeBodiesSlowPeers: the body timeout is between reads, not for
+// the whole body, while a body is spliced: an upload that pauses 100 ms
+// between pieces for 1 s in all (ClientBodyTimeout is 300 ms) goes
+// through, and a download read slowly arrives whole; the connection serves
+// the next request after each.
+func TestFastLargeBodiesSlowPeers(t *testing.T) {
+	sf := newSpliceFront(t)
+	rc := dialRaw(t, sf.cf.fast)
+	const n = 2 << 20
+	up := bigBody(n)
+	rc.send(fmt.Sprintf("POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n", n))
+	start := time.Now()
+	for off := 0; off < n; off += n / 10 {
+		time.Sleep(100 * time.Millisecond)
+		rc.send(string(up[off:min(off+n/10, n)]))
+	}
+	if res, body := rc.mustRead("POST"); res.StatusCode != 200 || body != sum(up) {
+		t.Fatalf("slow upload: %d, checksum %q, want %q", res.StatusCode, body, sum(up))
+	}
+	if took := time.Since(start); took < time.Second {
+		t.Fatalf("the upload took %v, want over 1s (the point is a body slower than the timeout)", took)
+	}
+
+	rc.send(fmt.Sprintf("GET /down/%d HTTP/1.1\r\nHost: a\r\n\r\n", n))
+	res, err := http.ReadResponse(rc.br, &http.Request{Method: "GET"})
+	if err != nil || res.StatusCode != 200 {
+		t.Fatalf("slow download: %v %v", res, err)
+	}
+	var got []byte
+	buf := make([]byte, 64<<10)
+	for err == nil {
+		time.Sleep(5 * time.Millisecond)
+		var k int
+		k, err = res.Body.Read(buf)
+		got = append(got, buf[:k]...)
+	}
+	if err != io.EOF || len(got) != n || sum(got) != sum(bigBody(n)) {
+		t.Fatalf("slow download: %d bytes, err %v, intact %v", len(got), err, sum(got) == sum(bigBody(n)))
+	}
+	rc.send("GET /after HTTP/1.1\r\nHost: a\r\n\r\n")
+	if res, body := rc.mustRead("GET"); res.StatusCode != 200 || body != "ok /after" {
+		t.Fatalf("request after the slow bodies: %d %q", res.StatusCode, body)
+	}
+	if a := sf.inst.accepted.Load(); a != 1 {
+		t.Errorf("the instance accepted %d connections, want 1", a)
+	}
+}
+
 // waitCounters polls the counters until ok accepts them or 3 s pass: the
 // counts land as the request finishes, which may be after the client saw
 // its end.
