@@ -49,6 +49,59 @@ func (c *Conn) copyN(uc *UpConn, n int64) error {
 	return nil
 }
 
+// Content-Length bodies between two TCP sockets move by splice(2) (see
+// splice_linux.go) when at least spliceMin bytes of them are not yet read;
+// shorter ones are copied through the read buffer, which costs fewer calls
+// (measured in splice_test.go, BenchmarkRelayLength). A drain moves at most
+// spliceMax bytes, the pipe's size.
+const (
+	spliceMin = 64 << 10
+	spliceMax = 1 << 20
+)
+
+// copyLength relays a Content-Length body of n bytes: what is buffered
+// first, then the rest by splice when it is long and both ends are TCP
+// sockets, else by copyN.
+func (c *Conn) copyLength(uc *UpConn, n int64) error {
+	b := uc.cr.buffered()
+	if n-int64(b) < spliceMin {
+		return c.copyN(uc, n)
+	}
+	sp := newSplicer(uc.nc, c.nc)
+	if sp == nil {
+		return c.copyN(uc, n)
+	}
+	defer sp.close()
+	c.out.write(uc.cr.bytes())
+	uc.cr.discard(b)
+	c.out.flush()
+	if c.out.err != nil {
+		return nil
+	}
+	return c.spliceOut(sp, n-int64(b))
+}
+
+// spliceOut moves n bytes of a response body from the instance to the
+// client. As with copyN, a failure of the instance's side is returned and
+// one of the client's is left in c.out.err.
+func (c *Conn) spliceOut(sp *splicer, n int64) error {
+	for n > 0 {
+		got, err := sp.drain(int(min(n, spliceMax)))
+		if err != nil {
+			return err
+		}
+		if got == 0 {
+			return io.ErrUnexpectedEOF
+		}
+		n -= int64(got)
+		if _, err := sp.pump(); err != nil {
+			c.out.err = err
+			return nil
+		}
+	}
+	return nil
+}
+
 func (c *Conn) copyUntilClose(uc *UpConn) error {
 	for c.out.err == nil {
 		if uc.cr.buffered() == 0 {

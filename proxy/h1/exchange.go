@@ -2,6 +2,7 @@ package h1
 
 import (
 	"errors"
+	"io"
 	"net/http"
 	"sync"
 	"sync/atomic"
@@ -183,6 +184,12 @@ func (c *Conn) sendBody(x *Exchange, uc *UpConn, rem int64) error {
 			x.early = true
 			return nil
 		}
+		if c.cr.buffered() == 0 && rem >= spliceMin {
+			if sp := newSplicer(c.nc, uc.nc); sp != nil {
+				defer sp.close()
+				return c.spliceIn(x, uc, sp, rem)
+			}
+		}
 		if c.cr.buffered() == 0 {
 			_ = c.nc.SetReadDeadline(time.Now().Add(s.ClientBodyTimeout))
 			if err := c.cr.fill(); err != nil {
@@ -202,18 +209,58 @@ func (c *Conn) sendBody(x *Exchange, uc *UpConn, rem int64) error {
 			if err == nil {
 				continue
 			}
-			switch uc.cr.peekState() {
-			case peekData:
-				// It answered and stopped reading (or closed): the answer
-				// is what the client gets.
-				x.early = true
-				return nil
-			case peekNothing, peekUnknown:
-				if isTimeout(err) {
-					continue // a slow reader, not a failure
+			if again, err := upWriteFailed(x, uc, err); !again {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// upWriteFailed judges a write of the request body to the instance that
+// failed with err: again when it only timed out (a slow reader, not a
+// failure); nil when the instance answered and stopped reading (or
+// closed), whose answer is what the client gets (x.early); else err.
+func upWriteFailed(x *Exchange, uc *UpConn, err error) (again bool, _ error) {
+	switch uc.cr.peekState() {
+	case peekData:
+		x.early = true
+		return false, nil
+	case peekNothing, peekUnknown:
+		if isTimeout(err) {
+			return true, nil
+		}
+	}
+	return false, err
+}
+
+// spliceIn moves the last rem bytes of a request body from the client to
+// the instance by splice, with sendBody's timeouts and early answers: the
+// client has ClientBodyTimeout for each drain, and a pump blocked for
+// earlyWriteSlice looks whether the instance answered.
+func (c *Conn) spliceIn(x *Exchange, uc *UpConn, sp *splicer, rem int64) error {
+	s := c.s
+	for rem > 0 {
+		if uc.cr.peekState() == peekData {
+			x.early = true
+			return nil
+		}
+		_ = c.nc.SetReadDeadline(time.Now().Add(s.ClientBodyTimeout))
+		got, err := sp.drain(int(min(rem, spliceMax)))
+		if err == nil && got == 0 {
+			err = io.EOF
+		}
+		if err != nil {
+			return clientReadError(err)
+		}
+		rem -= int64(got)
+		for sp.inPipe > 0 {
+			_ = uc.nc.SetWriteDeadline(time.Now().Add(earlyWriteSlice))
+			if _, err := sp.pump(); err != nil {
+				if again, err := upWriteFailed(x, uc, err); !again {
+					return err
 				}
 			}
-			return err
 		}
 	}
 	return nil
@@ -324,7 +371,7 @@ func (c *Conn) WriteResponseHead(x *Exchange, uc *UpConn) Response {
 func (c *Conn) RelayBody(r *Response, uc *UpConn, u *Upstream) (keep bool, err error) {
 	switch r.framing {
 	case bodyLength:
-		err = c.copyN(uc, r.length)
+		err = c.copyLength(uc, r.length)
 	case bodyChunked:
 		err = c.copyChunked(uc)
 	case bodyUntilClose:
