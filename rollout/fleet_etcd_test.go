@@ -6,12 +6,14 @@ import (
 	"context"
 	"io"
 	"net"
+	"path"
 	"regexp"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/cryoprotect/bluegreen/proxy/stats"
 	"github.com/cryoprotect/bluegreen/rollout"
@@ -174,6 +176,8 @@ func TestFleetLeaderAbortsOnFollowerCounts(t *testing.T) {
 		calls := b.router.Calls()
 		return b.ctl.State().Rollout == nil && calls[len(calls)-1] == blue+"/0"
 	})
+	// The rollout ended: every replica withdraws its counts.
+	waitFor(t, "the counts to be withdrawn", func() bool { return len(countsKeys(t, a.store)) == 0 })
 	t.Logf("aborted by the leader on b's counts: %s", last.Reason)
 }
 
@@ -211,6 +215,32 @@ func TestFleetSplitTrafficPassesStep(t *testing.T) {
 	if v := a.ctl.RolloutStatus(); v.Colors[green].Requests != 0 {
 		t.Fatalf("the new step counts %d green requests of the last one", v.Colors[green].Requests)
 	}
+	// One key per replica: publishing the new window removed the old one.
+	waitFor(t, "one publication per replica", func() bool {
+		keys := countsKeys(t, a.store)
+		if len(keys) != 3 {
+			return false
+		}
+		w := path.Dir(keys[0])
+		return path.Dir(keys[1]) == w && path.Dir(keys[2]) == w
+	})
+	t.Logf("publications: %v", countsKeys(t, a.store))
+}
+
+// countsKeys lists the rollout counts publications in etcd.
+func countsKeys(t *testing.T, es *etcd.Store) []string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	resp, err := es.Client().Get(ctx, "/fleet/counts/", clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var keys []string
+	for _, kv := range resp.Kvs {
+		keys = append(keys, string(kv.Key))
+	}
+	return keys
 }
 
 // A replica cut off from etcd stops counting once its lease expires: its
