@@ -125,6 +125,7 @@ type fleetView struct {
 	replicas []string          // the other replicas counted
 	err      error             // the last read's error, nil after a good read
 	withdraw bool              // this replica has a publication to withdraw
+	ignored  map[string]bool   // replicas whose publication of window was logged as ignored
 }
 
 // ownCounts reads this replica's counts of color in r's window.
@@ -202,6 +203,15 @@ func (c *Controller) syncFleet(ctx context.Context) {
 		fv.err = err
 		return
 	}
+	if fv.window != w {
+		fv.ignored = map[string]bool{}
+	}
+	ignore := func(id string, args ...any) {
+		if !fv.ignored[id] {
+			fv.ignored[id] = true
+			c.log.Warn("ignoring a replica's rollout counts", append([]any{"replica", id}, args...)...)
+		}
+	}
 	others := map[string]counts{}
 	var replicas []string
 	for id, data := range got {
@@ -210,7 +220,7 @@ func (c *Controller) syncFleet(ctx context.Context) {
 		}
 		var p publication
 		if err := json.Unmarshal(data, &p); err != nil || p.Window != w || p.Buckets != stats.HistBuckets {
-			c.log.Warn("ignoring a replica's rollout counts", "replica", id, "window", p.Window, "buckets", p.Buckets, "err", err)
+			ignore(id, "window", p.Window, "buckets", p.Buckets, "err", err)
 			continue
 		}
 		sum := map[string]counts{}
@@ -218,7 +228,7 @@ func (c *Controller) syncFleet(ctx context.Context) {
 		for color, pc := range p.Colors {
 			n, err := pc.counts()
 			if err != nil {
-				c.log.Warn("ignoring a replica's rollout counts", "replica", id, "err", err)
+				ignore(id, "err", err)
 				ok = false
 				break
 			}
