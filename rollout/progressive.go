@@ -98,6 +98,12 @@ type RolloutView struct {
 	Colors     map[string]Window `json:"colors,omitempty"`
 	Verdict    string            `json:"verdict,omitempty"`
 	Leader     bool              `json:"leader"`
+	// In a fleet (Config.Fleet), Colors are the fleet's totals: this
+	// replica's live counts plus the others' last publications. Replicas
+	// is how many replicas contributed, FleetStale why the totals are too
+	// old for a step to pass (empty when fresh).
+	Replicas   int    `json:"replicas,omitempty"`
+	FleetStale string `json:"fleet_stale,omitempty"`
 }
 
 // Phases of RolloutView.
@@ -434,6 +440,8 @@ type analysis struct {
 	breach           string // set: abort with this evidence
 	enough           bool   // the target served MinRequests in the window
 	inStep, interval time.Duration
+	replicas         int    // fleet: replicas whose counts are in the sums
+	stale            string // fleet: why the sums cannot pass a step
 }
 
 func window(req, errs int64, p99 time.Duration) Window {
@@ -452,9 +460,16 @@ func (c *Controller) analyse(r *state.Rollout, now time.Time) analysis {
 	if c.cfg.Stats == nil {
 		return a
 	}
-	a.tReq, a.tErr, a.tP99 = c.cfg.Stats.Window(r.To, r.StepStartedAt)
 	var bErr int64
-	a.bReq, bErr, a.bP99 = c.cfg.Stats.Window(r.From, r.StepStartedAt)
+	if c.cfg.Fleet != nil {
+		t, b := c.ownCounts(r.To, r.StepStartedAt), c.ownCounts(r.From, r.StepStartedAt)
+		a.replicas, a.stale = c.fleetCounts(r, now, &t, &b)
+		a.tReq, a.tErr, a.tP99 = t.requests, t.errs, t.hist.Quantile(0.99)
+		a.bReq, bErr, a.bP99 = b.requests, b.errs, b.hist.Quantile(0.99)
+	} else {
+		a.tReq, a.tErr, a.tP99 = c.cfg.Stats.Window(r.To, r.StepStartedAt)
+		a.bReq, bErr, a.bP99 = c.cfg.Stats.Window(r.From, r.StepStartedAt)
+	}
 	a.target, a.base = window(a.tReq, a.tErr, a.tP99), window(a.bReq, bErr, a.bP99)
 	a.enough = a.tReq >= r.MinRequests
 	if !a.enough {
@@ -480,6 +495,8 @@ func (a analysis) verdict(r *state.Rollout) string {
 		return "breach: " + a.breach
 	case r.Paused:
 		return "paused: " + r.PauseReason
+	case a.stale != "" && a.inStep >= a.interval:
+		return "waiting for fresh fleet counts: " + a.stale
 	case !a.enough:
 		return fmt.Sprintf("waiting for traffic: %d of %d requests to %s", a.tReq, r.MinRequests, r.To)
 	case a.inStep < a.interval:
@@ -531,6 +548,11 @@ func (c *Controller) EvaluateRollout(ctx context.Context) {
 		c.metrics.analysed(analysisPaused)
 	case a.inStep < a.interval:
 		c.metrics.analysed(analysisContinue)
+	case a.stale != "":
+		// Counts too old to judge the step on: it neither passes nor
+		// counts as held until they are read again.
+		c.metrics.analysed(analysisContinue)
+		c.log.Debug("rollout step not judged: fleet counts are stale", "to", r.To, "weight", r.Weight, "why", a.stale)
 	case !a.enough:
 		c.metrics.analysed(analysisHold)
 		held := int(a.inStep / a.interval)
@@ -577,6 +599,7 @@ func (c *Controller) viewLocked() RolloutView {
 	v.TimeInStep = a.inStep.Round(time.Millisecond).String()
 	v.Colors = map[string]Window{r.To: a.target, r.From: a.base}
 	v.Verdict = a.verdict(r)
+	v.Replicas, v.FleetStale = a.replicas, a.stale
 	return v
 }
 

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -61,6 +62,15 @@ type Config struct {
 	// MaxAnalysisEvery).
 	Stats         Stats
 	AnalysisEvery time.Duration
+	// Fleet, set when the store is shared by a fleet (state/etcd), makes
+	// the analysis fleet-wide: while a rollout runs, every PublishEvery
+	// (default DefaultPublishEvery, at most AnalysisEvery) this replica
+	// publishes its counts of the step's window as Replica and reads the
+	// others'; the leader judges the sum. Needs Stats to be a
+	// HistogramStats. nil: this replica's own counts only.
+	Fleet        FleetCounts
+	Replica      string
+	PublishEvery time.Duration
 }
 
 // Request asks for a switch.
@@ -96,6 +106,8 @@ type Controller struct {
 	mu         sync.Mutex
 	cur        state.State // last state stored and applied
 	refusedGen uint64      // generation whose data-plane rollback was refused and logged
+
+	fleet fleetView // the other replicas' counts (Config.Fleet)
 }
 
 // New returns a Controller. Call Init before serving traffic and Run to
@@ -115,6 +127,17 @@ func New(cfg Config, store state.Store, router Router, hv HealthView, m *Metrics
 	}
 	if now == nil {
 		now = time.Now
+	}
+	if cfg.Fleet != nil {
+		if _, ok := cfg.Stats.(HistogramStats); !ok {
+			return nil, errors.New("rollout: fleet counts need Stats with latency histograms (HistogramStats)")
+		}
+		if cfg.Replica == "" || strings.Contains(cfg.Replica, "/") {
+			return nil, fmt.Errorf("rollout: fleet counts need a replica id without /, got %q", cfg.Replica)
+		}
+		if cfg.PublishEvery <= 0 || cfg.PublishEvery > cfg.AnalysisEvery {
+			cfg.PublishEvery = min(DefaultPublishEvery, cfg.AnalysisEvery)
+		}
 	}
 	if store == nil || router == nil || hv == nil || log == nil {
 		return nil, errors.New("rollout: store, router, health view and logger are required")
@@ -342,6 +365,13 @@ func (c *Controller) leads() bool {
 // other writers stored (a fleet of proxies sharing one store), until ctx
 // ends.
 func (c *Controller) Run(ctx context.Context) {
+	if c.cfg.Fleet != nil {
+		var wg sync.WaitGroup
+		defer wg.Wait()
+		ctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		wg.Go(func() { c.runFleet(ctx) })
+	}
 	updates := c.store.Watch(ctx)
 	tick := time.NewTicker(c.cfg.AnalysisEvery)
 	defer tick.Stop()

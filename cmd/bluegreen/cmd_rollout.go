@@ -251,5 +251,8 @@ func writeRollout(w io.Writer, v rollout.RolloutView) {
 		cw := v.Colors[name]
 		fmt.Fprintf(w, "  %-6s %d requests, %d instance errors (%.2f%%), p99 %s\n", name, cw.Requests, cw.InstanceErrors, cw.ErrorRatio*100, cw.P99)
 	}
+	if v.Replicas > 0 {
+		fmt.Fprintf(w, "counts: fleet totals of %d replicas\n", v.Replicas)
+	}
 	fmt.Fprintf(w, "verdict: %s\n", v.Verdict)
 }

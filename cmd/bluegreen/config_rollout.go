@@ -1,10 +1,7 @@
 package main
 
 import (
-	"time"
-
 	"github.com/cryoprotect/bluegreen/proxy"
-	"github.com/cryoprotect/bluegreen/proxy/stats"
 	"github.com/cryoprotect/bluegreen/rollout"
 )
 
@@ -22,12 +19,4 @@ func (cfg *Config) checkRollout(bad func(name, value, expected string)) {
 func (cfg *Config) rolloutKey() proxy.RolloutKey {
 	k, _ := proxy.ParseRolloutKey(cfg.RolloutKey)
 	return k
-}
-
-// rolloutStats lets the rollout analysis read the proxy's own windows.
-type rolloutStats struct{ r *stats.Recorder }
-
-func (s rolloutStats) Window(color string, since time.Time) (requests, instanceErrors int64, p99 time.Duration) {
-	sum := s.r.Window(color, since)
-	return sum.Requests, sum.InstanceErrors, sum.P99
 }

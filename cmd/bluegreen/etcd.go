@@ -128,7 +128,7 @@ func openStore(ctx context.Context, cfg Config, log *slog.Logger) (state.Store, 
 		OpTimeout: cfg.EtcdTimeout,
 		CAFile:    cfg.EtcdCAFile, CertFile: cfg.EtcdCertFile, KeyFile: cfg.EtcdKeyFile,
 		Username: cfg.EtcdUsername, Password: cfg.etcd.password,
-		Log: log.With("store", "etcd"),
+		Log: log.With("store", "etcd"), CountsTTL: cfg.EtcdLeaseTTL,
 	})
 	if err != nil {
 		return nil, nil, fmt.Errorf("open state store: %w", err)
@@ -139,7 +139,7 @@ func openStore(ctx context.Context, cfg Config, log *slog.Logger) (state.Store, 
 		return nil, nil, err
 	}
 	ef := &etcdFleet{es: es}
-	return store, &fleet{kind: "etcd", up: es.Up, leads: ef.isLeader, elect: ef.campaign, startWait: cfg.EtcdStartWait}, nil
+	return store, &fleet{kind: "etcd", up: es.Up, leads: ef.isLeader, elect: ef.campaign, counts: es, startWait: cfg.EtcdStartWait}, nil
 }
 
 // withCache puts the replica's local cache (BLUEGREEN_STATE_CACHE) and the

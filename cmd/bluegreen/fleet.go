@@ -22,6 +22,9 @@ type fleet struct {
 	up    func() bool
 	leads func() bool // nil: always leader
 	elect func(ctx context.Context, id string, ttl time.Duration, changed func())
+	// counts carries the replicas' rollout counts to the leader (nil with
+	// the file store: one replica, its own counts).
+	counts rollout.FleetCounts
 	// startWait is how long start retries while the store is unreachable
 	// and there is no cached state (0: no retry).
 	startWait time.Duration

@@ -32,18 +32,14 @@ func colourFor(t *testing.T, st *stack, id, path string) string {
 	return res.Header.Get(app.ColorHeader)
 }
 
-// Two replicas on a real etcd: a client lands on the same colour on both,
-// and an abort the leader's analysis decides is applied by both within
-// 100 ms.
-func TestFleetRollout(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts etcd")
-	}
+// rolloutFleet starts two replicas in front of blue and green on a fresh
+// etcd and returns them with the index of the leader and of the follower.
+func rolloutFleet(t *testing.T, blue, green string) (reps []*stack, leader, follower int) {
+	t.Helper()
 	c := etcdtest.Start(t, 1)
-	blue, green := canaryApp(t, "blue", 0, 0), canaryApp(t, "green", 0, 2) // green: every other request fails
 	env := []string{
-		"BLUEGREEN_BLUE_URLS=" + blue.URL,
-		"BLUEGREEN_GREEN_URLS=" + green.URL,
+		"BLUEGREEN_BLUE_URLS=" + blue,
+		"BLUEGREEN_GREEN_URLS=" + green,
 		"BLUEGREEN_LISTEN=127.0.0.1:0",
 		"BLUEGREEN_ADMIN_LISTEN=127.0.0.1:0",
 		"BLUEGREEN_STATE=" + c.Spec("/fleet/rollout"),
@@ -54,13 +50,11 @@ func TestFleetRollout(t *testing.T) {
 		"BLUEGREEN_DRAIN_TIMEOUT=2s",
 		"BLUEGREEN_ROLLOUT_ANALYSIS_INTERVAL=200ms",
 	}
-	var reps []*stack
 	for i := range 2 {
 		st := &stack{t: t, logs: &testkit.Buffer{}}
 		st.start(append(slices.Clone(env), fmt.Sprintf("BLUEGREEN_REPLICA_ID=r%d", i)))
 		reps = append(reps, st)
 	}
-	leader, follower := -1, -1
 	waitUntil(t, "one leader", func() bool {
 		leader, follower = -1, -1
 		for i, st := range reps {
@@ -72,6 +66,18 @@ func TestFleetRollout(t *testing.T) {
 		}
 		return leader >= 0 && follower >= 0
 	})
+	return reps, leader, follower
+}
+
+// Two replicas on a real etcd: a client lands on the same colour on both,
+// and an abort the leader's analysis decides is applied by both within
+// 100 ms.
+func TestFleetRollout(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts etcd")
+	}
+	blue, green := canaryApp(t, "blue", 0, 0), canaryApp(t, "green", 0, 2) // green: every other request fails
+	reps, leader, follower := rolloutFleet(t, blue.URL, green.URL)
 	// Started through the follower, applied by both.
 	if code, m := reps[follower].post("/admin/rollout", `{"to":"green","steps":[30,100],"step_interval":"1h","min_requests":20}`); code != 200 {
 		t.Fatalf("start: %d %v", code, m)

@@ -143,7 +143,8 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, version string, re
 		Colors: colors, InitialColor: cfg.InitialColor,
 		AutoRollback: cfg.AutoRollback, Window: cfg.RollbackWindow,
 		Leadership: fleet.leadership(),
-		Stats:      rolloutStats{pcfg.Stats}, AnalysisEvery: cfg.RolloutAnalysisInterval,
+		Stats:      rollout.RecorderStats{R: pcfg.Stats}, AnalysisEvery: cfg.RolloutAnalysisInterval,
+		Fleet: fleet.counts, Replica: cfg.ReplicaID,
 	}, store, router, hv, rm, log, time.Now)
 	if err != nil {
 		return startupError{err}

@@ -229,6 +229,39 @@ func (s Summary) ErrorRatio() float64 {
 	return float64(s.InstanceErrors) / float64(s.Requests)
 }
 
+// HistBuckets is the number of buckets of a Histogram. Replicas that sum
+// each other's histograms must agree on it (and on the bounds, which are
+// fixed: 32 µs · 2^(i/4)).
+const HistBuckets = histBuckets
+
+// Histogram is the latency histogram of a window: how many requests fell
+// in each bucket. Histograms of the same traffic split any way (across
+// seconds, or across the replicas of a fleet) add up to the histogram of
+// the whole, so a fleet's p99 is the p99 of the summed histograms.
+type Histogram [histBuckets]int64
+
+// Add adds o into h.
+func (h *Histogram) Add(o *Histogram) {
+	for i := range h {
+		h[i] += o[i]
+	}
+}
+
+// Count is how many latencies h holds.
+func (h *Histogram) Count() int64 {
+	var n int64
+	for _, c := range h {
+		n += c
+	}
+	return n
+}
+
+// Quantile is the q-quantile (0 < q <= 1) of the latencies in h, 0 when
+// it is empty. It is what Window reports as P50 and P99.
+func (h *Histogram) Quantile(q float64) time.Duration {
+	return (*hist)(h).quantile(q, h.Count())
+}
+
 // hist accumulates histogram buckets.
 type hist [histBuckets]int64
 
@@ -280,14 +313,21 @@ func (sum *Summary) finish(h *hist) {
 // Window sums a colour's traffic from since (whole seconds, inclusive) up to
 // now, at most Span back. An unknown colour gives the zero Summary.
 func (r *Recorder) Window(color string, since time.Time) Summary {
+	sum, _ := r.WindowHistogram(color, since)
+	return sum
+}
+
+// WindowHistogram is Window together with the window's latency histogram,
+// which a fleet sums across replicas (see Histogram).
+func (r *Recorder) WindowHistogram(color string, since time.Time) (Summary, Histogram) {
 	var sum Summary
+	var h hist
 	s := r.series(color)
 	if s == nil {
-		return sum
+		return sum, Histogram(h)
 	}
 	now := r.now().Unix()
 	from := max(since.Unix(), now-Slots+1)
-	var h hist
 	for sec := from; sec <= now; sec++ {
 		b := &s.buckets[uint64(sec)%Slots]
 		if b.sec.Load() == sec {
@@ -295,7 +335,7 @@ func (r *Recorder) Window(color string, since time.Time) Summary {
 		}
 	}
 	sum.finish(&h)
-	return sum
+	return sum, Histogram(h)
 }
 
 // Point is one step of a Series: the traffic of [Time, Time+step).

@@ -73,6 +73,11 @@ type Options struct {
 
 	// Log receives watch and connectivity changes; nil discards them.
 	Log *slog.Logger
+
+	// CountsTTL is the lease of the rollout counts this replica publishes
+	// (PublishCounts): how long they outlive a replica that died or was
+	// cut off. Default DefaultLeaseTTL.
+	CountsTTL time.Duration
 }
 
 // Spec is a parsed etcd store spec.
@@ -135,6 +140,7 @@ type Store struct {
 	wg       sync.WaitGroup
 	once     sync.Once
 	close    atomic.Bool
+	counts   counts // rollout counts publications (counts.go)
 }
 
 var _ state.Store = (*Store)(nil)
@@ -679,6 +685,7 @@ func (s *Store) Close() error {
 	var err error
 	s.once.Do(func() {
 		s.close.Store(true)
+		s.closeCounts()
 		s.stop()
 		s.wg.Wait()
 		if cli := s.client(); cli != nil {

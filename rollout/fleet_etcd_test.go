@@ -1,0 +1,333 @@
+//go:build !noetcd
+
+package rollout_test
+
+import (
+	"context"
+	"io"
+	"net"
+	"path"
+	"regexp"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/cryoprotect/bluegreen/proxy/stats"
+	"github.com/cryoprotect/bluegreen/rollout"
+	"github.com/cryoprotect/bluegreen/state"
+	"github.com/cryoprotect/bluegreen/state/etcd"
+	"github.com/cryoprotect/bluegreen/state/etcd/etcdtest"
+)
+
+// Fleet timings: a replica publishes every 100 ms, the leader evaluates
+// every 100 ms, and a replica's counts outlive it by at most 2 s.
+const (
+	fleetEvery = 100 * time.Millisecond
+	fleetTTL   = 2 * time.Second
+)
+
+// replica is one proxy of a fleet: its own etcd store and election, its
+// own data-plane counters (a real stats.Recorder) and its Controller.
+type replica struct {
+	id     string
+	store  *etcd.Store
+	rec    *stats.Recorder
+	ctl    *rollout.Controller
+	lead   *etcd.Leader // nil: this replica does not campaign
+	router *weighted
+	stop   func()
+}
+
+// startReplica starts a replica on the etcd at spec; campaign makes it a
+// candidate for the leadership.
+func startReplica(t *testing.T, spec, id string, campaign bool) *replica {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	es, err := etcd.Open(ctx, spec, etcd.Options{OpTimeout: time.Second, CountsTTL: fleetTTL})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &replica{id: id, store: es, rec: stats.New(colors[:], time.Now), router: &weighted{}}
+	var ctl *rollout.Controller
+	cfg := rollout.Config{
+		Colors: colors, InitialColor: blue, HistoryLimit: 100,
+		Stats: rollout.RecorderStats{R: r.rec}, AnalysisEvery: fleetEvery,
+		Fleet: es, Replica: id, PublishEvery: fleetEvery,
+		Leadership: notLeader{},
+	}
+	if campaign {
+		r.lead = es.Elect(ctx, id, fleetTTL, func(bool) {
+			if ctl != nil {
+				ctl.LeaderChanged()
+			}
+		})
+		cfg.Leadership = r.lead
+	}
+	m, err := rollout.NewMetrics(prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctl, err = rollout.New(cfg, es, r.router, newFakeHealth(), m, testLogger(t).With("replica", id), time.Now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ctl.Init(ctx); err != nil {
+		t.Fatal(err)
+	}
+	r.ctl = ctl
+	var wg sync.WaitGroup
+	wg.Go(func() { ctl.Run(ctx) })
+	var once sync.Once
+	r.stop = func() {
+		once.Do(func() {
+			cancel()
+			wg.Wait()
+			if r.lead != nil {
+				<-r.lead.Done()
+			}
+			es.Close()
+		})
+	}
+	t.Cleanup(r.stop)
+	return r
+}
+
+type notLeader struct{}
+
+func (notLeader) IsLeader() bool { return false }
+
+// serve records n finished requests of color at this replica, every
+// errEvery-th one (0: none) failed by the instance.
+func (r *replica) serve(color string, n, errEvery int, latency time.Duration) {
+	for i := range n {
+		status, fault := 200, stats.FaultNone
+		if errEvery > 0 && i%errEvery == 0 {
+			status, fault = 500, stats.FaultInstance
+		}
+		r.rec.Record(color, status, latency, fault)
+	}
+}
+
+// fleet starts an etcd and the replicas a (the leader), then the others;
+// spec overrides the etcd address of a replica (see cutter).
+func fleet(t *testing.T, ids ...string) (*etcdtest.Cluster, []*replica) {
+	t.Helper()
+	c := etcdtest.Start(t, 1)
+	return c, fleetOn(t, c, nil, ids...)
+}
+
+func fleetOn(t *testing.T, c *etcdtest.Cluster, spec map[string]string, ids ...string) []*replica {
+	t.Helper()
+	var reps []*replica
+	for i, id := range ids {
+		sp := c.Spec("/fleet")
+		if s, ok := spec[id]; ok {
+			sp = s
+		}
+		r := startReplica(t, sp, id, i == 0)
+		if i == 0 {
+			waitFor(t, id+" to lead", r.lead.IsLeader)
+		}
+		reps = append(reps, r)
+	}
+	return reps
+}
+
+// startFleetRollout starts a rollout through r and waits until every
+// replica applies it.
+func startFleetRollout(t *testing.T, r *replica, req rollout.RolloutRequest, reps []*replica) {
+	t.Helper()
+	if _, err := r.ctl.StartRollout(context.Background(), req); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "every replica to apply the rollout", func() bool {
+		for _, o := range reps {
+			if o.ctl.State().Rollout == nil {
+				return false
+			}
+		}
+		return true
+	})
+}
+
+// The leader decides on the whole fleet's traffic: green fails 5 % of the
+// requests that replica b serves, the leader a serves none, and a aborts
+// the rollout on b's evidence; b applies the abort.
+func TestFleetLeaderAbortsOnFollowerCounts(t *testing.T) {
+	_, reps := fleet(t, "a", "b")
+	a, b := reps[0], reps[1]
+	startFleetRollout(t, b, rollout.RolloutRequest{To: green, Steps: []int{10, 100}, StepInterval: time.Hour, MinRequests: 200, MaxErrorRatio: 0.01}, reps)
+	b.serve(blue, 2000, 0, 2*time.Millisecond)
+	b.serve(green, 1000, 20, 2*time.Millisecond) // 50 of 1000 fail
+	waitFor(t, "the leader to abort", func() bool { return a.ctl.State().Rollout == nil })
+	st := a.ctl.State()
+	last := st.History[len(st.History)-1]
+	if st.LastRollout.Outcome != state.OutcomeAborted || last.Trigger != state.TriggerSLOAbort ||
+		!regexp.MustCompile(`^green 5xx 5\.0% > 1% over 1000 requests$`).MatchString(last.Reason) {
+		t.Fatalf("leader: %+v, last event %+v", st.LastRollout, last)
+	}
+	if own := a.rec.Window(green, time.Time{}); own.Requests != 0 {
+		t.Fatalf("the leader served %d green requests itself", own.Requests)
+	}
+	waitFor(t, "b to apply the abort", func() bool {
+		calls := b.router.Calls()
+		return b.ctl.State().Rollout == nil && calls[len(calls)-1] == blue+"/0"
+	})
+	// The rollout ended: every replica withdraws its counts.
+	waitFor(t, "the counts to be withdrawn", func() bool { return len(countsKeys(t, a.store)) == 0 })
+	t.Logf("aborted by the leader on b's counts: %s", last.Reason)
+}
+
+// Traffic spread over three replicas: none alone serves min_requests to
+// the target, their sum does, and the step passes. Before it passes every
+// replica's view shows the fleet totals from three replicas.
+func TestFleetSplitTrafficPassesStep(t *testing.T) {
+	_, reps := fleet(t, "a", "b", "c")
+	a := reps[0]
+	startFleetRollout(t, a, rollout.RolloutRequest{To: green, Steps: []int{10, 50, 100}, StepInterval: 3 * time.Second, MinRequests: 300}, reps)
+	for _, r := range reps {
+		r.serve(green, 120, 0, 3*time.Millisecond)
+		r.serve(blue, 1000, 0, 2*time.Millisecond)
+	}
+	for _, r := range reps {
+		waitFor(t, r.id+"'s view of the fleet totals", func() bool {
+			v := r.ctl.RolloutStatus()
+			return v.Weight == 10 && v.Replicas == 3 && v.Colors[green].Requests == 360 && v.Colors[blue].Requests == 3000
+		})
+	}
+	v := a.ctl.RolloutStatus()
+	if own := a.rec.Window(green, time.Time{}); own.Requests >= 300 {
+		t.Fatalf("the leader alone served %d green requests", own.Requests)
+	}
+	t.Logf("leader's view: %d replicas, green %+v, verdict %q", v.Replicas, v.Colors[green], v.Verdict)
+	waitFor(t, "the step to pass on the fleet's 360 requests", func() bool {
+		r := a.ctl.State().Rollout
+		return r != nil && r.Weight == 50
+	})
+	// The new step's window starts empty: nothing of the last step counts.
+	waitFor(t, "the new step's fleet totals", func() bool {
+		v := a.ctl.RolloutStatus()
+		return v.Weight == 50 && v.Replicas == 3 && v.FleetStale == ""
+	})
+	if v := a.ctl.RolloutStatus(); v.Colors[green].Requests != 0 {
+		t.Fatalf("the new step counts %d green requests of the last one", v.Colors[green].Requests)
+	}
+	// One key per replica: publishing the new window removed the old one.
+	waitFor(t, "one publication per replica", func() bool {
+		keys := countsKeys(t, a.store)
+		if len(keys) != 3 {
+			return false
+		}
+		w := path.Dir(keys[0])
+		return path.Dir(keys[1]) == w && path.Dir(keys[2]) == w
+	})
+	t.Logf("publications: %v", countsKeys(t, a.store))
+}
+
+// countsKeys lists the rollout counts publications in etcd.
+func countsKeys(t *testing.T, es *etcd.Store) []string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	resp, err := es.Client().Get(ctx, "/fleet/counts/", clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var keys []string
+	for _, kv := range resp.Kvs {
+		keys = append(keys, string(kv.Key))
+	}
+	return keys
+}
+
+// A replica cut off from etcd stops counting once its lease expires: its
+// publication vanishes from the fleet totals within the lease TTL.
+func TestFleetExpiredReplicaStopsCounting(t *testing.T) {
+	c := etcdtest.Start(t, 1)
+	cut := newCutter(t, c.Endpoints())
+	reps := fleetOn(t, c, map[string]string{"c": "etcd://" + cut.addr() + "/fleet"}, "a", "b", "c")
+	a, b, cr := reps[0], reps[1], reps[2]
+	startFleetRollout(t, a, rollout.RolloutRequest{To: green, Steps: []int{10, 100}, StepInterval: time.Hour, MinRequests: 10_000}, reps)
+	a.serve(green, 10, 0, time.Millisecond)
+	b.serve(green, 20, 0, time.Millisecond)
+	cr.serve(green, 400, 0, time.Millisecond)
+	waitFor(t, "c's counts in the totals", func() bool {
+		v := a.ctl.RolloutStatus()
+		return v.Replicas == 3 && v.Colors[green].Requests == 430
+	})
+	cutAt := time.Now()
+	cut.cut()
+	waitFor(t, "c's counts to vanish", func() bool {
+		v := a.ctl.RolloutStatus()
+		return v.Replicas == 2 && v.Colors[green].Requests == 30
+	})
+	gone := time.Since(cutAt)
+	t.Logf("c's counts gone %s after it was cut off (lease TTL %s)", gone.Round(time.Millisecond), fleetTTL)
+	if gone > fleetTTL+2*time.Second {
+		t.Fatalf("c still counted %s after the cut; lease TTL %s", gone, fleetTTL)
+	}
+	if v := a.ctl.RolloutStatus(); v.FleetStale != "" {
+		t.Fatalf("the leader's own reads are fresh, yet: %q", v.FleetStale)
+	}
+}
+
+// cutter forwards TCP to an etcd member until cut: then it drops every
+// connection and refuses new ones, as a network partition would.
+type cutter struct {
+	ln     net.Listener
+	target string
+	mu     sync.Mutex
+	conns  []net.Conn
+	isCut  bool
+}
+
+func newCutter(t *testing.T, target string) *cutter {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &cutter{ln: ln, target: target}
+	var wg sync.WaitGroup
+	wg.Go(f.serve)
+	t.Cleanup(func() { ln.Close(); f.cut(); wg.Wait() })
+	return f
+}
+
+func (f *cutter) addr() string { return f.ln.Addr().String() }
+
+func (f *cutter) serve() {
+	for {
+		c, err := f.ln.Accept()
+		if err != nil {
+			return
+		}
+		up, err := net.Dial("tcp", f.target)
+		f.mu.Lock()
+		if err != nil || f.isCut {
+			f.mu.Unlock()
+			c.Close()
+			if up != nil {
+				up.Close()
+			}
+			continue
+		}
+		f.conns = append(f.conns, c, up)
+		f.mu.Unlock()
+		go func() { _, _ = io.Copy(up, c); up.Close() }()
+		go func() { _, _ = io.Copy(c, up); c.Close() }()
+	}
+}
+
+func (f *cutter) cut() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.isCut = true
+	for _, c := range f.conns {
+		c.Close()
+	}
+	f.conns = nil
+}
