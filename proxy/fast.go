@@ -202,8 +202,12 @@ func (h fastHandler) relay(c *h1.Conn, x *h1.Exchange, uc *h1.UpConn, b *Backend
 	}
 	keep, err := c.RelayBody(&r, uc, b.conns)
 	if err != nil {
+		// The head was relayed, so the client keeps its status, but the
+		// instance broke its answer: charged to it like any failed attempt.
+		_, kind := classify(err)
+		b.errs.inc(kind)
 		h.rt.log.Warn("upstream error in the response body", "color", o.pool.color, "instance", b.name,
-			"method", o.method, "err", err)
+			"method", o.method, "kind", kind, "err", err)
 	}
 	h.rt.finish(o)
 	return keep

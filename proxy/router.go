@@ -495,8 +495,31 @@ func (b *Backend) modifyResponse(res *http.Response) error {
 		}
 	} else if res.ContentLength < 0 && strings.HasPrefix(res.Header.Get("Content-Type"), "text/event-stream") {
 		res.Body = p.streams.trackEventStream(res.Body)
+	} else if res.Body != nil && res.Body != http.NoBody {
+		res.Body = &instanceBody{ReadCloser: res.Body, b: b, ctx: res.Request.Context()}
 	}
 	return nil
+}
+
+// instanceBody charges an instance with a response body it breaks off (a
+// reset or an early close after the head was relayed), as the fast codec
+// does; a read ended because the client left is not the instance's doing.
+type instanceBody struct {
+	io.ReadCloser
+	b       *Backend
+	ctx     context.Context
+	charged bool
+}
+
+func (ib *instanceBody) Read(p []byte) (int, error) {
+	n, err := ib.ReadCloser.Read(p)
+	if err != nil && err != io.EOF && !ib.charged {
+		if v := judge(ib.ctx, err); v.fault == instanceFault {
+			ib.charged = true
+			ib.b.errs.inc(v.kind)
+		}
+	}
+	return n, err
 }
 
 // statusRecorder remembers the status and carries the request's outcome. It unwraps so

@@ -87,6 +87,7 @@ func newSpliceFront(t *testing.T) *spliceFront {
 	})
 	cf := &codecFronts{rt: f.rt, reg: f.reg}
 	cf.fast = startFast(t, f.rt, nil).addr
+	cf.std = startNetHTTPOnly(t, f.rt)
 	return &spliceFront{inst: inst, logs: logs, cf: cf}
 }
 
@@ -240,7 +241,8 @@ func waitCounters(t *testing.T, cf *codecFronts, before counters, ok func(d coun
 //     as the client's.
 //   - The instance announces 8 MiB, sends half and closes: the client
 //     gets the head and half the body and its connection is closed; the
-//     instance is blamed in the log and the request is not retried.
+//     instance is blamed in the log and in its upstream error count,
+//     and the request is not retried.
 //
 // No pipe and no goroutine outlives them (goleak checks the goroutines).
 func TestFastLargeBodyFaults(t *testing.T) {
@@ -298,8 +300,8 @@ func TestFastLargeBodyFaults(t *testing.T) {
 			t.Error("the client connection stayed open after a cut body")
 		}
 		d := waitCounters(t, cf, before, func(d counters) bool { return d.requests["200"] == 1 })
-		if d.retries != 0 || len(d.client) != 0 {
-			t.Errorf("%v retries, client errors %v; want none", d.retries, d.client)
+		if d.retries != 0 || len(d.client) != 0 || d.upstreamErrors != 1 {
+			t.Errorf("%v retries, client errors %v, %v upstream errors; want none, none, 1 (the cut body is the instance's)", d.retries, d.client, d.upstreamErrors)
 		}
 		if h := sf.inst.hits.Load() - hits; h != 1 {
 			t.Errorf("the instance got %d requests, want 1 (not retried)", h)
@@ -310,6 +312,23 @@ func TestFastLargeBodyFaults(t *testing.T) {
 		}
 		if sf.logs.find("upstream error in the response body") == "" {
 			t.Error("the cut body was not logged as the instance's error")
+		}
+	})
+
+	t.Run("instance dies mid-download, net/http codec", func(t *testing.T) {
+		before, hits := cf.counters(t), sf.inst.hits.Load()
+		rc := dialRaw(t, cf.std)
+		rc.send(fmt.Sprintf("GET /short/%d HTTP/1.1\r\nHost: a\r\n\r\n", n))
+		res, body, err := rc.read("GET")
+		if err == nil || res == nil || res.StatusCode != 200 || len(body) != n/2 {
+			t.Fatalf("got %v, %d body bytes, err %v; want the 200 head and the %d bytes sent", res, len(body), err, n/2)
+		}
+		d := waitCounters(t, cf, before, func(d counters) bool { return d.requests["200"] == 1 && d.upstreamErrors == 1 })
+		if d.retries != 0 || len(d.client) != 0 || d.upstreamErrors != 1 {
+			t.Errorf("%v retries, client errors %v, %v upstream errors; want none, none, 1", d.retries, d.client, d.upstreamErrors)
+		}
+		if h := sf.inst.hits.Load() - hits; h != 1 {
+			t.Errorf("the instance got %d requests, want 1 (not retried)", h)
 		}
 	})
 
