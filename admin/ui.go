@@ -123,6 +123,7 @@ type rolloutPage struct {
 	Steps  string         // "10 → 50 → 100 %"
 	Colors []rolloutColor // target first
 	Limits string
+	Counts string // whose traffic the analysis counts: this replica, or the fleet
 }
 
 // rolloutColor is one colour's share and analysis window in a rollout.
@@ -157,11 +158,26 @@ func newRolloutPage(v rollout.RolloutView) *rolloutPage {
 		p.Line += ": " + r.Reason
 	}
 	p.Limits = rolloutLimits(r)
+	p.Counts = rolloutCounts(v)
 	p.Colors = []rolloutColor{
 		{Name: r.To, Role: "target", Weight: v.Weight, Window: v.Colors[r.To]},
 		{Name: r.From, Role: "baseline", Weight: 100 - v.Weight, Window: v.Colors[r.From]},
 	}
 	return p
+}
+
+// rolloutCounts says whose traffic the step's analysis counts: in a fleet
+// the leader sums every replica's publications (see rollout/fleet.go).
+// app.js mirrors it.
+func rolloutCounts(v rollout.RolloutView) string {
+	s := "this replica's traffic"
+	if v.Replicas > 1 {
+		s = strconv.Itoa(v.Replicas) + " replicas' traffic, summed"
+	}
+	if v.FleetStale != "" {
+		s += " (stale: " + v.FleetStale + ")"
+	}
+	return s
 }
 
 // rolloutLimits says what a step must show to pass.

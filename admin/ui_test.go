@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cryoprotect/bluegreen/rollout"
 	"github.com/cryoprotect/bluegreen/state"
 )
 
@@ -101,4 +102,23 @@ func TestPageRollout(t *testing.T) {
 
 	post("/admin/rollout/abort", `{"reason":"bad build"}`)
 	check(page(), `ph-aborted">aborted<`, "Last rollout blue → green: aborted at 10 % on", ": bad build", `id="ro-live" hidden`, "<td>abort</td>")
+}
+
+// TestRolloutCountsLine: the rollout panel says whose traffic the step's
+// analysis counts, so an operator reading a fleet's leader knows the
+// figures are the fleet's.
+func TestRolloutCountsLine(t *testing.T) {
+	for _, c := range []struct {
+		v    rollout.RolloutView
+		want string
+	}{
+		{rollout.RolloutView{}, "this replica's traffic"},
+		{rollout.RolloutView{Replicas: 1}, "this replica's traffic"},
+		{rollout.RolloutView{Replicas: 3}, "3 replicas' traffic, summed"},
+		{rollout.RolloutView{Replicas: 2, FleetStale: "no fleet counts read for 3s"}, "2 replicas' traffic, summed (stale: no fleet counts read for 3s)"},
+	} {
+		if got := rolloutCounts(c.v); got != c.want {
+			t.Errorf("%+v: %q, want %q", c.v, got, c.want)
+		}
+	}
 }

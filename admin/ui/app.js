@@ -327,6 +327,9 @@
     if (r.max_p99) lim += ", p99 ≤ " + r.max_p99;
     if (r.max_p99_ratio) lim += ", p99 ≤ " + r.max_p99_ratio + "× " + r.from + "'s";
     $("ro-limits").textContent = lim;
+    let counts = v.replicas > 1 ? v.replicas + " replicas' traffic, summed" : "this replica's traffic";
+    if (v.fleet_stale) counts += " (stale: " + v.fleet_stale + ")";
+    $("ro-counts").textContent = counts;
     const rows = [];
     for (const [c, role, w] of [[r.to, "target", v.weight], [r.from, "baseline", 100 - v.weight]]) {
       const win = (v.colors && v.colors[c]) || { requests: 0, instance_errors: 0, error_ratio: 0, p99_seconds: 0 };

@@ -226,7 +226,8 @@ func TestStatusPageInBrowser(t *testing.T) {
 	}
 	const roShown = `document.getElementById("ro-phase").textContent === "running" && document.getElementById("ro-step").textContent.startsWith("1 of 3") &&
 		document.getElementById("ro-weight").textContent === "blue 10 % · green 90 %" && document.getElementById("ro-meter").value === 10 &&
-		document.querySelector('#ro-colors tr[data-color="blue"]').textContent.includes("target")`
+		document.querySelector('#ro-colors tr[data-color="blue"]').textContent.includes("target") &&
+		document.getElementById("ro-counts").textContent === "this replica's traffic"`
 	took = waitFor("the rollout shown", roShown, 5*time.Second)
 	t.Logf("rollout shown %v after it started", took.Round(time.Millisecond))
 	rolloutAction := func(action, reason string) {
