@@ -25,6 +25,9 @@ import (
 // balancing, retries, outlier detection, draining, metrics and the access
 // log.
 //
+// ServeTLS serves the HTTPS/1.1 connections of a TLS listener, after their
+// handshake, on the same codec (fasttls.go).
+//
 // When the Router cannot use the fast codec (an https instance, an
 // instance URL with a query, or a custom Transport), Serve is
 // Fallback.Serve.

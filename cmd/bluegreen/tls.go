@@ -169,7 +169,9 @@ func (e *tlsEdge) shutdown(ctx context.Context) (wait func()) {
 	if e == nil {
 		return func() {}
 	}
-	e.stopAccepting()
+	if e.fast != nil {
+		e.stopAccepting() // else srv.Shutdown closes the listener
+	}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -196,10 +198,12 @@ func (e *tlsEdge) close() {
 	if e == nil {
 		return
 	}
-	e.stopAccepting()
 	e.srv.Close()
-	if e.fast != nil && e.plain != nil {
-		e.fast.Close()
+	if e.fast != nil {
+		e.stopAccepting()
+		if e.plain != nil { // else the plain listener's Close cuts its connections
+			e.fast.Close()
+		}
 	}
 }
 

@@ -252,19 +252,23 @@ func TestServeTLSForwardedProtoAndRedirect(t *testing.T) {
 	}))
 	defer echo.Close()
 	st := startTLSStack(t, echo.URL, echo.URL, "BLUEGREEN_HTTP_REDIRECT=true")
-	res, err := st.client(true, 1).Get("https://" + st.a.tls + "/x")
-	if err != nil || res.StatusCode != 200 {
-		t.Fatalf("%v %+v", err, res)
-	}
-	res.Body.Close()
-	if p := <-seen; p != "https" {
-		t.Fatalf("X-Forwarded-Proto %q", p)
+	// HTTP/2, and HTTP/1.1 on the fast codec, which the proxy's server
+	// runs for the TLS listener alone here (net/http serves the plain one).
+	for _, h2 := range []bool{true, false} {
+		res, err := st.client(h2, 1).Get("https://" + st.a.tls + "/x")
+		if err != nil || res.StatusCode != 200 || (res.ProtoMajor == 2) != h2 {
+			t.Fatalf("h2=%v: %v %+v", h2, err, res)
+		}
+		res.Body.Close()
+		if p := <-seen; p != "https" {
+			t.Fatalf("h2=%v: X-Forwarded-Proto %q", h2, p)
+		}
 	}
 	// The plain listener redirects everything (ACME challenges aside).
 	noFollow := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 	req, _ := http.NewRequest(http.MethodPost, "http://"+st.a.public+"/a/b?c=d", nil)
 	req.Host = "site.test:8080"
-	res, err = noFollow.Do(req)
+	res, err := noFollow.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/cryoprotect/bluegreen/cmd/demo-app/app"
+	"github.com/cryoprotect/bluegreen/internal/certs/certtest"
 )
 
 // echoApp answers 200 "ok" with its colour, the X-Forwarded-Proto it was
@@ -391,7 +392,7 @@ func TestServeTLSHTTP1GracefulShutdown(t *testing.T) {
 // HTTP; one that never finishes its handshake is closed after the
 // handshake timeout and counted as closed by the client.
 func TestTLSEdgeALPNAndHandshakeTimeout(t *testing.T) {
-	st := startTLSStack(t, echoApp(t, "blue").URL, echoApp(t, "green").URL)
+	ca := certtest.NewCA(t)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -399,7 +400,7 @@ func TestTLSEdgeALPNAndHandshakeTimeout(t *testing.T) {
 	var logged sync.Mutex
 	var lines []string
 	e := &tlsEdge{ln: ln, handshakeTimeout: 200 * time.Millisecond, h2: newConnQueue(ln.Addr())}
-	cert, err := tls.X509KeyPair(st.ca.Leaf(t, time.Now().Add(-time.Hour), time.Now().Add(time.Hour), "site.test"))
+	cert, err := tls.X509KeyPair(ca.Leaf(t, time.Now().Add(-time.Hour), time.Now().Add(time.Hour), "site.test"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -415,7 +416,7 @@ func TestTLSEdgeALPNAndHandshakeTimeout(t *testing.T) {
 	served := make(chan error, 1)
 	go func() { served <- e.serve() }()
 
-	tc, err := tls.Dial("tcp", ln.Addr().String(), &tls.Config{ServerName: "site.test", RootCAs: st.ca.Pool, NextProtos: []string{"acme-tls/1"}})
+	tc, err := tls.Dial("tcp", ln.Addr().String(), &tls.Config{ServerName: "site.test", RootCAs: ca.Pool, NextProtos: []string{"acme-tls/1"}})
 	if err != nil {
 		t.Fatal(err)
 	}
