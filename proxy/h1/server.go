@@ -46,6 +46,15 @@ type Server struct {
 	// IdleTimeout closes a keep-alive connection without a request for
 	// that long; default 120s.
 	IdleTimeout time.Duration
+	// ParkAfter is the longest a keep-alive connection waits for its next
+	// request in its own goroutine; then, on Linux, it is parked: the
+	// goroutine ends, and one goroutine of the Server watches the socket
+	// and resumes the connection when bytes arrive (park_linux.go). A
+	// connection waits four times as long as it waited for its last
+	// request, at least 20ms, at most ParkAfter (see serveConn). Default
+	// 1s; negative: never park. Connections without a RawConn (TLS) never
+	// park, nor any when IdleTimeout is under twice ParkAfter.
+	ParkAfter time.Duration
 	// ClientBodyTimeout is the most time between two reads of a request
 	// body; default 60s.
 	ClientBodyTimeout time.Duration
@@ -84,6 +93,9 @@ type Server struct {
 	conns    map[*Conn]struct{}
 	handoff  *handoffListener
 	done     chan struct{}
+	park     *parker // nil: connections are not parked
+
+	beforePark func(*Conn) // for tests: runs as a parking connection is about to be watched
 }
 
 // Connection states, for graceful shutdown.
@@ -91,6 +103,14 @@ const (
 	stateActive int32 = iota
 	stateIdle
 	stateClosed
+	stateParked // its goroutine ended; the parker watches its socket
+)
+
+// defaultParkAfter is ParkAfter's default; parkMin is the shortest grace
+// before a connection parks (see serveConn).
+const (
+	defaultParkAfter = time.Second
+	parkMin          = 20 * time.Millisecond
 )
 
 // watchEvery is how often the server looks for clients that went away
@@ -114,6 +134,9 @@ func (s *Server) Serve(ln net.Listener) error {
 	if s.ReapEvery <= 0 {
 		s.ReapEvery = time.Second
 	}
+	if s.ParkAfter == 0 {
+		s.ParkAfter = defaultParkAfter
+	}
 	s.mu.Lock()
 	if s.shutdown.Load() {
 		s.mu.Unlock()
@@ -127,6 +150,14 @@ func (s *Server) Serve(ln net.Listener) error {
 		s.done = make(chan struct{})
 		go func() { _ = s.Fallback.Serve(s.handoff) }() // ends when handoff is closed
 		go s.background()
+		if s.ParkAfter > 0 && s.IdleTimeout >= 2*s.ParkAfter {
+			if p, err := newParker(s); err == nil {
+				s.park = p
+				go p.run()
+			} else if !errors.Is(err, errors.ErrUnsupported) {
+				s.Log.Warn("idle connections will not be parked", "err", err)
+			}
+		}
 	}
 	s.lns[ln] = struct{}{}
 	s.mu.Unlock()
@@ -220,10 +251,30 @@ func (s *Server) closeIdle() int {
 	for c := range s.conns {
 		if c.state.CompareAndSwap(stateIdle, stateClosed) {
 			c.nc.Close()
+		} else if s.closeParked(c, false) {
+			delete(s.conns, c)
 		}
 	}
 	return len(s.conns)
 }
+
+// closeParked closes c if it is parked and reports whether it did; forget:
+// also take it out of the connection set (a caller holding s.mu does that
+// itself).
+func (s *Server) closeParked(c *Conn, forget bool) bool {
+	if !c.state.CompareAndSwap(stateParked, stateClosed) {
+		return false
+	}
+	s.park.drop(c)
+	c.nc.Close()
+	if forget {
+		s.forget(c)
+	}
+	return true
+}
+
+// Parked reports how many connections are parked (park_linux.go).
+func (s *Server) Parked() int { return s.park.count() }
 
 // Close closes the listeners and every connection at once.
 func (s *Server) Close() error {
@@ -234,7 +285,10 @@ func (s *Server) Close() error {
 	}
 	s.closed.Store(true)
 	for c := range s.conns {
-		c.state.Store(stateClosed)
+		if c.state.Swap(stateClosed) == stateParked {
+			s.park.drop(c)
+			delete(s.conns, c)
+		}
 		c.nc.Close()
 		if uc := c.upstream.Load(); uc != nil {
 			uc.nc.Close()
@@ -256,6 +310,9 @@ func (s *Server) stopBackground() {
 	case <-s.done:
 	default:
 		close(s.done)
+		if s.park != nil {
+			s.park.stop()
+		}
 	}
 }
 
@@ -305,14 +362,15 @@ func (s *Server) watchWaits() {
 }
 
 // IdleBuffers reports the connections that are idle and parked in a wait
-// for the next request, and how many of those hold a buffer; for tests of
-// the memory an idle connection costs.
+// for the next request (on the poller, as parked tells, or by the parker),
+// and how many of those hold a buffer; for tests of the memory an idle
+// connection costs.
 func (s *Server) IdleBuffers(parked func(net.Conn) bool) (conns, idle, holding int, noRaw bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for c := range s.conns {
 		conns++
-		if c.state.Load() == stateIdle && parked(c.nc) {
+		if st := c.state.Load(); st == stateParked || st == stateIdle && parked(c.nc) {
 			idle++
 			if c.cr.rc == nil {
 				noRaw = true
