@@ -52,8 +52,8 @@ type Server struct {
 	// and resumes the connection when bytes arrive (park_linux.go). A
 	// connection waits four times as long as it waited for its last
 	// request, at least 20ms, at most ParkAfter (see serveConn). Default
-	// 1s; negative: never park. Connections without a RawConn (TLS) never
-	// park, nor any when IdleTimeout is under twice ParkAfter.
+	// 1s, and at most half of IdleTimeout; negative: never park.
+	// Connections without a RawConn (TLS) never park.
 	ParkAfter time.Duration
 	// ClientBodyTimeout is the most time between two reads of a request
 	// body; default 60s.
@@ -137,6 +137,7 @@ func (s *Server) Serve(ln net.Listener) error {
 	if s.ParkAfter == 0 {
 		s.ParkAfter = defaultParkAfter
 	}
+	s.ParkAfter = min(s.ParkAfter, s.IdleTimeout/2)
 	s.mu.Lock()
 	if s.shutdown.Load() {
 		s.mu.Unlock()
@@ -150,7 +151,7 @@ func (s *Server) Serve(ln net.Listener) error {
 		s.done = make(chan struct{})
 		go func() { _ = s.Fallback.Serve(s.handoff) }() // ends when handoff is closed
 		go s.background()
-		if s.ParkAfter > 0 && s.IdleTimeout >= 2*s.ParkAfter {
+		if s.ParkAfter > 0 {
 			if p, err := newParker(s); err == nil {
 				s.park = p
 				go p.run()
@@ -274,7 +275,12 @@ func (s *Server) closeParked(c *Conn, forget bool) bool {
 }
 
 // Parked reports how many connections are parked (park_linux.go).
-func (s *Server) Parked() int { return s.park.count() }
+func (s *Server) Parked() int {
+	s.mu.Lock()
+	p := s.park
+	s.mu.Unlock()
+	return p.count()
+}
 
 // Close closes the listeners and every connection at once.
 func (s *Server) Close() error {
