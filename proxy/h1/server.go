@@ -11,6 +11,7 @@
 // Where the system offers them (unix), raw socket calls let an idle
 // connection hold no buffer and let a pooled instance connection be peeked
 // at before reuse; elsewhere the codec works the same with blocking reads.
+// On Linux an idle connection also gives up its goroutine (park_linux.go).
 package h1
 
 import (
@@ -106,13 +107,6 @@ const (
 	stateParked // its goroutine ended; the parker watches its socket
 )
 
-// defaultParkAfter is ParkAfter's default; parkMin is the shortest grace
-// before a connection parks (see serveConn).
-const (
-	defaultParkAfter = time.Second
-	parkMin          = 20 * time.Millisecond
-)
-
 // watchEvery is how often the server looks for clients that went away
 // while their request waits for an instance's answer.
 const watchEvery = 100 * time.Millisecond
@@ -134,10 +128,6 @@ func (s *Server) Serve(ln net.Listener) error {
 	if s.ReapEvery <= 0 {
 		s.ReapEvery = time.Second
 	}
-	if s.ParkAfter == 0 {
-		s.ParkAfter = defaultParkAfter
-	}
-	s.ParkAfter = min(s.ParkAfter, s.IdleTimeout/2)
 	s.mu.Lock()
 	if s.shutdown.Load() {
 		s.mu.Unlock()
@@ -151,14 +141,7 @@ func (s *Server) Serve(ln net.Listener) error {
 		s.done = make(chan struct{})
 		go func() { _ = s.Fallback.Serve(s.handoff) }() // ends when handoff is closed
 		go s.background()
-		if s.ParkAfter > 0 {
-			if p, err := newParker(s); err == nil {
-				s.park = p
-				go p.run()
-			} else if !errors.Is(err, errors.ErrUnsupported) {
-				s.Log.Warn("idle connections will not be parked", "err", err)
-			}
-		}
+		s.startParker()
 	}
 	s.lns[ln] = struct{}{}
 	s.mu.Unlock()
@@ -257,29 +240,6 @@ func (s *Server) closeIdle() int {
 		}
 	}
 	return len(s.conns)
-}
-
-// closeParked closes c if it is parked and reports whether it did; forget:
-// also take it out of the connection set (a caller holding s.mu does that
-// itself).
-func (s *Server) closeParked(c *Conn, forget bool) bool {
-	if !c.state.CompareAndSwap(stateParked, stateClosed) {
-		return false
-	}
-	s.park.drop(c)
-	c.nc.Close()
-	if forget {
-		s.forget(c)
-	}
-	return true
-}
-
-// Parked reports how many connections are parked (park_linux.go).
-func (s *Server) Parked() int {
-	s.mu.Lock()
-	p := s.park
-	s.mu.Unlock()
-	return p.count()
 }
 
 // Close closes the listeners and every connection at once.
