@@ -33,6 +33,7 @@ type Conn struct {
 
 	lastWait time.Duration // how long the last request was waited for: the parking grace follows it
 	parkSlot uint32        // its slot in the parker while parked (park_linux.go)
+	parkable bool          // accepted by Serve, with a RawConn, and the Server parks idle connections
 }
 
 // States of Conn.waiting.
@@ -125,7 +126,7 @@ func (s *Server) serveConn(c *Conn) {
 	// the parker enforces IdleTimeout.
 	var idleUntil time.Time // the idle wait's deadline; zero: another deadline is set
 	rearm := min(s.IdleTimeout/8, time.Second)
-	park := s.park != nil && c.cr.rc != nil
+	park := c.parkable
 	for {
 		waited := false
 		var idleStart time.Time

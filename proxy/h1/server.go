@@ -164,6 +164,7 @@ func (s *Server) Serve(ln net.Listener) error {
 		}
 		delay = 0
 		c := s.newConn(nc)
+		c.parkable = s.park != nil && c.cr.rc != nil // a connection served elsewhere never parks: its caller waits for it
 		s.mu.Lock()
 		if s.shutdown.Load() {
 			s.mu.Unlock()
