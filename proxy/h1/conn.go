@@ -1,8 +1,10 @@
 package h1
 
 import (
+	"errors"
 	"net"
 	"net/http"
+	"os"
 	"strconv"
 	"sync/atomic"
 	"time"
@@ -29,6 +31,10 @@ type Conn struct {
 
 	atChunkStart bool // the relay is reading a chunk-size line (drainend.go)
 	endWaited    bool // the relay waited once for the end of a chunk (drainend.go)
+
+	lastWait time.Duration // how long the last request was waited for: the parking grace follows it
+	parkSlot uint32        // its slot in the parker while parked (park_linux.go)
+	parkable bool          // accepted by Serve, with a RawConn, and the Server parks idle connections
 }
 
 // States of Conn.waiting.
@@ -90,10 +96,13 @@ func (c *Conn) lingerClose() {
 
 // serveConn runs one client connection's requests in order.
 func (s *Server) serveConn(c *Conn) {
-	handedOff := false
+	handedOff, parked := false, false
 	defer func() {
 		if v := recover(); v != nil {
 			s.panicked(c, v)
+		}
+		if parked {
+			return // the parker owns it now
 		}
 		if !handedOff {
 			if c.linger {
@@ -106,33 +115,65 @@ func (s *Server) serveConn(c *Conn) {
 		}
 		s.forget(c)
 	}()
-	var idleArmed time.Time // when the idle deadline was set; zero: another deadline is set
+	// The idle wait's read deadline is re-armed only when the one set is
+	// too near, never for each request: re-arming costs a timer update.
+	// Without parking it is IdleTimeout away, re-armed once less than
+	// IdleTimeout-rearm is left (an eighth of the idle timeout, up to a
+	// second), so the idle timeout may end that much early. A connection
+	// that can park (park_linux.go) waits a grace in its goroutine: four
+	// times its last wait for a request, from parkMin to ParkAfter, so
+	// one whose requests come at a steady pace does not park and one that
+	// went quiet parks soon; its deadline is one to two graces away, and
+	// the parker enforces IdleTimeout.
+	var idleUntil time.Time // the idle wait's deadline; zero: another deadline is set
 	rearm := min(s.IdleTimeout/8, time.Second)
+	park := c.parkable
 	for {
+		waited := false
+		var idleStart time.Time
 		if c.cr.buffered() == 0 {
 			c.cr.release()
 			c.state.Store(stateIdle)
 			if s.shutdown.Load() {
 				return
 			}
-			// Re-arming a deadline costs a timer update; a busy connection
-			// re-arms it at most every rearm (an eighth of the idle timeout,
-			// up to a second), so the idle timeout may end that much early.
-			if now := time.Now(); idleArmed.IsZero() || now.Sub(idleArmed) > rearm {
-				_ = c.nc.SetReadDeadline(now.Add(s.IdleTimeout))
-				idleArmed = now
+			idleStart = time.Now()
+			lo, hi := s.IdleTimeout-rearm, s.IdleTimeout
+			if park {
+				lo = min(max(4*c.lastWait, parkMin), s.ParkAfter)
+				hi = 2 * lo
+			}
+			if idleUntil.IsZero() || idleUntil.Sub(idleStart) < lo {
+				idleUntil = idleStart.Add(hi)
+				_ = c.nc.SetReadDeadline(idleUntil)
 			}
 			err := c.cr.waitData()
+			if park && errors.Is(err, os.ErrDeadlineExceeded) {
+				if parked = s.park.park(c, idleStart); parked {
+					return
+				}
+				// Not parked (the system refused): wait here after all.
+				park = false
+				idleUntil = idleStart.Add(s.IdleTimeout)
+				_ = c.nc.SetReadDeadline(idleUntil)
+				if c.state.Load() == stateIdle && !s.shutdown.Load() {
+					err = c.cr.waitData()
+				}
+			}
 			if !c.state.CompareAndSwap(stateIdle, stateActive) || err != nil {
 				return
 			}
+			waited = true
 		}
 		start := time.Now()
+		if waited {
+			c.lastWait = start.Sub(idleStart)
+		}
 		n := FindHeadEnd(c.cr.bytes())
 		if n == 0 {
 			// The head came in pieces: from now on it has ReadHeaderTimeout.
 			_ = c.nc.SetReadDeadline(start.Add(s.ReadHeaderTimeout))
-			idleArmed = time.Time{}
+			idleUntil = time.Time{}
 		}
 		for n == 0 {
 			if err := c.cr.fill(); err != nil {
@@ -173,7 +214,7 @@ func (s *Server) serveConn(c *Conn) {
 		c.upstream.Store(nil)
 		c.waiting.Store(waitNone)
 		if c.deadlineSet {
-			idleArmed, c.deadlineSet = time.Time{}, false
+			idleUntil, c.deadlineSet = time.Time{}, false
 		}
 		if !x.consumed {
 			c.cr.discard(x.Req.end)

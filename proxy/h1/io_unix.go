@@ -52,14 +52,17 @@ func (cr *connReader) peek(fd uintptr) bool {
 }
 
 // peekConn is peek for a goroutine that does not own the connection's
-// reader: the client of a request that waits for an instance.
+// reader: the client of a request that waits for an instance. It goes
+// through Control, not Read, so the read deadline of the client's idle
+// wait, which may have passed while the request waits (a parkable
+// connection's is short), does not make the look fail.
 func peekConn(rc syscall.RawConn) peekResult {
 	if rc == nil {
 		return peekUnknown
 	}
 	res := peekUnknown
 	var one [1]byte
-	err := rc.Read(func(fd uintptr) bool {
+	err := rc.Control(func(fd uintptr) {
 		n, _, err := syscall.Recvfrom(int(fd), one[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
 		switch {
 		case err == syscall.EAGAIN:
@@ -69,7 +72,6 @@ func peekConn(rc syscall.RawConn) peekResult {
 		default:
 			res = peekClosed
 		}
-		return true
 	})
 	if err != nil {
 		return peekClosed

@@ -74,6 +74,7 @@ func (s *Server) start(ln net.Listener, addr net.Addr) error {
 		s.done = make(chan struct{})
 		go func() { _ = s.Fallback.Serve(s.handoff) }() // ends when handoff is closed
 		go s.background()
+		s.startParker()
 	}
 	if ln != nil {
 		s.lns[ln] = struct{}{}

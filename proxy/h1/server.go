@@ -11,6 +11,7 @@
 // Where the system offers them (unix), raw socket calls let an idle
 // connection hold no buffer and let a pooled instance connection be peeked
 // at before reuse; elsewhere the codec works the same with blocking reads.
+// On Linux an idle connection also gives up its goroutine (park_linux.go).
 package h1
 
 import (
@@ -46,6 +47,15 @@ type Server struct {
 	// IdleTimeout closes a keep-alive connection without a request for
 	// that long; default 120s.
 	IdleTimeout time.Duration
+	// ParkAfter is the longest a keep-alive connection waits for its next
+	// request in its own goroutine; then, on Linux, it is parked: the
+	// goroutine ends, and one goroutine of the Server watches the socket
+	// and resumes the connection when bytes arrive (park_linux.go). A
+	// connection waits four times as long as it waited for its last
+	// request, at least 20ms, at most ParkAfter (see serveConn). Default
+	// 1s, and at most half of IdleTimeout; negative: never park.
+	// Connections without a RawConn (TLS) never park.
+	ParkAfter time.Duration
 	// ClientBodyTimeout is the most time between two reads of a request
 	// body; default 60s.
 	ClientBodyTimeout time.Duration
@@ -84,6 +94,9 @@ type Server struct {
 	conns    map[*Conn]struct{}
 	handoff  *handoffListener
 	done     chan struct{}
+	park     *parker // nil: connections are not parked
+
+	beforePark func(*Conn) // for tests: runs as a parking connection is about to be watched
 }
 
 // Connection states, for graceful shutdown.
@@ -91,6 +104,7 @@ const (
 	stateActive int32 = iota
 	stateIdle
 	stateClosed
+	stateParked // its goroutine ended; the parker watches its socket
 )
 
 // watchEvery is how often the server looks for clients that went away
@@ -122,6 +136,7 @@ func (s *Server) Serve(ln net.Listener) error {
 		}
 		delay = 0
 		c := s.newConn(nc)
+		c.parkable = s.park != nil && c.cr.rc != nil // a connection served elsewhere never parks: its caller waits for it
 		if !s.track(c) {
 			return http.ErrServerClosed
 		}
@@ -188,6 +203,8 @@ func (s *Server) closeIdle() int {
 	for c := range s.conns {
 		if c.state.CompareAndSwap(stateIdle, stateClosed) {
 			c.nc.Close()
+		} else if s.closeParked(c, false) {
+			delete(s.conns, c)
 		}
 	}
 	return len(s.conns)
@@ -202,7 +219,10 @@ func (s *Server) Close() error {
 	}
 	s.closed.Store(true)
 	for c := range s.conns {
-		c.state.Store(stateClosed)
+		if c.state.Swap(stateClosed) == stateParked {
+			s.park.drop(c)
+			delete(s.conns, c)
+		}
 		c.nc.Close()
 		if uc := c.upstream.Load(); uc != nil {
 			uc.nc.Close()
@@ -224,6 +244,9 @@ func (s *Server) stopBackground() {
 	case <-s.done:
 	default:
 		close(s.done)
+		if s.park != nil {
+			s.park.stop()
+		}
 	}
 }
 
@@ -273,14 +296,15 @@ func (s *Server) watchWaits() {
 }
 
 // IdleBuffers reports the connections that are idle and parked in a wait
-// for the next request, and how many of those hold a buffer; for tests of
-// the memory an idle connection costs.
+// for the next request (on the poller, as parked tells, or by the parker),
+// and how many of those hold a buffer; for tests of the memory an idle
+// connection costs.
 func (s *Server) IdleBuffers(parked func(net.Conn) bool) (conns, idle, holding int, noRaw bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for c := range s.conns {
 		conns++
-		if c.state.Load() == stateIdle && parked(c.nc) {
+		if st := c.state.Load(); st == stateParked || st == stateIdle && parked(c.nc) {
 			idle++
 			if c.cr.rc == nil {
 				noRaw = true

@@ -1,0 +1,234 @@
+//go:build linux
+
+package h1
+
+import (
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Parking (Linux): a keep-alive connection that waited ParkAfter for its
+// next request gives up its goroutine. Its socket goes into an epoll set
+// owned by the Server's parker goroutine; when bytes or a hang-up arrive,
+// the parker starts a goroutine that resumes the connection's loop. A
+// parked connection costs its Conn, its socket's Go structures and one
+// slot here, and no goroutine stack.
+//
+// Ownership of a parked connection goes with Conn.state: whoever moves it
+// out of stateParked (the parker to resume it, a close to end it) undoes
+// the registration. Events carry a slot and its generation, never the fd,
+// so an event that arrives after its connection left cannot be taken for
+// another connection that got the same fd or slot.
+
+// wakeSlot marks the event of the parker's eventfd.
+const wakeSlot = -1
+
+type parker struct {
+	s      *Server
+	mu     sync.Mutex
+	epfd   int // -1 once the parker stopped
+	wakefd int
+	slots  []parkSlot
+	free   []uint32
+	parked int
+}
+
+type parkSlot struct {
+	c     *Conn
+	gen   uint32
+	since int64 // unix nanoseconds: when the connection's idle wait began
+}
+
+// newParker creates the epoll set and the eventfd that ends the parker's
+// wait; nil when the system refuses either.
+func newParker(s *Server) (*parker, error) {
+	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return nil, err
+	}
+	wakefd, err := unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC)
+	if err != nil {
+		unix.Close(epfd)
+		return nil, err
+	}
+	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: wakeSlot, Pad: wakeSlot}
+	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, wakefd, &ev); err != nil {
+		unix.Close(epfd)
+		unix.Close(wakefd)
+		return nil, err
+	}
+	return &parker{s: s, epfd: epfd, wakefd: wakefd}, nil
+}
+
+// park registers c, idle since since and with nothing buffered, and
+// reports whether it is parked: then c belongs to the parker and the
+// calling goroutine must end without touching it. False leaves c to the
+// caller, idle (or closed by a shutdown meanwhile).
+func (p *parker) park(c *Conn, since time.Time) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.epfd < 0 || p.s.shutdown.Load() {
+		return false
+	}
+	var i uint32
+	if n := len(p.free); n > 0 {
+		i = p.free[n-1]
+		p.free = p.free[:n-1]
+	} else {
+		i = uint32(len(p.slots))
+		p.slots = append(p.slots, parkSlot{})
+	}
+	sl := &p.slots[i]
+	sl.c, sl.since = c, since.UnixNano()
+	c.parkSlot = i
+	p.parked++
+	if !c.state.CompareAndSwap(stateIdle, stateParked) {
+		p.removeLocked(c, false) // a shutdown closed it
+		return false
+	}
+	if p.s.beforePark != nil {
+		p.s.beforePark(c)
+	}
+	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT, Fd: int32(i), Pad: int32(sl.gen)}
+	var err error
+	cerr := c.cr.rc.Control(func(fd uintptr) { err = unix.EpollCtl(p.epfd, unix.EPOLL_CTL_ADD, int(fd), &ev) })
+	if cerr == nil && err == nil {
+		return true
+	}
+	// Not registered: the caller keeps it, unless a close took it.
+	if c.state.CompareAndSwap(stateParked, stateIdle) {
+		p.removeLocked(c, false)
+		return false
+	}
+	return true
+}
+
+// removeLocked frees c's slot and takes its socket out of the epoll set.
+func (p *parker) removeLocked(c *Conn, registered bool) {
+	sl := &p.slots[c.parkSlot]
+	if sl.c != c {
+		return
+	}
+	sl.c = nil
+	sl.gen++
+	p.free = append(p.free, c.parkSlot)
+	p.parked--
+	if registered && p.epfd >= 0 {
+		_ = c.cr.rc.Control(func(fd uintptr) { _ = unix.EpollCtl(p.epfd, unix.EPOLL_CTL_DEL, int(fd), nil) })
+	}
+}
+
+// drop undoes the parking of c, which the caller moved from stateParked to
+// stateClosed; the caller closes it.
+func (p *parker) drop(c *Conn) {
+	p.mu.Lock()
+	p.removeLocked(c, true)
+	p.mu.Unlock()
+}
+
+// count is how many connections are parked.
+func (p *parker) count() int {
+	if p == nil {
+		return 0
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.parked
+}
+
+// stop makes the parker end: it closes what is still parked and its
+// descriptors. Parking fails from now on.
+func (p *parker) stop() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.epfd >= 0 {
+		one := [8]byte{1}
+		_, _ = unix.Write(p.wakefd, one[:])
+	}
+}
+
+// run waits for the parked connections' events, resumes each connection
+// that has one, and closes those idle past the Server's IdleTimeout, until
+// stop.
+func (p *parker) run() {
+	s := p.s
+	every := max(min(s.IdleTimeout/8, time.Second), 10*time.Millisecond)
+	events := make([]unix.EpollEvent, 128)
+	next := time.Now().Add(every)
+	for {
+		wait := max(time.Until(next), 0)
+		n, err := unix.EpollWait(p.epfd, events, int((wait+time.Millisecond-1)/time.Millisecond))
+		if err != nil && err != unix.EINTR {
+			s.Log.Error("parking idle connections stopped", "err", err)
+			p.end()
+			return
+		}
+		for _, ev := range events[:max(n, 0)] {
+			if ev.Fd == wakeSlot {
+				p.end()
+				return
+			}
+			p.resume(uint32(ev.Fd), uint32(ev.Pad))
+		}
+		if now := time.Now(); !now.Before(next) {
+			p.sweep(now)
+			next = now.Add(every)
+		}
+	}
+}
+
+// resume starts a goroutine for the connection of a slot whose socket has
+// bytes or hung up; stale events (the connection left the slot) are
+// dropped.
+func (p *parker) resume(i, gen uint32) {
+	p.mu.Lock()
+	if int(i) >= len(p.slots) || p.slots[i].gen != gen || p.slots[i].c == nil {
+		p.mu.Unlock()
+		return
+	}
+	c := p.slots[i].c
+	if !c.state.CompareAndSwap(stateParked, stateActive) {
+		p.mu.Unlock() // a close took it and undoes the parking
+		return
+	}
+	c.lastWait = time.Duration(time.Now().UnixNano() - p.slots[i].since) // the next grace follows it
+	p.removeLocked(c, true)
+	p.mu.Unlock()
+	go p.s.serveConn(c)
+}
+
+// sweep closes the parked connections idle for IdleTimeout.
+func (p *parker) sweep(now time.Time) {
+	limit := now.Add(-p.s.IdleTimeout).UnixNano()
+	var expired []*Conn
+	p.mu.Lock()
+	for i := range p.slots {
+		if sl := &p.slots[i]; sl.c != nil && sl.since <= limit {
+			expired = append(expired, sl.c)
+		}
+	}
+	p.mu.Unlock()
+	for _, c := range expired {
+		p.s.closeParked(c, true)
+	}
+}
+
+// end closes every connection still parked and the parker's descriptors.
+func (p *parker) end() {
+	p.mu.Lock()
+	var left []*Conn
+	for i := range p.slots {
+		if c := p.slots[i].c; c != nil {
+			left = append(left, c)
+		}
+	}
+	unix.Close(p.epfd)
+	unix.Close(p.wakefd)
+	p.epfd, p.wakefd = -1, -1
+	p.mu.Unlock()
+	for _, c := range left {
+		p.s.closeParked(c, true)
+	}
+}
