@@ -320,8 +320,10 @@ func TestFastLargeBodyFaults(t *testing.T) {
 		rc := dialRaw(t, cf.std)
 		rc.send(fmt.Sprintf("GET /short/%d HTTP/1.1\r\nHost: a\r\n\r\n", n))
 		res, body, err := rc.read("GET")
-		if err == nil || res == nil || res.StatusCode != 200 || len(body) != n/2 {
-			t.Fatalf("got %v, %d body bytes, err %v; want the 200 head and the %d bytes sent", res, len(body), err, n/2)
+		// net/http drops what it still buffers when the handler aborts, so
+		// the client gets a cut prefix of what the instance sent.
+		if err == nil || res == nil || res.StatusCode != 200 || len(body) > n/2 || body != string(bigBody(n)[:len(body)]) {
+			t.Fatalf("got %v, %d body bytes, err %v; want the 200 head and at most the %d bytes sent", res, len(body), err, n/2)
 		}
 		d := waitCounters(t, cf, before, func(d counters) bool { return d.requests["200"] == 1 && d.upstreamErrors == 1 })
 		if d.retries != 0 || len(d.client) != 0 || d.upstreamErrors != 1 {
