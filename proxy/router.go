@@ -385,6 +385,7 @@ func (rt *Router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		r = r.WithContext(context.WithValue(r.Context(), clientBodyKey{}, rec.body))
 	}
 	rec.req = r
+	growStack(len(r.URL.Path))
 	defer func() {
 		if o.status == 0 {
 			o.status = rec.status()
@@ -392,6 +393,18 @@ func (rt *Router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		rt.finish(o)
 	}()
 	b.rp.ServeHTTP(rec, r)
+}
+
+// growStack grows the handler goroutine's stack in one step, while it is
+// shallow, to the size the reverse proxy and the upstream exchange below
+// need. net/http starts a goroutine per request (per stream on HTTP/2)
+// with a small stack that would otherwise double several times, each time
+// copying and adjusting every frame on it.
+//
+//go:noinline
+func growStack(i int) byte {
+	var pad [8 << 10]byte
+	return pad[i&(len(pad)-1)]
 }
 
 // longLived reports requests whose duration is a connection's lifetime, not
