@@ -35,8 +35,10 @@ type directConns struct {
 	maxIdle       int
 	now           func() time.Time
 
-	mu   sync.Mutex
-	idle []*directConn
+	mu      sync.Mutex
+	idle    []*directConn
+	sweeper *time.Timer // closes expired idle connections; armed while any is idle
+	armed   bool
 }
 
 type directConn struct {
@@ -146,6 +148,27 @@ func (d *directConns) put(c *directConn) {
 		return
 	}
 	d.idle = append(d.idle, c)
+	if !d.armed {
+		d.armed = true
+		if d.sweeper == nil {
+			d.sweeper = time.AfterFunc(d.idleTimeout, d.sweep)
+		} else {
+			d.sweeper.Reset(d.idleTimeout)
+		}
+	}
+	d.mu.Unlock()
+}
+
+// sweep closes the expired idle connections, as http.Transport's idle
+// timers do, and checks again later while some stay idle.
+func (d *directConns) sweep() {
+	d.closeIdle(true)
+	d.mu.Lock()
+	if len(d.idle) > 0 {
+		d.sweeper.Reset(max(d.idleTimeout/2, 10*time.Millisecond))
+	} else {
+		d.armed = false
+	}
 	d.mu.Unlock()
 }
 

@@ -214,3 +214,35 @@ func TestDirectClientLeaves(t *testing.T) {
 		t.Errorf("%v instance errors counted for a client that left", n)
 	}
 }
+
+// TestDirectIdleTimeout: a connection idle for longer than the upstream
+// idle timeout is closed by the proxy without further traffic.
+func TestDirectIdleTimeout(t *testing.T) {
+	closed := make(chan struct{}, 4)
+	be := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.WriteString(w, "blue")
+	}))
+	be.Config.ConnState = func(_ net.Conn, st http.ConnState) {
+		if st == http.StateClosed {
+			closed <- struct{}{}
+		}
+	}
+	be.Start()
+	t.Cleanup(be.Close)
+	green := newBackend(t, "green", 0)
+	f := newFixture(t, []string{be.URL}, []string{green.URL}, func(c *Config) {
+		c.Upstream.IdleConnTimeout = 150 * time.Millisecond
+	})
+	start := time.Now()
+	if code, body, _ := get(t, f.front.Client(), f.front.URL+"/", nil); code != 200 || body != "blue" {
+		t.Fatalf("%d %q", code, body)
+	}
+	select {
+	case <-closed:
+		if d := time.Since(start); d < 150*time.Millisecond {
+			t.Fatalf("closed after %v, before the idle timeout", d)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the idle connection to the instance was not closed")
+	}
+}
