@@ -35,19 +35,18 @@ type directConns struct {
 	maxIdle       int
 	now           func() time.Time
 
-	mu      sync.Mutex
-	idle    []*directConn
+	idle    h1.IdleStack[*directConn]
+	mu      sync.Mutex  // guards sweeper and armed
 	sweeper *time.Timer // closes expired idle connections; armed while any is idle
 	armed   bool
 }
 
 type directConn struct {
-	nc       net.Conn
-	rc       syscall.RawConn // for the look before reuse; nil without raw access
-	br       *bufio.Reader
-	bw       *bufio.Writer
-	lastUsed time.Time
-	reused   bool
+	nc     net.Conn
+	rc     syscall.RawConn // for the look before reuse; nil without raw access
+	br     *bufio.Reader
+	bw     *bufio.Writer
+	reused bool
 }
 
 // max1xx is how many informational answers one request may get, as
@@ -86,34 +85,17 @@ func directable(req *http.Request) bool {
 	return !expect
 }
 
-// get pops the most recently used idle connection, closing expired ones
-// on the way (and the oldest one when it expired: idle connections go away
-// under traffic without a timer), or dials.
+// get pops the most recently used idle connection that is still usable,
+// closing the others on the way, or dials.
 func (d *directConns) get(fresh bool) (*directConn, error) {
 	if !fresh {
 		now := d.now()
 		for {
-			d.mu.Lock()
-			n := len(d.idle)
-			if n == 0 {
-				d.mu.Unlock()
+			c, since, ok := d.idle.Pop()
+			if !ok {
 				break
 			}
-			c := d.idle[n-1]
-			d.idle[n-1] = nil
-			d.idle = d.idle[:n-1]
-			var old *directConn
-			if n > 1 && now.Sub(d.idle[0].lastUsed) >= d.idleTimeout {
-				old = d.idle[0]
-				copy(d.idle, d.idle[1:])
-				d.idle[len(d.idle)-1] = nil
-				d.idle = d.idle[:len(d.idle)-1]
-			}
-			d.mu.Unlock()
-			if old != nil {
-				old.nc.Close()
-			}
-			if now.Sub(c.lastUsed) >= d.idleTimeout || !h1.IdleOpen(c.rc) {
+			if now.Sub(since) >= d.idleTimeout || !h1.IdleOpen(c.rc) {
 				// Expired, closed by the instance, or holding bytes nobody
 				// asked for (they would be read as the next answer).
 				c.nc.Close()
@@ -140,14 +122,11 @@ func (d *directConns) put(c *directConn) {
 		c.nc.Close()
 		return
 	}
-	c.lastUsed = d.now()
-	d.mu.Lock()
-	if len(d.idle) >= d.maxIdle {
-		d.mu.Unlock()
+	if !d.idle.Push(c, d.now(), d.maxIdle) {
 		c.nc.Close()
 		return
 	}
-	d.idle = append(d.idle, c)
+	d.mu.Lock()
 	if !d.armed {
 		d.armed = true
 		if d.sweeper == nil {
@@ -164,7 +143,7 @@ func (d *directConns) put(c *directConn) {
 func (d *directConns) sweep() {
 	d.closeIdle(true)
 	d.mu.Lock()
-	if len(d.idle) > 0 {
+	if d.idle.Len() > 0 {
 		d.sweeper.Reset(max(d.idleTimeout/2, 10*time.Millisecond))
 	} else {
 		d.armed = false
@@ -174,21 +153,7 @@ func (d *directConns) sweep() {
 
 // closeIdle closes the idle connections, or only the expired ones.
 func (d *directConns) closeIdle(expiredOnly bool) {
-	now := d.now()
-	d.mu.Lock()
-	var victims []*directConn
-	keep := d.idle[:0]
-	for _, c := range d.idle {
-		if expiredOnly && now.Sub(c.lastUsed) < d.idleTimeout {
-			keep = append(keep, c)
-		} else {
-			victims = append(victims, c)
-		}
-	}
-	clear(d.idle[len(keep):])
-	d.idle = keep
-	d.mu.Unlock()
-	for _, c := range victims {
+	for _, c := range d.idle.Remove(!expiredOnly, d.now().Add(-d.idleTimeout)) {
 		c.nc.Close()
 	}
 }

@@ -44,7 +44,7 @@ func h2Front(t *testing.T, rt *Router) (string, *http.Client) {
 }
 
 // TestDirectLegOverHTTP2: 200 HTTP/2 requests, 16 at a time: every body-less
-// request reaches the instance on the direct leg, over at most 16 kept-alive
+// request reaches the instance on the direct leg over kept-alive
 // connections; answers (fixed length, chunked with trailers, HEAD, 204)
 // arrive whole; a POST's body still goes through (http.Transport).
 func TestDirectLegOverHTTP2(t *testing.T) {
@@ -89,8 +89,10 @@ func TestDirectLegOverHTTP2(t *testing.T) {
 	for e := range errs {
 		t.Error(e)
 	}
-	if n := conns.Load(); n > 17 {
-		t.Errorf("%d connections to the instance for 16 concurrent requests: not kept alive", n)
+	// Each leg (direct, and http.Transport for the POSTs) keeps its own
+	// pool: at most 16 connections each for 16 concurrent requests.
+	if n := conns.Load(); n > 32 {
+		t.Errorf("%d connections to the instance for 200 requests, 16 at a time: not kept alive", n)
 	}
 	if n := testutil.ToFloat64(f.rt.pools[0].metrics.retries); n != 0 {
 		t.Errorf("%v retries", n)
