@@ -119,6 +119,9 @@ func (rt *Router) reapUpstreams(expiredOnly bool) {
 	for _, p := range rt.pools {
 		for _, b := range p.backends {
 			b.conns.CloseIdle(true)
+			if b.direct != nil {
+				b.direct.closeIdle(true)
+			}
 		}
 	}
 }

@@ -57,6 +57,7 @@ type Backend struct {
 	inflight atomic.Int64
 	rp       *httputil.ReverseProxy
 	conns    *h1.Upstream // the fast codec's connections
+	direct   *directConns // the net/http codec's body-less requests (direct.go); nil: base transport only
 	errs     *upstreamErrorCounters
 	out      outlierState
 	refusal  // the data plane's evidence (colorfail.go)

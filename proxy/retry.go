@@ -35,7 +35,7 @@ func (e *attemptError) Unwrap() error { return e.err }
 func (t *backendTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	b := t.b
 	began := time.Now() // for colorfail.go: was the request routed before a switch?
-	res, err := t.base.RoundTrip(req)
+	res, err := b.roundTrip(t.base, req)
 	if err == nil {
 		b.observe(res.StatusCode)
 		return res, nil
@@ -56,12 +56,21 @@ func (t *backendTransport) RoundTrip(req *http.Request) (*http.Response, error) 
 		}
 		retry.URL = retarget(req.URL, b.url, next.url)
 		b = next
-		res, err = t.base.RoundTrip(retry)
+		res, err = b.roundTrip(t.base, retry)
 		if err == nil {
 			b.observe(res.StatusCode)
 			return res, nil
 		}
 	}
+}
+
+// roundTrip sends one attempt to b: on the direct leg when it can take
+// the request, else through base.
+func (b *Backend) roundTrip(base http.RoundTripper, req *http.Request) (*http.Response, error) {
+	if b.direct != nil && directable(req) {
+		return b.direct.roundTrip(req)
+	}
+	return base.RoundTrip(req)
 }
 
 // clientBodyKey finds a request's clientBody in its context.

@@ -48,8 +48,13 @@ type Config struct {
 	// path (see Server) and, when Transport is nil, NewTransport's.
 	Upstream TransportConfig
 	// Transport reaches the instances on the net/http path; nil means
-	// NewTransport(Upstream). A custom Transport turns the fast path off.
+	// NewTransport(Upstream) for requests with a body or an upgrade and
+	// the direct leg (direct.go) for the others. A custom Transport turns
+	// the fast path and the direct leg off.
 	Transport http.RoundTripper
+	// NetHTTPOnly serves every request with net/http (the fast codec off);
+	// the upstream leg stays as with a nil Transport.
+	NetHTTPOnly bool
 	// Metrics may be nil.
 	Metrics *Metrics
 	// Log receives upstream errors and drain events. Required.
@@ -150,6 +155,8 @@ func NewRouter(cfg Config) (*Router, error) {
 	}
 	cfg.Upstream = cfg.Upstream.withDefaults()
 	fast := cfg.Transport == nil
+	direct := fast
+	fast = fast && !cfg.NetHTTPOnly
 	if cfg.Transport == nil {
 		cfg.Transport = NewTransport(cfg.Upstream)
 	}
@@ -206,6 +213,9 @@ func NewRouter(cfg Config) (*Router, error) {
 			}
 			b.conns = h1.NewUpstream(u.Host, u.EscapedPath(), cfg.Upstream.DialTimeout, cfg.Upstream.IdleConnTimeout,
 				cfg.Upstream.MaxIdleConnsPerHost, &rt.bufs, cfg.Now)
+			if direct && u.Scheme == "http" && u.User == nil {
+				b.direct = newDirectConns(u.Host, cfg.Upstream, cfg.Now)
+			}
 			b.out.counter = cm.ejectionCounter(name)
 			b.rp = &httputil.ReverseProxy{
 				Rewrite:        b.rewrite,
@@ -290,6 +300,9 @@ func (rt *Router) CloseIdleConnections() {
 	for _, p := range rt.pools {
 		for _, b := range p.backends {
 			b.conns.CloseIdle(false)
+			if b.direct != nil {
+				b.direct.closeIdle(false)
+			}
 		}
 	}
 }
@@ -372,6 +385,7 @@ func (rt *Router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		r = r.WithContext(context.WithValue(r.Context(), clientBodyKey{}, rec.body))
 	}
 	rec.req = r
+	growStack(len(r.URL.Path))
 	defer func() {
 		if o.status == 0 {
 			o.status = rec.status()
@@ -379,6 +393,18 @@ func (rt *Router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		rt.finish(o)
 	}()
 	b.rp.ServeHTTP(rec, r)
+}
+
+// growStack grows the handler goroutine's stack in one step, while it is
+// shallow, to the size the reverse proxy and the upstream exchange below
+// need. net/http starts a goroutine per request (per stream on HTTP/2)
+// with a small stack that would otherwise double several times, each time
+// copying and adjusting every frame on it.
+//
+//go:noinline
+func growStack(i int) byte {
+	var pad [8 << 10]byte
+	return pad[i&(len(pad)-1)]
 }
 
 // longLived reports requests whose duration is a connection's lifetime, not

@@ -76,6 +76,18 @@ const (
 	peekClosed                    // EOF or an error
 )
 
+// IdleOpen reports whether an idle connection, seen through rc, looks
+// usable: open and with nothing sent by the peer (one non-blocking look
+// that consumes nothing; true when rc is nil or the system gives no raw
+// access). For connection pools outside this package.
+func IdleOpen(rc syscall.RawConn) bool {
+	switch peekConn(rc) {
+	case peekNothing, peekUnknown:
+		return true
+	}
+	return false
+}
+
 // peekState looks at the socket without reading or blocking. Bytes already
 // buffered are not looked at.
 func (cr *connReader) peekState() peekResult {

@@ -3,7 +3,6 @@ package h1
 import (
 	"net"
 	"strings"
-	"sync"
 	"time"
 )
 
@@ -20,16 +19,14 @@ type Upstream struct {
 	bufs        *Buffers
 	now         func() time.Time
 
-	mu   sync.Mutex
-	idle []*UpConn
+	idle IdleStack[*UpConn]
 }
 
 // UpConn is one connection to an instance.
 type UpConn struct {
-	nc       net.Conn
-	cr       *connReader
-	lastUsed time.Time
-	reused   bool
+	nc     net.Conn
+	cr     *connReader
+	reused bool
 }
 
 // NewUpstream returns the pool of connections to the instance at hostport
@@ -61,17 +58,11 @@ func (u *Upstream) Get(fresh bool) (*UpConn, error) {
 	if !fresh {
 		now := u.now()
 		for {
-			u.mu.Lock()
-			n := len(u.idle)
-			if n == 0 {
-				u.mu.Unlock()
+			c, since, ok := u.idle.Pop()
+			if !ok {
 				break
 			}
-			c := u.idle[n-1]
-			u.idle[n-1] = nil
-			u.idle = u.idle[:n-1]
-			u.mu.Unlock()
-			if now.Sub(c.lastUsed) >= u.idleTimeout || !c.open() {
+			if now.Sub(since) >= u.idleTimeout || !c.open() {
 				c.Close()
 				continue
 			}
@@ -98,35 +89,15 @@ func (u *Upstream) Put(c *UpConn) {
 		return
 	}
 	c.cr.release()
-	c.lastUsed = u.now()
-	u.mu.Lock()
-	if len(u.idle) >= u.maxIdle {
-		u.mu.Unlock()
+	if !u.idle.Push(c, u.now(), u.maxIdle) {
 		c.Close()
-		return
 	}
-	u.idle = append(u.idle, c)
-	u.mu.Unlock()
 }
 
 // CloseIdle closes the idle connections, or only those idle for longer
 // than the idle timeout when expiredOnly.
 func (u *Upstream) CloseIdle(expiredOnly bool) {
-	now := u.now()
-	u.mu.Lock()
-	var victims []*UpConn
-	keep := u.idle[:0]
-	for _, c := range u.idle {
-		if expiredOnly && now.Sub(c.lastUsed) < u.idleTimeout {
-			keep = append(keep, c)
-		} else {
-			victims = append(victims, c)
-		}
-	}
-	clear(u.idle[len(keep):])
-	u.idle = keep
-	u.mu.Unlock()
-	for _, c := range victims {
+	for _, c := range u.idle.Remove(!expiredOnly, u.now().Add(-u.idleTimeout)) {
 		c.Close()
 	}
 }
@@ -150,13 +121,11 @@ func (c *UpConn) open() bool {
 // IdleBuffers reports the pooled connections and how many of them hold a
 // buffer; for tests of the memory an idle connection costs.
 func (u *Upstream) IdleBuffers() (idle, holding int) {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	for _, c := range u.idle {
+	u.idle.Each(func(c *UpConn) {
 		idle++
 		if c.cr.buf != nil {
 			holding++
 		}
-	}
+	})
 	return idle, holding
 }
