@@ -539,7 +539,9 @@ type instanceBody struct {
 
 func (ib *instanceBody) Read(p []byte) (int, error) {
 	n, err := ib.ReadCloser.Read(p)
-	if err != nil && err != io.EOF && !ib.charged {
+	// Once the client's request is done (it left), a failed read is the
+	// proxy closing the instance's connection, not the instance failing.
+	if err != nil && err != io.EOF && !ib.charged && ib.ctx.Err() == nil {
 		if v := judge(ib.ctx, err); v.fault == instanceFault {
 			ib.charged = true
 			ib.b.errs.inc(v.kind)

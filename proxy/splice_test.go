@@ -334,6 +334,34 @@ func TestFastLargeBodyFaults(t *testing.T) {
 		}
 	})
 
+	// A client that leaves in the middle of a download is nobody's
+	// instance fault, on either codec.
+	for _, front := range []struct{ name, addr string }{{"fast", cf.fast}, {"net/http", cf.std}} {
+		t.Run("client leaves mid-download, "+front.name, func(t *testing.T) {
+			before := cf.counters(t)
+			nc, err := net.Dial("tcp", front.addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			fmt.Fprintf(nc, "GET /down/%d HTTP/1.1\r\nHost: a\r\n\r\n", 64<<20)
+			if _, err := io.ReadFull(nc, make([]byte, 1<<20)); err != nil {
+				t.Fatalf("read the first MiB: %v", err)
+			}
+			nc.Close()
+			total := func(m map[string]float64) (n float64) {
+				for _, v := range m {
+					n += v
+				}
+				return n
+			}
+			d := waitCounters(t, cf, before, func(d counters) bool { return total(d.requests) == 1 })
+			if total(d.requests) != 1 || d.upstreamErrors != 0 || d.ejections != 0 || d.retries != 0 {
+				t.Errorf("requests %v, %v upstream errors, %v ejections, %v retries; want one request and nothing charged to the instance",
+					d.requests, d.upstreamErrors, d.ejections, d.retries)
+			}
+		})
+	}
+
 	deadline := time.Now().Add(3 * time.Second)
 	for openPipes(t) != pipes && time.Now().Before(deadline) {
 		runtime.Gosched()
