@@ -19,6 +19,7 @@ QUICK=0
 CHARTS=auto
 BG_ENV=""
 ALT_ENV=""
+ALT_BIN=""
 NGINX_KEEPALIVE=1024
 OUT=""
 KEEP=0
@@ -50,6 +51,8 @@ usage: bench/run.sh [options]
                         (e.g. BLUEGREEN_UPSTREAM_MAX_CONNS=1024)
   --alt-env "K=V ..."   environment of the target bluegreen-alt (bluegreen with it on top of
                         --bluegreen-env): measures a setting side by side with the default
+  --alt-bin FILE        binary of the target bluegreen-alt (default: the checkout's): another
+                        build side by side with this one, e.g. the commit before a change
   --out FILE            results file (default bench/results/<date>-<host>.md; --quick: a temp file)
   --port N              base port (default $BASE_PORT; uses N+1, N+2, N+80, N+81)
   --keep                keep the temp dir with configs, logs and raw data
@@ -75,6 +78,7 @@ while [ $# -gt 0 ]; do
     --no-charts) CHARTS=0 ;;
     --bluegreen-env) BG_ENV=$2; shift ;;
     --alt-env) ALT_ENV=$2; shift ;;
+    --alt-bin) ALT_BIN=$(realpath "$2") || exit 2; shift ;;
     --nginx-keepalive) NGINX_KEEPALIVE=$2; shift ;;
     --out) OUT=$2; shift ;;
     --port) BASE_PORT=$2; shift ;;
@@ -335,12 +339,14 @@ start_target() {
       [ "$name" = bluegreen-gmp1 ] && gmp+=(GOMAXPROCS=1)
       [ "$name" = bluegreen-nethttp ] && gmp+=(BLUEGREEN_FAST_PATH=false)
       [ "$name" = bluegreen-alt ] && gmp+=($ALT_ENV)
+      local bin="$T/bluegreen"
+      [ "$name" = bluegreen-alt ] && [ -n "$ALT_BIN" ] && bin=$ALT_BIN
       env "${gmp[@]}" \
         BLUEGREEN_LISTEN="127.0.0.1:$PROXY_PORT" BLUEGREEN_ADMIN_LISTEN="127.0.0.1:$ADMIN_PORT" \
         BLUEGREEN_BLUE_URLS="http://127.0.0.1:$BLUE_PORT" BLUEGREEN_GREEN_URLS="http://127.0.0.1:$GREEN_PORT" \
         BLUEGREEN_STATE="file:$T/bg-state.json" BLUEGREEN_LOG_FORMAT=json BLUEGREEN_LOG_LEVEL=warn \
         BLUEGREEN_HEALTH_INTERVAL=2s \
-        "$T/bluegreen" serve >"$T/bluegreen.out" 2>&1 &
+        "$bin" serve >"$T/bluegreen.out" 2>&1 &
       ;;
     *) die "unknown target $name" ;;
   esac
@@ -584,6 +590,7 @@ draw_charts() {
   [ -n "$BG_ENV" ] && echo "bluegreen_env	$BG_ENV"
   echo "nginx_keepalive	$NGINX_KEEPALIVE"
   [ -n "$ALT_ENV" ] && echo "bluegreen-alt	bluegreen with $ALT_ENV"
+  [ -n "$ALT_BIN" ] && echo "bluegreen-alt_binary	$("$ALT_BIN" version 2>&1 | head -1) ($ALT_BIN)"
   echo "command	bench/run.sh $ARGS"
 } >"$T/meta.tsv"
 

@@ -47,7 +47,7 @@ const (
 func (s *Server) newConn(nc net.Conn) *Conn {
 	c := &Conn{s: s, nc: nc, remote: nc.RemoteAddr().String()}
 	c.cr = newConnReader(nc, c.takeBuf, c.giveBuf)
-	c.out.nc = nc
+	c.out.nc, c.out.cr = nc, c.cr
 	c.clientIP = c.remote
 	if host, _, err := net.SplitHostPort(c.remote); err == nil {
 		c.clientIP = host

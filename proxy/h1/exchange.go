@@ -160,7 +160,7 @@ func (c *Conn) Send(x *Exchange, uc *UpConn, prefix string) (sent bool, err erro
 		}
 	}
 	x.wbuf = w[:0]
-	if _, err := uc.nc.Write(w); err != nil {
+	if _, err := uc.cr.write(w); err != nil {
 		return req.contentLength > 0, err
 	}
 	if rem > 0 {

@@ -64,6 +64,13 @@ type connReader struct {
 	peekFn func(fd uintptr) bool
 	peeked peekResult
 	one    [1]byte
+
+	// read and write through the RawConn (rawio_unix.go): the callbacks,
+	// bound on first use, and their arguments and results.
+	fillFn, writeFn func(fd uintptr) bool
+	rp, wp          []byte
+	wn              int
+	werr            error
 }
 
 // peekResult is what a non-blocking look at a socket found.
@@ -164,7 +171,7 @@ func (cr *connReader) fill() error {
 		cr.w = copy(cr.buf, cr.buf[cr.r:cr.w])
 		cr.r = 0
 	}
-	n, err := cr.nc.Read(cr.buf[cr.w:])
+	n, err := cr.read(cr.buf[cr.w:])
 	cr.w += n
 	if n > 0 {
 		return nil
@@ -175,12 +182,76 @@ func (cr *connReader) fill() error {
 	return err
 }
 
+// read is nc.Read, done with a raw read(2) through the RawConn when the
+// connection has one (see sys_raw.go). Its errors are net.Conn.Read's.
+func (cr *connReader) read(p []byte) (int, error) {
+	if cr.rc == nil {
+		return cr.nc.Read(p)
+	}
+	if cr.fillFn == nil {
+		cr.fillFn = cr.readSome
+	}
+	cr.rp, cr.rn, cr.rerr = p, 0, nil
+	err := cr.rc.Read(cr.fillFn)
+	cr.rp = nil
+	if err == nil {
+		err = cr.rerr
+	}
+	switch {
+	case err != nil:
+		return 0, connError("read", cr.nc, err)
+	case cr.rn == 0 && len(p) > 0:
+		return 0, io.EOF
+	}
+	return cr.rn, nil
+}
+
+// write is nc.Write, done with raw write(2) calls through the RawConn when
+// the connection has one. Its errors are net.Conn.Write's.
+func (cr *connReader) write(p []byte) (int, error) {
+	if cr.rc == nil {
+		return cr.nc.Write(p)
+	}
+	if cr.writeFn == nil {
+		cr.writeFn = cr.writeSome
+	}
+	cr.wp, cr.wn, cr.werr = p, 0, nil
+	err := cr.rc.Write(cr.writeFn)
+	cr.wp = nil
+	if err == nil {
+		err = cr.werr
+	}
+	if err != nil {
+		return cr.wn, connError("write", cr.nc, err)
+	}
+	return cr.wn, nil
+}
+
+// connError is err as net.Conn's Read and Write report it: a *net.OpError
+// of op (RawConn's own errors say "raw-read" and "raw-write").
+func connError(op string, nc net.Conn, err error) error {
+	if oe, ok := err.(*net.OpError); ok {
+		oe.Op = op
+		return oe
+	}
+	return &net.OpError{Op: op, Net: nc.LocalAddr().Network(), Source: nc.LocalAddr(), Addr: nc.RemoteAddr(), Err: err}
+}
+
 // outBuf batches what goes to a connection so a small response leaves in
 // one write.
 type outBuf struct {
 	nc  net.Conn
-	b   []byte // len is what is pending; nil while released
+	cr  *connReader // nc's reader, which writes raw (nil: nc.Write)
+	b   []byte      // len is what is pending; nil while released
 	err error
+}
+
+func (o *outBuf) send(p []byte) {
+	if o.cr != nil {
+		_, o.err = o.cr.write(p)
+		return
+	}
+	_, o.err = o.nc.Write(p)
 }
 
 func (o *outBuf) pending() int { return len(o.b) }
@@ -192,7 +263,7 @@ func (o *outBuf) write(p []byte) {
 	if len(o.b)+len(p) > cap(o.b) {
 		o.flush()
 		if len(p) > cap(o.b) {
-			_, o.err = o.nc.Write(p)
+			o.send(p)
 			return
 		}
 	}
@@ -215,7 +286,7 @@ func (o *outBuf) writeString(s string) {
 
 func (o *outBuf) flush() {
 	if o.err == nil && len(o.b) > 0 {
-		_, o.err = o.nc.Write(o.b)
+		o.send(o.b)
 	}
 	o.b = o.b[:0]
 }

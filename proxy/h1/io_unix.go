@@ -23,7 +23,7 @@ func (cr *connReader) readReady(fd uintptr) bool {
 		cr.buf = cr.take()
 	}
 	for {
-		cr.rn, cr.rerr = syscall.Read(int(fd), cr.buf)
+		cr.rn, cr.rerr = sysRead(int(fd), cr.buf)
 		if cr.rerr != syscall.EINTR {
 			break
 		}
@@ -39,7 +39,7 @@ func (cr *connReader) readReady(fd uintptr) bool {
 // peek is the RawConn callback of peekState: one non-blocking look at the
 // socket that consumes nothing.
 func (cr *connReader) peek(fd uintptr) bool {
-	n, _, err := syscall.Recvfrom(int(fd), cr.one[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+	n, err := sysPeek(int(fd), cr.one[:])
 	switch {
 	case err == syscall.EAGAIN:
 		cr.peeked = peekNothing

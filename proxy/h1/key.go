@@ -14,8 +14,18 @@ func (h *Head) Field(lowerName string) ([]byte, bool) {
 }
 
 // Cookie returns the value of the request's first cookie called name, read
-// as net/http's Request.Cookie reads it.
+// as net/http's Request.Cookie reads it. The answer is kept until the
+// next parse: asking again for the same name does not scan the fields.
 func (h *Head) Cookie(name string) ([]byte, bool) {
+	if name != "" && name == h.cookieName {
+		return h.cookieVal, h.cookieOK
+	}
+	v, ok := h.cookie(name)
+	h.cookieName, h.cookieVal, h.cookieOK = name, v, ok
+	return v, ok
+}
+
+func (h *Head) cookie(name string) ([]byte, bool) {
 	for i := range h.fields {
 		f := &h.fields[i]
 		if f.id != fCookie {

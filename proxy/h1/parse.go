@@ -74,6 +74,12 @@ type Head struct {
 	hasDate       bool
 	upgrade       bool // an Upgrade field
 	expect        bool // an Expect field
+
+	// The last Cookie lookup, so the codec's hand-off check and the
+	// rollout key read the client's cookie once per request.
+	cookieName string
+	cookieVal  []byte
+	cookieOK   bool
 }
 
 // verdicts of parseRequest besides ok.
@@ -545,6 +551,17 @@ func (h *Head) WantsPreview(headerLower, cookie string) bool {
 
 func truthyBytes(v []byte) bool { return string(v) == "1" || equalFold(v, "true") }
 
+// trimSpaceTab is bytes.Trim(b, " \t") without building a cut set per call.
+func trimSpaceTab(b []byte) []byte {
+	for len(b) > 0 && (b[0] == ' ' || b[0] == '\t') {
+		b = b[1:]
+	}
+	for len(b) > 0 && (b[len(b)-1] == ' ' || b[len(b)-1] == '\t') {
+		b = b[:len(b)-1]
+	}
+	return b
+}
+
 // cookieValue finds the first cookie called name in the Cookie field value
 // v, read exactly as net/http reads it: parts and names trimmed, a part
 // without '=' is a cookie with an empty value, a quoted value is unquoted,
@@ -557,7 +574,7 @@ func cookieValue(v []byte, name string) ([]byte, bool) {
 		} else {
 			part, v = v, nil
 		}
-		part = bytes.Trim(part, " \t")
+		part = trimSpaceTab(part)
 		if len(part) == 0 {
 			continue
 		}
@@ -565,7 +582,7 @@ func cookieValue(v []byte, name string) ([]byte, bool) {
 		if eq := bytes.IndexByte(part, '='); eq >= 0 {
 			n, val = part[:eq], part[eq+1:]
 		}
-		if string(bytes.Trim(n, " \t")) != name {
+		if string(trimSpaceTab(n)) != name {
 			continue
 		}
 		if len(val) > 1 && val[0] == '"' && val[len(val)-1] == '"' {

@@ -1,0 +1,52 @@
+//go:build unix
+
+package h1
+
+import (
+	"io"
+	"os"
+	"syscall"
+)
+
+// readSome is the RawConn.Read callback of connReader.read: one read into
+// cr.rp, or false (wait for the poller) when nothing is there.
+func (cr *connReader) readSome(fd uintptr) bool {
+	for {
+		cr.rn, cr.rerr = sysRead(int(fd), cr.rp)
+		if cr.rerr != syscall.EINTR {
+			break
+		}
+	}
+	switch cr.rerr {
+	case nil:
+		return true
+	case syscall.EAGAIN:
+		cr.rn, cr.rerr = 0, nil
+		return false
+	}
+	cr.rn, cr.rerr = 0, os.NewSyscallError("read", cr.rerr)
+	return true
+}
+
+// writeSome is the RawConn.Write callback of connReader.write: it writes
+// what is left of cr.wp, or returns false (wait for the poller) when the
+// socket's buffer is full.
+func (cr *connReader) writeSome(fd uintptr) bool {
+	for cr.wn < len(cr.wp) {
+		n, err := sysWrite(int(fd), cr.wp[cr.wn:])
+		switch {
+		case err == nil && n > 0:
+			cr.wn += n
+		case err == syscall.EINTR:
+		case err == syscall.EAGAIN:
+			return false
+		case err == nil:
+			cr.werr = io.ErrUnexpectedEOF // as internal/poll reports a write of nothing
+			return true
+		default:
+			cr.werr = os.NewSyscallError("write", err)
+			return true
+		}
+	}
+	return true
+}
