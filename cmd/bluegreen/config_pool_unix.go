@@ -11,5 +11,8 @@ func nofileLimit() uint64 {
 	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
 		return 0
 	}
-	return rl.Cur
+	if rl.Cur < 0 { // Cur is an int64 on some systems (freebsd)
+		return 0
+	}
+	return uint64(rl.Cur)
 }
