@@ -261,8 +261,15 @@ func serveBenchFast(b *testing.B, rt *Router) string {
 // per parallel goroutine, and reads each answer; the clients allocate
 // nothing, so -benchmem counts the proxy and the instance only.
 func runBenchClients(b *testing.B, addr string, req []byte) {
+	runBenchClientsWith(b, addr, func() []byte { return req })
+}
+
+// runBenchClientsWith is runBenchClients with a request of its own for each
+// client connection (made once, before its first request).
+func runBenchClientsWith(b *testing.B, addr string, newReq func() []byte) {
 	b.ReportAllocs()
 	b.RunParallel(func(pb *testing.PB) {
+		req := newReq()
 		c, err := net.Dial("tcp", addr)
 		if err != nil {
 			b.Error(err)

@@ -4,7 +4,6 @@ package proxy
 
 import (
 	"fmt"
-	"net"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -28,28 +27,10 @@ func BenchmarkRolloutCost(b *testing.B) {
 	run := func(b *testing.B, addr string) {
 		var next atomic.Int64
 		b.SetParallelism(32) // 64 connections on 2 cores
-		b.ReportAllocs()
 		start := cpuTime()
 		b.ResetTimer()
-		b.RunParallel(func(pb *testing.PB) {
-			req := []byte(fmt.Sprintf("GET /path HTTP/1.1\r\nHost: bench.example\r\nUser-Agent: bench\r\nCookie: session=abc; %s=client%020d\r\n\r\n", RolloutCookie, next.Add(1)))
-			c, err := net.Dial("tcp", addr)
-			if err != nil {
-				b.Error(err)
-				return
-			}
-			defer c.Close()
-			buf := make([]byte, 4096)
-			for pb.Next() {
-				if _, err := c.Write(req); err != nil {
-					b.Error(err)
-					return
-				}
-				if err := readBenchResponse(c, buf); err != nil {
-					b.Error(err)
-					return
-				}
-			}
+		runBenchClientsWith(b, addr, func() []byte {
+			return fmt.Appendf(nil, "GET /path HTTP/1.1\r\nHost: bench.example\r\nUser-Agent: bench\r\nCookie: session=abc; %s=client%020d\r\n\r\n", RolloutCookie, next.Add(1))
 		})
 		b.StopTimer()
 		b.ReportMetric(float64(cpuTime()-start)/float64(b.N), "cpu-ns/op")
