@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/httptrace"
 	"net/textproto"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -16,6 +17,7 @@ import (
 	"time"
 
 	"github.com/cryoprotect/bluegreen/proxy/h1"
+	"golang.org/x/net/http/httpguts"
 )
 
 // directConns is the net/http codec's upstream leg to one plain-http
@@ -165,6 +167,9 @@ func (d *directConns) closeIdle(expiredOnly bool) {
 // (GET, HEAD, OPTIONS, TRACE or an idempotency key). Other methods go back
 // to the pipeline's retry policy with the error.
 func (d *directConns) roundTrip(req *http.Request) (*http.Response, error) {
+	if err := checkFields(req); err != nil {
+		return nil, err
+	}
 	for fresh := false; ; fresh = true {
 		c, err := d.get(fresh)
 		if err != nil {
@@ -182,6 +187,29 @@ func (d *directConns) roundTrip(req *http.Request) (*http.Response, error) {
 			return nil, err
 		}
 	}
+}
+
+// checkFields refuses, as the client's fault, a Host or a field that
+// http.Transport would refuse to send: req.Write writes them as they are
+// (only CR and LF become spaces), so a name with a colon or a space, or a
+// value with a control byte, would reach the instance. The codecs in front
+// (net/http's servers) refuse them already; this keeps the leg safe on its
+// own.
+func checkFields(req *http.Request) error {
+	if !httpguts.ValidHostHeader(req.Host) {
+		return &h1.ClientError{Kind: ClientMalformed, Err: errors.New("proxy: invalid Host " + strconv.Quote(req.Host))}
+	}
+	for name, values := range req.Header {
+		if !httpguts.ValidHeaderFieldName(name) {
+			return &h1.ClientError{Kind: ClientMalformed, Err: errors.New("proxy: invalid header field name " + strconv.Quote(name))}
+		}
+		for _, v := range values {
+			if !httpguts.ValidHeaderFieldValue(v) {
+				return &h1.ClientError{Kind: ClientMalformed, Err: errors.New("proxy: invalid value of header field " + strconv.Quote(name))}
+			}
+		}
+	}
+	return nil
 }
 
 // staleness tells how a failed exchange on a reused connection may be

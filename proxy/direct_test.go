@@ -248,3 +248,41 @@ func TestDirectIdleTimeout(t *testing.T) {
 		t.Fatal("the idle connection to the instance was not closed")
 	}
 }
+
+// TestDirectRefusesUnsendableFields: a Host or a header field that
+// http.Transport would refuse to send (the codecs in front refuse them too;
+// a handler can still be given one) never reaches the instance from the
+// direct leg: 400, counted as the client's malformed request, nothing
+// charged to the instance.
+func TestDirectRefusesUnsendableFields(t *testing.T) {
+	be, conns := countingBackend(t, func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, "ok") })
+	green := newBackend(t, "green", 0)
+	f := newFixture(t, []string{be.URL}, []string{green.URL}, nil)
+	for _, c := range []struct{ name, value, host string }{
+		{"X-Note", "a\x00b", "app.example"},
+		{"Bad Name", "v", "app.example"},
+		{"X-Smuggle: 1\r\nX-Other", "v", "app.example"},
+		{"X-Note", "v", "app\x03.example"},
+	} {
+		req := httptest.NewRequest(http.MethodGet, "http://app.example/x", nil)
+		req.Header = http.Header{c.name: {c.value}}
+		req.Host = c.host
+		rec := httptest.NewRecorder()
+		f.rt.ServeHTTP(rec, req)
+		if rec.Code != http.StatusBadRequest {
+			t.Errorf("%q: %q, Host %q: status %d, want 400", c.name, c.value, c.host, rec.Code)
+		}
+	}
+	if n := conns.Load(); n != 0 {
+		t.Errorf("the instance got %d connections, want none", n)
+	}
+	if n, _ := sumMetric(t, f.reg, "bluegreen_upstream_errors_total", ""); n != 0 {
+		t.Errorf("%v instance errors counted for the client's malformed requests", n)
+	}
+	if _, byKind := sumMetric(t, f.reg, "bluegreen_client_errors_total", "kind"); byKind[ClientMalformed] != 4 {
+		t.Errorf("client errors by kind %v, want 4 %q", byKind, ClientMalformed)
+	}
+	if code, body, _ := get(t, f.front.Client(), f.front.URL+"/x", nil); code != 200 || body != "ok" {
+		t.Fatalf("a well-formed request after them: %d %q", code, body)
+	}
+}
