@@ -2,6 +2,7 @@ package certs
 
 import (
 	"context"
+	"crypto/tls"
 	"crypto/x509"
 	"fmt"
 	"io"
@@ -148,6 +149,64 @@ func TestACMETLSALPN01(t *testing.T) {
 	a.waitServed(t, 60*time.Second, func(*x509.Certificate) bool { return true })
 	if orders(a.m, "obtained") != 1 {
 		t.Fatalf("obtained %v", orders(a.m, "obtained"))
+	}
+}
+
+// After a restart the certificate in storage is served from the first
+// handshake on: LoadStored loads it, before Run manages the domains in the
+// background. One due for renewal is renewed at once when Run starts.
+func TestACMERestartWithStoredCertificate(t *testing.T) {
+	certtest.PebbleBin(t)
+	plainLn, tlsLn := listen(t), listen(t)
+	p := certtest.StartPebble(t, certtest.Port(plainLn.Addr().String()), certtest.Port(tlsLn.Addr().String()), time.Hour)
+	storage := t.TempDir()
+	a := runACME(t, p, plainLn, tlsLn, &ACME{Storage: storage, DisableTLSALPN: true})
+	first := a.waitServed(t, 60*time.Second, func(*x509.Certificate) bool { return true })
+
+	// A restart where it is due for renewal (and the maintenance loop,
+	// every 10 minutes, is too late): Run renews it.
+	restart := func(ratio float64) (*Manager, *acmeFixture) {
+		m, _ := NewMetrics(prometheus.NewRegistry())
+		mgr, err := New(Config{
+			ACME:    &ACME{Domains: []string{"localhost"}, CA: p.Dir, Roots: p.APIRoots, Storage: storage, RenewalWindowRatio: ratio},
+			Metrics: m, Log: slog.New(slog.DiscardHandler),
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		mgr.LoadStored(context.Background())
+		ln, err := tls.Listen("tcp", "127.0.0.1:0", mgr.TLSConfig())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { ln.Close() })
+		go func() {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				c.(*tls.Conn).Handshake()
+				c.Close()
+			}
+		}()
+		return mgr, &acmeFixture{fixture: &fixture{addr: ln.Addr().String(), m: m}, pebble: p}
+	}
+	mgr, b := restart(0.9999)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { mgr.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	second := b.waitServed(t, 20*time.Second, func(c *x509.Certificate) bool { return c.SerialNumber.Cmp(first.SerialNumber) != 0 })
+	eventually(t, func() bool { return orders(b.m, "renewed") == 1 }, func() string { return "renewal not counted" })
+
+	// A restart with the CA down, handshakes before Run.
+	p.Stop()
+	mgr, b = restart(0)
+	defer mgr.acme.stop()
+	leaf, err := certtest.Served(b.addr, "localhost", p.Roots)
+	if err != nil || !leaf.Equal(second) {
+		t.Fatalf("before Run: %v, %v (want serial %v)", leaf, err, second.SerialNumber)
 	}
 }
 
