@@ -27,8 +27,11 @@ import (
 type acmeProc struct {
 	proc     *testkit.Process
 	pebble   *certtest.Pebble
-	tls, adm string // bound addresses
-	active   string // the active colour at start
+	bin      string
+	env      []string
+	pub, tls string // the listeners' addresses, chosen beforehand
+	adm      string
+	active   string // the active colour
 }
 
 // startACMEProc starts Pebble and the binary with both listeners on ports
@@ -60,14 +63,20 @@ func startACMEProc(t *testing.T, http01, tlsalpn01 bool) *acmeProc {
 		"BLUEGREEN_LOG_FORMAT=json", "BLUEGREEN_LOG_LEVEL=debug",
 		"BLUEGREEN_HEALTH_INTERVAL=50ms", "BLUEGREEN_HEALTH_RISE=1", "BLUEGREEN_HEALTH_FALL=1", "BLUEGREEN_SHUTDOWN_DELAY=0s",
 	}
-	a := &acmeProc{pebble: p}
-	a.proc = testkit.Start(t, "bluegreen", bin, env)
-	ready := a.proc.WaitLog(t, 30*time.Second, "bluegreen serving")
-	a.tls, a.adm, a.active = testkit.Addr(ready, "tls"), testkit.Addr(ready, "admin"), testkit.Addr(ready, "active")
-	if a.tls != tlsAddr || testkit.Addr(ready, "listen") != pub || a.active == "" {
-		t.Fatalf("serving line: %v (want tls %s, listen %s)", ready, tlsAddr, pub)
-	}
+	a := &acmeProc{pebble: p, bin: bin, env: env, pub: pub, tls: tlsAddr}
+	a.start(t)
 	return a
+}
+
+// start starts the binary and waits for its serving line.
+func (a *acmeProc) start(t *testing.T) {
+	t.Helper()
+	a.proc = testkit.Start(t, "bluegreen", a.bin, a.env)
+	ready := a.proc.WaitLog(t, 30*time.Second, "bluegreen serving")
+	a.adm, a.active = testkit.Addr(ready, "admin"), testkit.Addr(ready, "active")
+	if testkit.Addr(ready, "tls") != a.tls || testkit.Addr(ready, "listen") != a.pub || a.active == "" {
+		t.Fatalf("serving line: %v (want listen %s, tls %s)", ready, a.pub, a.tls)
+	}
 }
 
 // waitServed waits until the TLS listener serves a certificate for
@@ -161,6 +170,21 @@ func TestE2EACMEObtainedAndServed(t *testing.T) {
 	a.proc.Signal(syscall.SIGTERM)
 	if code := a.proc.ExitCode(t, 10*time.Second); code != 0 {
 		t.Fatalf("exit code %d after SIGTERM", code)
+	}
+
+	// Restarted with the CA down, it serves the stored certificate from the
+	// first handshake on (no failed handshakes while it loads) and orders
+	// nothing.
+	a.pebble.Stop()
+	a.start(t)
+	again, err := certtest.Served(a.tls, "localhost", a.pebble.Roots)
+	if err != nil || !again.Equal(leaf) {
+		t.Fatalf("first handshake after a restart: %v (not the stored certificate, serial %v)", err, leaf.SerialNumber)
+	}
+	a.get(t, true)
+	m := metricsText(t, "http://"+a.adm)
+	if n := metricSum(m, "bluegreen_acme_orders_total{"); n != 0 {
+		t.Fatalf("orders after a restart: %v", n)
 	}
 }
 
