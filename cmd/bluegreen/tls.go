@@ -137,13 +137,22 @@ func (e *tlsEdge) start(bg context.Context, wg *sync.WaitGroup, errc chan<- erro
 	if e == nil {
 		return
 	}
+	// The certificates in ACME storage are in use before the first
+	// handshake (connections wait in the backlog meanwhile).
+	loaded := make(chan struct{})
+	wg.Go(func() {
+		ctx, cancel := context.WithTimeout(bg, 10*time.Second)
+		e.mgr.LoadStored(ctx)
+		cancel()
+		close(loaded)
+		e.mgr.Run(bg)
+	})
 	if e.fast == nil {
-		go func() { errc <- e.srv.ServeTLS(e.ln, "", "") }()
+		go func() { <-loaded; errc <- e.srv.ServeTLS(e.ln, "", "") }()
 	} else {
 		go func() { _ = e.srv.Serve(e.h2) }() // ends when srv shuts down
-		go func() { errc <- e.serve() }()
+		go func() { <-loaded; errc <- e.serve() }()
 	}
-	wg.Go(func() { e.mgr.Run(bg) })
 	wg.Go(func() {
 		hup := make(chan os.Signal, 1)
 		signal.Notify(hup, syscall.SIGHUP)

@@ -144,6 +144,18 @@ func (a *acmeManager) event(event string, data map[string]any, log *slog.Logger,
 	}
 }
 
+// loadStored caches the certificates already in storage. One due for
+// renewal is dropped again: start renews it at once, while a cached one is
+// only looked at by the maintenance loop, every RenewCheckInterval.
+func (a *acmeManager) loadStored(ctx context.Context) {
+	for _, d := range a.list {
+		c, err := a.magic.CacheManagedCertificate(ctx, d)
+		if err == nil && c.NeedsRenewal(a.magic) {
+			a.cache.Remove([]string{c.Hash()})
+		}
+	}
+}
+
 // start manages the domains in the background: certificates in storage are
 // loaded, missing ones ordered, all renewed before they expire.
 func (a *acmeManager) start(ctx context.Context) error {

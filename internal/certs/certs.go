@@ -42,8 +42,9 @@ type Manager struct {
 // certificate when there is no default either.
 var errUnknownName = errors.New("certs: no certificate for this server name")
 
-// New loads the file pairs (every one must load) and prepares ACME. Call Run
-// to watch the files and to start ordering.
+// New loads the file pairs (every one must load) and prepares ACME. Call
+// LoadStored (ACME) before serving, then Run to watch the files and to
+// start ordering.
 func New(cfg Config) (*Manager, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
@@ -70,6 +71,16 @@ func New(cfg Config) (*Manager, error) {
 		return nil, errors.New("certs: no certificate files and no ACME domains")
 	}
 	return mg, nil
+}
+
+// LoadStored puts the ACME certificates already in storage to use, giving
+// up when ctx ends. Call it before the listener accepts and before Run:
+// Run loads them too, but in the background, and handshakes fail until
+// then (after a restart, although a valid certificate is stored).
+func (mg *Manager) LoadStored(ctx context.Context) {
+	if mg.acme != nil {
+		mg.acme.loadStored(ctx)
+	}
 }
 
 // Run watches the certificate files (polling their contents) and, with

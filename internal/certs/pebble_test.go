@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
@@ -27,135 +26,10 @@ import (
 	"github.com/cryoprotect/bluegreen/state/etcd/etcdtest"
 )
 
-// PebbleBin finds the Pebble binary: $PEBBLE_BIN, else pebble on PATH. On
-// a developer machine without it the test skips; with CI set it fails.
-func pebbleBin(t *testing.T) string {
-	t.Helper()
-	if testing.Short() {
-		t.Skip("starts Pebble")
-	}
-	if p := os.Getenv("PEBBLE_BIN"); p != "" {
-		return p
-	}
-	if p, err := exec.LookPath("pebble"); err == nil {
-		return p
-	}
-	if os.Getenv("CI") != "" {
-		t.Fatal("pebble not found: set PEBBLE_BIN (.ci/setup/tls.sh installs it)")
-	}
-	t.Skip("pebble not installed (go install github.com/letsencrypt/pebble/v2/cmd/pebble@v2.10.3)")
-	return ""
-}
-
-type pebble struct {
-	dir   string         // ACME directory URL
-	roots *x509.CertPool // the root its certificates chain to
-	root  []byte         // the same, PEM
-	cmd   *exec.Cmd
-}
-
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
-
-func port(addr string) int {
-	_, p, _ := net.SplitHostPort(addr)
-	var n int
-	fmt.Sscan(p, &n)
-	return n
-}
-
-// startPebble runs Pebble on loopback validating HTTP-01 at httpAddr and
-// TLS-ALPN-01 at tlsAddr, issuing certificates valid for validity.
-func startPebble(t *testing.T, httpAddr, tlsAddr string, validity time.Duration) *pebble {
-	bin := pebbleBin(t)
-	td, _ := filepath.Abs("testdata/pebble")
-	raw, err := os.ReadFile(filepath.Join(td, "pebble-config.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var cfg map[string]map[string]any
-	if err := json.Unmarshal(raw, &cfg); err != nil {
-		t.Fatal(err)
-	}
-	api, mgmt := freeAddr(t), freeAddr(t)
-	c := cfg["pebble"]
-	c["listenAddress"], c["managementListenAddress"] = api, mgmt
-	c["certificate"], c["privateKey"] = filepath.Join(td, "cert.pem"), filepath.Join(td, "key.pem")
-	c["httpPort"], c["tlsPort"] = port(httpAddr), port(tlsAddr)
-	c["profiles"] = map[string]any{"default": map[string]any{"description": "test", "validityPeriod": int(validity.Seconds())}}
-	out, _ := json.Marshal(cfg)
-	cfgFile := filepath.Join(t.TempDir(), "pebble.json")
-	os.WriteFile(cfgFile, out, 0o600)
-
-	cmd := exec.Command(bin, "-config", cfgFile)
-	cmd.Env = append(os.Environ(), "PEBBLE_VA_NOSLEEP=1", "PEBBLE_WFE_NONCEREJECT=0", "PEBBLE_AUTHZREUSE=0")
-	logf, _ := os.Create(filepath.Join(t.TempDir(), "pebble.log"))
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	p := &pebble{dir: "https://" + api + "/dir", cmd: cmd}
-	t.Cleanup(func() {
-		p.stop()
-		if t.Failed() {
-			b, _ := os.ReadFile(logf.Name())
-			t.Logf("pebble log:\n%s", b)
-		}
-	})
-	mini := x509.NewCertPool()
-	b, _ := os.ReadFile(filepath.Join(td, "pebble.minica.pem"))
-	mini.AppendCertsFromPEM(b)
-	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: mini}}, Timeout: 2 * time.Second}
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		res, err := hc.Get("https://" + mgmt + "/roots/0")
-		if err == nil {
-			p.root, _ = io.ReadAll(res.Body)
-			res.Body.Close()
-			if res.StatusCode == 200 {
-				break
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("pebble not up: %v", err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	p.roots = x509.NewCertPool()
-	if !p.roots.AppendCertsFromPEM(p.root) {
-		t.Fatalf("pebble root: %q", p.root)
-	}
-	return p
-}
-
-func (p *pebble) stop() {
-	if p.cmd.Process != nil && p.cmd.ProcessState == nil {
-		p.cmd.Process.Kill()
-		p.cmd.Wait()
-	}
-}
-
-func minicaPool(t *testing.T) *x509.CertPool {
-	b, err := os.ReadFile("testdata/pebble/pebble.minica.pem")
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(b)
-	return pool
-}
-
 type acmeFixture struct {
 	*fixture
 	plainAddr string
-	pebble    *pebble
+	pebble    *certtest.Pebble
 }
 
 // startACME runs a plain listener (with the HTTP-01 handler) and a TLS
@@ -163,9 +37,9 @@ type acmeFixture struct {
 // "localhost" from it.
 func startACME(t *testing.T, http01, tlsalpn01 bool, validity time.Duration, ratio float64) *acmeFixture {
 	t.Helper()
-	pebbleBin(t)
+	certtest.PebbleBin(t)
 	plainLn, tlsLn := listen(t), listen(t)
-	p := startPebble(t, plainLn.Addr().String(), tlsLn.Addr().String(), validity)
+	p := certtest.StartPebble(t, certtest.Port(plainLn.Addr().String()), certtest.Port(tlsLn.Addr().String()), validity)
 	ac := &ACME{Storage: t.TempDir(), DisableTLSALPN: !tlsalpn01, RenewalWindowRatio: ratio}
 	if !http01 {
 		ac.HTTPAddr = "-"
@@ -184,12 +58,12 @@ func listen(t *testing.T) net.Listener {
 
 // runACME serves plainLn and tlsLn with a manager ordering "localhost"
 // from p; ac carries the options (HTTPAddr "-": no HTTP-01).
-func runACME(t *testing.T, p *pebble, plainLn, tlsLn net.Listener, ac *ACME) *acmeFixture {
+func runACME(t *testing.T, p *certtest.Pebble, plainLn, tlsLn net.Listener, ac *ACME) *acmeFixture {
 	t.Helper()
 	a := &acmeFixture{fixture: &fixture{logs: &syncBuf{}}, plainAddr: plainLn.Addr().String(), pebble: p}
 	a.m, _ = NewMetrics(prometheus.NewRegistry())
 	log := slog.New(slog.NewTextHandler(a.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	ac.Domains, ac.CA, ac.Roots = []string{"localhost"}, p.dir, minicaPool(t)
+	ac.Domains, ac.CA, ac.Roots = []string{"localhost"}, p.Dir, p.APIRoots
 	ac.TLSAddr, ac.RenewCheckInterval = tlsLn.Addr().String(), 500*time.Millisecond
 	if ac.HTTPAddr == "-" {
 		ac.HTTPAddr = ""
@@ -230,7 +104,7 @@ func (a *acmeFixture) waitServed(t *testing.T, within time.Duration, ok func(*x5
 	t.Helper()
 	deadline := time.Now().Add(within)
 	for {
-		leaf, err := certtest.Served(a.addr, "localhost", a.pebble.roots)
+		leaf, err := certtest.Served(a.addr, "localhost", a.pebble.Roots)
 		if err == nil && ok(leaf) {
 			return leaf
 		}
@@ -263,8 +137,8 @@ func TestACMEHTTP01(t *testing.T) {
 		t.Fatal("curl missing (.ci/apt/tls.txt)")
 	}
 	root := filepath.Join(t.TempDir(), "root.pem")
-	os.WriteFile(root, a.pebble.root, 0o600)
-	out, err := exec.Command("curl", "-sS", "--http2", "--cacert", root, "https://localhost:"+fmt.Sprint(port(a.addr))+"/").CombinedOutput()
+	os.WriteFile(root, a.pebble.Root, 0o600)
+	out, err := exec.Command("curl", "-sS", "--http2", "--cacert", root, "https://localhost:"+fmt.Sprint(certtest.Port(a.addr))+"/").CombinedOutput()
 	if err != nil || string(out) != "ok HTTP/2.0" {
 		t.Fatalf("curl: %v %q", err, out)
 	}
@@ -275,6 +149,64 @@ func TestACMETLSALPN01(t *testing.T) {
 	a.waitServed(t, 60*time.Second, func(*x509.Certificate) bool { return true })
 	if orders(a.m, "obtained") != 1 {
 		t.Fatalf("obtained %v", orders(a.m, "obtained"))
+	}
+}
+
+// After a restart the certificate in storage is served from the first
+// handshake on: LoadStored loads it, before Run manages the domains in the
+// background. One due for renewal is renewed at once when Run starts.
+func TestACMERestartWithStoredCertificate(t *testing.T) {
+	certtest.PebbleBin(t)
+	plainLn, tlsLn := listen(t), listen(t)
+	p := certtest.StartPebble(t, certtest.Port(plainLn.Addr().String()), certtest.Port(tlsLn.Addr().String()), time.Hour)
+	storage := t.TempDir()
+	a := runACME(t, p, plainLn, tlsLn, &ACME{Storage: storage, DisableTLSALPN: true})
+	first := a.waitServed(t, 60*time.Second, func(*x509.Certificate) bool { return true })
+
+	// A restart where it is due for renewal (and the maintenance loop,
+	// every 10 minutes, is too late): Run renews it.
+	restart := func(ratio float64) (*Manager, *acmeFixture) {
+		m, _ := NewMetrics(prometheus.NewRegistry())
+		mgr, err := New(Config{
+			ACME:    &ACME{Domains: []string{"localhost"}, CA: p.Dir, Roots: p.APIRoots, Storage: storage, RenewalWindowRatio: ratio},
+			Metrics: m, Log: slog.New(slog.DiscardHandler),
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		mgr.LoadStored(context.Background())
+		ln, err := tls.Listen("tcp", "127.0.0.1:0", mgr.TLSConfig())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { ln.Close() })
+		go func() {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				c.(*tls.Conn).Handshake()
+				c.Close()
+			}
+		}()
+		return mgr, &acmeFixture{fixture: &fixture{addr: ln.Addr().String(), m: m}, pebble: p}
+	}
+	mgr, b := restart(0.9999)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { mgr.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	second := b.waitServed(t, 20*time.Second, func(c *x509.Certificate) bool { return c.SerialNumber.Cmp(first.SerialNumber) != 0 })
+	eventually(t, func() bool { return orders(b.m, "renewed") == 1 }, func() string { return "renewal not counted" })
+
+	// A restart with the CA down, handshakes before Run.
+	p.Stop()
+	mgr, b = restart(0)
+	defer mgr.acme.stop()
+	leaf, err := certtest.Served(b.addr, "localhost", p.Roots)
+	if err != nil || !leaf.Equal(second) {
+		t.Fatalf("before Run: %v, %v (want serial %v)", leaf, err, second.SerialNumber)
 	}
 }
 
@@ -289,7 +221,7 @@ func TestACMERenewalAndCADown(t *testing.T) {
 	}
 	eventually(t, func() bool { return orders(a.m, "renewed") >= 1 }, func() string { return "renewed not counted" })
 
-	a.pebble.stop()
+	a.pebble.Stop()
 	eventually2 := time.Now().Add(40 * time.Second)
 	for orders(a.m, "failed") < 1 {
 		if time.Now().After(eventually2) {
@@ -311,12 +243,12 @@ func TestACMERenewalAndCADown(t *testing.T) {
 // other replica (it answers from the challenge in etcd), and both serve
 // the same certificate.
 func TestACMEFleetSharesCertificatesInEtcd(t *testing.T) {
-	pebbleBin(t)
+	certtest.PebbleBin(t)
 	cli := etcdClient(t)
 	plainA, tlsA, plainB, tlsB := listen(t), listen(t), listen(t), listen(t)
 	// Pebble validates at replica A's port only, as if a load balancer sent
 	// the CA there, whichever replica placed the order.
-	p := startPebble(t, plainA.Addr().String(), tlsA.Addr().String(), time.Hour)
+	p := certtest.StartPebble(t, certtest.Port(plainA.Addr().String()), certtest.Port(tlsA.Addr().String()), time.Hour)
 	var a, b *acmeFixture
 	started := make(chan struct{})
 	go func() {
