@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 )
 
 // refusingURL is the URL of a loopback port nothing listens on.
@@ -183,9 +184,16 @@ func TestColorFailingForgetsAfterAnAnswer(t *testing.T) {
 		if !b.refusing.Load() {
 			t.Fatal("instance not marked refusing")
 		}
-		ln, err = net.Listen("tcp", addr)
-		if err != nil {
-			t.Skipf("port %s taken meanwhile: %v", addr, err)
+		// The instance comes back at its address (free again since ln
+		// closed; retried in case the system is slow to release it).
+		for try := 0; ; try++ {
+			if ln, err = net.Listen("tcp", addr); err == nil {
+				break
+			}
+			if try == 50 {
+				t.Fatalf("listen again on %s: %v", addr, err)
+			}
+			time.Sleep(20 * time.Millisecond)
 		}
 		srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("green")) }))
 		srv.Listener = ln
