@@ -216,101 +216,82 @@ func (c *Controller) StartRollout(ctx context.Context, req RolloutRequest) (Roll
 	return c.viewLocked(), nil
 }
 
-// Promote moves a rollout to its next step at once (a.Full: to 100 %),
-// whatever the analysis says, and resumes it if it was paused. Reaching 100
-// is the cutover.
-func (c *Controller) Promote(ctx context.Context, a RolloutAction) (RolloutView, error) {
-	if _, err := actionTrigger(a.Trigger); err != nil {
-		return c.RolloutStatus(), err
-	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	r := c.cur.Rollout
-	if r == nil {
-		return c.viewLocked(), ErrNoRollout
-	}
-	step := r.Step + 1
-	if a.Full {
-		step = len(r.Steps) - 1
-	}
-	why := "promoted"
-	if a.Reason != "" {
-		why += ": " + a.Reason
-	}
-	if err := c.stepLocked(ctx, step, why); err != nil {
-		return c.viewLocked(), err
-	}
-	return c.viewLocked(), nil
-}
-
-// Pause stops a rollout from advancing; the weight stays and the analysis
-// still aborts on a breach.
-func (c *Controller) Pause(ctx context.Context, a RolloutAction) (RolloutView, error) {
-	if _, err := actionTrigger(a.Trigger); err != nil {
-		return c.RolloutStatus(), err
-	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.cur.Rollout == nil {
-		return c.viewLocked(), ErrNoRollout
-	}
-	why := "paused by request"
-	if a.Reason != "" {
-		why += ": " + a.Reason
-	}
-	if err := c.pauseLocked(ctx, why); err != nil {
-		return c.viewLocked(), err
-	}
-	return c.viewLocked(), nil
-}
-
-// Resume lets a paused rollout advance again; the current step's window
-// starts afresh.
-func (c *Controller) Resume(ctx context.Context, a RolloutAction) (RolloutView, error) {
-	if _, err := actionTrigger(a.Trigger); err != nil {
-		return c.RolloutStatus(), err
-	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	r := c.cur.Rollout
-	if r == nil {
-		return c.viewLocked(), ErrNoRollout
-	}
-	if !r.Paused {
-		return c.viewLocked(), nil
-	}
-	nr := r.Clone()
-	nr.Paused, nr.PauseReason, nr.StepStartedAt = false, "", c.now().UTC()
-	next := c.cur
-	next.Generation++
-	next.Rollout = nr
-	if err := c.storeLocked(ctx, next); err != nil {
-		return c.viewLocked(), err
-	}
-	c.log.Warn("rollout resumed", "to", nr.To, "weight", nr.Weight)
-	return c.viewLocked(), nil
-}
-
-// Abort ends a rollout: every client goes back to the active colour at
-// once. The history records it with the trigger and reason.
-func (c *Controller) Abort(ctx context.Context, a RolloutAction) (RolloutView, error) {
+// act runs one operator action on the running rollout: the trigger is
+// checked, then do runs under the lock; ErrNoRollout when none runs.
+func (c *Controller) act(a RolloutAction, do func(r *state.Rollout, trigger string) error) (RolloutView, error) {
 	trig, err := actionTrigger(a.Trigger)
 	if err != nil {
 		return c.RolloutStatus(), err
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.cur.Rollout == nil {
+	r := c.cur.Rollout
+	if r == nil {
 		return c.viewLocked(), ErrNoRollout
 	}
-	reason := a.Reason
+	err = do(r, trig)
+	return c.viewLocked(), err
+}
+
+// withReason appends an operator's reason to what happened.
+func withReason(what, reason string) string {
 	if reason == "" {
-		reason = "aborted by request"
+		return what
 	}
-	if err := c.abortLocked(ctx, trig, reason); err != nil {
-		return c.viewLocked(), err
-	}
-	return c.viewLocked(), nil
+	return what + ": " + reason
+}
+
+// Promote moves a rollout to its next step at once (a.Full: to 100 %),
+// whatever the analysis says, and resumes it if it was paused. Reaching 100
+// is the cutover.
+func (c *Controller) Promote(ctx context.Context, a RolloutAction) (RolloutView, error) {
+	return c.act(a, func(r *state.Rollout, _ string) error {
+		step := r.Step + 1
+		if a.Full {
+			step = len(r.Steps) - 1
+		}
+		return c.stepLocked(ctx, step, withReason("promoted", a.Reason))
+	})
+}
+
+// Pause stops a rollout from advancing; the weight stays and the analysis
+// still aborts on a breach.
+func (c *Controller) Pause(ctx context.Context, a RolloutAction) (RolloutView, error) {
+	return c.act(a, func(*state.Rollout, string) error {
+		return c.pauseLocked(ctx, withReason("paused by request", a.Reason))
+	})
+}
+
+// Resume lets a paused rollout advance again; the current step's window
+// starts afresh.
+func (c *Controller) Resume(ctx context.Context, a RolloutAction) (RolloutView, error) {
+	return c.act(a, func(r *state.Rollout, _ string) error {
+		if !r.Paused {
+			return nil
+		}
+		nr := r.Clone()
+		nr.Paused, nr.PauseReason, nr.StepStartedAt = false, "", c.now().UTC()
+		next := c.cur
+		next.Generation++
+		next.Rollout = nr
+		if err := c.storeLocked(ctx, next); err != nil {
+			return err
+		}
+		c.log.Warn("rollout resumed", "to", nr.To, "weight", nr.Weight)
+		return nil
+	})
+}
+
+// Abort ends a rollout: every client goes back to the active colour at
+// once. The history records it with the trigger and reason.
+func (c *Controller) Abort(ctx context.Context, a RolloutAction) (RolloutView, error) {
+	return c.act(a, func(_ *state.Rollout, trigger string) error {
+		reason := a.Reason
+		if reason == "" {
+			reason = "aborted by request"
+		}
+		return c.abortLocked(ctx, trigger, reason)
+	})
 }
 
 // storeLocked stores next by compare-and-swap on the current generation
