@@ -5,8 +5,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"net/http"
-	"net/http/httptest"
 	"os"
 	"os/exec"
 	"strings"
@@ -15,6 +13,7 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+	"github.com/cryoprotect/bluegreen/internal/testkit"
 )
 
 // frame builds a WebSocket frame with a payload of n bytes.
@@ -73,51 +72,6 @@ func TestFrameTracker(t *testing.T) {
 	}
 }
 
-// wsTalker is an instance that upgrades /ws and then sends a message
-// every few milliseconds, so that frames are in flight when the proxy ends
-// the connection.
-func wsTalker(t *testing.T) *httptest.Server {
-	t.Helper()
-	s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/events" {
-			w.Header().Set("Content-Type", "text/event-stream")
-			rc := http.NewResponseController(w)
-			for i := 0; ; i++ {
-				if _, err := fmt.Fprintf(w, "data: %d %s\n\n", i, strings.Repeat("x", 200)); err != nil {
-					return
-				}
-				if rc.Flush() != nil {
-					return
-				}
-				select {
-				case <-r.Context().Done():
-					return
-				case <-time.After(2 * time.Millisecond):
-				}
-			}
-		}
-		c, err := websocket.Accept(w, r, nil)
-		if err != nil {
-			return
-		}
-		defer c.CloseNow()
-		ctx := c.CloseRead(r.Context())
-		msg := []byte(strings.Repeat("m", 1500)) // more than one read of the relay at times
-		for {
-			if err := c.Write(ctx, websocket.MessageBinary, msg); err != nil {
-				return
-			}
-			select {
-			case <-ctx.Done():
-				return
-			case <-time.After(50 * time.Millisecond):
-			}
-		}
-	}))
-	t.Cleanup(s.Close)
-	return s
-}
-
 // dialWS opens n WebSockets through the proxy at u and starts reading each;
 // the returned channel gets each one's close status once it ends.
 func dialWS(t *testing.T, u string, n int) <-chan websocket.StatusCode {
@@ -173,7 +127,7 @@ func expectCloseCodes(t *testing.T, codes <-chan websocket.StatusCode, n int) {
 // hand-over to net/http and on net/http alone.
 func TestWebSocketsEndWithGoingAway(t *testing.T) {
 	forEachPath(t, func(t *testing.T, fast bool) {
-		blue, green := wsTalker(t), wsTalker(t)
+		blue, green := testkit.StreamingInstance(t, 2*time.Millisecond, 200), testkit.StreamingInstance(t, 2*time.Millisecond, 200)
 		rt := newRouterOnly(t, []string{blue.URL}, []string{green.URL}, func(c *Config) {
 			c.DrainTimeout = 300 * time.Millisecond
 			if !fast {
@@ -222,7 +176,7 @@ func TestEventStreamEndsWithLastChunk(t *testing.T) {
 		t.Skip("curl not installed")
 	}
 	forEachPath(t, func(t *testing.T, fast bool) {
-		blue, green := wsTalker(t), wsTalker(t)
+		blue, green := testkit.StreamingInstance(t, 2*time.Millisecond, 200), testkit.StreamingInstance(t, 2*time.Millisecond, 200)
 		rt := newRouterOnly(t, []string{blue.URL}, []string{green.URL}, func(c *Config) {
 			c.DrainTimeout = 300 * time.Millisecond
 			if !fast {

@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/http"
-	"net/http/httptest"
 	"os"
 	"os/exec"
 	"strings"
@@ -15,51 +13,8 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+	"github.com/cryoprotect/bluegreen/internal/testkit"
 )
-
-// talkApp upgrades /ws and sends a message every 50 ms; /events is an
-// event stream with an event every 5 ms; /health answers 200.
-func talkApp(t *testing.T) *httptest.Server {
-	t.Helper()
-	s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		switch r.URL.Path {
-		case "/health":
-			return
-		case "/events":
-			w.Header().Set("Content-Type", "text/event-stream")
-			rc := http.NewResponseController(w)
-			for i := 0; ; i++ {
-				if _, err := fmt.Fprintf(w, "data: %d\n\n", i); err != nil || rc.Flush() != nil {
-					return
-				}
-				select {
-				case <-r.Context().Done():
-					return
-				case <-time.After(5 * time.Millisecond):
-				}
-			}
-		}
-		c, err := websocket.Accept(w, r, nil)
-		if err != nil {
-			return
-		}
-		defer c.CloseNow()
-		ctx := c.CloseRead(r.Context())
-		msg := []byte(strings.Repeat("m", 1500))
-		for {
-			if c.Write(ctx, websocket.MessageBinary, msg) != nil {
-				return
-			}
-			select {
-			case <-ctx.Done():
-				return
-			case <-time.After(50 * time.Millisecond):
-			}
-		}
-	}))
-	t.Cleanup(s.Close)
-	return s
-}
 
 // SIGTERM ends 50 WebSockets with close 1001 and event streams with their
 // last chunk (curl exits 0), and the process exits 0.
@@ -74,7 +29,7 @@ func TestShutdownEndsWebSocketsAndStreams(t *testing.T) {
 		}
 		t.Skip("curl not installed")
 	}
-	blue, green := talkApp(t), talkApp(t)
+	blue, green := testkit.StreamingInstance(t, 5*time.Millisecond, 0), testkit.StreamingInstance(t, 5*time.Millisecond, 0)
 	r := newReplica(t, blue.URL, green.URL, "BLUEGREEN_SHUTDOWN_DELAY=0s", "BLUEGREEN_DRAIN_TIMEOUT=10s")
 	r.start()
 
