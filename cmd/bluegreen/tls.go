@@ -19,6 +19,7 @@ import (
 
 	"github.com/cryoprotect/bluegreen/internal/certs"
 	"github.com/cryoprotect/bluegreen/proxy"
+	"github.com/cryoprotect/bluegreen/proxy/h1"
 	"github.com/cryoprotect/bluegreen/state"
 )
 
@@ -45,7 +46,7 @@ type tlsEdge struct {
 
 	fast             *proxy.Server // nil: net/http serves HTTP/1.1 too
 	handshakeTimeout time.Duration
-	h2               *connQueue // handshaken HTTP/2 connections for srv
+	h2               *h1.ConnQueue // handshaken HTTP/2 connections for srv
 	pending          handshakes
 }
 
@@ -84,7 +85,7 @@ func newTLSEdge(cfg Config, log *slog.Logger, reg prometheus.Registerer, pub *pr
 	if pub.Router.FastPath() {
 		e.fast = pub
 		pub.HSTS = cfg.HSTS
-		e.h2 = newConnQueue(ln.Addr())
+		e.h2 = h1.NewConnQueue(ln.Addr())
 	}
 	var h http.Handler = router
 	if cfg.HSTS != "" {

@@ -60,7 +60,7 @@ func (e *tlsEdge) serveConn(nc net.Conn) {
 	}
 	switch tc.ConnectionState().NegotiatedProtocol {
 	case "h2":
-		if !e.h2.deliver(tc) {
+		if !e.h2.Deliver(tc) {
 			tc.Close()
 		}
 	case "", "http/1.1":
@@ -144,43 +144,4 @@ func (h *handshakes) stop() {
 		nc.Close()
 	}
 	clear(h.conns)
-}
-
-// connQueue is the listener net/http serves HTTP/2 from: the connections
-// the TLS listener handshook.
-type connQueue struct {
-	addr net.Addr
-	ch   chan net.Conn
-	done chan struct{}
-	once sync.Once
-}
-
-func newConnQueue(addr net.Addr) *connQueue {
-	return &connQueue{addr: addr, ch: make(chan net.Conn), done: make(chan struct{})}
-}
-
-func (q *connQueue) Accept() (net.Conn, error) {
-	select {
-	case c := <-q.ch:
-		return c, nil
-	case <-q.done:
-		return nil, net.ErrClosed
-	}
-}
-
-func (q *connQueue) Close() error {
-	q.once.Do(func() { close(q.done) })
-	return nil
-}
-
-func (q *connQueue) Addr() net.Addr { return q.addr }
-
-// deliver hands c to net/http; false once the queue is closed.
-func (q *connQueue) deliver(c net.Conn) bool {
-	select {
-	case q.ch <- c:
-		return true
-	case <-q.done:
-		return false
-	}
 }

@@ -20,6 +20,7 @@ import (
 
 	"github.com/cryoprotect/bluegreen/cmd/demo-app/app"
 	"github.com/cryoprotect/bluegreen/internal/certs/certtest"
+	"github.com/cryoprotect/bluegreen/proxy/h1"
 )
 
 // echoApp answers 200 "ok" with its colour, the X-Forwarded-Proto it was
@@ -399,7 +400,7 @@ func TestTLSEdgeALPNAndHandshakeTimeout(t *testing.T) {
 	}
 	var logged sync.Mutex
 	var lines []string
-	e := &tlsEdge{ln: ln, handshakeTimeout: 200 * time.Millisecond, h2: newConnQueue(ln.Addr())}
+	e := &tlsEdge{ln: ln, handshakeTimeout: 200 * time.Millisecond, h2: h1.NewConnQueue(ln.Addr())}
 	cert, err := tls.X509KeyPair(ca.Leaf(t, time.Now().Add(-time.Hour), time.Now().Add(time.Hour), "site.test"))
 	if err != nil {
 		t.Fatal(err)

@@ -70,7 +70,7 @@ func (s *Server) start(ln net.Listener, addr net.Addr) error {
 		}
 		s.lns = make(map[net.Listener]struct{})
 		s.conns = make(map[*Conn]struct{})
-		s.handoff = &handoffListener{addr: addr, ch: make(chan net.Conn), done: make(chan struct{})}
+		s.handoff = NewConnQueue(addr)
 		s.done = make(chan struct{})
 		go func() { _ = s.Fallback.Serve(s.handoff) }() // ends when handoff is closed
 		go s.background()

@@ -92,7 +92,7 @@ type Server struct {
 	mu       sync.Mutex
 	lns      map[net.Listener]struct{}
 	conns    map[*Conn]struct{}
-	handoff  *handoffListener
+	handoff  *ConnQueue
 	done     chan struct{}
 	park     *parker // nil: connections are not parked
 
@@ -158,7 +158,7 @@ func (s *Server) handOff(c *Conn) bool {
 	c.cr.release()
 	c.releaseOut()
 	_ = c.nc.SetReadDeadline(time.Time{})
-	return s.handoff.deliver(Guard(&prefixConn{Conn: c.nc, pre: pre}, s.Refused))
+	return s.handoff.Deliver(Guard(&prefixConn{Conn: c.nc, pre: pre}, s.Refused))
 }
 
 // Shutdown stops accepting, closes idle connections, and waits for the
@@ -317,35 +317,46 @@ func (s *Server) IdleBuffers(parked func(net.Conn) bool) (conns, idle, holding i
 	return
 }
 
-// handoffListener feeds connections the codec hands over to net/http.
-type handoffListener struct {
+// ConnQueue is a net.Listener whose connections are handed to it: the
+// ones the codec gives to net/http, or, for a TLS listener, the
+// connections it handshook for another server.
+type ConnQueue struct {
 	addr net.Addr
 	ch   chan net.Conn
 	done chan struct{}
 	once sync.Once
 }
 
-func (l *handoffListener) Accept() (net.Conn, error) {
+// NewConnQueue returns a queue that reports addr as its address.
+func NewConnQueue(addr net.Addr) *ConnQueue {
+	return &ConnQueue{addr: addr, ch: make(chan net.Conn), done: make(chan struct{})}
+}
+
+// Accept waits for a delivered connection; net.ErrClosed once closed.
+func (q *ConnQueue) Accept() (net.Conn, error) {
 	select {
-	case c := <-l.ch:
+	case c := <-q.ch:
 		return c, nil
-	case <-l.done:
+	case <-q.done:
 		return nil, net.ErrClosed
 	}
 }
 
-func (l *handoffListener) Close() error {
-	l.once.Do(func() { close(l.done) })
+// Close ends Accept and Deliver.
+func (q *ConnQueue) Close() error {
+	q.once.Do(func() { close(q.done) })
 	return nil
 }
 
-func (l *handoffListener) Addr() net.Addr { return l.addr }
+// Addr is the address given to NewConnQueue.
+func (q *ConnQueue) Addr() net.Addr { return q.addr }
 
-func (l *handoffListener) deliver(c net.Conn) bool {
+// Deliver hands c to the server accepting from q; false once q is closed.
+func (q *ConnQueue) Deliver(c net.Conn) bool {
 	select {
-	case l.ch <- c:
+	case q.ch <- c:
 		return true
-	case <-l.done:
+	case <-q.done:
 		return false
 	}
 }
