@@ -225,6 +225,12 @@ func TestMonitoringEndToEnd(t *testing.T) {
 				continue
 			}
 			step := annotationStep(t, an)
+			// An event shows at the first point of the step grid after it
+			// was scraped: the query must reach a full step past the last
+			// switch (the test can get here sooner on a quick run).
+			if wait := time.Until(rb.ChangedAt.Add(step + 2*time.Second)); wait > 0 {
+				time.Sleep(wait)
+			}
 			expr, err := expandExpr(an.Expr, strconv.Itoa(int(step.Seconds()))+"s")
 			if err != nil {
 				t.Fatal(err)
