@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # bench/bodies.sh: large bodies (512 MiB - 1 GiB) uploaded and downloaded
 # over loopback, direct to the backend and through bluegreen (this checkout,
-# its net/http path, and the binary of another git ref such as main) and
-# nginx, in alternating rounds. See bench/README.md. Every server listens on
+# its net/http path, and the binary of another git ref such as main), nginx
+# and a relay that only splices bytes (the floor of one more hop), in
+# alternating rounds, with the CPU each process spends per GB. See bench/README.md. Every server listens on
 # 127.0.0.1 only; everything this script starts is killed when it ends.
 set -uo pipefail
 
@@ -11,7 +12,7 @@ ARGS="$*"
 SIZE_MIB=512
 ROUNDS=3
 REPS=2
-TARGETS="direct bluegreen bluegreen-main bluegreen-nethttp nginx"
+TARGETS="direct floor bluegreen bluegreen-main bluegreen-nethttp nginx"
 MAIN_REF=main
 OUT=""
 KEEP=0
@@ -23,12 +24,14 @@ usage: bench/bodies.sh [options]
   --size MIB        body size in MiB (default $SIZE_MIB)
   --rounds N        alternating rounds (default $ROUNDS); the order of the targets rotates each round
   --reps N          downloads and uploads per target and round (default $REPS)
-  --targets "LIST"  subset/order of: direct bluegreen bluegreen-main bluegreen-nethttp nginx
-                    (default "$TARGETS"; bluegreen-main = the binary of --main-ref,
+  --targets "LIST"  subset/order of: direct floor bluegreen bluegreen-main bluegreen-nethttp nginx
+                    (default "$TARGETS"; floor = bench/relay, a TCP relay that only
+                    splices, bluegreen-main = the binary of --main-ref,
                     bluegreen-nethttp = this checkout with BLUEGREEN_FAST_PATH=false)
   --main-ref REF    git ref built as bluegreen-main (default $MAIN_REF)
   --out FILE        results file (default bench/results/<date>-bodies.md)
-  --port N          base port (default $BASE_PORT; uses N+1, N+80, N+81)
+  --port N          base port (default $BASE_PORT; uses N+1, N+80 and N+81, or the
+                    next pairs up to N+95 when those are taken)
   --keep            keep the temp dir (configs, logs, raw.tsv)
 USAGE
 }
@@ -88,12 +91,14 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # procsum PID CMD: CMD's figure summed over PID and its children.
-# cpu: utime+stime in clock ticks; hwm: VmHWM in KiB.
+# cpu: utime+stime in clock ticks; utime, stime alone; hwm: VmHWM in KiB.
 procsum() {
   local p sum=0 v
   for p in "$1" $(children "$1"); do
     case $2 in
       cpu) v=$(awk '{ sub(/.*\) /, ""); print $12 + $13 }' "/proc/$p/stat" 2>/dev/null) ;;
+      utime) v=$(awk '{ sub(/.*\) /, ""); print $12 }' "/proc/$p/stat" 2>/dev/null) ;;
+      stime) v=$(awk '{ sub(/.*\) /, ""); print $13 }' "/proc/$p/stat" 2>/dev/null) ;;
       hwm) v=$(awk '$1 == "VmHWM:" { print $2 }' "/proc/$p/status" 2>/dev/null) ;;
     esac
     [ -n "$v" ] && sum=$((sum + v))
@@ -117,8 +122,9 @@ if [[ " $TARGETS " == *" nginx "* ]] && ! command -v nginx >/dev/null; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends nginx >"$T/apt.log" 2>&1 ||
     die "nginx is missing and could not be installed (see $T/apt.log)"
 fi
-log "building bluegreen, bluegreen@$MAIN_REF and the bodies backend/client"
-( cd "$ROOT" && go build -o "$T/bluegreen" ./cmd/bluegreen && go build -o "$T/bodies" ./bench/bodies ) ||
+log "building bluegreen, bluegreen@$MAIN_REF, the bodies backend/client and the relay"
+( cd "$ROOT" && go build -o "$T/bluegreen" ./cmd/bluegreen && go build -o "$T/bodies" ./bench/bodies &&
+  go build -o "$T/relay" ./bench/relay ) ||
   die "go build failed"
 if [[ " $TARGETS " == *" bluegreen-main "* ]]; then
   mkdir -p "$T/main-src"
@@ -135,14 +141,15 @@ head -c "$SIZE" /dev/urandom >"$T/body" || die "could not write $T/body"
 # ---------------------------------------------------------------- servers
 
 "$T/bodies" serve -addr "127.0.0.1:$BACKEND_PORT" -file "$T/body" >"$T/backend.log" 2>&1 &
-PIDS+=($!)
+BPID=$!
+PIDS+=($BPID)
 wait_http "http://127.0.0.1:$BACKEND_PORT/" || die "backend did not start: $(cat "$T/backend.log")"
 
 # nginx as in bench/run.sh, with what large bodies need: no body size limit,
 # request bodies streamed to the upstream instead of spooled to a file first,
 # and responses through its memory buffers with no temp file.
 mkdir -p "$T/nginx/logs" "$T/nginx/tmp"
-cat >"$T/nginx/nginx.conf" <<NGINX
+cat >"$T/nginx/nginx.conf.in" <<NGINX
 worker_processes auto;
 pid $T/nginx/nginx.pid;
 error_log $T/nginx/logs/error.log warn;
@@ -161,7 +168,7 @@ http {
         keepalive 64;
     }
     server {
-        listen 127.0.0.1:$PROXY_PORT;
+        listen 127.0.0.1:@PORT@;
         client_max_body_size 0;
         location / {
             proxy_pass http://app;
@@ -176,17 +183,23 @@ http {
 }
 NGINX
 
-start_target() { # NAME: sets TPID ("" for direct) and ADDR
-  local name=$1 bin=$T/bluegreen env=()
-  TPID="" ADDR="127.0.0.1:$PROXY_PORT"
+# start_once NAME PORT ADMIN_PORT: starts NAME listening on PORT; sets TPID
+# ("" for direct) and ADDR. It fails when NAME does not come up.
+start_once() {
+  local name=$1 port=$2 admin=$3 bin=$T/bluegreen env=()
+  TPID="" ADDR="127.0.0.1:$port"
   case "$name" in
     direct) ADDR="127.0.0.1:$BACKEND_PORT"; return 0 ;;
-    nginx) nginx -p "$T/nginx" -c "$T/nginx/nginx.conf" -g 'daemon off;' >"$T/nginx.out" 2>&1 & ;;
+    floor) "$T/relay" -listen "$ADDR" -to "127.0.0.1:$BACKEND_PORT" >"$T/floor.out" 2>&1 & ;;
+    nginx)
+      sed "s/@PORT@/$port/" "$T/nginx/nginx.conf.in" >"$T/nginx/nginx.conf"
+      nginx -p "$T/nginx" -c "$T/nginx/nginx.conf" -g 'daemon off;' >"$T/nginx.out" 2>&1 &
+      ;;
     bluegreen|bluegreen-main|bluegreen-nethttp)
       [ "$name" = bluegreen-main ] && bin=$T/bluegreen-main
       [ "$name" = bluegreen-nethttp ] && env+=(BLUEGREEN_FAST_PATH=false)
       rm -f "$T/bg-state.json"
-      env "${env[@]}" BLUEGREEN_LISTEN="$ADDR" BLUEGREEN_ADMIN_LISTEN="127.0.0.1:$ADMIN_PORT" \
+      env "${env[@]}" BLUEGREEN_LISTEN="$ADDR" BLUEGREEN_ADMIN_LISTEN="127.0.0.1:$admin" \
         BLUEGREEN_BLUE_URLS="http://127.0.0.1:$BACKEND_PORT" BLUEGREEN_GREEN_URLS="http://127.0.0.1:$BACKEND_PORT" \
         BLUEGREEN_STATE="file:$T/bg-state.json" BLUEGREEN_LOG_FORMAT=json BLUEGREEN_LOG_LEVEL=warn \
         BLUEGREEN_HEALTH_INTERVAL=2s "$bin" serve >"$T/$name.out" 2>&1 &
@@ -196,9 +209,26 @@ start_target() { # NAME: sets TPID ("" for direct) and ADDR
   TPID=$!
   PIDS+=("$TPID")
   if [[ $name == bluegreen* ]]; then
-    wait_http "http://127.0.0.1:$ADMIN_PORT/readyz" 15 || die "$name not ready: $(tail -5 "$T/$name.out")"
+    wait_http "http://127.0.0.1:$admin/readyz" 15 || return 1
   fi
-  wait_http "http://$ADDR/" 10 || die "$name did not start: $(tail -5 "$T/$name.out" 2>/dev/null)"
+  wait_http "http://$ADDR/" 10
+}
+
+# start_target NAME: start_once on PROXY_PORT, or on the next pairs of
+# ports when it is in use or NAME does not come up: on a machine where other
+# jobs open many connections, a port of ours may be some connection's
+# ephemeral port.
+start_target() {
+  local k p
+  for ((k = 0; k < 8; k++)); do
+    p=$((PROXY_PORT + 2 * k))
+    # a socket in TIME-WAIT on the port, even another job's, fails the bind
+    if ss -tan 2>/dev/null | grep -qE "127\.0\.0\.1:($p|$((p + 1))) "; then continue; fi
+    start_once "$1" "$p" $((p + 1)) && return 0
+    log "$1 did not start on port $p: $(tail -2 "$T/$1.out" 2>/dev/null)"
+    [ -n "$TPID" ] && stop_pid "$TPID"
+  done
+  die "$1 did not start"
 }
 
 # ---------------------------------------------------------------- rounds
@@ -227,22 +257,29 @@ for ((r = 1; r <= ROUNDS; r++)); do
     start_target "$name"
     for dir in down up; do
       for ((k = 1; k <= REPS; k++)); do
-        before=0
-        [ -n "$TPID" ] && before=$(procsum "$TPID" cpu)
+        pu=0 ps=0
+        [ -n "$TPID" ] && pu=$(procsum "$TPID" utime) ps=$(procsum "$TPID" stime)
+        bu=$(procsum "$BPID" utime) bs=$(procsum "$BPID" stime)
+        # The client's user+system seconds (bash's time: its rusage).
         if [ "$dir" = down ]; then
-          res=$(timeout 300 "$T/bodies" get -addr "$ADDR" -n "$SIZE" 2>"$T/client.err")
+          res=$( { TIMEFORMAT='%U %S'; time timeout 300 "$T/bodies" get -addr "$ADDR" -n "$SIZE" 2>"$T/client.err"; } 2>"$T/client.time")
         else
-          res=$(timeout 300 "$T/bodies" put -addr "$ADDR" -file "$T/body" 2>"$T/client.err")
+          res=$( { TIMEFORMAT='%U %S'; time timeout 300 "$T/bodies" put -addr "$ADDR" -file "$T/body" 2>"$T/client.err"; } 2>"$T/client.time")
         fi
         [ -n "$res" ] || die "$name $dir failed: $(cat "$T/client.err")"
-        cpu=NA hwm=NA
+        # user and system seconds of the client, the backend and the proxy
+        cus=$(awk '{ printf "%.3f\t%.3f", $1, $2 }' "$T/client.time")
+        bus=$(awk -v u=$(( $(procsum "$BPID" utime) - bu )) -v s=$(( $(procsum "$BPID" stime) - bs )) -v hz="$HZ" \
+          'BEGIN { printf "%.3f\t%.3f", u / hz, s / hz }')
+        pus="NA	NA" hwm=NA
         if [ -n "$TPID" ]; then
-          cpu=$(awk -v t=$(( $(procsum "$TPID" cpu) - before )) -v hz="$HZ" 'BEGIN { printf "%.3f", t / hz }')
+          pus=$(awk -v u=$(( $(procsum "$TPID" utime) - pu )) -v s=$(( $(procsum "$TPID" stime) - ps )) -v hz="$HZ" \
+            'BEGIN { printf "%.3f\t%.3f", u / hz, s / hz }')
           hwm=$(procsum "$TPID" hwm)
         fi
         set -- $res
-        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$r" "$name" "$dir" "$2" "$3" "$cpu" "$hwm" >>"$RAW"
-        log "round $r $name $dir: $3 GB/s ($2 s) proxy cpu ${cpu}s peak rss ${hwm} KiB"
+        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$r" "$name" "$dir" "$2" "$3" "$cus" "$bus" "$pus" "$hwm" >>"$RAW"
+        log "round $r $name $dir: $3 GB/s ($2 s); user/sys s: client ${cus/	//} backend ${bus/	//} proxy ${pus/	//}; peak rss ${hwm} KiB"
       done
     done
     if [ -n "$TPID" ]; then stop_pid "$TPID"; TPID=""; fi
@@ -253,16 +290,26 @@ done
 
 [ -n "$OUT" ] || OUT="$ROOT/bench/results/$(date -u +%F)-bodies.md"
 mkdir -p "$(dirname "$OUT")"
-awk -F'\t' -v targets="$TARGETS" -v size="$SIZE" '
+awk -F'\t' -v targets="$TARGETS" -v size="$SIZE" -v ncpu="$(nproc)" '
   FNR == NR { meta[++nm] = $0; next }
   {
-    r = $1; t = $2; d = $3
+    r = $1; t = $2; d = $3; gb = size / 1e9
     # per round: the mean GB/s of the reps
     key = r SUBSEP t SUBSEP d
     sum[key] += $5; cnt[key]++
     raw[++nr] = $0
-    if ($6 != "NA") { cpus[t SUBSEP d] = cpus[t SUBSEP d] " " $6 / (size / 1e9) }
-    if ($7 != "NA" && $7 + 0 > hwm[t]) hwm[t] = $7 + 0
+    td = t SUBSEP d
+    cl = ($6 + $7) / gb; be = ($8 + $9) / gb
+    ccpu[td] = ccpu[td] " " cl; bcpu[td] = bcpu[td] " " be
+    tot = cl + be
+    if ($10 != "NA") {
+      px = ($10 + $11) / gb; tot += px
+      pcpu[td] = pcpu[td] " " px
+      if ($10 + $11 > 0) psys[td] = psys[td] " " 100 * $11 / ($10 + $11)
+    }
+    tcpu[td] = tcpu[td] " " tot
+    busy[td] = busy[td] " " tot * $5
+    if ($12 != "NA" && $12 + 0 > hwm[t]) hwm[t] = $12 + 0
     rounds[r] = 1
   }
   function median(s,    a, n, i, j, x) {
@@ -278,8 +325,18 @@ awk -F'\t' -v targets="$TARGETS" -v size="$SIZE" '
     for (i = 2; i <= n; i++) { if (a[i] + 0 < lo) lo = a[i] + 0; if (a[i] + 0 > hi) hi = a[i] + 0 }
     return sprintf("%.2f–%.2f", lo, hi)
   }
+  function m2(s) { return s == "" ? "–" : sprintf("%.2f", median(s)) }
+  # ratio T D REF: the median of the ratios T/REF taken within each round
+  function ratio(t, d, ref,    r, k, kr, s) {
+    s = ""
+    for (r in rounds) {
+      k = r SUBSEP t SUBSEP d; kr = r SUBSEP ref SUBSEP d
+      if ((k in cnt) && (kr in cnt)) s = s " " (sum[k] / cnt[k]) / (sum[kr] / cnt[kr])
+    }
+    return s == "" ? "–" : sprintf("%.2f (%s)", median(s), range(s))
+  }
   END {
-    print "# Large bodies: upload and download through bluegreen, nginx and direct"
+    print "# Large bodies: upload and download through bluegreen, nginx, a splice-only relay and direct"
     print ""
     print "Written by `bench/bodies.sh` (see bench/README.md)."
     print ""
@@ -292,33 +349,35 @@ awk -F'\t' -v targets="$TARGETS" -v size="$SIZE" '
       print ""
       printf "## %s\n\n", d == "down" ? "Download (backend → client)" : "Upload (client → backend)"
       print "Median of rounds (min–max in brackets); ratios are taken within each round, then the median."
+      print "CPU is user + system seconds per GB of each process (median of the transfers); `cores busy`"
+      printf "is GB/s × total CPU s per GB, at most %d here; `bound` is %d cores ÷ total CPU s per GB, the\n", ncpu, ncpu
+      print "GB/s the three processes could reach if they had every core and nothing else ran."
       print ""
-      print "| target | GB/s | ratio to direct | ratio to bluegreen-main | proxy CPU s per GB | peak RSS MiB (whole run) |"
-      print "|---|---|---|---|---|---|"
+      print "| target | GB/s | × direct | × floor | × bluegreen-main | CPU s/GB client | backend | proxy (sys %) | total | cores busy | bound GB/s | peak RSS MiB |"
+      print "|---|---|---|---|---|---|---|---|---|---|---|---|"
       for (i = 1; i <= nt; i++) {
-        t = tl[i]; g = ""; rd = ""; rm = ""
-        for (r in rounds) {
-          k = r SUBSEP t SUBSEP d
-          if (!(k in cnt)) continue
-          v = sum[k] / cnt[k]; g = g " " v
-          kd = r SUBSEP "direct" SUBSEP d; km = r SUBSEP "bluegreen-main" SUBSEP d
-          if (kd in cnt) rd = rd " " v / (sum[kd] / cnt[kd])
-          if (km in cnt) rm = rm " " v / (sum[km] / cnt[km])
-        }
+        t = tl[i]; td = t SUBSEP d; g = ""
+        for (r in rounds) { k = r SUBSEP t SUBSEP d; if (k in cnt) g = g " " sum[k] / cnt[k] }
         if (g == "") continue
-        printf "| %s | %.2f (%s) | %s | %s | %s | %s |\n", t, median(g), range(g),
-          rd == "" ? "–" : sprintf("%.2f (%s)", median(rd), range(rd)),
-          rm == "" ? "–" : sprintf("%.2f (%s)", median(rm), range(rm)),
-          cpus[t SUBSEP d] == "" ? "–" : sprintf("%.2f", median(cpus[t SUBSEP d])),
+        printf "| %s | %.2f (%s) | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", t, median(g), range(g),
+          ratio(t, d, "direct"), ratio(t, d, "floor"), ratio(t, d, "bluegreen-main"),
+          m2(ccpu[td]), m2(bcpu[td]),
+          pcpu[td] == "" ? "–" : sprintf("%.2f (%.0f %%)", median(pcpu[td]), median(psys[td])),
+          m2(tcpu[td]), m2(busy[td]), sprintf("%.2f", ncpu / median(tcpu[td])),
           (t in hwm) ? sprintf("%.1f", hwm[t] / 1024) : "–"
       }
     }
     print ""
     print "## Every run"
     print ""
-    print "| round | target | direction | seconds | GB/s | proxy CPU s | proxy peak RSS KiB |"
-    print "|---|---|---|---|---|---|---|"
-    for (i = 1; i <= nr; i++) { n = split(raw[i], f, "\t"); printf "| %s | %s | %s | %s | %s | %s | %s |\n", f[1], f[2], f[3], f[4], f[5], f[6], f[7] }
+    print "User and system CPU seconds of each process for the transfer."
+    print ""
+    print "| round | target | direction | seconds | GB/s | client user | client sys | backend user | backend sys | proxy user | proxy sys | proxy peak RSS KiB |"
+    print "|---|---|---|---|---|---|---|---|---|---|---|---|"
+    for (i = 1; i <= nr; i++) {
+      n = split(raw[i], f, "\t")
+      printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8], f[9], f[10], f[11], f[12]
+    }
   }
 ' "$T/meta.tsv" "$RAW" >"$OUT" || die "report failed"
 cat "$OUT"
