@@ -30,8 +30,8 @@ usage: bench/bodies.sh [options]
                     bluegreen-nethttp = this checkout with BLUEGREEN_FAST_PATH=false)
   --main-ref REF    git ref built as bluegreen-main (default $MAIN_REF)
   --out FILE        results file (default bench/results/<date>-bodies.md)
-  --port N          base port (default $BASE_PORT; uses N+1, N+80 and N+81, or the
-                    next pairs up to N+95 when those are taken)
+  --port N          base port (default $BASE_PORT; uses N+1, N+81 and N+83, or the
+                    next odd pairs up to N+113 when those are taken)
   --keep            keep the temp dir (configs, logs, raw.tsv)
 USAGE
 }
@@ -53,8 +53,10 @@ while [ $# -gt 0 ]; do
 done
 
 BACKEND_PORT=$((BASE_PORT + 1))
-PROXY_PORT=$((BASE_PORT + 80))
-ADMIN_PORT=$((BASE_PORT + 81))
+# Odd ports: Linux gives connect() even ephemeral ports first, and another
+# job's connection in TIME-WAIT on a port fails the bind of a listener.
+PROXY_PORT=$((BASE_PORT + 81))
+ADMIN_PORT=$((BASE_PORT + 83))
 SIZE=$((SIZE_MIB << 20))
 HZ=$(getconf CLK_TCK)
 
@@ -106,10 +108,11 @@ procsum() {
   echo "$sum"
 }
 
-wait_http() { # URL [seconds]
+wait_http() { # URL [seconds [PID]]: fails at once when PID has exited
   local i
   for ((i = 0; i < ${2:-10} * 10; i++)); do
     curl -fsS -o /dev/null --max-time 1 "$1" 2>/dev/null && return 0
+    [ -n "${3:-}" ] && ! kill -0 "$3" 2>/dev/null && return 1
     sleep 0.1
   done
   return 1
@@ -132,7 +135,7 @@ if [[ " $TARGETS " == *" bluegreen-main "* ]]; then
     ( cd "$T/main-src" && go build -o "$T/bluegreen-main" ./cmd/bluegreen ) || die "could not build $MAIN_REF"
   MAIN_COMMIT=$(git -C "$ROOT" rev-parse --short "$MAIN_REF")
 fi
-for p in $BACKEND_PORT $PROXY_PORT $ADMIN_PORT; do
+for p in $BACKEND_PORT; do
   if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then die "port $p on 127.0.0.1 is in use (try --port)"; fi
 done
 log "writing the $SIZE_MIB MiB body file"
@@ -209,9 +212,9 @@ start_once() {
   TPID=$!
   PIDS+=("$TPID")
   if [[ $name == bluegreen* ]]; then
-    wait_http "http://127.0.0.1:$admin/readyz" 15 || return 1
+    wait_http "http://127.0.0.1:$admin/readyz" 15 "$TPID" || return 1
   fi
-  wait_http "http://$ADDR/" 10
+  wait_http "http://$ADDR/" 10 "$TPID"
 }
 
 # start_target NAME: start_once on PROXY_PORT, or on the next pairs of
@@ -221,10 +224,10 @@ start_once() {
 start_target() {
   local k p
   for ((k = 0; k < 8; k++)); do
-    p=$((PROXY_PORT + 2 * k))
+    p=$((PROXY_PORT + 4 * k))
     # a socket in TIME-WAIT on the port, even another job's, fails the bind
-    if ss -tan 2>/dev/null | grep -qE "127\.0\.0\.1:($p|$((p + 1))) "; then continue; fi
-    start_once "$1" "$p" $((p + 1)) && return 0
+    if ss -tan 2>/dev/null | grep -qE "127\.0\.0\.1:($p|$((p + 2))) "; then continue; fi
+    start_once "$1" "$p" $((p + 2)) && return 0
     log "$1 did not start on port $p: $(tail -2 "$T/$1.out" 2>/dev/null)"
     [ -n "$TPID" ] && stop_pid "$TPID"
   done
