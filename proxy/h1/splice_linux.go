@@ -48,6 +48,7 @@ func newSplicer(src, dst net.Conn) *splicer {
 	// A pipe as large as one drain; a smaller one (the limit is
 	// /proc/sys/fs/pipe-max-size) only costs more calls.
 	_, _ = unix.FcntlInt(uintptr(p[1]), unix.F_SETPIPE_SZ, spliceMax)
+	unpaceLoopback(rd, d.RemoteAddr()) // pacing_linux.go
 	sp := &splicer{src: rs, dst: rd, pr: p[0], pw: p[1]}
 	sp.drainFn, sp.pumpFn = sp.drainReady, sp.pumpReady
 	return sp
