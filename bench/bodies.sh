@@ -16,6 +16,7 @@ TARGETS="direct floor bluegreen bluegreen-main bluegreen-nethttp nginx"
 MAIN_REF=main
 OUT=""
 KEEP=0
+CC=""
 BASE_PORT=18200
 
 usage() {
@@ -32,6 +33,8 @@ usage: bench/bodies.sh [options]
   --out FILE        results file (default bench/results/<date>-bodies.md)
   --port N          base port (default $BASE_PORT; uses N+1, N+81 and N+83, or the
                     next odd pairs up to N+113 when those are taken)
+  --cc NAME         TCP congestion control of the client's, the backend's and the floor's
+                    connections (TCP_CONGESTION, e.g. reno; default: the system's)
   --keep            keep the temp dir (configs, logs, raw.tsv)
 USAGE
 }
@@ -45,6 +48,7 @@ while [ $# -gt 0 ]; do
     --main-ref) MAIN_REF=$2; shift ;;
     --out) OUT=$2; shift ;;
     --port) BASE_PORT=$2; shift ;;
+    --cc) CC=$2; shift ;;
     --keep) KEEP=1 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "bodies: unknown option $1" >&2; usage >&2; exit 2 ;;
@@ -143,7 +147,7 @@ head -c "$SIZE" /dev/urandom >"$T/body" || die "could not write $T/body"
 
 # ---------------------------------------------------------------- servers
 
-"$T/bodies" serve -addr "127.0.0.1:$BACKEND_PORT" -file "$T/body" >"$T/backend.log" 2>&1 &
+"$T/bodies" serve -addr "127.0.0.1:$BACKEND_PORT" -file "$T/body" -cc "$CC" >"$T/backend.log" 2>&1 &
 BPID=$!
 PIDS+=($BPID)
 wait_http "http://127.0.0.1:$BACKEND_PORT/" || die "backend did not start: $(cat "$T/backend.log")"
@@ -193,7 +197,7 @@ start_once() {
   TPID="" ADDR="127.0.0.1:$port"
   case "$name" in
     direct) ADDR="127.0.0.1:$BACKEND_PORT"; return 0 ;;
-    floor) "$T/relay" -listen "$ADDR" -to "127.0.0.1:$BACKEND_PORT" >"$T/floor.out" 2>&1 & ;;
+    floor) "$T/relay" -listen "$ADDR" -to "127.0.0.1:$BACKEND_PORT" -cc "$CC" >"$T/floor.out" 2>&1 & ;;
     nginx)
       sed "s/@PORT@/$port/" "$T/nginx/nginx.conf.in" >"$T/nginx/nginx.conf"
       nginx -p "$T/nginx" -c "$T/nginx/nginx.conf" -g 'daemon off;' >"$T/nginx.out" 2>&1 &
@@ -249,6 +253,7 @@ start_target() {
   echo "body	$SIZE_MIB MiB ($SIZE bytes)"
   echo "rounds	$ROUNDS x $REPS downloads and $REPS uploads per target"
   echo "targets	$TARGETS"
+  echo "congestion control	${CC:-system default} for the client, the backend and the floor; system: $(sysctl -n net.ipv4.tcp_congestion_control 2>/dev/null)"
   echo "command	bench/bodies.sh $ARGS"
 } >"$T/meta.tsv"
 
@@ -265,9 +270,9 @@ for ((r = 1; r <= ROUNDS; r++)); do
         bu=$(procsum "$BPID" utime) bs=$(procsum "$BPID" stime)
         # The client's user+system seconds (bash's time: its rusage).
         if [ "$dir" = down ]; then
-          res=$( { TIMEFORMAT='%U %S'; time timeout 300 "$T/bodies" get -addr "$ADDR" -n "$SIZE" 2>"$T/client.err"; } 2>"$T/client.time")
+          res=$( { TIMEFORMAT='%U %S'; time timeout 300 "$T/bodies" get -addr "$ADDR" -n "$SIZE" -cc "$CC" 2>"$T/client.err"; } 2>"$T/client.time")
         else
-          res=$( { TIMEFORMAT='%U %S'; time timeout 300 "$T/bodies" put -addr "$ADDR" -file "$T/body" 2>"$T/client.err"; } 2>"$T/client.time")
+          res=$( { TIMEFORMAT='%U %S'; time timeout 300 "$T/bodies" put -addr "$ADDR" -file "$T/body" -cc "$CC" 2>"$T/client.err"; } 2>"$T/client.time")
         fi
         [ -n "$res" ] || die "$name $dir failed: $(cat "$T/client.err")"
         # user and system seconds of the client, the backend and the proxy

@@ -10,7 +10,8 @@
 // a 1 MiB buffer and answers how many bytes it read, and answers anything
 // else with "ok". The client speaks HTTP/1.1 on a raw TCP connection so it
 // costs as little as possible: a download is read with 1 MiB reads, an
-// upload is sent from the file with sendfile(2). It prints
+// upload is sent from the file with sendfile(2). With -cc, every connection
+// of the process (served or dialled) runs that congestion control. It prints
 // "bytes seconds GB/s" and fails unless the status is 200 and every byte
 // arrived.
 package main
@@ -28,6 +29,8 @@ import (
 	"strconv"
 	"syscall"
 	"time"
+
+	"github.com/cryoprotect/bluegreen/bench/internal/tcpcc"
 )
 
 func main() {
@@ -39,15 +42,16 @@ func main() {
 	addr := fs.String("addr", "127.0.0.1:18101", "listen (serve) or connect (get, put) address")
 	file := fs.String("file", "", "the body file (serve: what GET /file answers; put: what is uploaded)")
 	n := fs.Int64("n", 0, "get: the bytes expected")
+	cc := fs.String("cc", "", "TCP congestion control of the connections (TCP_CONGESTION; default: the system's)")
 	_ = fs.Parse(os.Args[2:])
 	var err error
 	switch os.Args[1] {
 	case "serve":
-		err = serve(*addr, *file)
+		err = serve(*addr, *file, *cc)
 	case "get":
-		err = get(*addr, *n)
+		err = get(*addr, *n, *cc)
 	case "put":
-		err = put(*addr, *file)
+		err = put(*addr, *file, *cc)
 	default:
 		err = fmt.Errorf("unknown mode %q", os.Args[1])
 	}
@@ -57,7 +61,7 @@ func main() {
 	}
 }
 
-func serve(addr, file string) error {
+func serve(addr, file, cc string) error {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return err
@@ -91,6 +95,16 @@ func serve(addr, file string) error {
 		}
 	})
 	srv := &http.Server{Handler: h}
+	if cc != "" {
+		srv.ConnState = func(c net.Conn, s http.ConnState) {
+			if s == http.StateNew {
+				if err := tcpcc.Set(c.(*net.TCPConn), cc); err != nil {
+					fmt.Fprintln(os.Stderr, "bodies:", err)
+					_ = c.Close()
+				}
+			}
+		}
+	}
 	go func() { _ = srv.Serve(ln) }()
 	fmt.Println("ready")
 	ch := make(chan os.Signal, 1)
@@ -104,8 +118,24 @@ func report(n int64, d time.Duration) {
 	fmt.Printf("%d %.3f %.3f\n", n, d.Seconds(), float64(n)/d.Seconds()/1e9)
 }
 
-func get(addr string, want int64) error {
+// dial connects to addr, with cc as its congestion control unless empty.
+func dial(addr, cc string) (*net.TCPConn, error) {
 	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	tc := c.(*net.TCPConn)
+	if cc != "" {
+		if err := tcpcc.Set(tc, cc); err != nil {
+			_ = c.Close()
+			return nil, err
+		}
+	}
+	return tc, nil
+}
+
+func get(addr string, want int64, cc string) error {
+	c, err := dial(addr, cc)
 	if err != nil {
 		return err
 	}
@@ -137,7 +167,7 @@ func get(addr string, want int64) error {
 	return nil
 }
 
-func put(addr, file string) error {
+func put(addr, file, cc string) error {
 	f, err := os.Open(file)
 	if err != nil {
 		return err
@@ -147,7 +177,7 @@ func put(addr, file string) error {
 	if err != nil {
 		return err
 	}
-	c, err := net.Dial("tcp", addr)
+	c, err := dial(addr, cc)
 	if err != nil {
 		return err
 	}
@@ -156,7 +186,7 @@ func put(addr, file string) error {
 	if _, err := fmt.Fprintf(c, "PUT /upload HTTP/1.1\r\nHost: bench\r\nContent-Length: %d\r\n\r\n", st.Size()); err != nil {
 		return err
 	}
-	sent, err := c.(*net.TCPConn).ReadFrom(f) // sendfile
+	sent, err := c.ReadFrom(f) // sendfile
 	if err != nil {
 		return fmt.Errorf("after %d bytes: %w", sent, err)
 	}

@@ -16,11 +16,14 @@ import (
 	"io"
 	"net"
 	"os"
+
+	"github.com/cryoprotect/bluegreen/bench/internal/tcpcc"
 )
 
 func main() {
 	listen := flag.String("listen", "127.0.0.1:18180", "the address to accept on")
 	to := flag.String("to", "127.0.0.1:18101", "the address each connection is relayed to")
+	cc := flag.String("cc", "", "TCP congestion control of both connections (TCP_CONGESTION; default: the system's)")
 	flag.Parse()
 	ln, err := net.Listen("tcp", *listen)
 	if err != nil {
@@ -33,13 +36,14 @@ func main() {
 			fmt.Fprintln(os.Stderr, "relay:", err)
 			os.Exit(1)
 		}
-		go relay(c.(*net.TCPConn), *to)
+		go relay(c.(*net.TCPConn), *to, *cc)
 	}
 }
 
 // relay copies between c and a new connection to addr until both
-// directions have ended.
-func relay(c *net.TCPConn, addr string) {
+// directions have ended; with cc, both connections use that congestion
+// control.
+func relay(c *net.TCPConn, addr, cc string) {
 	defer c.Close()
 	u, err := net.Dial("tcp", addr)
 	if err != nil {
@@ -47,6 +51,14 @@ func relay(c *net.TCPConn, addr string) {
 	}
 	up := u.(*net.TCPConn)
 	defer up.Close()
+	if cc != "" {
+		for _, x := range []*net.TCPConn{c, up} {
+			if err := tcpcc.Set(x, cc); err != nil {
+				fmt.Fprintln(os.Stderr, "relay:", err)
+				return
+			}
+		}
+	}
 	done := make(chan struct{})
 	go func() {
 		_, _ = io.Copy(up, c) // ReadFrom(*net.TCPConn): splice
