@@ -11,16 +11,16 @@ import (
 
 // BBR paces what a socket sends: without the fq queueing discipline TCP
 // spaces its segments itself, with a high-resolution timer, and sends the
-// next ones from the timer's softirq. Between two sockets of the same host
-// there is no queue and no loss to pace for, and on loopback that timer
-// work was a third of what a spliced body cost the relay (bench/relay:
-// 1 GiB downloads, 1.3-2.4x faster and 25-30 % less CPU with Reno on its
-// sockets; bench/results/2026-12-02-bodies-round3.md). So before a large
-// body is spliced to a loopback peer, a BBR socket is switched to Reno,
-// which every Linux allows without privilege
-// (net.ipv4.tcp_allowed_congestion_control always lists it). A peer
-// elsewhere keeps the system's choice, which is made for the network in
-// between.
+// next ones from the timer's softirq. Between two sockets of one host
+// there is no queue and no loss to pace for, only that timer work: with
+// BBR the system's default, a spliced 1 GiB body cost the proxy 0.40-0.42 s
+// of CPU per GB, and 0.29-0.30 with its sending socket on Reno, which ran
+// it 1.31x faster both ways (bench/results/2026-12-02-bodies-round3.md).
+// So before a large body is spliced to a loopback peer, a BBR socket is
+// switched to Reno, which Linux allows without privilege unless the
+// administrator took it out of net.ipv4.tcp_allowed_congestion_control
+// (then the socket stays as it was). A peer elsewhere keeps the system's
+// choice, made for the network in between.
 
 // unpacedCC is what a loopback socket sending a large body runs.
 const unpacedCC = "reno"
