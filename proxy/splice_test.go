@@ -79,11 +79,17 @@ type spliceFront struct {
 
 func newSpliceFront(t *testing.T) *spliceFront {
 	t.Helper()
+	return newSpliceFrontTimeout(t, 300*time.Millisecond)
+}
+
+// newSpliceFrontTimeout is newSpliceFront with another ClientBodyTimeout.
+func newSpliceFrontTimeout(t *testing.T, bodyTimeout time.Duration) *spliceFront {
+	t.Helper()
 	inst := newRawInstance(t, bodyHandler)
 	logs := &logRecorder{min: slog.LevelWarn}
 	f := newFixture(t, []string{inst.URL}, []string{inst.URL}, func(c *Config) {
 		c.Log = slog.New(logs)
-		c.ClientBodyTimeout = 300 * time.Millisecond
+		c.ClientBodyTimeout = bodyTimeout
 	})
 	cf := &codecFronts{rt: f.rt, reg: f.reg}
 	cf.fast = startFast(t, f.rt, nil).addr
@@ -163,26 +169,28 @@ func TestFastLargeBodies(t *testing.T) {
 }
 
 // TestFastLargeBodiesSlowPeers: the body timeout is between reads, not for
-// the whole body, while a body is spliced: an upload that pauses 100 ms
-// between pieces for 1 s in all (ClientBodyTimeout is 300 ms) goes
-// through, and a download read slowly arrives whole; the connection serves
-// the next request after each.
+// the whole body, while a body is spliced: an upload that pauses 150 ms
+// between pieces for 1.5 s in all (ClientBodyTimeout is 1 s, a margin a
+// loaded machine's scheduling delays cannot eat) goes through, and a
+// download read slowly arrives whole; the connection serves the next
+// request after each.
 func TestFastLargeBodiesSlowPeers(t *testing.T) {
-	sf := newSpliceFront(t)
+	const bodyTimeout = time.Second
+	sf := newSpliceFrontTimeout(t, bodyTimeout)
 	rc := dialRaw(t, sf.cf.fast)
 	const n = 2 << 20
 	up := bigBody(n)
 	rc.send(fmt.Sprintf("POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n", n))
 	start := time.Now()
 	for off := 0; off < n; off += n / 10 {
-		time.Sleep(100 * time.Millisecond)
+		time.Sleep(150 * time.Millisecond)
 		rc.send(string(up[off:min(off+n/10, n)]))
 	}
 	if res, body := rc.mustRead("POST"); res.StatusCode != 200 || body != sum(up) {
 		t.Fatalf("slow upload: %d, checksum %q, want %q", res.StatusCode, body, sum(up))
 	}
-	if took := time.Since(start); took < time.Second {
-		t.Fatalf("the upload took %v, want over 1s (the point is a body slower than the timeout)", took)
+	if took := time.Since(start); took < bodyTimeout {
+		t.Fatalf("the upload took %v, want over %v (the point is a body slower than the timeout)", took, bodyTimeout)
 	}
 
 	rc.send(fmt.Sprintf("GET /down/%d HTTP/1.1\r\nHost: a\r\n\r\n", n))
