@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/cryoprotect/bluegreen/proxy/h1"
+	"github.com/cryoprotect/bluegreen/proxy/h2"
 )
 
 // Server serves the public listener. Plain HTTP/1.1 requests (one of the
@@ -46,6 +47,7 @@ type Server struct {
 
 	once sync.Once
 	h1   h1.Server
+	h2   h2.Server // HTTP/2 connections of a TLS listener (fast_h2.go)
 }
 
 // Serve accepts connections on ln until Shutdown or Close.
@@ -87,6 +89,7 @@ func (s *Server) configure() {
 		h.Refused = rt.refused
 		h.Reap = rt.reapUpstreams
 		h.ReapEvery = max(rt.upstreamIdle/2, time.Second)
+		s.configureH2()
 	})
 }
 
@@ -97,7 +100,10 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		return s.Fallback.Shutdown(ctx)
 	}
 	s.configure() // Serve or ServeTLS may not have run
-	return s.h1.Shutdown(ctx)
+	h2done := make(chan error, 1)
+	go func() { h2done <- s.h2.Shutdown(ctx) }()
+	err := s.h1.Shutdown(ctx)
+	return errors.Join(err, <-h2done)
 }
 
 // Close closes the listeners and every connection at once.
@@ -106,6 +112,7 @@ func (s *Server) Close() error {
 		return s.Fallback.Close()
 	}
 	s.configure() // Serve or ServeTLS may not have run
+	s.h2.Close()
 	return s.h1.Close()
 }
 
