@@ -389,6 +389,7 @@ func (h *h2Handler) relay(st *h2.Stream, x *h2Scratch, uc *h1.UpConn, b *Backend
 		tracked := o.pool.streams.add(ending)
 		defer o.pool.streams.remove(tracked)
 	}
+	ended := false // a drain ended the event stream
 	var err error
 	var werr error
 	if body.Empty() {
@@ -430,8 +431,11 @@ func (h *h2Handler) relay(st *h2.Stream, x *h2Scratch, uc *h1.UpConn, b *Backend
 		}
 	}
 	st.OnReset(nil)
+	if ending != nil {
+		ended = ending.finish() // no End or Close after this: uc may go back to the pool
+	}
 	switch {
-	case ending != nil && ending.ended.Load() && (err != nil || werr != nil):
+	case ended && (err != nil || werr != nil):
 		// A drain or shutdown ended the event stream: a clean end.
 		uc.Close()
 		_ = st.WriteData(nil, true)
@@ -474,22 +478,40 @@ func trailerFields(lines [][]byte) []hpack.HeaderField {
 
 // h2StreamEnd ends or closes an event stream relayed to an HTTP/2 client,
 // for draining: End ends it cleanly (END_STREAM after the events relayed),
-// Close resets it.
+// Close resets it. Neither acts once the relay finished.
 type h2StreamEnd struct {
 	st    *h2.Stream
 	uc    *h1.UpConn
-	ended atomic.Bool
+	mu    sync.Mutex
+	done  bool
+	ended bool
 }
 
 func (e *h2StreamEnd) End() {
-	e.ended.Store(true)
-	e.uc.Interrupt()
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if !e.done {
+		e.ended = true
+		e.uc.Interrupt()
+	}
 }
 
 func (e *h2StreamEnd) Close() error {
-	e.st.Reset(http2.ErrCodeCancel)
-	e.uc.Interrupt()
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if !e.done {
+		e.st.Reset(http2.ErrCodeCancel)
+		e.uc.Interrupt()
+	}
 	return nil
+}
+
+// finish stops End and Close from acting and reports whether End did.
+func (e *h2StreamEnd) finish() bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.done = true
+	return e.ended
 }
 
 // h2WantsPreview is Head.WantsPreview for HTTP/2 fields: the first preview

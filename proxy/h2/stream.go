@@ -44,6 +44,8 @@ type Stream struct {
 	clientReset bool // the client reset it
 	interrupt   func()
 	headersSent bool
+	expired     bool // the wait of waitLocked timed out
+	waits       uint64
 }
 
 // ErrReset is returned by a stream's writes and reads once the client
@@ -114,23 +116,8 @@ func (st *Stream) IsReset() bool {
 func (st *Stream) Read(p []byte) (int, error) {
 	c := st.c
 	c.mu.Lock()
-	var timer *time.Timer
-	expired := false
-	for len(st.body) == 0 && !st.remoteDone && !st.reset && !expired {
-		if timer == nil && st.ReadTimeout > 0 {
-			timer = time.AfterFunc(st.ReadTimeout, func() {
-				c.mu.Lock()
-				expired = true
-				c.cond.Broadcast()
-				c.mu.Unlock()
-			})
-		}
-		c.cond.Wait()
-	}
-	if timer != nil {
-		timer.Stop()
-	}
-	if expired && len(st.body) == 0 && !st.remoteDone && !st.reset {
+	ready := st.waitLocked(func() bool { return len(st.body) > 0 || st.remoteDone || st.reset }, st.ReadTimeout)
+	if !ready {
 		c.mu.Unlock()
 		return 0, ErrBodyTimeout
 	}
@@ -273,33 +260,14 @@ func (st *Stream) awaitWindow(want int) (int, uint32, error) {
 	c := st.c
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	var timer *time.Timer
-	stalled := false
-	for {
-		if st.reset || c.dead {
-			if timer != nil {
-				timer.Stop()
-			}
-			return 0, 0, ErrReset
-		}
-		if want == 0 || st.sendWindow > 0 && c.sendWindow > 0 {
-			break
-		}
-		if stalled {
-			return 0, 0, ErrStalled
-		}
-		if timer == nil {
-			timer = time.AfterFunc(c.s.stall(), func() {
-				c.mu.Lock()
-				stalled = true
-				c.cond.Broadcast()
-				c.mu.Unlock()
-			})
-		}
-		c.cond.Wait()
-	}
-	if timer != nil {
-		timer.Stop()
+	ready := st.waitLocked(func() bool {
+		return st.reset || c.dead || want == 0 || st.sendWindow > 0 && c.sendWindow > 0
+	}, c.s.stall())
+	switch {
+	case st.reset || c.dead:
+		return 0, 0, ErrReset
+	case !ready:
+		return 0, 0, ErrStalled
 	}
 	n := min(int64(want), st.sendWindow, c.sendWindow)
 	st.sendWindow -= n
@@ -361,6 +329,36 @@ func (c *conn) streamWorker(st *Stream) {
 	for ok := true; ok; st, ok = <-c.work {
 		c.runStream(st)
 	}
+}
+
+// waitLocked waits on the connection's cond until ready holds or timeout
+// (0: none) passes, and reports whether ready holds. Under c.mu.
+func (st *Stream) waitLocked(ready func() bool, timeout time.Duration) bool {
+	c := st.c
+	var timer *time.Timer
+	st.expired = false
+	st.waits++
+	gen := st.waits
+	for !ready() {
+		if st.expired {
+			return false
+		}
+		if timer == nil && timeout > 0 {
+			timer = time.AfterFunc(timeout, func() {
+				c.mu.Lock()
+				if st.waits == gen { // not a late timer of an earlier wait
+					st.expired = true
+				}
+				c.cond.Broadcast()
+				c.mu.Unlock()
+			})
+		}
+		c.cond.Wait()
+	}
+	if timer != nil {
+		timer.Stop()
+	}
+	return true
 }
 
 // runStream runs the handler and ends the stream's life on the
