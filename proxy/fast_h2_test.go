@@ -582,3 +582,59 @@ func TestH2MalformedFrames(t *testing.T) {
 		}
 	})
 }
+
+func TestH2IdleTimeoutAndShutdown(t *testing.T) {
+	release := make(chan struct{})
+	inst := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/slow" {
+			<-release
+		}
+		fmt.Fprint(w, "done "+r.URL.Path)
+	}))
+	defer inst.Close()
+	f := newFixture(t, []string{inst.URL}, []string{inst.URL}, nil)
+	fr := startH2(t, f.rt, func(s *Server) { s.IdleTimeout = 300 * time.Millisecond })
+
+	// An idle connection is told GOAWAY NO_ERROR and closed.
+	r := dialH2(t, fr.addr, true)
+	if got := r.goAwayCode(); got != int(http2.ErrCodeNo) {
+		t.Errorf("idle connection: GOAWAY code %d, want NO_ERROR", got)
+	}
+
+	// Shutdown: GOAWAY at once, the stream in flight finishes, then the
+	// connection closes and Shutdown returns.
+	c := h2Client(t)
+	got := make(chan string, 1)
+	go func() {
+		res, err := c.Get(fr.url + "/slow")
+		if err != nil {
+			got <- err.Error()
+			return
+		}
+		b, _ := io.ReadAll(res.Body)
+		res.Body.Close()
+		got <- string(b)
+	}()
+	deadline := time.Now().Add(5 * time.Second)
+	for fr.srv.h2.Conns() == 0 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	stopped := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		stopped <- fr.srv.Shutdown(ctx)
+	}()
+	select {
+	case err := <-stopped:
+		t.Fatalf("Shutdown returned %v with a stream in flight", err)
+	case <-time.After(200 * time.Millisecond):
+	}
+	close(release)
+	if b := <-got; b != "done /slow" {
+		t.Errorf("the stream in flight got %q", b)
+	}
+	if err := <-stopped; err != nil {
+		t.Errorf("Shutdown: %v", err)
+	}
+}

@@ -384,10 +384,19 @@ func (c *conn) armIdleLocked() {
 
 // readFailed ends the connection for a frame that could not be read.
 func (c *conn) readFailed(err error) error {
+	var ne net.Error
 	switch {
 	case errors.Is(err, http2.ErrFrameTooLarge):
 		c.s.protocolError()
 		c.goAway(http2.ErrCodeFrameSize)
+		return err
+	case errors.As(err, &ne) && ne.Timeout():
+		c.mu.Lock()
+		idle := c.running == 0
+		c.mu.Unlock()
+		if idle { // the idle timeout, or the moment after a graceful GOAWAY
+			c.goAwayGraceful()
+		}
 		return err
 	}
 	var ce http2.ConnectionError
