@@ -319,6 +319,13 @@ func (h *h2Handler) send(st *h2.Stream, x *h2Scratch, uc *h1.UpConn, prefix stri
 	if _, err = uc.Write(w); err != nil {
 		return true, err
 	}
+	if h2ExpectsContinue(st.Fields) {
+		// Expect is not forwarded (the body is relayed as it comes): the
+		// client is told to send it at once.
+		if err := st.WriteHeaders(http.StatusContinue, nil, nil, false); err != nil {
+			return true, &h1.ClientError{Kind: h1.ClientGone, Err: err}
+		}
+	}
 	st.ReadTimeout = rt.clientBodyTimeout
 	buf := x.buf
 	for {
@@ -461,6 +468,16 @@ func (h *h2Handler) relay(st *h2.Stream, x *h2Scratch, uc *h1.UpConn, b *Backend
 		body.Finish(b.conns)
 	}
 	rt.finish(o)
+}
+
+// h2ExpectsContinue reports an Expect: 100-continue request field.
+func h2ExpectsContinue(fields []hpack.HeaderField) bool {
+	for _, f := range fields {
+		if f.Name == "expect" && strings.EqualFold(f.Value, "100-continue") {
+			return true
+		}
+	}
+	return false
 }
 
 // trailerFields converts a chunked body's trailer lines to HTTP/2 fields.

@@ -556,6 +556,31 @@ func TestH2MalformedFrames(t *testing.T) {
 		}
 	})
 
+	t.Run("Expect 100-continue is answered before the body", func(t *testing.T) {
+		r := dialH2(t, fr.addr, true)
+		r.hb.Reset()
+		for _, kv := range [][2]string{{":method", "POST"}, {":scheme", "https"}, {":authority", "test"}, {":path", "/up"},
+			{"expect", "100-continue"}, {"content-length", "2"}} {
+			_ = r.enc.WriteField(hpack.HeaderField{Name: kv[0], Value: kv[1]})
+		}
+		_ = r.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: r.hb.Bytes(), EndHeaders: true})
+		var statuses []string
+		match := func(f http2.Frame) bool {
+			if h, ok := f.(*http2.MetaHeadersFrame); ok {
+				statuses = append(statuses, h.PseudoValue("status"))
+				return true
+			}
+			return false
+		}
+		if ok, _ := r.until(match); !ok || statuses[0] != "100" {
+			t.Fatalf("before the body: %v", statuses)
+		}
+		_ = r.fr.WriteData(1, true, []byte("hi"))
+		if ok, _ := r.until(match); !ok || statuses[1] != "200" {
+			t.Errorf("after the body: %v", statuses)
+		}
+	})
+
 	t.Run("rapid reset", func(t *testing.T) {
 		r := dialH2(t, fr.addr, true)
 		// Streams reset at once keep their slot until their handler ends;
