@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -17,6 +18,9 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
 
 	"github.com/cryoprotect/bluegreen/cmd/demo-app/app"
 	"github.com/cryoprotect/bluegreen/internal/certs/certtest"
@@ -472,4 +476,60 @@ func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
 func isTimeout(err error) bool {
 	var ne net.Error
 	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// TestServeTLSH2Servers: h2 connections go to the proxy's HTTP/2 codec by
+// default and to Go's HTTP/2 server with BLUEGREEN_H2=nethttp. A request
+// with a connection-specific field tells them apart: RFC 9113 makes it
+// malformed, a stream error, and the codec resets the stream; Go's server
+// answers it (400).
+func TestServeTLSH2Servers(t *testing.T) {
+	blue := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, "blue") }))
+	defer blue.Close()
+	for _, tc := range []struct {
+		env    string
+		answer bool
+	}{{"BLUEGREEN_H2=fast", false}, {"BLUEGREEN_H2=nethttp", true}} {
+		t.Run(tc.env, func(t *testing.T) {
+			st := startTLSStack(t, blue.URL, blue.URL, tc.env, "BLUEGREEN_SHUTDOWN_DELAY=0s")
+			tc2, err := tls.Dial("tcp", st.a.tls, &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"h2"}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer tc2.Close()
+			_ = tc2.SetDeadline(time.Now().Add(10 * time.Second))
+			fr := http2.NewFramer(tc2, tc2)
+			fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+			var hb bytes.Buffer
+			enc := hpack.NewEncoder(&hb)
+			for _, kv := range [][2]string{{":method", "GET"}, {":scheme", "https"}, {":authority", "site.test"}, {":path", "/"}, {"connection", "keep-alive"}} {
+				_ = enc.WriteField(hpack.HeaderField{Name: kv[0], Value: kv[1]})
+			}
+			_, _ = io.WriteString(tc2, http2.ClientPreface)
+			_ = fr.WriteSettings()
+			_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: hb.Bytes(), EndStream: true, EndHeaders: true})
+			for {
+				f, err := fr.ReadFrame()
+				if err != nil {
+					t.Fatalf("no answer on stream 1: %v", err)
+				}
+				switch f := f.(type) {
+				case *http2.SettingsFrame:
+					if !f.IsAck() {
+						_ = fr.WriteSettingsAck()
+					}
+				case *http2.MetaHeadersFrame:
+					if !tc.answer || f.PseudoValue("status") == "" {
+						t.Fatalf("answered %s", f.PseudoValue("status"))
+					}
+					return
+				case *http2.RSTStreamFrame:
+					if tc.answer || f.ErrCode != http2.ErrCodeProtocol {
+						t.Fatalf("stream reset with %v", f.ErrCode)
+					}
+					return
+				}
+			}
+		})
+	}
 }
