@@ -177,18 +177,13 @@ func (h fastHandler) ServeH1(c *h1.Conn, x *h1.Exchange) bool {
 			}
 			uc.Close()
 		}
-		v, next, fr := pool.attemptFailed(context.Background(), b, err, attempt{
+		next, fr := rt.attemptOver(&o, b, err, attempt{
 			method: o.method, hasBody: hasBody, bodySent: sent, firstTry: try == 0, try: try, start: o.start,
-		})
+		}, x.Path)
 		if next != nil {
 			b, fresh = next, fr
 			continue
 		}
-		o.fail(v, b, err)
-		if o.path == "" && o.fault == instanceFault {
-			o.path = x.Path()
-		}
-		rt.finish(&o)
 		keep := false
 		switch {
 		case o.fault == instanceFault:

@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"context"
 	"crypto/tls"
 	"errors"
 	"io"
@@ -149,18 +148,13 @@ func (h *h2Handler) ServeH2(st *h2.Stream) {
 		if st.IsReset() {
 			err = &h1.ClientError{Kind: h1.ClientGone, Err: err}
 		}
-		v, next, fr := pool.attemptFailed(context.Background(), b, err, attempt{
+		next, fr := rt.attemptOver(&o, b, err, attempt{
 			method: o.method, hasBody: hasBody, bodySent: sent, firstTry: try == 0, try: try, start: o.start,
-		})
+		}, func() string { return h2PathOnly(st.Path) })
 		if next != nil {
 			b, fresh = next, fr
 			continue
 		}
-		o.fail(v, b, err)
-		if o.path == "" && o.fault == instanceFault {
-			o.path = h2PathOnly(st.Path)
-		}
-		rt.finish(&o)
 		if o.status != 499 {
 			x.fields = append(x.fields[:0], hpack.HeaderField{Name: "content-type", Value: "text/plain; charset=utf-8"})
 			x.fields = h.appendCommon(x.fields, setCookie)

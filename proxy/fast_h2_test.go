@@ -663,3 +663,46 @@ func TestH2IdleTimeoutAndShutdown(t *testing.T) {
 		t.Errorf("Shutdown: %v", err)
 	}
 }
+
+func TestH2EventStreamEndsCleanlyOnDrain(t *testing.T) {
+	release := make(chan struct{})
+	defer close(release)
+	inst := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		fmt.Fprint(w, "data: one\n\n")
+		w.(http.Flusher).Flush()
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	}))
+	defer inst.Close()
+	f := newFixture(t, []string{inst.URL}, []string{inst.URL}, nil)
+	fr := startH2(t, f.rt, nil)
+	c := h2Client(t)
+	res, err := c.Get(fr.url + "/events")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	buf := make([]byte, 11)
+	if _, err := io.ReadFull(res.Body, buf); err != nil {
+		t.Fatal(err)
+	}
+	// The end of a drain (or shutdown) ends tracked streams: END_STREAM,
+	// a clean end the client reconnects after, not a reset.
+	if n := f.rt.CloseStreams(); n != 1 {
+		t.Fatalf("CloseStreams ended %d streams, want 1", n)
+	}
+	rest, err := io.ReadAll(res.Body)
+	if err != nil || len(rest) != 0 {
+		t.Errorf("after the drain ending: %q %v, want a clean end", rest, err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for open, _ := f.rt.Streams("blue"); open != 0 && time.Now().Before(deadline); open, _ = f.rt.Streams("blue") {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if open, _ := f.rt.Streams("blue"); open != 0 {
+		t.Errorf("%d streams still tracked", open)
+	}
+}
