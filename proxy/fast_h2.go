@@ -436,10 +436,13 @@ func (h *h2Handler) relay(st *h2.Stream, x *h2Scratch, uc *h1.UpConn, b *Backend
 		ended = ending.finish() // no End or Close after this: uc may go back to the pool
 	}
 	switch {
-	case ended && (err != nil || werr != nil):
-		// A drain or shutdown ended the event stream: a clean end.
+	case ended:
+		// A drain or shutdown ended the event stream (its instance
+		// connection is closed): a clean end.
 		uc.Close()
-		_ = st.WriteData(nil, true)
+		if err != nil || werr != nil {
+			_ = st.WriteData(nil, true)
+		}
 	case werr != nil || st.IsReset():
 		// The client reset the stream or left: its doing.
 		uc.Close()

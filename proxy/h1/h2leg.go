@@ -16,9 +16,10 @@ import (
 // Write writes p to the instance.
 func (c *UpConn) Write(p []byte) (int, error) { return c.cr.write(p) }
 
-// Interrupt makes what blocks on the connection, now or later, fail at
-// once; from any goroutine.
-func (c *UpConn) Interrupt() { _ = c.nc.SetDeadline(time.Unix(1, 0)) }
+// Interrupt closes the socket, so what blocks on the connection, now or
+// later, fails at once; from any goroutine. The connection must then be
+// closed with Close, not pooled.
+func (c *UpConn) Interrupt() { _ = c.nc.Close() }
 
 // Reused reports whether the connection came from the idle pool.
 func (c *UpConn) Reused() bool { return c.reused }
