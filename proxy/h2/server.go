@@ -24,6 +24,7 @@ import (
 	"log/slog"
 	"net"
 	"runtime"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -303,14 +304,30 @@ func (s *Server) newConn(nc net.Conn) *conn {
 
 // connWindow is our connection-level receive window once the first
 // WINDOW_UPDATE raised it.
-func (c *conn) connWindow() int64 { return 4 * int64(c.s.streamWindow()) }
+func (c *conn) connWindow() int64 { return max(4*int64(c.s.streamWindow()), initialWindow) }
 
-var errPreface = errors.New("h2: bad connection preface")
+var (
+	errPreface = errors.New("h2: bad connection preface")
+	errPanic   = errors.New("h2: panic serving the connection")
+)
+
+// panicked logs a recovered panic of a connection's or stream's goroutine.
+func (s *Server) panicked(c *conn, v any) {
+	if s.Log != nil {
+		s.Log.Error("panic serving an HTTP/2 connection", "remote", c.remote, "panic", v, "stack", string(debug.Stack()))
+	}
+}
 
 const preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
-func (c *conn) serve() error {
+func (c *conn) serve() (err error) {
 	defer c.close()
+	defer func() {
+		if v := recover(); v != nil {
+			c.s.panicked(c, v)
+			err = errPanic
+		}
+	}()
 	_ = c.nc.SetReadDeadline(time.Now().Add(10 * time.Second))
 	c.write(func() {
 		_ = c.wfr.WriteSettings(
@@ -320,7 +337,9 @@ func (c *conn) serve() error {
 			http2.Setting{ID: http2.SettingEnablePush, Val: 0},
 		)
 		grant := c.connWindow() - initialWindow
-		_ = c.wfr.WriteWindowUpdate(0, uint32(grant))
+		if grant > 0 {
+			_ = c.wfr.WriteWindowUpdate(0, uint32(grant))
+		}
 		c.mu.Lock()
 		c.recvWindow += grant
 		c.mu.Unlock()

@@ -187,7 +187,7 @@ func (st *Stream) WriteHeaders(status int, fields []hpack.HeaderField, data []by
 			_ = c.henc.WriteField(f)
 		}
 		c.writeHeaderBlock(st.id, c.hbuf.b, end && len(data) == 0, maxFrame)
-		if len(data) > 0 {
+		if n > 0 || len(data) > 0 && end && all {
 			c.writeData(st.id, data[:n], end && all, maxFrame)
 		}
 	})
@@ -365,6 +365,11 @@ func (st *Stream) waitLocked(ready func() bool, timeout time.Duration) bool {
 // connection.
 func (c *conn) runStream(st *Stream) {
 	defer c.streamDone(st)
+	defer func() {
+		if v := recover(); v != nil {
+			c.s.panicked(c, v) // the stream is reset by streamDone
+		}
+	}()
 	if st.tooLarge {
 		_ = st.WriteHeaders(431, nil, nil, true)
 		return
