@@ -26,6 +26,8 @@ import (
 
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
+
+	"github.com/cryoprotect/bluegreen/proxy/h2/h2test"
 )
 
 // Tests of the HTTP/2 codec on the fast pipeline (fast_h2.go, package h2)
@@ -364,78 +366,15 @@ func TestH2InstanceFailingMidBodyIsCharged(t *testing.T) {
 	}
 }
 
-// rawH2 is a raw HTTP/2 client connection for malformed frames.
-type rawH2 struct {
-	t   *testing.T
-	tc  *tls.Conn
-	fr  *http2.Framer
-	enc *hpack.Encoder
-	hb  bytes.Buffer
-}
-
-func dialH2(t *testing.T, addr string, preface bool) *rawH2 {
+// dialH2 opens a raw HTTP/2 client connection over TLS (ALPN h2), for
+// malformed frames.
+func dialH2(t *testing.T, addr string, preface bool) *h2test.Client {
 	t.Helper()
 	tc, err := tls.Dial("tcp", addr, &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"h2"}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { tc.Close() })
-	_ = tc.SetDeadline(time.Now().Add(10 * time.Second))
-	r := &rawH2{t: t, tc: tc, fr: http2.NewFramer(tc, tc)}
-	r.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
-	r.enc = hpack.NewEncoder(&r.hb)
-	if preface {
-		_, _ = io.WriteString(tc, http2.ClientPreface)
-		_ = r.fr.WriteSettings()
-	}
-	return r
-}
-
-// headers encodes a GET request's block for path, with extra fields.
-func (r *rawH2) headers(path string, extra ...string) []byte {
-	r.hb.Reset()
-	for _, kv := range [][2]string{{":method", "GET"}, {":scheme", "https"}, {":authority", "test"}, {":path", path}} {
-		_ = r.enc.WriteField(hpack.HeaderField{Name: kv[0], Value: kv[1]})
-	}
-	for i := 0; i+1 < len(extra); i += 2 {
-		_ = r.enc.WriteField(hpack.HeaderField{Name: extra[i], Value: extra[i+1]})
-	}
-	return append([]byte(nil), r.hb.Bytes()...)
-}
-
-// until reads frames until one satisfies match (true) or the connection
-// ends (false); it returns the GOAWAY code seen, if any.
-func (r *rawH2) until(match func(http2.Frame) bool) (bool, *http2.GoAwayFrame) {
-	var ga *http2.GoAwayFrame
-	for {
-		f, err := r.fr.ReadFrame()
-		if err != nil {
-			return false, ga
-		}
-		if g, ok := f.(*http2.GoAwayFrame); ok {
-			cp := *g
-			ga = &cp
-			if match == nil {
-				continue
-			}
-		}
-		if s, ok := f.(*http2.SettingsFrame); ok && !s.IsAck() {
-			_ = r.fr.WriteSettingsAck()
-		}
-		if match != nil && match(f) {
-			return true, ga
-		}
-	}
-}
-
-// goAwayCode reads until the connection ends and returns the GOAWAY code
-// (-1: none came).
-func (r *rawH2) goAwayCode() int {
-	_, ga := r.until(nil)
-	if ga == nil {
-		return -1
-	}
-	return int(ga.ErrCode)
+	return h2test.New(t, tc, preface)
 }
 
 func TestH2MalformedFrames(t *testing.T) {
@@ -459,43 +398,43 @@ func TestH2MalformedFrames(t *testing.T) {
 
 	t.Run("bad preface", func(t *testing.T) {
 		r := dialH2(t, fr.addr, false)
-		_, _ = io.WriteString(r.tc, "GET / HTTP/1.1\r\nHost: x\r\n\r\nxxxxxxxxxxxx")
-		if ok, _ := r.until(func(http2.Frame) bool { return false }); ok {
+		_, _ = io.WriteString(r.Conn, "GET / HTTP/1.1\r\nHost: x\r\n\r\nxxxxxxxxxxxx")
+		if ok, _ := r.Until(func(http2.Frame) bool { return false }); ok {
 			t.Error("the connection stayed open")
 		}
 	})
 	connCases := []struct {
 		name string
-		send func(r *rawH2)
+		send func(r *h2test.Client)
 		want http2.ErrCode
 	}{
-		{"DATA on stream 0", func(r *rawH2) {
-			r.fr.AllowIllegalWrites = true
-			_ = r.fr.WriteData(0, true, []byte("x"))
+		{"DATA on stream 0", func(r *h2test.Client) {
+			r.Fr.AllowIllegalWrites = true
+			_ = r.Fr.WriteData(0, true, []byte("x"))
 		}, http2.ErrCodeProtocol},
-		{"DATA on an idle stream", func(r *rawH2) { _ = r.fr.WriteData(5, true, []byte("x")) }, http2.ErrCodeProtocol},
-		{"SETTINGS on a stream", func(r *rawH2) {
-			r.fr.AllowIllegalWrites = true
-			_ = r.fr.WriteRawFrame(http2.FrameSettings, 0, 3, nil)
+		{"DATA on an idle stream", func(r *h2test.Client) { _ = r.Fr.WriteData(5, true, []byte("x")) }, http2.ErrCodeProtocol},
+		{"SETTINGS on a stream", func(r *h2test.Client) {
+			r.Fr.AllowIllegalWrites = true
+			_ = r.Fr.WriteRawFrame(http2.FrameSettings, 0, 3, nil)
 		}, http2.ErrCodeProtocol},
-		{"connection window overflow", func(r *rawH2) {
-			_ = r.fr.WriteWindowUpdate(0, 1<<31-1)
-			_ = r.fr.WriteWindowUpdate(0, 1<<31-1)
+		{"connection window overflow", func(r *h2test.Client) {
+			_ = r.Fr.WriteWindowUpdate(0, 1<<31-1)
+			_ = r.Fr.WriteWindowUpdate(0, 1<<31-1)
 		}, http2.ErrCodeFlowControl},
-		{"even stream id", func(r *rawH2) {
-			_ = r.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 2, BlockFragment: r.headers("/"), EndStream: true, EndHeaders: true})
+		{"even stream id", func(r *h2test.Client) {
+			_ = r.Fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 2, BlockFragment: r.Headers("/"), EndStream: true, EndHeaders: true})
 		}, http2.ErrCodeProtocol},
-		{"frame larger than SETTINGS_MAX_FRAME_SIZE", func(r *rawH2) {
-			_ = r.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: r.headers("/"), EndHeaders: true})
-			_ = r.fr.WriteData(1, true, make([]byte, 20000))
+		{"frame larger than SETTINGS_MAX_FRAME_SIZE", func(r *h2test.Client) {
+			_ = r.Fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: r.Headers("/"), EndHeaders: true})
+			_ = r.Fr.WriteData(1, true, make([]byte, 20000))
 		}, http2.ErrCodeFrameSize},
-		{"CONTINUATION flood", func(r *rawH2) {
-			block := r.headers("/", "x-pad", strings.Repeat("a", 4000))
-			_ = r.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: block})
+		{"CONTINUATION flood", func(r *h2test.Client) {
+			block := r.Headers("/", "x-pad", strings.Repeat("a", 4000))
+			_ = r.Fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: block})
 			// Each byte 0xbe repeats x-pad (dynamic table index 62), 4 KB
 			// of header list: far past the limit.
 			for i := 0; i < 200; i++ {
-				if r.fr.WriteContinuation(1, false, bytes.Repeat([]byte{0xbe}, 3000)) != nil {
+				if r.Fr.WriteContinuation(1, false, bytes.Repeat([]byte{0xbe}, 3000)) != nil {
 					return
 				}
 			}
@@ -505,7 +444,7 @@ func TestH2MalformedFrames(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			r := dialH2(t, fr.addr, true)
 			tc.send(r)
-			if got := r.goAwayCode(); got != int(tc.want) {
+			if got := r.GoAwayCode(); got != int(tc.want) {
 				t.Errorf("GOAWAY code %d, want %v", got, tc.want)
 			}
 		})
@@ -513,16 +452,16 @@ func TestH2MalformedFrames(t *testing.T) {
 
 	t.Run("oversized header list", func(t *testing.T) {
 		r := dialH2(t, fr.addr, true)
-		block := r.headers("/", "x-big", strings.Repeat("b", 15000), "x-big2", strings.Repeat("c", 15000),
+		block := r.Headers("/", "x-big", strings.Repeat("b", 15000), "x-big2", strings.Repeat("c", 15000),
 			"x-big3", strings.Repeat("d", 15000), "x-big4", strings.Repeat("e", 15000), "x-big5", strings.Repeat("f", 15000))
-		_ = r.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: block[:16000], EndStream: true})
+		_ = r.Fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: block[:16000], EndStream: true})
 		for rest := block[16000:]; len(rest) > 0; {
 			n := min(len(rest), 16000)
-			_ = r.fr.WriteContinuation(1, n == len(rest), rest[:n])
+			_ = r.Fr.WriteContinuation(1, n == len(rest), rest[:n])
 			rest = rest[n:]
 		}
 		var status string
-		ok, _ := r.until(func(f http2.Frame) bool {
+		ok, _ := r.Until(func(f http2.Frame) bool {
 			if h, ok := f.(*http2.MetaHeadersFrame); ok {
 				status = h.PseudoValue("status")
 				return true
@@ -538,16 +477,16 @@ func TestH2MalformedFrames(t *testing.T) {
 		r := dialH2(t, fr.addr, true)
 		// A connection-specific field makes the request malformed: the
 		// stream is reset, the connection goes on.
-		_ = r.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: r.headers("/", "connection", "close"), EndStream: true, EndHeaders: true})
-		ok, _ := r.until(func(f http2.Frame) bool {
+		_ = r.Fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: r.Headers("/", "connection", "close"), EndStream: true, EndHeaders: true})
+		ok, _ := r.Until(func(f http2.Frame) bool {
 			rs, ok := f.(*http2.RSTStreamFrame)
 			return ok && rs.StreamID == 1 && rs.ErrCode == http2.ErrCodeProtocol
 		})
 		if !ok {
 			t.Fatal("no RST_STREAM PROTOCOL_ERROR for the malformed request")
 		}
-		_ = r.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 3, BlockFragment: r.headers("/"), EndStream: true, EndHeaders: true})
-		ok, _ = r.until(func(f http2.Frame) bool {
+		_ = r.Fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 3, BlockFragment: r.Headers("/"), EndStream: true, EndHeaders: true})
+		ok, _ = r.Until(func(f http2.Frame) bool {
 			d, ok := f.(*http2.DataFrame)
 			return ok && d.StreamID == 3 && string(d.Data()) == "ok"
 		})
@@ -558,12 +497,12 @@ func TestH2MalformedFrames(t *testing.T) {
 
 	t.Run("Expect 100-continue is answered before the body", func(t *testing.T) {
 		r := dialH2(t, fr.addr, true)
-		r.hb.Reset()
+		r.HB.Reset()
 		for _, kv := range [][2]string{{":method", "POST"}, {":scheme", "https"}, {":authority", "test"}, {":path", "/up"},
 			{"expect", "100-continue"}, {"content-length", "2"}} {
-			_ = r.enc.WriteField(hpack.HeaderField{Name: kv[0], Value: kv[1]})
+			_ = r.Enc.WriteField(hpack.HeaderField{Name: kv[0], Value: kv[1]})
 		}
-		_ = r.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: r.hb.Bytes(), EndHeaders: true})
+		_ = r.Fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: r.HB.Bytes(), EndHeaders: true})
 		var statuses []string
 		match := func(f http2.Frame) bool {
 			if h, ok := f.(*http2.MetaHeadersFrame); ok {
@@ -572,11 +511,11 @@ func TestH2MalformedFrames(t *testing.T) {
 			}
 			return false
 		}
-		if ok, _ := r.until(match); !ok || statuses[0] != "100" {
+		if ok, _ := r.Until(match); !ok || statuses[0] != "100" {
 			t.Fatalf("before the body: %v", statuses)
 		}
-		_ = r.fr.WriteData(1, true, []byte("hi"))
-		if ok, _ := r.until(match); !ok || statuses[1] != "200" {
+		_ = r.Fr.WriteData(1, true, []byte("hi"))
+		if ok, _ := r.Until(match); !ok || statuses[1] != "200" {
 			t.Errorf("after the body: %v", statuses)
 		}
 	})
@@ -588,21 +527,21 @@ func TestH2MalformedFrames(t *testing.T) {
 		// to calm down.
 		id := uint32(1)
 		for i := 0; i < 400; i++ {
-			if r.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: r.headers("/hang"), EndStream: true, EndHeaders: true}) != nil {
+			if r.Fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: r.Headers("/hang"), EndStream: true, EndHeaders: true}) != nil {
 				break
 			}
-			if r.fr.WriteRSTStream(id, http2.ErrCodeCancel) != nil {
+			if r.Fr.WriteRSTStream(id, http2.ErrCodeCancel) != nil {
 				break
 			}
 			id += 2
 		}
-		r.tc.Close()
+		r.Conn.Close()
 		if m := maxInFlight.Load(); m > 8 {
 			t.Errorf("the instance had %d requests of the connection at once; the limit is 8", m)
 		}
 		r2 := dialH2(t, fr.addr, true)
-		_ = r2.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: r2.headers("/"), EndStream: true, EndHeaders: true})
-		if ok, _ := r2.until(func(f http2.Frame) bool { _, ok := f.(*http2.DataFrame); return ok }); !ok {
+		_ = r2.Fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: r2.Headers("/"), EndStream: true, EndHeaders: true})
+		if ok, _ := r2.Until(func(f http2.Frame) bool { _, ok := f.(*http2.DataFrame); return ok }); !ok {
 			t.Error("a new connection was not served after the flood")
 		}
 	})
@@ -622,7 +561,7 @@ func TestH2IdleTimeoutAndShutdown(t *testing.T) {
 
 	// An idle connection is told GOAWAY NO_ERROR and closed.
 	r := dialH2(t, fr.addr, true)
-	if got := r.goAwayCode(); got != int(http2.ErrCodeNo) {
+	if got := r.GoAwayCode(); got != int(http2.ErrCodeNo) {
 		t.Errorf("idle connection: GOAWAY code %d, want NO_ERROR", got)
 	}
 

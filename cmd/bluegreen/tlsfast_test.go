@@ -2,7 +2,6 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -20,11 +19,11 @@ import (
 	"time"
 
 	"golang.org/x/net/http2"
-	"golang.org/x/net/http2/hpack"
 
 	"github.com/cryoprotect/bluegreen/cmd/demo-app/app"
 	"github.com/cryoprotect/bluegreen/internal/certs/certtest"
 	"github.com/cryoprotect/bluegreen/proxy/h1"
+	"github.com/cryoprotect/bluegreen/proxy/h2/h2test"
 )
 
 // echoApp answers 200 "ok" with its colour, the X-Forwarded-Proto it was
@@ -496,39 +495,19 @@ func TestServeTLSH2Servers(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			defer tc2.Close()
-			_ = tc2.SetDeadline(time.Now().Add(10 * time.Second))
-			fr := http2.NewFramer(tc2, tc2)
-			fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
-			var hb bytes.Buffer
-			enc := hpack.NewEncoder(&hb)
-			for _, kv := range [][2]string{{":method", "GET"}, {":scheme", "https"}, {":authority", "site.test"}, {":path", "/"}, {"connection", "keep-alive"}} {
-				_ = enc.WriteField(hpack.HeaderField{Name: kv[0], Value: kv[1]})
-			}
-			_, _ = io.WriteString(tc2, http2.ClientPreface)
-			_ = fr.WriteSettings()
-			_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: hb.Bytes(), EndStream: true, EndHeaders: true})
-			for {
-				f, err := fr.ReadFrame()
-				if err != nil {
-					t.Fatalf("no answer on stream 1: %v", err)
+			c := h2test.New(t, tc2, true)
+			c.Request(1, "/", true, "connection", "keep-alive")
+			switch f := c.Next(1).(type) {
+			case *http2.MetaHeadersFrame:
+				if !tc.answer || f.PseudoValue("status") == "" {
+					t.Fatalf("answered %s", f.PseudoValue("status"))
 				}
-				switch f := f.(type) {
-				case *http2.SettingsFrame:
-					if !f.IsAck() {
-						_ = fr.WriteSettingsAck()
-					}
-				case *http2.MetaHeadersFrame:
-					if !tc.answer || f.PseudoValue("status") == "" {
-						t.Fatalf("answered %s", f.PseudoValue("status"))
-					}
-					return
-				case *http2.RSTStreamFrame:
-					if tc.answer || f.ErrCode != http2.ErrCodeProtocol {
-						t.Fatalf("stream reset with %v", f.ErrCode)
-					}
-					return
+			case *http2.RSTStreamFrame:
+				if tc.answer || f.ErrCode != http2.ErrCodeProtocol {
+					t.Fatalf("stream reset with %v", f.ErrCode)
 				}
+			default:
+				t.Fatalf("got %v", f)
 			}
 		})
 	}

@@ -1,7 +1,6 @@
 package h2
 
 import (
-	"bytes"
 	"errors"
 	"io"
 	"net"
@@ -10,7 +9,8 @@ import (
 	"time"
 
 	"golang.org/x/net/http2"
-	"golang.org/x/net/http2/hpack"
+
+	"github.com/cryoprotect/bluegreen/proxy/h2/h2test"
 )
 
 // Tests of the codec itself, over plain TCP (HTTP/2 with prior
@@ -49,60 +49,13 @@ func serveTest(t *testing.T, s *Server) string {
 	return ln.Addr().String()
 }
 
-type client struct {
-	t   *testing.T
-	nc  net.Conn
-	fr  *http2.Framer
-	enc *hpack.Encoder
-	hb  bytes.Buffer
-}
-
-func dial(t *testing.T, addr string, settings ...http2.Setting) *client {
+func dial(t *testing.T, addr string, settings ...http2.Setting) *h2test.Client {
 	t.Helper()
 	nc, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { nc.Close() })
-	_ = nc.SetDeadline(time.Now().Add(10 * time.Second))
-	c := &client{t: t, nc: nc, fr: http2.NewFramer(nc, nc)}
-	c.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
-	c.enc = hpack.NewEncoder(&c.hb)
-	_, _ = io.WriteString(nc, http2.ClientPreface)
-	_ = c.fr.WriteSettings(settings...)
-	return c
-}
-
-func (c *client) request(id uint32, path string, end bool) {
-	c.hb.Reset()
-	for _, kv := range [][2]string{{":method", "GET"}, {":scheme", "https"}, {":authority", "test"}, {":path", path}} {
-		_ = c.enc.WriteField(hpack.HeaderField{Name: kv[0], Value: kv[1]})
-	}
-	_ = c.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: c.hb.Bytes(), EndStream: end, EndHeaders: true})
-}
-
-// next reads frames, acknowledging SETTINGS, until one for stream id (or
-// a GOAWAY) comes.
-func (c *client) next(id uint32) http2.Frame {
-	c.t.Helper()
-	for {
-		f, err := c.fr.ReadFrame()
-		if err != nil {
-			c.t.Fatalf("reading: %v", err)
-		}
-		switch f := f.(type) {
-		case *http2.SettingsFrame:
-			if !f.IsAck() {
-				_ = c.fr.WriteSettingsAck()
-			}
-			continue
-		case *http2.GoAwayFrame:
-			return f
-		}
-		if f.Header().StreamID == id {
-			return f
-		}
-	}
+	return h2test.New(t, nc, true, settings...)
 }
 
 func ok(st *Stream) { _ = st.WriteHeaders(200, nil, []byte("ok"), true) }
@@ -115,12 +68,12 @@ func TestPanickingHandlerResetsItsStreamOnly(t *testing.T) {
 		ok(st)
 	})})
 	c := dial(t, addr)
-	c.request(1, "/panic", true)
-	if f, isRST := c.next(1).(*http2.RSTStreamFrame); !isRST || f.ErrCode != http2.ErrCodeInternal {
+	c.Request(1, "/panic", true)
+	if f, isRST := c.Next(1).(*http2.RSTStreamFrame); !isRST || f.ErrCode != http2.ErrCodeInternal {
 		t.Fatalf("panicking stream: %v", f)
 	}
-	c.request(3, "/", true)
-	if f, isHdr := c.next(3).(*http2.MetaHeadersFrame); !isHdr || f.PseudoValue("status") != "200" {
+	c.Request(3, "/", true)
+	if f, isHdr := c.Next(3).(*http2.MetaHeadersFrame); !isHdr || f.PseudoValue("status") != "200" {
 		t.Fatalf("next stream: %v", f)
 	}
 }
@@ -131,8 +84,8 @@ func TestZeroWindowStallIsBounded(t *testing.T) {
 		stalled <- st.WriteHeaders(200, nil, []byte(strings.Repeat("x", 100)), true)
 	})})
 	c := dial(t, addr, http2.Setting{ID: http2.SettingInitialWindowSize, Val: 0})
-	c.request(1, "/", true)
-	if _, isHdr := c.next(1).(*http2.MetaHeadersFrame); !isHdr {
+	c.Request(1, "/", true)
+	if _, isHdr := c.Next(1).(*http2.MetaHeadersFrame); !isHdr {
 		t.Fatal("no response head")
 	}
 	select {
@@ -143,7 +96,7 @@ func TestZeroWindowStallIsBounded(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("the write still waits for window")
 	}
-	if f, isRST := c.next(1).(*http2.RSTStreamFrame); !isRST {
+	if f, isRST := c.Next(1).(*http2.RSTStreamFrame); !isRST {
 		t.Fatalf("after the stall: %v, want RST_STREAM", f)
 	}
 }
@@ -164,49 +117,34 @@ func TestStreamFlowControlViolations(t *testing.T) {
 	c := dial(t, addr)
 	// A body past the stream's window: FLOW_CONTROL_ERROR for the stream;
 	// the connection goes on.
-	c.request(1, "/hold", false)
-	_ = c.fr.WriteData(1, false, make([]byte, 1500))
-	for {
-		f := c.next(1)
-		if rst, isRST := f.(*http2.RSTStreamFrame); isRST {
-			if rst.ErrCode != http2.ErrCodeFlowControl {
-				t.Fatalf("RST_STREAM %v, want FLOW_CONTROL_ERROR", rst.ErrCode)
-			}
-			break
-		}
-		if _, isGA := f.(*http2.GoAwayFrame); isGA {
-			t.Fatal("GOAWAY for a stream's flow-control error")
-		}
+	c.Request(1, "/hold", false)
+	_ = c.Fr.WriteData(1, false, make([]byte, 1500))
+	if code := c.Reset(1); code != int(http2.ErrCodeFlowControl) {
+		t.Fatalf("stream 1 reset with %d, want FLOW_CONTROL_ERROR", code)
 	}
 	// A stream window update past 2^31-1: FLOW_CONTROL_ERROR for it.
-	c.request(3, "/read", false)
-	_ = c.fr.WriteWindowUpdate(3, 1<<31-1)
-	for {
-		f := c.next(3)
-		if rst, isRST := f.(*http2.RSTStreamFrame); isRST {
-			if rst.ErrCode != http2.ErrCodeFlowControl {
-				t.Fatalf("RST_STREAM %v, want FLOW_CONTROL_ERROR", rst.ErrCode)
-			}
-			break
-		}
+	c.Request(3, "/read", false)
+	_ = c.Fr.WriteWindowUpdate(3, 1<<31-1)
+	if code := c.Reset(3); code != int(http2.ErrCodeFlowControl) {
+		t.Fatalf("stream 3 reset with %d, want FLOW_CONTROL_ERROR", code)
 	}
 	// A body that respects the window is read, and its bytes are granted
 	// back as the handler consumes them.
-	c.request(5, "/read", false)
+	c.Request(5, "/read", false)
 	granted := 0
 	for sent := 0; sent < 5000; sent += 500 {
 		for sent+500-granted > 1000 { // wait for the stream's window
-			switch f := c.next(5).(type) {
+			switch f := c.Next(5).(type) {
 			case *http2.WindowUpdateFrame:
 				granted += int(f.Increment)
 			case *http2.RSTStreamFrame:
 				t.Fatalf("reset: %v", f.ErrCode)
 			}
 		}
-		_ = c.fr.WriteData(5, sent+500 == 5000, make([]byte, 500))
+		_ = c.Fr.WriteData(5, sent+500 == 5000, make([]byte, 500))
 	}
 	for {
-		if f, isHdr := c.next(5).(*http2.MetaHeadersFrame); isHdr {
+		if f, isHdr := c.Next(5).(*http2.MetaHeadersFrame); isHdr {
 			if f.PseudoValue("status") != "200" {
 				t.Fatalf("status %s", f.PseudoValue("status"))
 			}
