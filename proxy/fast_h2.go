@@ -62,6 +62,7 @@ type h2Handler struct {
 
 // h2Scratch is one stream's working space, pooled.
 type h2Scratch struct {
+	early  bool // the instance answered before it had the whole request body
 	res    h1.Head
 	head   []byte
 	buf    []byte
@@ -77,6 +78,7 @@ func (h *h2Handler) getScratch() *h2Scratch {
 }
 
 func (h *h2Handler) putScratch(x *h2Scratch) {
+	x.early = false
 	clear(x.fields)
 	x.fields = x.fields[:0]
 	h.scratch.Put(x)
@@ -225,6 +227,7 @@ func h2PathOnly(p string) string {
 // may have reached the instance.
 func (h *h2Handler) send(st *h2.Stream, x *h2Scratch, uc *h1.UpConn, prefix string) (sent bool, err error) {
 	rt := h.rt
+	x.early = false
 	trusted := len(rt.trusted) > 0 && rt.trustedPeer(st.Remote())
 	w := x.head[:0]
 	w = append(w, st.Method...)
@@ -338,8 +341,13 @@ func (h *h2Handler) send(st *h2.Stream, x *h2Scratch, uc *h1.UpConn, prefix stri
 				p = buf[start : off+n+2]
 				buf[off+n], buf[off+n+1] = '\r', '\n'
 			}
-			if _, err := uc.Write(p); err != nil {
+			early, err := uc.WriteBody(p)
+			if err != nil {
 				return true, err
+			}
+			if early {
+				x.early = true // the instance answered: its answer is relayed, the connection not reused
+				return true, nil
 			}
 		}
 		switch {
@@ -461,6 +469,8 @@ func (h *h2Handler) relay(st *h2.Stream, x *h2Scratch, uc *h1.UpConn, b *Backend
 		rt.log.Warn("upstream error in the response body", "color", o.pool.color, "instance", b.name,
 			"method", o.method, "kind", kind, "err", err)
 		st.Reset(http2.ErrCodeInternal)
+	case x.early:
+		uc.Close() // part of the request body was never sent
 	default:
 		body.Finish(b.conns)
 	}

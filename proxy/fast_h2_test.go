@@ -548,9 +548,10 @@ func TestH2MalformedFrames(t *testing.T) {
 }
 
 func TestH2IdleTimeoutAndShutdown(t *testing.T) {
-	release := make(chan struct{})
+	release, entered := make(chan struct{}), make(chan struct{}, 1)
 	inst := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/slow" {
+			entered <- struct{}{}
 			<-release
 		}
 		fmt.Fprint(w, "done "+r.URL.Path)
@@ -579,10 +580,7 @@ func TestH2IdleTimeoutAndShutdown(t *testing.T) {
 		res.Body.Close()
 		got <- string(b)
 	}()
-	deadline := time.Now().Add(5 * time.Second)
-	for fr.srv.h2.Conns() == 0 && time.Now().Before(deadline) {
-		time.Sleep(5 * time.Millisecond)
-	}
+	<-entered // the stream is in flight at the instance
 	stopped := make(chan error, 1)
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -643,5 +641,53 @@ func TestH2EventStreamEndsCleanlyOnDrain(t *testing.T) {
 	}
 	if open, _ := f.rt.Streams("blue"); open != 0 {
 		t.Errorf("%d streams still tracked", open)
+	}
+}
+
+func TestH2EarlyAnswerEndsTheUpload(t *testing.T) {
+	// An instance that refuses a large upload at once and reads no more of
+	// it (RFC 9112 9.5): its answer reaches the client, the proxy stops
+	// sending the body.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	hold := make(chan struct{})
+	defer close(hold)
+	go func() {
+		for {
+			nc, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer nc.Close()
+				br := bufio.NewReader(nc)
+				req, err := http.ReadRequest(br)
+				if err != nil {
+					return
+				}
+				if req.Method == "GET" { // health checks and the like
+					_, _ = io.WriteString(nc, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+					return
+				}
+				_, _ = io.WriteString(nc, "HTTP/1.1 413 Payload Too Large\r\nContent-Length: 4\r\nConnection: close\r\n\r\nbig!")
+				<-hold // the rest of the body stays unread
+			}()
+		}
+	}()
+	url := "http://" + ln.Addr().String()
+	f := newFixture(t, []string{url}, []string{url}, nil)
+	fr := startH2(t, f.rt, nil)
+	c := h2Client(t)
+	res, err := c.Post(fr.url+"/upload", "application/octet-stream", io.LimitReader(zeros{}, 64<<20))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(res.Body)
+	res.Body.Close()
+	if res.StatusCode != 413 || string(body) != "big!" {
+		t.Errorf("got %d %q, want the instance's 413", res.StatusCode, body)
 	}
 }

@@ -16,6 +16,36 @@ import (
 // Write writes p to the instance.
 func (c *UpConn) Write(p []byte) (int, error) { return c.cr.write(p) }
 
+// WriteBody writes request body bytes, as the codec's own requests send
+// theirs: a write blocked for a moment looks whether the instance
+// answered, and an instance that answered (before it had the whole body,
+// RFC 9112 9.5) ends the sending with early true; the rest is not sent,
+// and the connection must not be reused. A slow reader is no failure.
+func (c *UpConn) WriteBody(p []byte) (early bool, err error) {
+	defer c.nc.SetWriteDeadline(time.Time{})
+	for len(p) > 0 {
+		if c.cr.peekState() == peekData {
+			return true, nil
+		}
+		_ = c.nc.SetWriteDeadline(time.Now().Add(earlyWriteSlice))
+		n, err := c.cr.write(p)
+		p = p[n:]
+		if err == nil {
+			continue
+		}
+		switch c.cr.peekState() {
+		case peekData:
+			return true, nil
+		case peekNothing, peekUnknown:
+			if isTimeout(err) {
+				continue
+			}
+		}
+		return false, err
+	}
+	return false, nil
+}
+
 // Interrupt closes the socket, so what blocks on the connection, now or
 // later, fails at once; from any goroutine. The connection must then be
 // closed with Close, not pooled.
