@@ -19,6 +19,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -689,5 +690,63 @@ func TestH2EarlyAnswerEndsTheUpload(t *testing.T) {
 	res.Body.Close()
 	if res.StatusCode != 413 || string(body) != "big!" {
 		t.Errorf("got %d %q, want the instance's 413", res.StatusCode, body)
+	}
+}
+
+// TestH2ForwardsAsHTTPS1: the same requests over HTTPS/1.1 (the fast
+// codec) and over HTTP/2 reach the instance with the same target, Host
+// and fields, from an untrusted and from a trusted peer.
+func TestH2ForwardsAsHTTPS1(t *testing.T) {
+	for _, trusted := range []bool{false, true} {
+		t.Run(fmt.Sprintf("trusted=%v", trusted), func(t *testing.T) {
+			inst := newRawInstance(t, okHandler("blue"))
+			f := newFixture(t, []string{inst.URL}, []string{inst.URL}, func(c *Config) {
+				c.StripPreviewHeader = true
+				if trusted {
+					c.TrustedProxies = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}
+				}
+			})
+			fr := startH2(t, f.rt, nil)
+			h1c := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
+			t.Cleanup(h1c.CloseIdleConnections)
+			h2c := h2Client(t)
+			cases := []map[string]string{
+				{},
+				{"X-Forwarded-For": "6.6.6.6", "X-Forwarded-Host": "other.example", "X-Forwarded-Proto": "http",
+					"X-Forwarded-Port": "81", "X-Real-Ip": "7.7.7.7", "Forwarded": "for=8.8.8.8"},
+				{"Proxy-Authorization": "Basic eDp5", "Te": "trailers", "X-Bluegreen-Preview": "0", "Accept": "*/*"},
+				{"Cookie": "a=1; b=2", "User-Agent": "test", "X-Many": "v"},
+			}
+			for i, hdr := range cases {
+				var seen [2]seenReq
+				for j, c := range []*http.Client{h1c, h2c} {
+					req, _ := http.NewRequest("GET", fr.url+"/p/a%20th?x=1&y=2", nil)
+					for k, v := range hdr {
+						req.Header.Set(k, v)
+					}
+					req.Header.Set("User-Agent", "test") // Go's clients send their own otherwise
+					res, err := c.Do(req)
+					if err != nil {
+						t.Fatal(err)
+					}
+					_, _ = io.Copy(io.Discard, res.Body)
+					res.Body.Close()
+					if (res.ProtoMajor == 2) != (j == 1) {
+						t.Fatalf("case %d: client %d spoke %s", i, j, res.Proto)
+					}
+					seen[j] = inst.last()
+				}
+				a, b := seen[0], seen[1]
+				if want := map[bool]string{false: "127.0.0.1", true: "6.6.6.6, 127.0.0.1"}[trusted]; i == 1 && b.Header.Get("X-Forwarded-For") != want {
+					t.Errorf("HTTP/2 X-Forwarded-For %q, want %q", b.Header.Get("X-Forwarded-For"), want)
+				}
+				a.Header.Del("Accept-Encoding") // Go's HTTP/1.1 and HTTP/2 clients ask for gzip differently
+				b.Header.Del("Accept-Encoding")
+				if a.Method != b.Method || a.RequestURI != b.RequestURI || a.Host != b.Host || fmt.Sprint(a.Header) != fmt.Sprint(b.Header) {
+					t.Errorf("case %d:\nHTTPS/1.1: %s %s host %s %v\nHTTP/2:    %s %s host %s %v", i,
+						a.Method, a.RequestURI, a.Host, a.Header, b.Method, b.RequestURI, b.Host, b.Header)
+				}
+			}
+		})
 	}
 }
