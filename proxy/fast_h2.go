@@ -352,8 +352,15 @@ func (h *h2Handler) send(st *h2.Stream, x *h2Scratch, uc *h1.UpConn, prefix stri
 		}
 		switch {
 		case rerr == io.EOF:
-			if chunked {
-				_, err = uc.Write([]byte("0\r\n\r\n"))
+			if chunked { // the last chunk, with the request's trailers
+				w := append(x.head[:0], "0\r\n"...)
+				for _, f := range st.Trailers() {
+					if h.validTrailer(f.Name) {
+						w = append(append(append(append(w, f.Name...), ": "...), f.Value...), "\r\n"...)
+					}
+				}
+				x.head = append(w, "\r\n"...)
+				_, err = uc.Write(x.head)
 			}
 			return true, err
 		case errors.Is(rerr, h2.ErrBodyTimeout):
@@ -475,6 +482,18 @@ func (h *h2Handler) relay(st *h2.Stream, x *h2Scratch, uc *h1.UpConn, b *Backend
 		body.Finish(b.conns)
 	}
 	rt.finish(o)
+}
+
+// validTrailer reports whether a request trailer may be forwarded: not a
+// field that frames, routes or authenticates a request (RFC 9110 6.5.1).
+func (h *h2Handler) validTrailer(name string) bool {
+	switch name {
+	case "content-length", "host", "authorization", "cookie", "expect", "te", "trailer", "transfer-encoding",
+		"proxy-authorization", "proxy-authenticate", "content-type", "content-encoding", "content-range", "cache-control",
+		"max-forwards", "range", "set-cookie", "www-authenticate":
+		return false
+	}
+	return !strings.HasPrefix(name, "x-forwarded-") && !(h.rt.stripPreview && name == h.rt.previewLower)
 }
 
 // h2ExpectsContinue reports an Expect: 100-continue request field.

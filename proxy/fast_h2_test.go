@@ -186,7 +186,7 @@ func TestH2BodiesBothWays(t *testing.T) {
 				http.Error(w, err.Error(), 500)
 				return
 			}
-			fmt.Fprintf(w, "%d %x %v", n, h.Sum(nil), r.TransferEncoding)
+			fmt.Fprintf(w, "%d %x %v%s", n, h.Sum(nil), r.TransferEncoding, r.Trailer.Get("X-Sum"))
 			return
 		}
 		w.Header().Set("Content-Length", fmt.Sprint(size))
@@ -205,6 +205,9 @@ func TestH2BodiesBothWays(t *testing.T) {
 			body = io.MultiReader(body) // no length known: no content-length, chunked to the instance
 		}
 		req, _ := http.NewRequest("POST", fr.url+"/upload", body)
+		if !withLength {
+			req.Trailer = http.Header{"X-Sum": {"sum-in-trailer"}} // forwarded in the last chunk
+		}
 		res, err := c.Do(req)
 		if err != nil {
 			t.Fatal(err)
@@ -213,7 +216,7 @@ func TestH2BodiesBothWays(t *testing.T) {
 		res.Body.Close()
 		te := "[]"
 		if !withLength {
-			te = "[chunked]"
+			te = "[chunked]sum-in-trailer"
 		}
 		if want := fmt.Sprintf("%d %x %s", size, sum, te); string(got) != want {
 			t.Errorf("upload (length known %v): instance saw %q, want %q", withLength, got, want)

@@ -98,6 +98,7 @@ func (c *conn) processHeaders(f *http2.MetaHeadersFrame) error {
 			return nil
 		}
 		st.remoteDone = true
+		st.trailers = f.RegularFields()
 		bad := st.ContentLength >= 0 && st.received != st.ContentLength
 		c.cond.Broadcast()
 		c.mu.Unlock()

@@ -44,7 +44,8 @@ type Stream struct {
 	clientReset bool // the client reset it
 	interrupt   func()
 	headersSent bool
-	expired     bool // the wait of waitLocked timed out
+	trailers    []hpack.HeaderField // of the request body
+	expired     bool                // the wait of waitLocked timed out
 	waits       uint64
 }
 
@@ -155,6 +156,14 @@ func (st *Stream) Read(p []byte) (int, error) {
 		})
 	}
 	return n, nil
+}
+
+// Trailers are the request's trailer fields, once Read returned io.EOF.
+func (st *Stream) Trailers() []hpack.HeaderField {
+	c := st.c
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return st.trailers
 }
 
 // WriteHeaders sends the response head: :status and fields (names in
