@@ -131,9 +131,17 @@ func (h *h2Handler) ServeH2(st *h2.Stream) {
 	hasBody := st.HasBody
 	fresh := false
 	for try := 0; ; try++ {
-		uc, err := b.conns.Get(fresh)
+		var uc *h1.UpConn
+		var err error
+		if st.IsReset() {
+			// Reset before it reached an instance (a rapid reset): no
+			// instance connection is taken, and so none is lost.
+			err = h2.ErrReset
+		} else {
+			uc, err = b.conns.Get(fresh)
+		}
 		sent := false
-		if err == nil {
+		if uc != nil {
 			st.OnReset(uc.Interrupt)
 			sent, err = h.send(st, x, uc, b.conns.Prefix())
 			if err == nil {
