@@ -27,7 +27,9 @@ import (
 // log.
 //
 // ServeTLS serves the HTTPS/1.1 connections of a TLS listener, after their
-// handshake, on the same codec (fasttls.go).
+// handshake, on the same codec (fasttls.go), and ServeH2 its HTTP/2
+// connections on the proxy's HTTP/2 codec (package h2), whose streams run
+// the same pipeline (fast_h2.go).
 //
 // When the Router cannot use the fast codec (an https instance, an
 // instance URL with a query, or a custom Transport), Serve is
