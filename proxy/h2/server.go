@@ -262,7 +262,8 @@ type conn struct {
 	dead         bool // the connection failed or closed
 	idleArmed    bool
 
-	work chan *Stream // idle stream goroutines wait here for the next stream
+	work        chan *Stream // idle stream goroutines wait here for the next stream
+	idleWorkers atomic.Int32
 }
 
 // writeBuf collects frames for one write to the connection.

@@ -335,10 +335,20 @@ func (st *Stream) HeadersSent() bool {
 // the connection closes: a stream goroutine is reused with its grown
 // stack.
 func (c *conn) streamWorker(st *Stream) {
-	for ok := true; ok; st, ok = <-c.work {
+	for ok := true; ok; {
 		c.runStream(st)
+		if c.idleWorkers.Add(1) > maxIdleWorkers {
+			c.idleWorkers.Add(-1)
+			return // enough wait already: a burst's goroutines do not stay
+		}
+		st, ok = <-c.work
+		c.idleWorkers.Add(-1)
 	}
 }
+
+// maxIdleWorkers bounds the stream goroutines a connection keeps waiting
+// for its next streams.
+const maxIdleWorkers = 32
 
 // waitLocked waits on the connection's cond until ready holds or timeout
 // (0: none) passes, and reports whether ready holds. Under c.mu.
