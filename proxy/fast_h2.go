@@ -145,7 +145,7 @@ func (h *h2Handler) ServeH2(st *h2.Stream) {
 			st.OnReset(uc.Interrupt)
 			sent, err = h.send(st, x, uc, b.conns.Prefix())
 			if err == nil {
-				err = uc.ReadHead(&x.res, rt.respHeaderTimeout)
+				err = uc.ReadHead(&x.res, rt.respHeaderTimeout, func(res *h1.Head) { h.informational(st, x, res) })
 			}
 			if err == nil {
 				o.inst = b
@@ -379,14 +379,18 @@ func (h *h2Handler) send(st *h2.Stream, x *h2Scratch, uc *h1.UpConn, prefix stri
 	}
 }
 
-// relay writes the instance's answer, whose head is in x.res, to the
-// stream and finishes the request.
-func (h *h2Handler) relay(st *h2.Stream, x *h2Scratch, uc *h1.UpConn, b *Backend, o *outcome, setCookie string) {
-	rt := h.rt
-	res := &x.res
-	code := res.Code()
-	b.observe(code)
-	o.status = code
+// informational relays an instance's 1xx answer (103 Early Hints and the
+// like; not 100, which the proxy gave itself when it was asked for).
+func (h *h2Handler) informational(st *h2.Stream, x *h2Scratch, res *h1.Head) {
+	if res.Code() == http.StatusContinue {
+		return
+	}
+	_ = st.WriteHeaders(res.Code(), h.responseFields(x, res), nil, false)
+}
+
+// responseFields converts a response head's end-to-end fields to HTTP/2's
+// (names in lower case), in x.fields.
+func (h *h2Handler) responseFields(x *h2Scratch, res *h1.Head) []hpack.HeaderField {
 	fields := x.fields[:0]
 	lower := x.lower[:0]
 	res.EachEndToEndField(func(name, value []byte) {
@@ -400,6 +404,19 @@ func (h *h2Handler) relay(st *h2.Stream, x *h2Scratch, uc *h1.UpConn, b *Backend
 		fields = append(fields, hpack.HeaderField{Name: string(lower[start:]), Value: string(value)})
 	})
 	x.lower = lower
+	x.fields = fields
+	return fields
+}
+
+// relay writes the instance's answer, whose head is in x.res, to the
+// stream and finishes the request.
+func (h *h2Handler) relay(st *h2.Stream, x *h2Scratch, uc *h1.UpConn, b *Backend, o *outcome, setCookie string) {
+	rt := h.rt
+	res := &x.res
+	code := res.Code()
+	b.observe(code)
+	o.status = code
+	fields := h.responseFields(x, res)
 	if !res.HasDate() {
 		fields = append(fields, hpack.HeaderField{Name: "date", Value: h.dateNow()})
 	}

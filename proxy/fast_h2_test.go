@@ -19,7 +19,9 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/http/httptrace"
 	"net/netip"
+	"net/textproto"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -751,5 +753,31 @@ func TestH2ForwardsAsHTTPS1(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+func TestH2RelaysEarlyHints(t *testing.T) {
+	inst := newRawInstance(t, func(c net.Conn, _ *bufio.Reader, _ *http.Request, _ []byte) bool {
+		_, _ = io.WriteString(c, "HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"+
+			"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nLink: </a.css>; rel=preload\r\n\r\nok")
+		return true
+	})
+	f := newFixture(t, []string{inst.URL}, []string{inst.URL}, nil)
+	fr := startH2(t, f.rt, nil)
+	c := h2Client(t)
+	var hints []string
+	trace := &httptrace.ClientTrace{Got1xxResponse: func(code int, h textproto.MIMEHeader) error {
+		hints = append(hints, fmt.Sprint(code, " ", h.Get("Link")))
+		return nil
+	}}
+	req, _ := http.NewRequestWithContext(httptrace.WithClientTrace(context.Background(), trace), "GET", fr.url+"/", nil)
+	res, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(res.Body)
+	res.Body.Close()
+	if res.StatusCode != 200 || string(body) != "ok" || len(hints) != 1 || hints[0] != "103 </a.css>; rel=preload" {
+		t.Errorf("got %d %q, 1xx %q", res.StatusCode, body, hints)
 	}
 }

@@ -54,11 +54,11 @@ func (c *UpConn) Interrupt() { _ = c.nc.Close() }
 // Reused reports whether the connection came from the idle pool.
 func (c *UpConn) Reused() bool { return c.reused }
 
-// ReadHead reads the instance's final response head into res, skipping
-// informational (1xx) answers; timeout bounds the wait (0: none). The
-// head stays in the read buffer, and res's fields valid, until
-// StartBody.
-func (c *UpConn) ReadHead(res *Head, timeout time.Duration) error {
+// ReadHead reads the instance's final response head into res; timeout
+// bounds the wait (0: none). Informational answers (1xx but 101) go to
+// info, when set, with res holding them, and are skipped. The final head
+// stays in the read buffer, and res's fields valid, until StartBody.
+func (c *UpConn) ReadHead(res *Head, timeout time.Duration, info func(res *Head)) error {
 	if timeout > 0 {
 		_ = c.nc.SetReadDeadline(time.Now().Add(timeout))
 		defer c.nc.SetReadDeadline(time.Time{})
@@ -88,6 +88,9 @@ func (c *UpConn) ReadHead(res *Head, timeout time.Duration) error {
 		}
 		if res.code == http.StatusSwitchingProtocols {
 			return errUpstream101
+		}
+		if info != nil {
+			info(res)
 		}
 		c.cr.discard(n)
 	}
