@@ -424,6 +424,7 @@ func (h *h2Handler) relay(st *h2.Stream, x *h2Scratch, uc *h1.UpConn, b *Backend
 	x.fields = fields
 	body := uc.StartBody(res, st.Method == http.MethodHead)
 	var ending *h2StreamEnd
+	graced := false // an ending waits for the rest of a chunk
 	if body.Stream {
 		o.longLived = true
 		ending = &h2StreamEnd{st: st, uc: uc}
@@ -457,6 +458,12 @@ func (h *h2Handler) relay(st *h2.Stream, x *h2Scratch, uc *h1.UpConn, b *Backend
 				break
 			}
 			if err != nil {
+				if ending != nil && ending.wasEnded() && !graced && !body.AtBoundary() {
+					// Ended mid-chunk: the rest of it, within endGrace.
+					graced = true
+					uc.SetReadDeadline(time.Now().Add(endGrace))
+					continue
+				}
 				break
 			}
 			end := body.Length() == 0
@@ -469,6 +476,10 @@ func (h *h2Handler) relay(st *h2.Stream, x *h2Scratch, uc *h1.UpConn, b *Backend
 			if end {
 				break
 			}
+			if ending != nil && ending.wasEnded() && body.AtBoundary() {
+				err = errDrainEnded
+				break
+			}
 		}
 	}
 	st.OnReset(nil)
@@ -477,10 +488,14 @@ func (h *h2Handler) relay(st *h2.Stream, x *h2Scratch, uc *h1.UpConn, b *Backend
 	}
 	switch {
 	case ended:
-		// A drain or shutdown ended the event stream (its instance
-		// connection is closed): a clean end.
+		// A drain or shutdown ended the event stream: a clean end at a
+		// chunk boundary, else (the chunk did not complete within
+		// endGrace) a reset. Nobody is charged.
 		uc.Close()
-		if err != nil || werr != nil {
+		switch {
+		case err != nil && !body.AtBoundary():
+			st.Reset(http2.ErrCodeCancel)
+		case err != nil || werr != nil:
 			_ = st.WriteData(nil, true)
 		}
 	case werr != nil || st.IsReset():
@@ -545,7 +560,8 @@ func trailerFields(lines [][]byte) []hpack.HeaderField {
 }
 
 // h2StreamEnd ends or closes an event stream relayed to an HTTP/2 client,
-// for draining: End ends it cleanly (END_STREAM after the events relayed),
+// for draining: End ends it cleanly at its next chunk boundary (END_STREAM
+// after the events relayed; a chunk under way gets endGrace to complete),
 // Close resets it. Neither acts once the relay finished.
 type h2StreamEnd struct {
 	st    *h2.Stream
@@ -560,9 +576,18 @@ func (e *h2StreamEnd) End() {
 	defer e.mu.Unlock()
 	if !e.done {
 		e.ended = true
-		e.uc.Interrupt()
+		e.uc.SetReadDeadline(time.Now()) // the relay's wait for the next chunk ends
 	}
 }
+
+// wasEnded reports whether End was called.
+func (e *h2StreamEnd) wasEnded() bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.ended
+}
+
+var errDrainEnded = errors.New("the event stream was ended by a drain or shutdown")
 
 func (e *h2StreamEnd) Close() error {
 	e.mu.Lock()

@@ -620,18 +620,7 @@ func TestH2EventStreamEndsCleanlyOnDrain(t *testing.T) {
 		}
 	}))
 	defer inst.Close()
-	f := newFixture(t, []string{inst.URL}, []string{inst.URL}, nil)
-	fr := startH2(t, f.rt, nil)
-	c := h2Client(t)
-	res, err := c.Get(fr.url + "/events")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer res.Body.Close()
-	buf := make([]byte, 11)
-	if _, err := io.ReadFull(res.Body, buf); err != nil {
-		t.Fatal(err)
-	}
+	f, res := firstEvent(t, inst.URL)
 	// The end of a drain (or shutdown) ends tracked streams: END_STREAM,
 	// a clean end the client reconnects after, not a reset.
 	if n := f.rt.CloseStreams(); n != 1 {
@@ -780,4 +769,47 @@ func TestH2RelaysEarlyHints(t *testing.T) {
 	if res.StatusCode != 200 || string(body) != "ok" || len(hints) != 1 || hints[0] != "103 </a.css>; rel=preload" {
 		t.Errorf("got %d %q, 1xx %q", res.StatusCode, body, hints)
 	}
+}
+
+func TestH2EventStreamEndWaitsForTheChunk(t *testing.T) {
+	ended, rest := make(chan struct{}), make(chan struct{})
+	inst := newRawInstance(t, func(c net.Conn, _ *bufio.Reader, _ *http.Request, _ []byte) bool {
+		_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"+
+			"b\r\ndata: one\n\n\r\nb\r\ndata:")
+		<-ended // the drain ends the stream while this chunk is under way
+		_, _ = io.WriteString(c, " two\n\n\r\n")
+		<-rest
+		_, _ = io.WriteString(c, "d\r\ndata: three\n\n\r\n") // after the end: never relayed
+		return false
+	})
+	defer close(rest)
+	f, res := firstEvent(t, inst.URL)
+	// The partial chunk came in the same write as the first event, so the
+	// proxy read it with it: the ending finds the relay mid-chunk.
+	if n := f.rt.CloseStreams(); n != 1 {
+		t.Fatalf("CloseStreams ended %d streams, want 1", n)
+	}
+	close(ended)
+	got, err := io.ReadAll(res.Body)
+	if err != nil || string(got) != "data: two\n\n" {
+		t.Errorf("after the ending: %q %v, want the chunk under way and a clean end", got, err)
+	}
+}
+
+// firstEvent proxies an event stream of the instance at url over HTTP/2
+// and reads its first event, "data: one\n\n".
+func firstEvent(t *testing.T, url string) (*fixture, *http.Response) {
+	t.Helper()
+	f := newFixture(t, []string{url}, []string{url}, nil)
+	fr := startH2(t, f.rt, nil)
+	res, err := h2Client(t).Get(fr.url + "/events")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { res.Body.Close() })
+	buf := make([]byte, 11)
+	if _, err := io.ReadFull(res.Body, buf); err != nil || string(buf) != "data: one\n\n" {
+		t.Fatalf("first event %q %v", buf, err)
+	}
+	return f, res
 }

@@ -177,6 +177,15 @@ func (b *LegBody) Length() int64 {
 	return -1
 }
 
+// AtBoundary reports whether the body read so far ends with a whole chunk
+// (always, for a body that is not chunked): where an event stream may be
+// ended cleanly.
+func (b *LegBody) AtBoundary() bool { return b.framing != bodyChunked || b.rem == 0 }
+
+// SetReadDeadline sets the read deadline of the connection; from any
+// goroutine.
+func (c *UpConn) SetReadDeadline(t time.Time) { _ = c.nc.SetReadDeadline(t) }
+
 // Buffered reports whether body bytes are already read and waiting.
 func (b *LegBody) Buffered() bool { return b.uc.cr.buffered() > 0 }
 
