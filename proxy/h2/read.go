@@ -53,10 +53,7 @@ func (c *conn) process(f http2.Frame) error {
 		if f.StreamDep == f.StreamID {
 			c.streamError(f.StreamID, http2.ErrCodeProtocol)
 		}
-	case *http2.GoAwayFrame:
-		c.mu.Lock()
-		c.clientAway = true
-		c.mu.Unlock()
+	case *http2.GoAwayFrame: // the client opens no more streams: end when ours are done
 		c.goAwayGraceful()
 	case *http2.PushPromiseFrame:
 		return http2.ConnectionError(http2.ErrCodeProtocol)

@@ -67,7 +67,6 @@ type Server struct {
 	mu       sync.Mutex
 	conns    map[*conn]struct{}
 	shutdown atomic.Bool
-	closed   atomic.Bool
 	idleCh   chan struct{} // signalled when a connection ends, for Shutdown
 }
 
@@ -174,10 +173,14 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		s.idleCh = make(chan struct{}, 1)
 	}
 	ch := s.idleCh
+	conns := make([]*conn, 0, len(s.conns))
 	for c := range s.conns {
-		c.goAwayGraceful()
+		conns = append(conns, c)
 	}
 	s.mu.Unlock()
+	for _, c := range conns { // not under s.mu: a GOAWAY may wait for a slow client
+		c.goAwayGraceful()
+	}
 	tick := time.NewTicker(50 * time.Millisecond)
 	defer tick.Stop()
 	for {
@@ -198,7 +201,6 @@ func (s *Server) Shutdown(ctx context.Context) error {
 
 // Close closes every connection at once.
 func (s *Server) Close() error {
-	s.closed.Store(true)
 	s.mu.Lock()
 	s.shutdown.Store(true)
 	for c := range s.conns {
@@ -215,16 +217,6 @@ func (s *Server) Conns() int {
 	return len(s.conns)
 }
 
-// GoAway ends every connection gracefully, as EndKeepAlives does for
-// HTTP/1.1: GOAWAY, and the streams in flight finish.
-func (s *Server) GoAway() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for c := range s.conns {
-		c.goAwayGraceful()
-	}
-}
-
 // conn is one HTTP/2 connection.
 type conn struct {
 	s      *Server
@@ -234,7 +226,8 @@ type conn struct {
 	br     *bufio.Reader
 
 	// writing: wmu orders frames; a writer appends to wbuf (through wfr
-	// and henc) and flushes when nobody waits behind it.
+	// and henc), and the writes to the connection are group-committed
+	// (see write).
 	wmu      sync.Mutex
 	wcond    sync.Cond // a flush ended
 	flushing bool      // a writer is writing the buffer to the connection
@@ -257,9 +250,7 @@ type conn struct {
 	recvWindow   int64 // our connection window for the client's DATA
 	recvUnacked  int64 // consumed bytes not yet granted back
 	goingAway    bool  // GOAWAY sent: no new streams
-	lastGranted  uint32
-	clientAway   bool // the client sent GOAWAY
-	dead         bool // the connection failed or closed
+	dead         bool  // the connection failed or closed
 	idleArmed    bool
 
 	work        chan *Stream // idle stream goroutines wait here for the next stream
