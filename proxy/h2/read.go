@@ -61,7 +61,7 @@ func (c *conn) process(f http2.Frame) error {
 	return nil // unknown frame types are ignored
 }
 
-// readLoopStreamError handles a stream error ReadFrame reported for a
+// headerStreamError handles a stream error ReadFrame reported for a
 // header block: the stream was opened (its id counts) and is reset.
 func (c *conn) headerStreamError(se http2.StreamError) error {
 	if se.StreamID%2 == 0 {

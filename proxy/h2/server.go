@@ -1,9 +1,10 @@
 // Package h2 is the proxy's HTTP/2 server codec (RFC 9113): one reader
 // goroutine per connection parses frames (golang.org/x/net/http2's Framer
-// and HPACK), and each request stream runs its Handler in a goroutine of
-// its own. Streams write their frames under one lock into one buffer that
-// goes to the connection when no other writer waits, so the answers of
-// many streams share a TLS record and a write.
+// and HPACK), and each request stream runs its Handler in a goroutine
+// (reused for the connection's next streams). Streams append their frames
+// under one lock to one buffer, and the writes to the connection are
+// group-committed: a writer that finds a write under way leaves its frames
+// to it, so the answers of many streams share a TLS record and a write.
 //
 // Everything a client can make the server hold is bounded: concurrent
 // streams (MaxConcurrentStreams, beyond which streams are refused, and a
