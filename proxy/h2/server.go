@@ -526,7 +526,7 @@ func (c *conn) flushAll() {
 		_ = c.nc.SetWriteDeadline(time.Now().Add(c.s.stall()))
 		_, err := c.nc.Write(buf)
 		c.wmu.Lock()
-		if cap(buf) <= 256<<10 {
+		if cap(buf) <= 64<<10 { // a burst's large buffer is not kept
 			c.spare = buf[:0]
 		} else {
 			c.spare = nil
