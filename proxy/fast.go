@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/cryoprotect/bluegreen/proxy/h1"
+	"github.com/cryoprotect/bluegreen/proxy/h2"
 )
 
 // Server serves the public listener. Plain HTTP/1.1 requests (one of the
@@ -26,7 +27,9 @@ import (
 // log.
 //
 // ServeTLS serves the HTTPS/1.1 connections of a TLS listener, after their
-// handshake, on the same codec (fasttls.go).
+// handshake, on the same codec (fasttls.go), and ServeH2 its HTTP/2
+// connections on the proxy's HTTP/2 codec (package h2), whose streams run
+// the same pipeline (fast_h2.go).
 //
 // When the Router cannot use the fast codec (an https instance, an
 // instance URL with a query, or a custom Transport), Serve is
@@ -46,6 +49,7 @@ type Server struct {
 
 	once sync.Once
 	h1   h1.Server
+	h2   h2.Server // HTTP/2 connections of a TLS listener (fast_h2.go)
 }
 
 // Serve accepts connections on ln until Shutdown or Close.
@@ -87,6 +91,7 @@ func (s *Server) configure() {
 		h.Refused = rt.refused
 		h.Reap = rt.reapUpstreams
 		h.ReapEvery = max(rt.upstreamIdle/2, time.Second)
+		s.configureH2()
 	})
 }
 
@@ -97,7 +102,10 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		return s.Fallback.Shutdown(ctx)
 	}
 	s.configure() // Serve or ServeTLS may not have run
-	return s.h1.Shutdown(ctx)
+	h2done := make(chan error, 1)
+	go func() { h2done <- s.h2.Shutdown(ctx) }()
+	err := s.h1.Shutdown(ctx)
+	return errors.Join(err, <-h2done)
 }
 
 // Close closes the listeners and every connection at once.
@@ -106,6 +114,7 @@ func (s *Server) Close() error {
 		return s.Fallback.Close()
 	}
 	s.configure() // Serve or ServeTLS may not have run
+	s.h2.Close()
 	return s.h1.Close()
 }
 
@@ -170,18 +179,13 @@ func (h fastHandler) ServeH1(c *h1.Conn, x *h1.Exchange) bool {
 			}
 			uc.Close()
 		}
-		v, next, fr := pool.attemptFailed(context.Background(), b, err, attempt{
+		next, fr := rt.attemptOver(&o, b, err, attempt{
 			method: o.method, hasBody: hasBody, bodySent: sent, firstTry: try == 0, try: try, start: o.start,
-		})
+		}, x.Path)
 		if next != nil {
 			b, fresh = next, fr
 			continue
 		}
-		o.fail(v, b, err)
-		if o.path == "" && o.fault == instanceFault {
-			o.path = x.Path()
-		}
-		rt.finish(&o)
 		keep := false
 		switch {
 		case o.fault == instanceFault:

@@ -169,6 +169,24 @@ func (p *Pool) attemptFailed(ctx context.Context, b *Backend, err error, a attem
 	return v, next, fresh
 }
 
+// attemptOver is attemptFailed for the codecs' attempt loops: when no
+// retry follows, it records the verdict in o and finishes the request
+// (path gives the request's path for the log of an instance's fault). It
+// returns the instance to try next and whether that needs a fresh
+// connection; nil: the request is finished.
+func (rt *Router) attemptOver(o *outcome, b *Backend, err error, a attempt, path func() string) (*Backend, bool) {
+	v, next, fresh := o.pool.attemptFailed(context.Background(), b, err, a)
+	if next != nil {
+		return next, fresh
+	}
+	o.fail(v, b, err)
+	if o.path == "" && o.fault == instanceFault {
+		o.path = path()
+	}
+	rt.finish(o)
+	return nil, false
+}
+
 // retryPolicy decides, for both codecs, whether a failed request may be
 // sent again: a refused connection sent nothing, so any request whose body
 // was not read yet may go elsewhere; after a reset before any response

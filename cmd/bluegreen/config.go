@@ -80,6 +80,7 @@ type Config struct {
 	ACMEStorage    string `env:"ACME_STORAGE" envDefault:"./acme"`
 	HTTPRedirect   bool   `env:"HTTP_REDIRECT" envDefault:"false"`
 	HSTS           string `env:"HSTS"`
+	H2             string `env:"H2" envDefault:"fast"`
 	tls            tlsOptions
 	// Fleet: a replica's local copy of the state, a file state to migrate
 	// into an empty etcd, how long to wait for etcd at start without a copy.

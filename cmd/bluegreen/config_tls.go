@@ -89,6 +89,9 @@ func (cfg *Config) loadTLS(bad func(name, value, expected string)) {
 	if cfg.HTTPRedirect {
 		needListen("HTTP_REDIRECT", "true")
 	}
+	if cfg.H2 != "fast" && cfg.H2 != "nethttp" {
+		bad("H2", cfg.H2, "expected fast (the proxy's own HTTP/2 codec) or nethttp (Go's HTTP/2 server)")
+	}
 	if cfg.HSTS != "" {
 		needListen("HSTS", cfg.HSTS)
 		if !validHSTS(cfg.HSTS) {

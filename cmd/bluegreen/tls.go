@@ -47,6 +47,7 @@ type tlsEdge struct {
 	fast             *proxy.Server // nil: net/http serves HTTP/1.1 too
 	handshakeTimeout time.Duration
 	h2               *h1.ConnQueue // handshaken HTTP/2 connections for srv
+	h2fast           bool          // HTTP/2 on the proxy's own codec (fast.ServeH2), not srv
 	pending          handshakes
 }
 
@@ -86,6 +87,7 @@ func newTLSEdge(cfg Config, log *slog.Logger, reg prometheus.Registerer, pub *pr
 		e.fast = pub
 		pub.HSTS = cfg.HSTS
 		e.h2 = h1.NewConnQueue(ln.Addr())
+		e.h2fast = cfg.H2 != "nethttp"
 	}
 	var h http.Handler = router
 	if cfg.HSTS != "" {

@@ -50,6 +50,7 @@ func TestTLSConfigErrors(t *testing.T) {
 		{[]string{"BLUEGREEN_HTTP_REDIRECT=yes"}, "BLUEGREEN_HTTP_REDIRECT=\"yes\": expected true or false"},
 		{[]string{"BLUEGREEN_HTTP_REDIRECT=true"}, "BLUEGREEN_HTTP_REDIRECT=\"true\": needs BLUEGREEN_TLS_LISTEN"},
 		{[]string{"BLUEGREEN_TLS_LISTEN=:8443", "BLUEGREEN_ACME_DOMAINS=a.example", "BLUEGREEN_HSTS=forever"}, "BLUEGREEN_HSTS=\"forever\": expected a Strict-Transport-Security value"},
+		{[]string{"BLUEGREEN_TLS_LISTEN=:8443", "BLUEGREEN_ACME_DOMAINS=a.example", "BLUEGREEN_H2=go"}, "BLUEGREEN_H2=\"go\": expected fast"},
 	} {
 		_, err := loadConfig(append(base, tc.env...), nil)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {

@@ -13,8 +13,9 @@ import (
 // With the fast path the TLS listener accepts and handshakes itself, each
 // connection in its own goroutine within the handshake timeout (the
 // plain listener's ReadHeaderTimeout, as net/http uses), and then hands it
-// on by its ALPN protocol: HTTP/2 to net/http (srv), HTTP/1.1 (or none) to
-// the proxy's fast codec, acme-tls/1 nowhere (certmagic answered the
+// on by its ALPN protocol: HTTP/2 to the proxy's HTTP/2 codec (with
+// BLUEGREEN_H2=nethttp to net/http, srv), HTTP/1.1 (or none) to the
+// proxy's fast codec, acme-tls/1 nowhere (certmagic answered the
 // validation in the handshake). Failed handshakes are counted and logged
 // at debug level through the certificate manager's error log, as net/http
 // reports them, and plain HTTP sent to the TLS port gets net/http's 400.
@@ -60,6 +61,10 @@ func (e *tlsEdge) serveConn(nc net.Conn) {
 	}
 	switch tc.ConnectionState().NegotiatedProtocol {
 	case "h2":
+		if e.h2fast {
+			_ = e.fast.ServeH2(tc) // it closes tc
+			return
+		}
 		if !e.h2.Deliver(tc) {
 			tc.Close()
 		}

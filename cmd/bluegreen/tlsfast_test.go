@@ -18,9 +18,12 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/net/http2"
+
 	"github.com/cryoprotect/bluegreen/cmd/demo-app/app"
 	"github.com/cryoprotect/bluegreen/internal/certs/certtest"
 	"github.com/cryoprotect/bluegreen/proxy/h1"
+	"github.com/cryoprotect/bluegreen/proxy/h2/h2test"
 )
 
 // echoApp answers 200 "ok" with its colour, the X-Forwarded-Proto it was
@@ -472,4 +475,40 @@ func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
 func isTimeout(err error) bool {
 	var ne net.Error
 	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// TestServeTLSH2Servers: h2 connections go to the proxy's HTTP/2 codec by
+// default and to Go's HTTP/2 server with BLUEGREEN_H2=nethttp. A request
+// with a connection-specific field tells them apart: RFC 9113 makes it
+// malformed, a stream error, and the codec resets the stream; Go's server
+// answers it (400).
+func TestServeTLSH2Servers(t *testing.T) {
+	blue := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, "blue") }))
+	defer blue.Close()
+	for _, tc := range []struct {
+		env    string
+		answer bool
+	}{{"BLUEGREEN_H2=fast", false}, {"BLUEGREEN_H2=nethttp", true}} {
+		t.Run(tc.env, func(t *testing.T) {
+			st := startTLSStack(t, blue.URL, blue.URL, tc.env, "BLUEGREEN_SHUTDOWN_DELAY=0s")
+			tc2, err := tls.Dial("tcp", st.a.tls, &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"h2"}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			c := h2test.New(t, tc2, true)
+			c.Request(1, "/", true, "connection", "keep-alive")
+			switch f := c.Next(1).(type) {
+			case *http2.MetaHeadersFrame:
+				if !tc.answer || f.PseudoValue("status") == "" {
+					t.Fatalf("answered %s", f.PseudoValue("status"))
+				}
+			case *http2.RSTStreamFrame:
+				if tc.answer || f.ErrCode != http2.ErrCodeProtocol {
+					t.Fatalf("stream reset with %v", f.ErrCode)
+				}
+			default:
+				t.Fatalf("got %v", f)
+			}
+		})
+	}
 }

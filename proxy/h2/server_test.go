@@ -1,0 +1,154 @@
+package h2
+
+import (
+	"errors"
+	"io"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/net/http2"
+
+	"github.com/cryoprotect/bluegreen/proxy/h2/h2test"
+)
+
+// Tests of the codec itself, over plain TCP (HTTP/2 with prior
+// knowledge), with handlers of their own.
+
+type handlerFunc func(st *Stream)
+
+func (f handlerFunc) ServeH2(st *Stream) { f(st) }
+
+func serveTest(t *testing.T, s *Server) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			nc, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go s.ServeConn(nc)
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		<-done
+		s.Close()
+		deadline := time.Now().Add(5 * time.Second)
+		for s.Conns() > 0 && time.Now().Before(deadline) {
+			time.Sleep(5 * time.Millisecond)
+		}
+	})
+	return ln.Addr().String()
+}
+
+func dial(t *testing.T, addr string, settings ...http2.Setting) *h2test.Client {
+	t.Helper()
+	nc, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h2test.New(t, nc, true, settings...)
+}
+
+func ok(st *Stream) { _ = st.WriteHeaders(200, nil, []byte("ok"), true) }
+
+func TestPanickingHandlerResetsItsStreamOnly(t *testing.T) {
+	addr := serveTest(t, &Server{Handler: handlerFunc(func(st *Stream) {
+		if st.Path == "/panic" {
+			panic("handler bug")
+		}
+		ok(st)
+	})})
+	c := dial(t, addr)
+	c.Request(1, "/panic", true)
+	if f, isRST := c.Next(1).(*http2.RSTStreamFrame); !isRST || f.ErrCode != http2.ErrCodeInternal {
+		t.Fatalf("panicking stream: %v", f)
+	}
+	c.Request(3, "/", true)
+	if f, isHdr := c.Next(3).(*http2.MetaHeadersFrame); !isHdr || f.PseudoValue("status") != "200" {
+		t.Fatalf("next stream: %v", f)
+	}
+}
+
+func TestZeroWindowStallIsBounded(t *testing.T) {
+	stalled := make(chan error, 1)
+	addr := serveTest(t, &Server{StallTimeout: 200 * time.Millisecond, Handler: handlerFunc(func(st *Stream) {
+		stalled <- st.WriteHeaders(200, nil, []byte(strings.Repeat("x", 100)), true)
+	})})
+	c := dial(t, addr, http2.Setting{ID: http2.SettingInitialWindowSize, Val: 0})
+	c.Request(1, "/", true)
+	if _, isHdr := c.Next(1).(*http2.MetaHeadersFrame); !isHdr {
+		t.Fatal("no response head")
+	}
+	select {
+	case err := <-stalled:
+		if !errors.Is(err, ErrStalled) {
+			t.Fatalf("the write ended with %v, want ErrStalled", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the write still waits for window")
+	}
+	if f, isRST := c.Next(1).(*http2.RSTStreamFrame); !isRST {
+		t.Fatalf("after the stall: %v, want RST_STREAM", f)
+	}
+}
+
+func TestStreamFlowControlViolations(t *testing.T) {
+	addr := serveTest(t, &Server{StreamWindow: 1000, Handler: handlerFunc(func(st *Stream) {
+		switch st.Path {
+		case "/read":
+			_, _ = io.Copy(io.Discard, st)
+		case "/hold": // reads nothing until the stream is reset
+			if _, err := st.Read(make([]byte, 1)); !errors.Is(err, ErrReset) {
+				t.Errorf("read %v, want ErrReset", err)
+			}
+			return
+		}
+		ok(st)
+	})})
+	c := dial(t, addr)
+	// A body past the stream's window: FLOW_CONTROL_ERROR for the stream;
+	// the connection goes on.
+	c.Request(1, "/hold", false)
+	_ = c.Fr.WriteData(1, false, make([]byte, 1500))
+	if code := c.Reset(1); code != int(http2.ErrCodeFlowControl) {
+		t.Fatalf("stream 1 reset with %d, want FLOW_CONTROL_ERROR", code)
+	}
+	// A stream window update past 2^31-1: FLOW_CONTROL_ERROR for it.
+	c.Request(3, "/read", false)
+	_ = c.Fr.WriteWindowUpdate(3, 1<<31-1)
+	if code := c.Reset(3); code != int(http2.ErrCodeFlowControl) {
+		t.Fatalf("stream 3 reset with %d, want FLOW_CONTROL_ERROR", code)
+	}
+	// A body that respects the window is read, and its bytes are granted
+	// back as the handler consumes them.
+	c.Request(5, "/read", false)
+	granted := 0
+	for sent := 0; sent < 5000; sent += 500 {
+		for sent+500-granted > 1000 { // wait for the stream's window
+			switch f := c.Next(5).(type) {
+			case *http2.WindowUpdateFrame:
+				granted += int(f.Increment)
+			case *http2.RSTStreamFrame:
+				t.Fatalf("reset: %v", f.ErrCode)
+			}
+		}
+		_ = c.Fr.WriteData(5, sent+500 == 5000, make([]byte, 500))
+	}
+	for {
+		if f, isHdr := c.Next(5).(*http2.MetaHeadersFrame); isHdr {
+			if f.PseudoValue("status") != "200" {
+				t.Fatalf("status %s", f.PseudoValue("status"))
+			}
+			break
+		}
+	}
+}
