@@ -3,6 +3,7 @@
 package h1
 
 import (
+	"runtime/debug"
 	"sync"
 	"time"
 
@@ -33,6 +34,7 @@ type parker struct {
 	slots  []parkSlot
 	free   []uint32
 	parked int
+	rel    releaser // when to return the memory parking freed
 }
 
 type parkSlot struct {
@@ -59,7 +61,13 @@ func newParker(s *Server) (*parker, error) {
 		unix.Close(wakefd)
 		return nil, err
 	}
-	return &parker{s: s, epfd: epfd, wakefd: wakefd}, nil
+	rel := releaser{
+		minParked: releaseParked,
+		quiet:     int64(releaseQuiet),
+		every:     int64(releaseEvery),
+		release:   debug.FreeOSMemory,
+	}
+	return &parker{s: s, epfd: epfd, wakefd: wakefd, rel: rel}, nil
 }
 
 // park registers c, idle since since and with nothing buffered, and
@@ -95,6 +103,7 @@ func (p *parker) park(c *Conn, since time.Time) bool {
 	var err error
 	cerr := c.cr.rc.Control(func(fd uintptr) { err = unix.EpollCtl(p.epfd, unix.EPOLL_CTL_ADD, int(fd), &ev) })
 	if cerr == nil && err == nil {
+		p.rel.active(time.Now().UnixNano(), true)
 		return true
 	}
 	// Not registered: the caller keeps it, unless a close took it.
@@ -150,15 +159,20 @@ func (p *parker) stop() {
 }
 
 // run waits for the parked connections' events, resumes each connection
-// that has one, and closes those idle past the Server's IdleTimeout, until
-// stop.
+// that has one, closes those idle past the Server's IdleTimeout, and
+// returns freed memory to the system after a wave of parking (releaser),
+// until stop.
 func (p *parker) run() {
 	s := p.s
 	every := max(min(s.IdleTimeout/8, time.Second), 10*time.Millisecond)
 	events := make([]unix.EpollEvent, 128)
 	next := time.Now().Add(every)
 	for {
-		wait := max(time.Until(next), 0)
+		wake := next
+		if at := p.releaseDue(); at != 0 {
+			wake = time.Unix(0, min(at, next.UnixNano()))
+		}
+		wait := max(time.Until(wake), 0)
 		n, err := unix.EpollWait(p.epfd, events, int((wait+time.Millisecond-1)/time.Millisecond))
 		if err != nil && err != unix.EINTR {
 			s.Log.Error("parking idle connections stopped", "err", err)
@@ -179,6 +193,27 @@ func (p *parker) run() {
 	}
 }
 
+// releaseDue returns freed memory to the system if the releaser says it
+// is due, and otherwise when it will be (0: not pending). The release
+// runs in the parker's goroutine, without its lock: a connection that
+// wakes meanwhile waits for it (a collection of the live heap: about a
+// millisecond per 10 MB, bench/results/2026-12-02-idle-round3.md).
+func (p *parker) releaseDue() int64 {
+	p.mu.Lock()
+	now := time.Now().UnixNano()
+	ok, at := p.rel.due(now)
+	if !ok {
+		p.mu.Unlock()
+		return at
+	}
+	parked, release := p.parked, p.rel.release
+	p.rel.start(now)
+	p.mu.Unlock()
+	release()
+	p.s.Log.Debug("returned free memory to the system after parking", "parked", parked, "took", time.Since(time.Unix(0, now)))
+	return 0
+}
+
 // resume starts a goroutine for the connection of a slot whose socket has
 // bytes or hung up; stale events (the connection left the slot) are
 // dropped.
@@ -193,7 +228,9 @@ func (p *parker) resume(i, gen uint32) {
 		p.mu.Unlock() // a close took it and undoes the parking
 		return
 	}
-	c.lastWait = time.Duration(time.Now().UnixNano() - p.slots[i].since) // the next grace follows it
+	now := time.Now().UnixNano()
+	c.lastWait = time.Duration(now - p.slots[i].since) // the next grace follows it
+	p.rel.active(now, false)
 	p.removeLocked(c, true)
 	p.mu.Unlock()
 	go p.s.serveConn(c)
