@@ -546,3 +546,54 @@ func TestParkedReleaseMemory(t *testing.T) {
 			ok, at, parks, count, next, n)
 	}
 }
+
+// TestParkedDetached: a parked TCP connection has left Go's poller: its
+// net.Conn is closed (its poll descriptor free for the next connection)
+// and the parker holds its socket's descriptor; a request resumes it on a
+// new net.Conn, and parking and resuming leak no descriptor.
+func TestParkedDetached(t *testing.T) {
+	f := startParking(t, nil, nil)
+	const n = 50
+	cs := openParked(t, f, n)
+	check := func(round string) {
+		t.Helper()
+		f.s.mu.Lock()
+		p := f.s.park
+		f.s.mu.Unlock()
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		parked := 0
+		for _, sl := range p.slots {
+			if sl.c == nil {
+				continue
+			}
+			parked++
+			if sl.fd < 0 {
+				t.Fatalf("%s: a parked connection is not detached", round)
+			}
+			if err := sl.c.nc.SetReadDeadline(time.Time{}); !errors.Is(err, net.ErrClosed) {
+				t.Fatalf("%s: the parked connection's net.Conn is open (%v)", round, err)
+			}
+		}
+		if parked != n {
+			t.Fatalf("%s: %d slots in use, want %d", round, parked, n)
+		}
+	}
+	check("first")
+	fds := openFDs(t)
+	for round := range 2 {
+		for i, c := range cs {
+			if _, err := c.get(fmt.Sprintf("/again/%d/%d", round, i)); err != nil {
+				t.Fatalf("connection %d resumed: %v", i, err)
+			}
+		}
+		testkit.WaitUntil(t, 5*time.Second, "every connection parked again", func() bool { return f.s.Parked() == n })
+		check(fmt.Sprintf("round %d", round))
+		if got := openFDs(t); got != fds {
+			t.Fatalf("round %d: %d descriptors open, %d before", round, got, fds)
+		}
+		if got := f.conns(); got != n {
+			t.Fatalf("round %d: the server holds %d connections, want %d", round, got, n)
+		}
+	}
+}
