@@ -77,6 +77,7 @@ func newParker(s *Server) (*parker, error) {
 		minParked: releaseParked,
 		quiet:     int64(releaseQuiet),
 		every:     int64(releaseEvery),
+		share:     releaseShare,
 		release:   debug.FreeOSMemory,
 	}
 	return &parker{s: s, epfd: epfd, wakefd: wakefd, rel: rel}, nil
@@ -237,10 +238,10 @@ func (p *parker) run() {
 }
 
 // releaseDue returns freed memory to the system if the releaser says it
-// is due, and otherwise when it will be (0: not pending). The release
-// runs in the parker's goroutine, without its lock: a connection that
-// wakes meanwhile waits for it (a collection of the live heap: about a
-// millisecond per 10 MB, bench/results/2026-12-02-idle-round3.md).
+// is due, and otherwise tells when it will be (0: not pending). The
+// release runs in the parker's goroutine, without its lock: a connection
+// that wakes meanwhile waits for it (a few milliseconds, see
+// bench/results/2026-12-02-idle-round3.md).
 func (p *parker) releaseDue() int64 {
 	p.mu.Lock()
 	now := time.Now().UnixNano()
@@ -253,7 +254,11 @@ func (p *parker) releaseDue() int64 {
 	p.rel.start(now)
 	p.mu.Unlock()
 	release()
-	p.s.Log.Debug("returned free memory to the system after parking", "parked", parked, "took", time.Since(time.Unix(0, now)))
+	end := time.Now().UnixNano()
+	p.mu.Lock()
+	p.rel.finish(now, end)
+	p.mu.Unlock()
+	p.s.Log.Debug("returned free memory to the system after parking", "parked", parked, "took", time.Duration(end-now))
 	return 0
 }
 
