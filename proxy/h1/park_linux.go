@@ -26,7 +26,8 @@ import (
 // back; the Conn stays as the record Shutdown and Close find. Bytes or a
 // hang-up make a new net.Conn of the descriptor and a new Conn of it, as
 // Serve makes one of an accepted connection (reattach). That costs about
-// ten system calls per resume, paid once per quiet spell of a connection.
+// fifteen system calls per resume, paid once per quiet spell of a
+// connection (bench/results/2026-12-02-idle-round3.md).
 //
 // Ownership of a parked connection goes with Conn.state: whoever moves it
 // out of stateParked (the parker to resume it, a close to end it) undoes
