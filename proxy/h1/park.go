@@ -35,10 +35,11 @@ const (
 // full collection of the live heap (release is
 // runtime/debug.FreeOSMemory), hence the conditions: many parks since the
 // last time (the wave is worth it), a quiet moment (the wave is over and
-// no load would fault the pages back in at once), and a pause after each
-// release of at least every and share times the release's own duration,
-// which bounds the time spent releasing to 1/share of the time. Times
-// are unix nanoseconds; the parker's lock guards it.
+// no load would fault the pages back in at once: no park or resume for a
+// while, and, as the parker checks, most connections parked), and a pause
+// after each release of at least every and share times the release's own
+// duration, which bounds the time spent releasing to 1/share of the time.
+// Times are unix nanoseconds; the parker's lock guards it.
 type releaser struct {
 	minParked int
 	quiet     int64

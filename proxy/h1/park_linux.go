@@ -239,15 +239,29 @@ func (p *parker) run() {
 }
 
 // releaseDue returns freed memory to the system if the releaser says it
-// is due, and otherwise tells when it will be (0: not pending). The
-// release runs in the parker's goroutine, without its lock: a connection
-// that wakes meanwhile waits for it (a few milliseconds, see
+// is due and most of the server's connections are parked (others are busy
+// with requests: the process is not quiet, look again later), and
+// otherwise tells when it will be (0: not pending). The release runs in
+// the parker's goroutine, without its lock: a connection that wakes
+// meanwhile waits for it (a few milliseconds, see
 // bench/results/2026-12-02-idle-round3.md).
 func (p *parker) releaseDue() int64 {
 	p.mu.Lock()
-	now := time.Now().UnixNano()
-	ok, at := p.rel.due(now)
+	ok, at := p.rel.due(time.Now().UnixNano())
+	p.mu.Unlock()
 	if !ok {
+		return at
+	}
+	p.s.mu.Lock()
+	conns := len(p.s.conns)
+	p.s.mu.Unlock()
+	p.mu.Lock()
+	now := time.Now().UnixNano()
+	if ok, at = p.rel.due(now); !ok || 4*p.parked < 3*conns {
+		if ok {
+			p.rel.active(now, false) // connections at work: not quiet
+			_, at = p.rel.due(now)
+		}
 		p.mu.Unlock()
 		return at
 	}
@@ -259,7 +273,7 @@ func (p *parker) releaseDue() int64 {
 	p.mu.Lock()
 	p.rel.finish(now, end)
 	p.mu.Unlock()
-	p.s.Log.Debug("returned free memory to the system after parking", "parked", parked, "took", time.Duration(end-now))
+	p.s.Log.Debug("returned free memory to the system after parking", "parked", parked, "connections", conns, "took", time.Duration(end-now))
 	return 0
 }
 

@@ -597,3 +597,65 @@ func TestParkedDetached(t *testing.T) {
 		}
 	}
 }
+
+// TestParkedNoReleaseWhileBusy: a wave of parking brings no release while
+// most of the server's connections are at work (here: in the middle of a
+// request head); once they too are answered and parked, it does.
+func TestParkedNoReleaseWhileBusy(t *testing.T) {
+	f := startParking(t, nil, nil)
+	if _, err := dialPark(t, f.addr).get("/first"); err != nil {
+		t.Fatal(err)
+	}
+	f.s.mu.Lock()
+	p := f.s.park
+	f.s.mu.Unlock()
+	const n = 30
+	released := make(chan struct{}, 4)
+	p.mu.Lock()
+	p.rel.minParked = n
+	p.rel.quiet = int64(time.Millisecond)
+	p.rel.every = int64(time.Hour)
+	p.rel.release = func() { released <- struct{}{} }
+	p.mu.Unlock()
+	busy := make([]*parkClient, 4*n)
+	for i := range busy {
+		busy[i] = dialPark(t, f.addr)
+		if err := busy[i].send(fmt.Sprintf("GET /busy/%d HTTP/1.1\r\n", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	testkit.WaitUntil(t, 5*time.Second, "the busy connections accepted", func() bool { return f.conns() == 1+4*n })
+	for i := range n {
+		if _, err := dialPark(t, f.addr).get(fmt.Sprintf("/wave/%d", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	testkit.WaitUntil(t, 5*time.Second, "the wave parked", func() bool { return f.s.Parked() == n+1 })
+	waved := time.Now().UnixNano()
+	// Nothing parks or resumes from now on: only the parker's look at the
+	// busy connections (which declines and restarts the quiet time) moves
+	// the time of the last activity.
+	testkit.WaitUntil(t, 5*time.Second, "the parker looked", func() bool {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		return p.rel.last > waved
+	})
+	select {
+	case <-released:
+		t.Fatalf("a release with %d of %d connections parked", n+1, 1+5*n)
+	default:
+	}
+	for i, c := range busy {
+		if err := c.send("Host: a\r\n\r\n"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.read(fmt.Sprintf("/busy/%d", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	select {
+	case <-released:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("no release with every connection parked")
+	}
+}
