@@ -3,6 +3,9 @@
 package h1
 
 import (
+	"net"
+	"os"
+	"runtime/debug"
 	"sync"
 	"time"
 
@@ -13,8 +16,18 @@ import (
 // next request gives up its goroutine. Its socket goes into an epoll set
 // owned by the Server's parker goroutine; when bytes or a hang-up arrive,
 // the parker starts a goroutine that resumes the connection's loop. A
-// parked connection costs its Conn, its socket's Go structures and one
-// slot here, and no goroutine stack.
+// parked connection costs its Conn and one slot here, and no goroutine
+// stack.
+//
+// A *net.TCPConn also leaves Go's poller while parked (detached): the
+// parker keeps a duplicate of its descriptor and closes the net.Conn,
+// which gives the runtime's poll descriptor (about 0.5 KiB outside the
+// heap, never returned to the system, reused by the next connection)
+// back; the Conn stays as the record Shutdown and Close find. Bytes or a
+// hang-up make a new net.Conn of the descriptor and a new Conn of it, as
+// Serve makes one of an accepted connection (reattach). That costs about
+// fifteen system calls per resume, paid once per quiet spell of a
+// connection (bench/results/2026-12-02-idle-round3.md).
 //
 // Ownership of a parked connection goes with Conn.state: whoever moves it
 // out of stateParked (the parker to resume it, a close to end it) undoes
@@ -33,11 +46,13 @@ type parker struct {
 	slots  []parkSlot
 	free   []uint32
 	parked int
+	rel    releaser // when to return the memory parking freed
 }
 
 type parkSlot struct {
 	c     *Conn
 	gen   uint32
+	fd    int32 // the detached socket's descriptor, or -1: the Conn's net.Conn is watched
 	since int64 // unix nanoseconds: when the connection's idle wait began
 }
 
@@ -59,7 +74,14 @@ func newParker(s *Server) (*parker, error) {
 		unix.Close(wakefd)
 		return nil, err
 	}
-	return &parker{s: s, epfd: epfd, wakefd: wakefd}, nil
+	rel := releaser{
+		minParked: releaseParked,
+		quiet:     int64(releaseQuiet),
+		every:     int64(releaseEvery),
+		share:     releaseShare,
+		release:   debug.FreeOSMemory,
+	}
+	return &parker{s: s, epfd: epfd, wakefd: wakefd, rel: rel}, nil
 }
 
 // park registers c, idle since since and with nothing buffered, and
@@ -81,7 +103,7 @@ func (p *parker) park(c *Conn, since time.Time) bool {
 		p.slots = append(p.slots, parkSlot{})
 	}
 	sl := &p.slots[i]
-	sl.c, sl.since = c, since.UnixNano()
+	sl.c, sl.since, sl.fd = c, since.UnixNano(), -1
 	c.parkSlot = i
 	p.parked++
 	if !c.state.CompareAndSwap(stateIdle, stateParked) {
@@ -92,9 +114,30 @@ func (p *parker) park(c *Conn, since time.Time) bool {
 		p.s.beforePark(c)
 	}
 	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT, Fd: int32(i), Pad: int32(sl.gen)}
+	tc, detach := c.nc.(*net.TCPConn)
 	var err error
-	cerr := c.cr.rc.Control(func(fd uintptr) { err = unix.EpollCtl(p.epfd, unix.EPOLL_CTL_ADD, int(fd), &ev) })
+	cerr := c.cr.rc.Control(func(fd uintptr) {
+		watch := int(fd)
+		if detach {
+			if watch, err = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0); err != nil {
+				return
+			}
+		}
+		if err = unix.EpollCtl(p.epfd, unix.EPOLL_CTL_ADD, watch, &ev); err != nil {
+			if detach {
+				unix.Close(watch)
+			}
+			return
+		}
+		if detach {
+			sl.fd = int32(watch)
+		}
+	})
 	if cerr == nil && err == nil {
+		if detach {
+			tc.Close() // the socket stays open through sl.fd
+		}
+		p.rel.active(time.Now().UnixNano(), true)
 		return true
 	}
 	// Not registered: the caller keeps it, unless a close took it.
@@ -105,27 +148,38 @@ func (p *parker) park(c *Conn, since time.Time) bool {
 	return true
 }
 
-// removeLocked frees c's slot and takes its socket out of the epoll set.
-func (p *parker) removeLocked(c *Conn, registered bool) {
+// removeLocked frees c's slot and takes its socket out of the epoll set;
+// it returns the descriptor of a detached socket (-1: none), which the
+// caller now owns.
+func (p *parker) removeLocked(c *Conn, registered bool) int {
 	sl := &p.slots[c.parkSlot]
 	if sl.c != c {
-		return
+		return -1
 	}
-	sl.c = nil
+	fd := int(sl.fd)
+	sl.c, sl.fd = nil, -1
 	sl.gen++
 	p.free = append(p.free, c.parkSlot)
 	p.parked--
 	if registered && p.epfd >= 0 {
-		_ = c.cr.rc.Control(func(fd uintptr) { _ = unix.EpollCtl(p.epfd, unix.EPOLL_CTL_DEL, int(fd), nil) })
+		if fd >= 0 {
+			_ = unix.EpollCtl(p.epfd, unix.EPOLL_CTL_DEL, fd, nil)
+		} else {
+			_ = c.cr.rc.Control(func(fd uintptr) { _ = unix.EpollCtl(p.epfd, unix.EPOLL_CTL_DEL, int(fd), nil) })
+		}
 	}
+	return fd
 }
 
 // drop undoes the parking of c, which the caller moved from stateParked to
-// stateClosed; the caller closes it.
+// stateClosed; the caller closes it (a detached socket is closed here).
 func (p *parker) drop(c *Conn) {
 	p.mu.Lock()
-	p.removeLocked(c, true)
+	fd := p.removeLocked(c, true)
 	p.mu.Unlock()
+	if fd >= 0 {
+		unix.Close(fd)
+	}
 }
 
 // count is how many connections are parked.
@@ -150,15 +204,20 @@ func (p *parker) stop() {
 }
 
 // run waits for the parked connections' events, resumes each connection
-// that has one, and closes those idle past the Server's IdleTimeout, until
-// stop.
+// that has one, closes those idle past the Server's IdleTimeout, and
+// returns freed memory to the system after a wave of parking (releaser),
+// until stop.
 func (p *parker) run() {
 	s := p.s
 	every := max(min(s.IdleTimeout/8, time.Second), 10*time.Millisecond)
 	events := make([]unix.EpollEvent, 128)
 	next := time.Now().Add(every)
 	for {
-		wait := max(time.Until(next), 0)
+		wake := next
+		if at := p.releaseDue(); at != 0 {
+			wake = time.Unix(0, min(at, next.UnixNano()))
+		}
+		wait := max(time.Until(wake), 0)
 		n, err := unix.EpollWait(p.epfd, events, int((wait+time.Millisecond-1)/time.Millisecond))
 		if err != nil && err != unix.EINTR {
 			s.Log.Error("parking idle connections stopped", "err", err)
@@ -179,6 +238,45 @@ func (p *parker) run() {
 	}
 }
 
+// releaseDue returns freed memory to the system if the releaser says it
+// is due and most of the server's connections are parked (others are busy
+// with requests: the process is not quiet, look again later), and
+// otherwise tells when it will be (0: not pending). The release runs in
+// the parker's goroutine, without its lock: a connection that wakes
+// meanwhile waits for it (a few milliseconds, see
+// bench/results/2026-12-02-idle-round3.md).
+func (p *parker) releaseDue() int64 {
+	p.mu.Lock()
+	ok, at := p.rel.due(time.Now().UnixNano())
+	p.mu.Unlock()
+	if !ok {
+		return at
+	}
+	p.s.mu.Lock()
+	conns := len(p.s.conns)
+	p.s.mu.Unlock()
+	p.mu.Lock()
+	now := time.Now().UnixNano()
+	if ok, at = p.rel.due(now); !ok || 4*p.parked < 3*conns {
+		if ok {
+			p.rel.active(now, false) // connections at work: not quiet
+			_, at = p.rel.due(now)
+		}
+		p.mu.Unlock()
+		return at
+	}
+	parked, release := p.parked, p.rel.release
+	p.rel.start(now)
+	p.mu.Unlock()
+	release()
+	end := time.Now().UnixNano()
+	p.mu.Lock()
+	p.rel.finish(now, end)
+	p.mu.Unlock()
+	p.s.Log.Debug("returned free memory to the system after parking", "parked", parked, "connections", conns, "took", time.Duration(end-now))
+	return 0
+}
+
 // resume starts a goroutine for the connection of a slot whose socket has
 // bytes or hung up; stale events (the connection left the slot) are
 // dropped.
@@ -193,10 +291,49 @@ func (p *parker) resume(i, gen uint32) {
 		p.mu.Unlock() // a close took it and undoes the parking
 		return
 	}
-	c.lastWait = time.Duration(time.Now().UnixNano() - p.slots[i].since) // the next grace follows it
-	p.removeLocked(c, true)
+	now := time.Now().UnixNano()
+	lastWait := time.Duration(now - p.slots[i].since) // the next grace follows it
+	p.rel.active(now, false)
+	fd := p.removeLocked(c, true)
 	p.mu.Unlock()
+	if fd >= 0 {
+		go p.reattach(c, fd, lastWait)
+		return
+	}
+	c.lastWait = lastWait
 	go p.s.serveConn(c)
+}
+
+// reattach serves a detached connection again: a net.Conn of its socket
+// (fd, which it takes) and a Conn of that, made and tracked as Serve does
+// for an accepted connection, replace old, whose net.Conn was closed when
+// it parked.
+func (p *parker) reattach(old *Conn, fd int, lastWait time.Duration) {
+	s := p.s
+	f := os.NewFile(uintptr(fd), "")
+	nc, err := net.FileConn(f) // a duplicate, in Go's poller
+	f.Close()
+	if err == nil && nc.RemoteAddr() == nil {
+		nc.Close() // the client reset it: nothing left to read or answer
+		err = unix.ENOTCONN
+	}
+	if err != nil {
+		if err != unix.ENOTCONN {
+			s.Log.Warn("a parked connection could not be resumed", "remote", old.remote, "err", err)
+		}
+		old.state.Store(stateClosed)
+		s.forget(old)
+		return
+	}
+	c := s.newConn(nc)
+	c.parkable = c.cr.rc != nil
+	c.lastWait = lastWait
+	tracked := s.track(c) // closes nc when the server is shutting down
+	old.state.Store(stateClosed)
+	s.forget(old)
+	if tracked {
+		s.serveConn(c)
+	}
 }
 
 // sweep closes the parked connections idle for IdleTimeout.

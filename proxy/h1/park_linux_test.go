@@ -14,6 +14,9 @@ import (
 	"net/http"
 	"os"
 	"runtime"
+	"runtime/debug"
+	"runtime/metrics"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -445,5 +448,214 @@ func TestNoParkWithoutRawConn(t *testing.T) {
 	}
 	if f.conns() != 1 {
 		t.Fatalf("the server holds %d connections, want 1", f.conns())
+	}
+}
+
+// TestParkedHoldNoBuffers: connections whose request and answer each
+// needed a buffer hold none once parked: no read buffer, no write buffer,
+// no goroutine.
+func TestParkedHoldNoBuffers(t *testing.T) {
+	f := startParking(t, nil, nil)
+	base := settledGoroutines()
+	const n = 40
+	long := "/" + strings.Repeat("p", 3000) // the head and the answer fill some KiB
+	for i := range n {
+		c := dialPark(t, f.addr)
+		if _, err := c.get(fmt.Sprintf("%s/%d", long, i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	testkit.WaitUntil(t, 5*time.Second, "every connection parked", func() bool { return f.s.Parked() == n })
+	conns, parked, holding, _ := f.s.IdleBuffers(func(net.Conn) bool { return false })
+	g := settledGoroutines()
+	// Close the Server before the clients go: a client's close would
+	// resume its connection, whose buffer use the race detector cannot
+	// order after the look above; after Close nothing resumes.
+	_ = f.s.Close()
+	if conns != n || parked != n || holding != 0 {
+		t.Fatalf("%d connections, %d parked, %d of them holding a buffer; want %d, %d, 0", conns, parked, holding, n, n)
+	}
+	if g > base+n/10 {
+		t.Fatalf("%d goroutines with %d connections parked; %d before they opened", g, n, base)
+	}
+}
+
+// TestParkedReleaseMemory: after a wave of parking the parker returns the
+// freed memory to the system once (the Go heap holds no free pages right
+// after), counts the next wave from zero, and within the interval does not
+// release again.
+func TestParkedReleaseMemory(t *testing.T) {
+	f := startParking(t, nil, nil)
+	if _, err := dialPark(t, f.addr).get("/first"); err != nil { // the parker runs from the first connection on
+		t.Fatal(err)
+	}
+	f.s.mu.Lock()
+	p := f.s.park
+	f.s.mu.Unlock()
+	const n = 30
+	type release struct {
+		number int
+		free   uint64
+	}
+	released := make(chan release, 4)
+	p.mu.Lock()
+	p.rel.minParked = n
+	p.rel.quiet = int64(time.Millisecond)
+	p.rel.every = int64(time.Hour)
+	p.rel.release = func() {
+		debug.FreeOSMemory()
+		m := []metrics.Sample{{Name: "/memory/classes/heap/free:bytes"}}
+		metrics.Read(m)
+		p.mu.Lock()
+		number := p.rel.count
+		p.mu.Unlock()
+		released <- release{number, m[0].Value.Uint64()}
+	}
+	p.mu.Unlock()
+	wave := func(name string, parked int) {
+		t.Helper()
+		for i := range n {
+			if _, err := dialPark(t, f.addr).get(fmt.Sprintf("/%s/%d", name, i)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		testkit.WaitUntil(t, 5*time.Second, name+" wave parked", func() bool { return f.s.Parked() == parked })
+	}
+	wave("first", n+1)
+	var r release
+	select {
+	case r = <-released:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("no release after %d connections parked", n)
+	}
+	if r.number != 1 {
+		t.Fatalf("release number %d, want 1", r.number)
+	}
+	if r.free > 1<<20 {
+		t.Fatalf("%d bytes of the Go heap free and not returned right after the release", r.free)
+	}
+	wave("second", 2*n+1)
+	p.mu.Lock()
+	ok, at := p.rel.due(time.Now().UnixNano())
+	parks, count, next := p.rel.parked, p.rel.count, p.rel.next
+	p.mu.Unlock()
+	// The release may have come before the first wave's last park: that
+	// one counts in the second.
+	if ok || count != 1 || parks < n || at != next {
+		t.Fatalf("second wave: due %v at %d, %d parks counted, %d releases; want not due until an hour after the first began (%d), >= %d parks, 1 release",
+			ok, at, parks, count, next, n)
+	}
+}
+
+// TestParkedDetached: a parked TCP connection has left Go's poller: its
+// net.Conn is closed (its poll descriptor free for the next connection)
+// and the parker holds its socket's descriptor; a request resumes it on a
+// new net.Conn, and parking and resuming leak no descriptor.
+func TestParkedDetached(t *testing.T) {
+	f := startParking(t, nil, nil)
+	const n = 50
+	cs := openParked(t, f, n)
+	check := func(round string) {
+		t.Helper()
+		f.s.mu.Lock()
+		p := f.s.park
+		f.s.mu.Unlock()
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		parked := 0
+		for _, sl := range p.slots {
+			if sl.c == nil {
+				continue
+			}
+			parked++
+			if sl.fd < 0 {
+				t.Fatalf("%s: a parked connection is not detached", round)
+			}
+			if err := sl.c.nc.SetReadDeadline(time.Time{}); !errors.Is(err, net.ErrClosed) {
+				t.Fatalf("%s: the parked connection's net.Conn is open (%v)", round, err)
+			}
+		}
+		if parked != n {
+			t.Fatalf("%s: %d slots in use, want %d", round, parked, n)
+		}
+	}
+	check("first")
+	fds := openFDs(t)
+	for round := range 2 {
+		for i, c := range cs {
+			if _, err := c.get(fmt.Sprintf("/again/%d/%d", round, i)); err != nil {
+				t.Fatalf("connection %d resumed: %v", i, err)
+			}
+		}
+		testkit.WaitUntil(t, 5*time.Second, "every connection parked again", func() bool { return f.s.Parked() == n })
+		check(fmt.Sprintf("round %d", round))
+		if got := openFDs(t); got != fds {
+			t.Fatalf("round %d: %d descriptors open, %d before", round, got, fds)
+		}
+		if got := f.conns(); got != n {
+			t.Fatalf("round %d: the server holds %d connections, want %d", round, got, n)
+		}
+	}
+}
+
+// TestParkedNoReleaseWhileBusy: a wave of parking brings no release while
+// most of the server's connections are at work (here: in the middle of a
+// request head); once they too are answered and parked, it does.
+func TestParkedNoReleaseWhileBusy(t *testing.T) {
+	f := startParking(t, nil, nil)
+	if _, err := dialPark(t, f.addr).get("/first"); err != nil {
+		t.Fatal(err)
+	}
+	f.s.mu.Lock()
+	p := f.s.park
+	f.s.mu.Unlock()
+	const n = 30
+	released := make(chan struct{}, 4)
+	p.mu.Lock()
+	p.rel.minParked = n
+	p.rel.quiet = int64(time.Millisecond)
+	p.rel.every = int64(time.Hour)
+	p.rel.release = func() { released <- struct{}{} }
+	p.mu.Unlock()
+	busy := make([]*parkClient, 4*n)
+	for i := range busy {
+		busy[i] = dialPark(t, f.addr)
+		if err := busy[i].send(fmt.Sprintf("GET /busy/%d HTTP/1.1\r\n", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	testkit.WaitUntil(t, 5*time.Second, "the busy connections accepted", func() bool { return f.conns() == 1+4*n })
+	for i := range n {
+		if _, err := dialPark(t, f.addr).get(fmt.Sprintf("/wave/%d", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	testkit.WaitUntil(t, 5*time.Second, "the wave parked", func() bool { return f.s.Parked() == n+1 })
+	waved := time.Now().UnixNano()
+	// Nothing parks or resumes from now on: only the parker's look at the
+	// busy connections (which declines and restarts the quiet time) moves
+	// the time of the last activity.
+	testkit.WaitUntil(t, 5*time.Second, "the parker looked", func() bool {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		return p.rel.last > waved
+	})
+	select {
+	case <-released:
+		t.Fatalf("a release with %d of %d connections parked", n+1, 1+5*n)
+	default:
+	}
+	for i, c := range busy {
+		if err := c.send("Host: a\r\n\r\n"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.read(fmt.Sprintf("/busy/%d", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	select {
+	case <-released:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("no release with every connection parked")
 	}
 }
