@@ -160,6 +160,16 @@ func (c *Conn) Send(x *Exchange, uc *UpConn, prefix string) (sent bool, err erro
 		}
 	}
 	x.wbuf = w[:0]
+	if rem == 0 && req.contentLength <= 0 && uc.cr.rc != nil {
+		uc.pend = w // written by readResponseHead, inside the wait for the answer
+		return false, nil
+	}
+	if uc.check {
+		uc.check = false
+		if !uc.open() {
+			return false, ErrStaleConn
+		}
+	}
 	if _, err := uc.cr.write(w); err != nil {
 		return req.contentLength > 0, err
 	}
@@ -287,6 +297,13 @@ func (c *Conn) ReadResponseHead(x *Exchange, uc *UpConn) error {
 }
 
 func (c *Conn) readResponseHead(x *Exchange, uc *UpConn) error {
+	if p := uc.pend; p != nil {
+		check := uc.check
+		uc.pend, uc.check = nil, false
+		if err := uc.cr.sendFill(p, check); err != nil {
+			return err
+		}
+	}
 	for {
 		n := 0
 		for {
