@@ -72,7 +72,8 @@ const earlyWriteSlice = 20 * time.Millisecond
 // base path. sent reports whether any byte of the request may have reached
 // the instance. While a body is sent, an answer from the instance ends the
 // sending (x.Early); a client that stops sending or leaves is a
-// *ClientError.
+// *ClientError. On a connection from GetUnchecked a request without a body
+// is written by ReadResponseHead, which must come next.
 func (c *Conn) Send(x *Exchange, uc *UpConn, prefix string) (sent bool, err error) {
 	s := c.s
 	req := &x.Req
@@ -160,7 +161,7 @@ func (c *Conn) Send(x *Exchange, uc *UpConn, prefix string) (sent bool, err erro
 		}
 	}
 	x.wbuf = w[:0]
-	if rem == 0 && req.contentLength <= 0 && uc.cr.rc != nil {
+	if uc.lazy && rem == 0 && req.contentLength <= 0 && uc.cr.rc != nil {
 		uc.pend = w // written by readResponseHead, inside the wait for the answer
 		return false, nil
 	}

@@ -32,8 +32,11 @@ type UpConn struct {
 	// look is folded into the write of the request (see
 	// connReader.sendFill) or done before it (Conn.Send).
 	check bool
-	// pend is a request head written, on a raw socket, inside the wait for
-	// its answer (Conn.Send, readResponseHead).
+	// lazy: taken by GetUnchecked, whose caller reads the answer with
+	// ReadResponseHead right after Send; Send then leaves a request without
+	// a body, on a raw socket, in pend, written inside the wait for its
+	// answer (readResponseHead).
+	lazy bool
 	pend []byte
 }
 
@@ -70,11 +73,12 @@ func (u *Upstream) Prefix() string { return u.prefix }
 // as the answer to the next request.
 func (u *Upstream) Get(fresh bool) (*UpConn, error) { return u.get(fresh, true) }
 
-// GetUnchecked is Get without the peek: a pooled connection it returns is
-// looked at when the request is written to it (on a raw socket, in the same
-// callback as the write: one system call fewer), and Send or
-// ReadResponseHead fail with ErrStaleConn, having sent nothing, when it is
-// unusable.
+// GetUnchecked is Get without the peek, for a caller that calls
+// ReadResponseHead right after Send: a pooled connection it returns is
+// looked at when the request is written to it (for a request without a
+// body on a raw socket, in ReadResponseHead's first read callback, with
+// the write: one system call fewer), and Send or ReadResponseHead fail
+// with ErrStaleConn, having sent nothing, when it is unusable.
 func (u *Upstream) GetUnchecked(fresh bool) (*UpConn, error) { return u.get(fresh, false) }
 
 func (u *Upstream) get(fresh, peek bool) (*UpConn, error) {
@@ -89,7 +93,7 @@ func (u *Upstream) get(fresh, peek bool) (*UpConn, error) {
 				c.Close()
 				continue
 			}
-			c.reused, c.check = true, !peek
+			c.reused, c.check, c.lazy = true, !peek, !peek
 			return c, nil
 		}
 	}
@@ -97,7 +101,7 @@ func (u *Upstream) get(fresh, peek bool) (*UpConn, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &UpConn{nc: nc}
+	c := &UpConn{nc: nc, lazy: !peek}
 	c.cr = newConnReader(nc, u.takeBuf, u.giveBuf)
 	return c, nil
 }
