@@ -166,7 +166,15 @@ func (h fastHandler) ServeH1(c *h1.Conn, x *h1.Exchange) bool {
 	hasBody := req.ContentLength() > 0
 	fresh := false
 	for try := 0; ; try++ {
-		uc, err := b.conns.Get(fresh)
+		// A request without a body takes a pooled connection unchecked: the
+		// look at it is folded into the write of the request (h1.ErrStaleConn).
+		var uc *h1.UpConn
+		var err error
+		if hasBody {
+			uc, err = b.conns.Get(fresh)
+		} else {
+			uc, err = b.conns.GetUnchecked(fresh)
+		}
 		sent := false
 		if err == nil {
 			sent, err = c.Send(x, uc, b.conns.Prefix())
@@ -178,6 +186,10 @@ func (h fastHandler) ServeH1(c *h1.Conn, x *h1.Exchange) bool {
 				return h.relay(c, x, uc, b, &o)
 			}
 			uc.Close()
+			if err == h1.ErrStaleConn {
+				try-- // nothing was sent: not an attempt
+				continue
+			}
 		}
 		next, fr := rt.attemptOver(&o, b, err, attempt{
 			method: o.method, hasBody: hasBody, bodySent: sent, firstTry: try == 0, try: try, start: o.start,

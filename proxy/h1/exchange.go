@@ -72,7 +72,8 @@ const earlyWriteSlice = 20 * time.Millisecond
 // base path. sent reports whether any byte of the request may have reached
 // the instance. While a body is sent, an answer from the instance ends the
 // sending (x.Early); a client that stops sending or leaves is a
-// *ClientError.
+// *ClientError. On a connection from GetUnchecked a request without a body
+// is written by ReadResponseHead, which must come next.
 func (c *Conn) Send(x *Exchange, uc *UpConn, prefix string) (sent bool, err error) {
 	s := c.s
 	req := &x.Req
@@ -160,6 +161,16 @@ func (c *Conn) Send(x *Exchange, uc *UpConn, prefix string) (sent bool, err erro
 		}
 	}
 	x.wbuf = w[:0]
+	if uc.lazy && rem == 0 && req.contentLength <= 0 && uc.cr.rc != nil {
+		uc.pend = w // written by readResponseHead, inside the wait for the answer
+		return false, nil
+	}
+	if uc.check {
+		uc.check = false
+		if !uc.open() {
+			return false, ErrStaleConn
+		}
+	}
 	if _, err := uc.cr.write(w); err != nil {
 		return req.contentLength > 0, err
 	}
@@ -287,6 +298,13 @@ func (c *Conn) ReadResponseHead(x *Exchange, uc *UpConn) error {
 }
 
 func (c *Conn) readResponseHead(x *Exchange, uc *UpConn) error {
+	if p := uc.pend; p != nil {
+		check := uc.check
+		uc.pend, uc.check = nil, false
+		if err := uc.cr.sendFill(p, check); err != nil {
+			return err
+		}
+	}
 	for {
 		n := 0
 		for {

@@ -71,6 +71,11 @@ type connReader struct {
 	rp, wp          []byte
 	wn              int
 	werr            error
+
+	// sendFill's callback and its state.
+	sendFillFn func(fd uintptr) bool
+	sendCheck  bool // look at the socket before writing wp
+	sendStale  bool // the look found it closed or holding bytes
 }
 
 // peekResult is what a non-blocking look at a socket found.
@@ -204,6 +209,53 @@ func (cr *connReader) read(p []byte) (int, error) {
 		return 0, io.EOF
 	}
 	return cr.rn, nil
+}
+
+// sendFill writes p, a request, and reads the first bytes of its answer,
+// on a connection with a RawConn and nothing buffered. The write is done
+// inside the read's wait: the poller's readiness is reset when the wait
+// begins, so an answer that comes after the write is not missed, and the
+// read that would find nothing right after the write is not made. With
+// check, a pooled connection not looked at yet, one read comes first: it
+// must find nothing (EAGAIN), else ErrStaleConn and nothing is written.
+// Errors are fill's, and write's for the write.
+func (cr *connReader) sendFill(p []byte, check bool) error {
+	if cr.buf == nil {
+		cr.buf = cr.take()
+	}
+	if cr.sendFillFn == nil {
+		cr.sendFillFn = cr.sendSome
+	}
+	cr.wp, cr.wn, cr.werr = p, 0, nil
+	cr.sendCheck, cr.sendStale = check, false
+	cr.rp, cr.rn, cr.rerr = cr.buf[cr.w:], 0, nil
+	err := cr.rc.Read(cr.sendFillFn)
+	rest := cr.wp // not nil: the socket took only part of the request
+	if rest != nil {
+		rest = rest[cr.wn:]
+	}
+	cr.rp, cr.wp = nil, nil
+	switch {
+	case cr.sendStale:
+		return ErrStaleConn
+	case cr.werr != nil:
+		return connError("write", cr.nc, cr.werr)
+	case err == nil && rest != nil:
+		if _, err := cr.write(rest); err != nil {
+			return err
+		}
+		return cr.fill()
+	case err == nil:
+		err = cr.rerr
+	}
+	switch {
+	case err != nil:
+		return connError("read", cr.nc, err)
+	case cr.rn == 0:
+		return io.EOF
+	}
+	cr.w += cr.rn
+	return nil
 }
 
 // write is nc.Write, done with raw write(2) calls through the RawConn when

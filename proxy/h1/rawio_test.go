@@ -100,3 +100,79 @@ func TestRawReadReset(t *testing.T) {
 		t.Fatalf("read after a reset: %v, want ECONNRESET", err)
 	}
 }
+
+// sendFill writes the request inside the wait for its answer and reads the
+// answer's first bytes: a request larger than the socket buffers (the
+// socket takes part of it, the rest goes the usual way), a pooled
+// connection the peer closed, and one holding bytes nobody asked for (both
+// ErrStaleConn, with nothing written).
+func TestSendFill(t *testing.T) {
+	t.Run("large request", func(t *testing.T) {
+		a, b := tcpPair(t)
+		ca := newConnReader(a, func() []byte { return make([]byte, 64) }, func([]byte) {})
+		if ca.rc == nil {
+			t.Skip("no raw access to sockets on this system")
+		}
+		req := make([]byte, 4<<20)
+		for i := range req {
+			req[i] = byte(i * 13)
+		}
+		got := make(chan []byte, 1)
+		go func() {
+			buf := make([]byte, len(req))
+			_, err := io.ReadFull(b, buf)
+			if err == nil {
+				_, err = b.Write([]byte("answer"))
+			}
+			if err != nil {
+				buf = nil
+			}
+			got <- buf
+		}()
+		if err := ca.sendFill(req, true); err != nil {
+			t.Fatal(err)
+		}
+		if string(<-got) != string(req) {
+			t.Fatal("the instance got other bytes than the request")
+		}
+		for ca.buffered() < len("answer") {
+			if err := ca.fill(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if string(ca.bytes()) != "answer" {
+			t.Fatalf("answer %q", ca.bytes())
+		}
+	})
+	for _, tc := range []struct {
+		name string
+		peer func(*net.TCPConn)
+	}{
+		{"closed by the peer", func(b *net.TCPConn) { _ = b.Close() }},
+		{"unsolicited bytes", func(b *net.TCPConn) { _, _ = b.Write([]byte("HTTP/1.1 200 OK\r\n")) }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a, b := tcpPair(t)
+			ca := newConnReader(a, func() []byte { return make([]byte, 64) }, func([]byte) {})
+			if ca.rc == nil {
+				t.Skip("no raw access to sockets on this system")
+			}
+			tc.peer(b)
+			// Wait until the peer's bytes or end are in a's socket.
+			for deadline := time.Now().Add(5 * time.Second); ca.peekState() == peekNothing; time.Sleep(time.Millisecond) {
+				if time.Now().After(deadline) {
+					t.Fatal("the peer's bytes never arrived")
+				}
+			}
+			if err := ca.sendFill([]byte("GET / HTTP/1.1\r\nHost: a\r\n\r\n"), true); err != ErrStaleConn {
+				t.Fatalf("sendFill: %v, want ErrStaleConn", err)
+			}
+			if tc.name == "unsolicited bytes" {
+				_ = b.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+				if n, err := b.Read(make([]byte, 64)); n != 0 || !errors.Is(err, os.ErrDeadlineExceeded) {
+					t.Fatalf("the peer read %d bytes (%v): the request was written to a stale connection", n, err)
+				}
+			}
+		})
+	}
+}

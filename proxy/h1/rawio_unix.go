@@ -50,3 +50,33 @@ func (cr *connReader) writeSome(fd uintptr) bool {
 	}
 	return true
 }
+
+// sendSome is the RawConn.Read callback of connReader.sendFill. Its first
+// call looks at the socket when asked to (one read that must find
+// nothing) and writes the request; it returns false, to wait for the
+// answer, once all of it is written, true (the caller writes the rest)
+// when the socket takes only part of it. Later calls read the answer.
+func (cr *connReader) sendSome(fd uintptr) bool {
+	if cr.wp == nil {
+		return cr.readSome(fd)
+	}
+	if cr.sendCheck {
+		cr.sendCheck = false
+		var err error
+		for {
+			_, err = sysRead(int(fd), cr.rp)
+			if err != syscall.EINTR {
+				break
+			}
+		}
+		if err != syscall.EAGAIN { // bytes nobody asked for, the end, or an error
+			cr.sendStale = true
+			return true
+		}
+	}
+	if !cr.writeSome(fd) || cr.werr != nil {
+		return true // the socket is full (the caller writes the rest), or the write failed
+	}
+	cr.wp = nil
+	return false
+}

@@ -16,14 +16,20 @@ import (
 // 20 µs instead of backing off to 10 ms. On a socket in non-blocking mode
 // (all of Go's network sockets) these calls never block: waiting is the
 // poller's job (RawConn.Read and Write).
+//
+// The calls are recvfrom(2) and sendto(2) without an address, which on a
+// connected socket do what read(2) and write(2) do, past the file layer
+// (vfs_read, vfs_write and their checks: a few percent of the proxy's CPU
+// in a profile under wrk); MSG_NOSIGNAL spares the process a SIGPIPE that
+// Go ignores on a socket anyway (the call fails with EPIPE either way).
 
 func sysRead(fd int, p []byte) (int, error) {
-	r, _, e := syscall.RawSyscall(syscall.SYS_READ, uintptr(fd), uintptr(bufPtr(p)), uintptr(len(p)))
+	r, _, e := syscall.RawSyscall6(syscall.SYS_RECVFROM, uintptr(fd), uintptr(bufPtr(p)), uintptr(len(p)), 0, 0, 0)
 	return result(r, e)
 }
 
 func sysWrite(fd int, p []byte) (int, error) {
-	r, _, e := syscall.RawSyscall(syscall.SYS_WRITE, uintptr(fd), uintptr(bufPtr(p)), uintptr(len(p)))
+	r, _, e := syscall.RawSyscall6(syscall.SYS_SENDTO, uintptr(fd), uintptr(bufPtr(p)), uintptr(len(p)), syscall.MSG_NOSIGNAL, 0, 0)
 	return result(r, e)
 }
 

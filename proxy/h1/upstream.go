@@ -1,6 +1,7 @@
 package h1
 
 import (
+	"errors"
 	"net"
 	"strings"
 	"time"
@@ -27,7 +28,23 @@ type UpConn struct {
 	nc     net.Conn
 	cr     *connReader
 	reused bool
+	// check: taken from the pool by GetUnchecked, not looked at yet; the
+	// look is folded into the write of the request (see
+	// connReader.sendFill) or done before it (Conn.Send).
+	check bool
+	// lazy: taken by GetUnchecked, whose caller reads the answer with
+	// ReadResponseHead right after Send; Send then leaves a request without
+	// a body, on a raw socket, in pend, written inside the wait for its
+	// answer (readResponseHead).
+	lazy bool
+	pend []byte
 }
+
+// ErrStaleConn: a pooled instance connection taken by GetUnchecked was
+// found closed, or holding bytes nobody asked for, before any byte of the
+// request was written to it. Nothing was sent: the caller closes it and
+// takes another connection, as Get would have done.
+var ErrStaleConn = errors.New("h1: the pooled instance connection was closed or held unsolicited bytes")
 
 // NewUpstream returns the pool of connections to the instance at hostport
 // (port 80 when none is given) whose base path is path.
@@ -54,7 +71,17 @@ func (u *Upstream) Prefix() string { return u.prefix }
 // call): one the instance closed is not used, and neither is one on which
 // the instance sent bytes nobody asked for, which would otherwise be read
 // as the answer to the next request.
-func (u *Upstream) Get(fresh bool) (*UpConn, error) {
+func (u *Upstream) Get(fresh bool) (*UpConn, error) { return u.get(fresh, true) }
+
+// GetUnchecked is Get without the peek, for a caller that calls
+// ReadResponseHead right after Send: a pooled connection it returns is
+// looked at when the request is written to it (for a request without a
+// body on a raw socket, in ReadResponseHead's first read callback, with
+// the write: one system call fewer), and Send or ReadResponseHead fail
+// with ErrStaleConn, having sent nothing, when it is unusable.
+func (u *Upstream) GetUnchecked(fresh bool) (*UpConn, error) { return u.get(fresh, false) }
+
+func (u *Upstream) get(fresh, peek bool) (*UpConn, error) {
 	if !fresh {
 		now := u.now()
 		for {
@@ -62,11 +89,11 @@ func (u *Upstream) Get(fresh bool) (*UpConn, error) {
 			if !ok {
 				break
 			}
-			if now.Sub(since) >= u.idleTimeout || !c.open() {
+			if now.Sub(since) >= u.idleTimeout || peek && !c.open() {
 				c.Close()
 				continue
 			}
-			c.reused = true
+			c.reused, c.check, c.lazy = true, !peek, !peek
 			return c, nil
 		}
 	}
@@ -74,7 +101,7 @@ func (u *Upstream) Get(fresh bool) (*UpConn, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &UpConn{nc: nc}
+	c := &UpConn{nc: nc, lazy: !peek}
 	c.cr = newConnReader(nc, u.takeBuf, u.giveBuf)
 	return c, nil
 }
