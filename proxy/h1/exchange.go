@@ -305,6 +305,23 @@ func (c *Conn) readResponseHead(x *Exchange, uc *UpConn) error {
 			return err
 		}
 	}
+	return uc.readHead(&x.Res, c.relayInformational)
+}
+
+// relayInformational passes an informational head (100 Continue, 103
+// Early Hints) on to the client.
+func (c *Conn) relayInformational(res *Head) {
+	c.ensureOut()
+	c.writeHead(res, false, false, false)
+	c.out.flush()
+}
+
+// readHead reads the instance's final response head into res, for both
+// the codec's own exchanges (Conn.ReadResponseHead) and the legs of other
+// codecs (ReadHead). Informational heads (1xx but 101) go to info, when
+// set, with res holding them, and are skipped. The final head stays in
+// the read buffer until the body is started.
+func (uc *UpConn) readHead(res *Head, info func(res *Head)) error {
 	for {
 		n := 0
 		for {
@@ -322,7 +339,6 @@ func (c *Conn) readResponseHead(x *Exchange, uc *UpConn) error {
 				return err
 			}
 		}
-		res := &x.Res
 		if err := res.ParseResponse(uc.cr.bytes()[:n]); err != nil {
 			return err
 		}
@@ -332,10 +348,9 @@ func (c *Conn) readResponseHead(x *Exchange, uc *UpConn) error {
 		if res.code == http.StatusSwitchingProtocols {
 			return errUpstream101
 		}
-		// 100 Continue, 103 Early Hints: pass on and read on.
-		c.ensureOut()
-		c.writeHead(res, false, false, false)
-		c.out.flush()
+		if info != nil {
+			info(res)
+		}
 		uc.cr.discard(n)
 	}
 }

@@ -63,37 +63,7 @@ func (c *UpConn) ReadHead(res *Head, timeout time.Duration, info func(res *Head)
 		_ = c.nc.SetReadDeadline(time.Now().Add(timeout))
 		defer c.nc.SetReadDeadline(time.Time{})
 	}
-	for {
-		n := 0
-		for {
-			n = FindHeadEnd(c.cr.bytes())
-			if n > 0 {
-				break
-			}
-			if n < 0 {
-				return errors.New("malformed response head: bare LF")
-			}
-			if err := c.cr.fill(); err != nil {
-				if err == errBufferFull {
-					return errors.New("response head larger than 16 KiB")
-				}
-				return err
-			}
-		}
-		if err := res.ParseResponse(c.cr.bytes()[:n]); err != nil {
-			return err
-		}
-		if res.code >= 200 {
-			return nil
-		}
-		if res.code == http.StatusSwitchingProtocols {
-			return errUpstream101
-		}
-		if info != nil {
-			info(res)
-		}
-		c.cr.discard(n)
-	}
+	return c.readHead(res, info)
 }
 
 // Code is a response's status code.
