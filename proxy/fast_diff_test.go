@@ -17,6 +17,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/cryoprotect/bluegreen/internal/testkit"
 )
 
 // The differential test sends the same request through a fast Server and
@@ -484,17 +486,7 @@ func trunc(s string) string {
 // the instance's base path.
 func TestFastForwardsRawBytes(t *testing.T) {
 	got := make(chan string, 1)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
+	ln := testkit.Listen(t, func(c net.Conn) {
 		defer c.Close()
 		br := bufio.NewReader(c)
 		var head strings.Builder
@@ -511,8 +503,7 @@ func TestFastForwardsRawBytes(t *testing.T) {
 		got <- head.String()
 		_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nx-lower-response: yes\r\nContent-Length: 0\r\n\r\n")
 		_, _ = br.ReadByte() // until the proxy closes
-	}()
-	t.Cleanup(func() { ln.Close(); <-done })
+	})
 	green := newRawInstance(t, okHandler("green"))
 	rt := newRouterOnly(t, []string{"http://" + ln.Addr().String() + "/base/"}, []string{green.URL}, nil)
 	ff := startFast(t, rt, nil)

@@ -14,7 +14,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log"
 	"math/big"
 	"net"
 	"net/http"
@@ -30,6 +29,7 @@ import (
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
 
+	"github.com/cryoprotect/bluegreen/internal/testkit"
 	"github.com/cryoprotect/bluegreen/proxy/h2/h2test"
 )
 
@@ -66,44 +66,24 @@ func testCert(t testing.TB) tls.Certificate {
 // HTTP/1.1 with ServeTLS), as the TLS listener of cmd/bluegreen does.
 func startH2(t testing.TB, rt *Router, mutate func(*Server)) *fastH2Front {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := &Server{
-		Router:            rt,
-		Fallback:          &http.Server{Handler: rt, ReadHeaderTimeout: 5 * time.Second, ErrorLog: log.New(io.Discard, "", 0)},
-		ReadHeaderTimeout: 5 * time.Second,
-	}
-	if mutate != nil {
-		mutate(s)
-	}
+	s := newFastServer(rt, mutate)
 	cfg := &tls.Config{Certificates: []tls.Certificate{testCert(t)}, NextProtos: []string{"h2", "http/1.1"}}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			nc, err := ln.Accept()
-			if err != nil {
+	ln := testkit.Listen(t, func(nc net.Conn) {
+		go func() {
+			tc := tls.Server(nc, cfg)
+			if tc.Handshake() != nil {
+				tc.Close()
 				return
 			}
-			go func() {
-				tc := tls.Server(nc, cfg)
-				if tc.Handshake() != nil {
-					tc.Close()
-					return
-				}
-				if tc.ConnectionState().NegotiatedProtocol == "h2" {
-					_ = s.ServeH2(tc)
-					return
-				}
-				_ = s.ServeTLS(tc)
-			}()
-		}
-	}()
+			if tc.ConnectionState().NegotiatedProtocol == "h2" {
+				_ = s.ServeH2(tc)
+				return
+			}
+			_ = s.ServeTLS(tc)
+		}()
+	})
 	t.Cleanup(func() {
 		ln.Close()
-		<-done
 		_ = s.Close()
 		rt.CloseIdleConnections()
 	})

@@ -45,12 +45,9 @@ func startFast(t testing.TB, rt *Router, mutate func(*Server)) *fastFront {
 	return startFastOn(t, rt, ln, mutate)
 }
 
-// startFastOn is startFast on a given listener.
-func startFastOn(t testing.TB, rt *Router, ln net.Listener, mutate func(*Server)) *fastFront {
-	t.Helper()
-	if !rt.FastPath() {
-		t.Fatal("the router cannot use the fast path")
-	}
+// newFastServer is a Server of rt as the tests use it (a quiet net/http
+// Fallback, 5 s header timeouts), adjusted by mutate when set.
+func newFastServer(rt *Router, mutate func(*Server)) *Server {
 	s := &Server{
 		Router: rt,
 		Fallback: &http.Server{
@@ -63,6 +60,16 @@ func startFastOn(t testing.TB, rt *Router, ln net.Listener, mutate func(*Server)
 	if mutate != nil {
 		mutate(s)
 	}
+	return s
+}
+
+// startFastOn is startFast on a given listener.
+func startFastOn(t testing.TB, rt *Router, ln net.Listener, mutate func(*Server)) *fastFront {
+	t.Helper()
+	if !rt.FastPath() {
+		t.Fatal("the router cannot use the fast path")
+	}
+	s := newFastServer(rt, mutate)
 	ff := &fastFront{srv: s, addr: ln.Addr().String(), url: "http://" + ln.Addr().String(), done: make(chan error, 1)}
 	go func() { ff.done <- s.Serve(ln) }()
 	t.Cleanup(func() {

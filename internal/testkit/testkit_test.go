@@ -95,3 +95,39 @@ func TestLoadCounts(t *testing.T) {
 		t.Fatalf("sent %d, failed %d, first %v", l.Sent.Load(), l.Failed.Load(), l.FirstErr())
 	}
 }
+
+func TestListenServesEachConnectionAndCloseWaits(t *testing.T) {
+	var served []string // written by the accept loop only, read after Close
+	ln := Listen(t, func(c net.Conn) {
+		defer c.Close()
+		buf := make([]byte, 2)
+		if _, err := c.Read(buf); err == nil {
+			served = append(served, string(buf))
+		}
+	})
+	for _, msg := range []string{"a1", "b2"} {
+		c, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Write([]byte(msg)); err != nil {
+			t.Fatal(err)
+		}
+		// The server closes after reading: wait for it, so both are served
+		// before Close.
+		if _, err := c.Read(make([]byte, 1)); err == nil {
+			t.Fatal("read a byte the server never wrote")
+		}
+		c.Close()
+	}
+	if err := ln.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(served, ",") != "a1,b2" {
+		t.Fatalf("served %q", served)
+	}
+	if _, err := net.Dial("tcp", ln.Addr().String()); err == nil {
+		t.Fatal("the listener still accepts after Close")
+	}
+	_ = ln.Close() // again, as the test's cleanup does
+}

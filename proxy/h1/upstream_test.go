@@ -5,6 +5,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/cryoprotect/bluegreen/internal/testkit"
 )
 
 // TestUpstreamPoolGrowsToLoad: the pool keeps every connection a burst of
@@ -13,28 +15,14 @@ import (
 // ones without dialling.
 func TestUpstreamPoolGrowsToLoad(t *testing.T) {
 	const limit, burst = 1100, 1200
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
 	var accepted atomic.Int64
 	var held []net.Conn
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			accepted.Add(1)
-			held = append(held, c) // the instance keeps every connection open
-		}
-	}()
+	ln := testkit.Listen(t, func(c net.Conn) {
+		accepted.Add(1)
+		held = append(held, c) // the instance keeps every connection open
+	})
 	defer func() {
 		_ = ln.Close()
-		<-done
 		for _, c := range held {
 			_ = c.Close()
 		}
@@ -44,6 +32,7 @@ func TestUpstreamPoolGrowsToLoad(t *testing.T) {
 	defer u.CloseIdle(false)
 	conns := make([]*UpConn, burst)
 	for i := range conns {
+		var err error
 		if conns[i], err = u.Get(false); err != nil {
 			t.Fatal(err)
 		}

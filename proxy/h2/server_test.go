@@ -10,6 +10,7 @@ import (
 
 	"golang.org/x/net/http2"
 
+	"github.com/cryoprotect/bluegreen/internal/testkit"
 	"github.com/cryoprotect/bluegreen/proxy/h2/h2test"
 )
 
@@ -22,24 +23,9 @@ func (f handlerFunc) ServeH2(st *Stream) { f(st) }
 
 func serveTest(t *testing.T, s *Server) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			nc, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go s.ServeConn(nc)
-		}
-	}()
+	ln := testkit.Listen(t, func(nc net.Conn) { go s.ServeConn(nc) })
 	t.Cleanup(func() {
 		ln.Close()
-		<-done
 		s.Close()
 		deadline := time.Now().Add(5 * time.Second)
 		for s.Conns() > 0 && time.Now().Before(deadline) {
