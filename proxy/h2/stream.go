@@ -190,12 +190,7 @@ func (st *Stream) WriteHeaders(status int, fields []hpack.HeaderField, data []by
 	}
 	c.mu.Unlock()
 	err := c.write(func() {
-		c.hbuf.b = c.hbuf.b[:0]
-		_ = c.henc.WriteField(hpack.HeaderField{Name: ":status", Value: statusText(status)})
-		for _, f := range fields {
-			_ = c.henc.WriteField(f)
-		}
-		c.writeHeaderBlock(st.id, c.hbuf.b, end && len(data) == 0, maxFrame)
+		c.writeFields(st.id, status, fields, end && len(data) == 0, maxFrame)
 		if n > 0 || len(data) > 0 && end && all {
 			c.writeData(st.id, data[:n], end && all, maxFrame)
 		}
@@ -207,6 +202,19 @@ func (st *Stream) WriteHeaders(status int, fields []hpack.HeaderField, data []by
 		return st.WriteData(data[n:], end)
 	}
 	return nil
+}
+
+// writeFields encodes a header block, :status first when status is not 0
+// (a response head; 0: trailers), and writes it. Under wmu.
+func (c *conn) writeFields(id uint32, status int, fields []hpack.HeaderField, end bool, maxFrame uint32) {
+	c.hbuf.b = c.hbuf.b[:0]
+	if status != 0 {
+		_ = c.henc.WriteField(hpack.HeaderField{Name: ":status", Value: statusText(status)})
+	}
+	for _, f := range fields {
+		_ = c.henc.WriteField(f)
+	}
+	c.writeHeaderBlock(id, c.hbuf.b, end, maxFrame)
 }
 
 var statusTexts [600]string
@@ -296,11 +304,7 @@ func (st *Stream) WriteTrailers(fields []hpack.HeaderField) error {
 	maxFrame := c.peerMaxFrame
 	c.mu.Unlock()
 	err := c.write(func() {
-		c.hbuf.b = c.hbuf.b[:0]
-		for _, f := range fields {
-			_ = c.henc.WriteField(f)
-		}
-		c.writeHeaderBlock(st.id, c.hbuf.b, true, maxFrame)
+		c.writeFields(st.id, 0, fields, true, maxFrame)
 	})
 	if err != nil {
 		return ErrReset
