@@ -363,6 +363,25 @@ const (
 	bodyUntilClose
 )
 
+// bodyFraming is how the body of the response head h is framed, its
+// length when it has a Content-Length, and whether the instance
+// connection may be reused after it; head: the request was HEAD.
+func (h *Head) bodyFraming(head bool) (framing int, length int64, upKeep bool) {
+	framing = bodyUntilClose
+	switch {
+	case head || h.code == http.StatusNoContent || h.code == http.StatusNotModified:
+		framing = bodyNone
+	case h.te > 0:
+		framing = bodyChunked
+	case h.nCL > 0:
+		framing, length = bodyLength, h.contentLength
+		if length == 0 {
+			framing = bodyNone
+		}
+	}
+	return framing, length, !h.closeConn && !h.http10 && framing != bodyUntilClose
+}
+
 // Response is how a response head was relayed.
 type Response struct {
 	Code    int
@@ -376,19 +395,8 @@ type Response struct {
 // WriteResponseHead writes the head read into x.Res to the client.
 func (c *Conn) WriteResponseHead(x *Exchange, uc *UpConn) Response {
 	req, res := &x.Req, &x.Res
-	r := Response{Code: res.code, framing: bodyUntilClose}
-	switch {
-	case req.method == http.MethodHead || res.code == http.StatusNoContent || res.code == http.StatusNotModified:
-		r.framing = bodyNone
-	case res.te > 0:
-		r.framing = bodyChunked
-	case res.nCL > 0:
-		r.framing, r.length = bodyLength, res.contentLength
-		if res.contentLength == 0 {
-			r.framing = bodyNone
-		}
-	}
-	r.upKeep = !res.closeConn && !res.http10 && r.framing != bodyUntilClose
+	r := Response{Code: res.code}
+	r.framing, r.length, r.upKeep = res.bodyFraming(req.method == http.MethodHead)
 	r.keep = !req.closeConn && r.framing != bodyUntilClose && c.s.keepAlive() && !x.early
 	c.ensureOut()
 	c.writeHead(res, r.framing == bodyChunked, !res.hasDate, !r.keep)

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"errors"
 	"io"
-	"net/http"
 	"time"
 )
 
@@ -113,19 +112,8 @@ type LegBody struct {
 // StartBody takes the head read by ReadHead out of the buffer and
 // returns the reader of its body; head: the request was HEAD.
 func (c *UpConn) StartBody(res *Head, head bool) LegBody {
-	b := LegBody{uc: c, framing: bodyUntilClose}
-	switch {
-	case head || res.code == http.StatusNoContent || res.code == http.StatusNotModified:
-		b.framing = bodyNone
-	case res.te > 0:
-		b.framing = bodyChunked
-	case res.nCL > 0:
-		b.framing, b.rem = bodyLength, res.contentLength
-		if res.contentLength == 0 {
-			b.framing = bodyNone
-		}
-	}
-	b.upKeep = !res.closeConn && !res.http10 && b.framing != bodyUntilClose
+	b := LegBody{uc: c}
+	b.framing, b.rem, b.upKeep = res.bodyFraming(head)
 	b.Stream = res.sse && b.framing != bodyLength
 	b.done = b.framing == bodyNone
 	c.cr.discard(res.end)
