@@ -276,18 +276,7 @@ func TestH2TrailersAndEventStream(t *testing.T) {
 }
 
 func TestH2ClientResetIsTheClients(t *testing.T) {
-	release := make(chan struct{})
-	defer close(release)
-	inst := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Length", "100000")
-		fmt.Fprint(w, strings.Repeat("x", 1000))
-		w.(http.Flusher).Flush()
-		select { // the rest never comes while the client waits
-		case <-release:
-		case <-r.Context().Done():
-		}
-	}))
-	defer inst.Close()
+	inst := heldInstance(t, "Content-Length", "100000", strings.Repeat("x", 1000)) // the rest never comes
 	f := newFixture(t, []string{inst.URL}, []string{inst.URL}, func(c *Config) { c.Outlier = OutlierConfig{Consecutive: 1, Eject: time.Minute} })
 	fr := startH2(t, f.rt, nil)
 	c := h2Client(t)
@@ -588,18 +577,7 @@ func TestH2IdleTimeoutAndShutdown(t *testing.T) {
 }
 
 func TestH2EventStreamEndsCleanlyOnDrain(t *testing.T) {
-	release := make(chan struct{})
-	defer close(release)
-	inst := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "text/event-stream")
-		fmt.Fprint(w, "data: one\n\n")
-		w.(http.Flusher).Flush()
-		select {
-		case <-release:
-		case <-r.Context().Done():
-		}
-	}))
-	defer inst.Close()
+	inst := heldInstance(t, "Content-Type", "text/event-stream", "data: one\n\n")
 	f, res := firstEvent(t, inst.URL)
 	// The end of a drain (or shutdown) ends tracked streams: END_STREAM,
 	// a clean end the client reconnects after, not a reset.
@@ -623,35 +601,24 @@ func TestH2EarlyAnswerEndsTheUpload(t *testing.T) {
 	// An instance that refuses a large upload at once and reads no more of
 	// it (RFC 9112 9.5): its answer reaches the client, the proxy stops
 	// sending the body.
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
 	hold := make(chan struct{})
 	defer close(hold)
-	go func() {
-		for {
-			nc, err := ln.Accept()
+	ln := testkit.Listen(t, func(nc net.Conn) {
+		go func() {
+			defer nc.Close()
+			br := bufio.NewReader(nc)
+			req, err := http.ReadRequest(br)
 			if err != nil {
 				return
 			}
-			go func() {
-				defer nc.Close()
-				br := bufio.NewReader(nc)
-				req, err := http.ReadRequest(br)
-				if err != nil {
-					return
-				}
-				if req.Method == "GET" { // health checks and the like
-					_, _ = io.WriteString(nc, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
-					return
-				}
-				_, _ = io.WriteString(nc, "HTTP/1.1 413 Payload Too Large\r\nContent-Length: 4\r\nConnection: close\r\n\r\nbig!")
-				<-hold // the rest of the body stays unread
-			}()
-		}
-	}()
+			if req.Method == "GET" { // health checks and the like
+				_, _ = io.WriteString(nc, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+				return
+			}
+			_, _ = io.WriteString(nc, "HTTP/1.1 413 Payload Too Large\r\nContent-Length: 4\r\nConnection: close\r\n\r\nbig!")
+			<-hold // the rest of the body stays unread
+		}()
+	})
 	url := "http://" + ln.Addr().String()
 	f := newFixture(t, []string{url}, []string{url}, nil)
 	fr := startH2(t, f.rt, nil)
@@ -774,6 +741,24 @@ func TestH2EventStreamEndWaitsForTheChunk(t *testing.T) {
 	if err != nil || string(got) != "data: two\n\n" {
 		t.Errorf("after the ending: %q %v, want the chunk under way and a clean end", got, err)
 	}
+}
+
+// heldInstance answers every request with the field and the first bytes
+// of its body, then holds the response open until the client goes or the
+// test ends.
+func heldInstance(t *testing.T, field, value, first string) *httptest.Server {
+	release := make(chan struct{})
+	inst := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set(field, value)
+		fmt.Fprint(w, first)
+		w.(http.Flusher).Flush()
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	}))
+	t.Cleanup(func() { close(release); inst.Close() })
+	return inst
 }
 
 // firstEvent proxies an event stream of the instance at url over HTTP/2
