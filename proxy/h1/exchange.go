@@ -16,10 +16,11 @@ type Exchange struct {
 	// Start is when the request's first byte was seen.
 	Start time.Time
 
-	wbuf     []byte
-	path     string
-	consumed bool // the request head was taken out of the read buffer
-	early    bool // the instance answered before it had the whole body
+	wbuf      []byte
+	path      string
+	consumed  bool // the request head was taken out of the read buffer
+	early     bool // the instance answered before it had the whole body
+	continued bool // the client was told 100 Continue
 }
 
 // Path is the request's path as the client sent it (without the query).
@@ -72,8 +73,10 @@ const earlyWriteSlice = 20 * time.Millisecond
 // base path. sent reports whether any byte of the request may have reached
 // the instance. While a body is sent, an answer from the instance ends the
 // sending (x.Early); a client that stops sending or leaves is a
-// *ClientError. On a connection from GetUnchecked a request without a body
-// is written by ReadResponseHead, which must come next.
+// *ClientError. A client that waits for 100 Continue before its body (see
+// awaitContinue) sends it only once the instance is heard from. On a
+// connection from GetUnchecked a request without a body is written by
+// ReadResponseHead, which must come next.
 func (c *Conn) Send(x *Exchange, uc *UpConn, prefix string) (sent bool, err error) {
 	s := c.s
 	req := &x.Req
@@ -173,6 +176,15 @@ func (c *Conn) Send(x *Exchange, uc *UpConn, prefix string) (sent bool, err erro
 	}
 	if _, err := uc.cr.write(w); err != nil {
 		return req.contentLength > 0, err
+	}
+	if rem > 0 && req.continue100 && c.cr.buffered() == 0 {
+		// Nothing of the body has come: the client waits for 100 Continue.
+		// Until the instance is heard from, no byte of the body has left,
+		// so a failure here may be retried like a failed write of the head.
+		send, err := c.awaitContinue(x, uc)
+		if !send {
+			return false, err
+		}
 	}
 	if rem > 0 {
 		if x.path == "" { // the target is overwritten by the body
@@ -277,6 +289,62 @@ func (c *Conn) spliceIn(x *Exchange, uc *UpConn, sp *splicer, rem int64) error {
 	return nil
 }
 
+// ExpectContinueTimeout is how long the codec waits for an instance's
+// answer to the head of an Expect: 100-continue request before sending the
+// body anyway, as http.Transport's ExpectContinueTimeout in transport.go.
+const ExpectContinueTimeout = time.Second
+
+// awaitContinue waits, once the head of an Expect: 100-continue request is
+// sent, for the instance's first answer, at most ExpectContinueTimeout.
+// A 100 Continue is relayed to the client, and the body follows (send).
+// A final answer comes before the body, which is never read (x.early: the
+// client connection closes after it, and so does the instance's). Silence
+// is no refusal: the client is told 100 Continue, and the body follows.
+func (c *Conn) awaitContinue(x *Exchange, uc *UpConn) (send bool, err error) {
+	_ = uc.nc.SetReadDeadline(time.Now().Add(ExpectContinueTimeout))
+	defer uc.nc.SetReadDeadline(time.Time{})
+	res := &x.Res
+	for {
+		n, err := readHead(res, uc)
+		switch {
+		case isTimeout(err):
+			c.ensureOut()
+			c.out.writeString("HTTP/1.1 100 Continue\r\n")
+			c.out.writeString(c.opts.ResponseFields)
+			c.out.writeString("\r\n")
+			c.out.flush()
+			x.continued = true
+			return true, nil
+		case err != nil:
+			return false, err
+		case res.code >= 200:
+			x.early = true // ReadResponseHead takes this head
+			return false, nil
+		case res.code == http.StatusSwitchingProtocols:
+			return false, errUpstream101
+		}
+		c.relayInformational(x, res)
+		uc.cr.discard(n)
+		if res.code == http.StatusContinue {
+			return true, nil
+		}
+	}
+}
+
+// relayInformational passes an instance's 1xx answer on to the client,
+// but a second 100 Continue.
+func (c *Conn) relayInformational(x *Exchange, res *Head) {
+	if res.code == http.StatusContinue {
+		if x.continued {
+			return
+		}
+		x.continued = true
+	}
+	c.ensureOut()
+	c.writeHead(res, false, false, false)
+	c.out.flush()
+}
+
 var errUpstream101 = errors.New("instance switched protocols without being asked")
 
 // ReadResponseHead reads the instance's response head into x.Res, passing
@@ -305,25 +373,10 @@ func (c *Conn) readResponseHead(x *Exchange, uc *UpConn) error {
 			return err
 		}
 	}
+	res := &x.Res
 	for {
-		n := 0
-		for {
-			n = FindHeadEnd(uc.cr.bytes())
-			if n > 0 {
-				break
-			}
-			if n < 0 {
-				return errors.New("malformed response head: bare LF")
-			}
-			if err := uc.cr.fill(); err != nil {
-				if err == errBufferFull {
-					return errors.New("response head larger than 16 KiB")
-				}
-				return err
-			}
-		}
-		res := &x.Res
-		if err := res.ParseResponse(uc.cr.bytes()[:n]); err != nil {
+		n, err := readHead(res, uc)
+		if err != nil {
 			return err
 		}
 		if res.code >= 200 {
@@ -333,10 +386,28 @@ func (c *Conn) readResponseHead(x *Exchange, uc *UpConn) error {
 			return errUpstream101
 		}
 		// 100 Continue, 103 Early Hints: pass on and read on.
-		c.ensureOut()
-		c.writeHead(res, false, false, false)
-		c.out.flush()
+		c.relayInformational(x, res)
 		uc.cr.discard(n)
+	}
+}
+
+// readHead reads the instance's next response head into res and returns
+// its length; the head stays in uc's read buffer.
+func readHead(res *Head, uc *UpConn) (int, error) {
+	for {
+		n := FindHeadEnd(uc.cr.bytes())
+		if n > 0 {
+			return n, res.ParseResponse(uc.cr.bytes()[:n])
+		}
+		if n < 0 {
+			return 0, errors.New("malformed response head: bare LF")
+		}
+		if err := uc.cr.fill(); err != nil {
+			if err == errBufferFull {
+				return 0, errors.New("response head larger than 16 KiB")
+			}
+			return 0, err
+		}
 	}
 }
 
@@ -373,7 +444,9 @@ func (c *Conn) WriteResponseHead(x *Exchange, uc *UpConn) Response {
 			r.framing = bodyNone
 		}
 	}
-	r.upKeep = !res.closeConn && !res.http10 && r.framing != bodyUntilClose
+	// After an early answer the instance may still wait for the rest of
+	// the body: its connection is not reused.
+	r.upKeep = !res.closeConn && !res.http10 && r.framing != bodyUntilClose && !x.early
 	r.keep = !req.closeConn && r.framing != bodyUntilClose && c.s.keepAlive() && !x.early
 	c.ensureOut()
 	c.writeHead(res, r.framing == bodyChunked, !res.hasDate, !r.keep)
@@ -503,6 +576,6 @@ func (ep *exchangePool) get() *Exchange {
 }
 
 func (ep *exchangePool) put(x *Exchange) {
-	x.path, x.consumed, x.early = "", false, false
+	x.path, x.consumed, x.early, x.continued = "", false, false, false
 	ep.p.Put(x)
 }
