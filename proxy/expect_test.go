@@ -264,3 +264,20 @@ func TestFastExpectContinueClientStalls(t *testing.T) {
 		t.Errorf("client errors %v, want 2 timeouts", d)
 	}
 }
+
+// TestFastExpectContinueBodyAlreadySent: a client that sent its body with
+// the head (in one write; 32 KiB, more than the proxy writes with the
+// head) does not wait for 100 Continue, and neither does the proxy: the
+// silent instance gets the body at once, and the client's first answer is
+// the final one, without a 100 of the proxy's.
+func TestFastExpectContinueBodyAlreadySent(t *testing.T) {
+	ei := newExpectInstance(t)
+	cf := newExpectFront(t, ei)
+	rc := dialRaw(t, cf.fast)
+	body := bigBody(32 << 10)
+	rc.send("POST /silent HTTP/1.1\r\nHost: app.example\r\nExpect: 100-continue\r\nContent-Length: " + strconv.Itoa(len(body)) + "\r\n\r\n" + string(body))
+	res, got := rc.mustRead("POST")
+	if res.StatusCode != 200 || got != "100-continue "+sum(body) {
+		t.Fatalf("%d %q, want 200 and the body's sum", res.StatusCode, got)
+	}
+}

@@ -155,6 +155,8 @@ func (c *Conn) Send(x *Exchange, uc *UpConn, prefix string) (sent bool, err erro
 	}
 
 	rem := max(req.contentLength, 0)
+	// Nothing of the body has come: the client waits for 100 Continue.
+	awaitBody := rem > 0 && req.continue100 && c.cr.buffered() == 0
 	if rem > 0 {
 		take := min(rem, int64(c.cr.buffered()))
 		if len(w)+int(take) <= cap(w) {
@@ -177,8 +179,7 @@ func (c *Conn) Send(x *Exchange, uc *UpConn, prefix string) (sent bool, err erro
 	if _, err := uc.cr.write(w); err != nil {
 		return req.contentLength > 0, err
 	}
-	if rem > 0 && req.continue100 && c.cr.buffered() == 0 {
-		// Nothing of the body has come: the client waits for 100 Continue.
+	if awaitBody {
 		// Until the instance is heard from, no byte of the body has left,
 		// so a failure here may be retried like a failed write of the head.
 		send, err := c.awaitContinue(x, uc)
