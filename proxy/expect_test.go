@@ -28,6 +28,7 @@ type expectInstance struct {
 	conns    atomic.Int64 // connections accepted
 	leaked   atomic.Int64 // bytes sent after a 413
 	refusals atomic.Int64 // 413 connections that ended
+	heads    chan string  // the path of each head read, when there is room
 }
 
 func newExpectInstance(t *testing.T) *expectInstance {
@@ -36,7 +37,7 @@ func newExpectInstance(t *testing.T) *expectInstance {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ei := &expectInstance{URL: "http://" + ln.Addr().String()}
+	ei := &expectInstance{URL: "http://" + ln.Addr().String(), heads: make(chan string, 16)}
 	// Registered before the proxy's, serveEach's cleanup runs after it:
 	// the proxy's connections are closed by then, and the deadline bounds
 	// any other.
@@ -74,6 +75,10 @@ func (ei *expectInstance) serve(c net.Conn) {
 		r, err := http.ReadRequest(br)
 		if err != nil {
 			return
+		}
+		select {
+		case ei.heads <- r.URL.Path:
+		default:
 		}
 		answer := func(s string) bool {
 			_, err := io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: "+strconv.Itoa(len(s))+"\r\n\r\n"+s)
@@ -265,19 +270,35 @@ func TestFastExpectContinueClientStalls(t *testing.T) {
 	}
 }
 
-// TestFastExpectContinueBodyAlreadySent: a client that sent its body with
-// the head (in one write; 32 KiB, more than the proxy writes with the
-// head) does not wait for 100 Continue, and neither does the proxy: the
-// silent instance gets the body at once, and the client's first answer is
-// the final one, without a 100 of the proxy's.
+// TestFastExpectContinueBodyAlreadySent: a client that sends its body
+// without waiting for 100 Continue, with the head (in one write; 32 KiB,
+// more than the proxy writes with the head) or once the instance has the
+// head, is not made to wait: the silent instance gets the body, and the
+// client's first answer is the final one, without a 100 of the proxy's.
 func TestFastExpectContinueBodyAlreadySent(t *testing.T) {
 	ei := newExpectInstance(t)
 	cf := newExpectFront(t, ei)
-	rc := dialRaw(t, cf.fast)
 	body := bigBody(32 << 10)
-	rc.send("POST /silent HTTP/1.1\r\nHost: app.example\r\nExpect: 100-continue\r\nContent-Length: " + strconv.Itoa(len(body)) + "\r\n\r\n" + string(body))
-	res, got := rc.mustRead("POST")
-	if res.StatusCode != 200 || got != "100-continue "+sum(body) {
-		t.Fatalf("%d %q, want 200 and the body's sum", res.StatusCode, got)
+	head := "POST /silent HTTP/1.1\r\nHost: app.example\r\nExpect: 100-continue\r\nContent-Length: " + strconv.Itoa(len(body)) + "\r\n\r\n"
+	for _, together := range []bool{true, false} {
+		rc := dialRaw(t, cf.fast)
+		if together {
+			rc.send(head + string(body))
+		} else {
+			rc.send(head)
+			select {
+			case <-ei.heads:
+			case <-time.After(5 * time.Second):
+				t.Fatal("the head did not reach the instance")
+			}
+			rc.send(string(body))
+		}
+		res, got := rc.mustRead("POST")
+		if res.StatusCode != 200 || got != "100-continue "+sum(body) {
+			t.Fatalf("body with the head %v: %d %q, want 200 and the body's sum", together, res.StatusCode, got)
+		}
+		for len(ei.heads) > 0 {
+			<-ei.heads
+		}
 	}
 }

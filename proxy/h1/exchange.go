@@ -295,19 +295,35 @@ func (c *Conn) spliceIn(x *Exchange, uc *UpConn, sp *splicer, rem int64) error {
 // body anyway, as http.Transport's ExpectContinueTimeout in transport.go.
 const ExpectContinueTimeout = time.Second
 
+// continueSlice is how often awaitContinue looks whether the client sent
+// its body without waiting.
+const continueSlice = 50 * time.Millisecond
+
 // awaitContinue waits, once the head of an Expect: 100-continue request is
 // sent, for the instance's first answer, at most ExpectContinueTimeout.
 // A 100 Continue is relayed to the client, and the body follows (send).
 // A final answer comes before the body, which is never read (x.early: the
 // client connection closes after it, and so does the instance's). Silence
 // is no refusal: the client is told 100 Continue, and the body follows.
+// A client that sends its body (or leaves) without waiting ends the wait
+// at once, every continueSlice, where its socket can be peeked at.
 func (c *Conn) awaitContinue(x *Exchange, uc *UpConn) (send bool, err error) {
-	_ = uc.nc.SetReadDeadline(time.Now().Add(ExpectContinueTimeout))
 	defer uc.nc.SetReadDeadline(time.Time{})
+	end := time.Now().Add(ExpectContinueTimeout)
 	res := &x.Res
 	for {
+		d := end
+		if t := time.Now().Add(continueSlice); c.cr.rc != nil && t.Before(end) {
+			d = t
+		}
+		_ = uc.nc.SetReadDeadline(d)
 		n, err := readHead(res, uc)
 		switch {
+		case isTimeout(err) && d.Before(end):
+			if peekConn(c.cr.rc) != peekNothing {
+				return true, nil // the body (or the end) is on its way
+			}
+			continue
 		case isTimeout(err):
 			c.ensureOut()
 			c.out.writeString("HTTP/1.1 100 Continue\r\n")
