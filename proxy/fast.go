@@ -14,9 +14,10 @@ import (
 
 // Server serves the public listener. Plain HTTP/1.1 requests (one of the
 // usual methods, an origin-form target, a Content-Length body or none, no
-// upgrade, no Expect) take the fast codec (package h1), which parses the
-// request itself and relays it over a keep-alive connection to the instance
-// in the same goroutine: no per-request goroutines, no per-request
+// upgrade, no Expect but 100-continue) take the fast codec (package h1),
+// which parses the request itself and relays it over a keep-alive
+// connection to the instance in the same goroutine: no per-request
+// goroutines, no per-request
 // allocations, and an idle connection holds no buffers. Any other
 // connection (an upgrade, a chunked request body, HTTP/1.0, an
 // absolute-form target, a head larger than 8 KiB, anything malformed) is

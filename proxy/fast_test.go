@@ -1497,27 +1497,16 @@ func TestFallbackOpaqueTarget(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Go(func() {
-				defer c.Close()
-				_ = c.SetDeadline(time.Now().Add(5 * time.Second))
-				br := bufio.NewReader(c)
-				line, err := br.ReadString('\n')
-				if err != nil {
-					return
-				}
-				lines <- strings.TrimSpace(line)
-				_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-			})
+	serveEach(t, ln, func(c net.Conn) {
+		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+		br := bufio.NewReader(c)
+		line, err := br.ReadString('\n')
+		if err != nil {
+			return
 		}
+		lines <- strings.TrimSpace(line)
+		_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
 	})
-	t.Cleanup(func() { ln.Close(); wg.Wait() })
 	green := newRawInstance(t, okHandler("green"))
 	f := newFixture(t, []string{"http://" + ln.Addr().String() + "/base/"}, []string{green.URL}, nil)
 	ff := startFast(t, f.rt, nil)

@@ -4,6 +4,8 @@ import (
 	"net"
 	"net/http"
 	"time"
+
+	"github.com/cryoprotect/bluegreen/proxy/h1"
 )
 
 // TransportConfig tunes the connections from the proxy to the instances.
@@ -27,7 +29,7 @@ func NewTransport(cfg TransportConfig) *http.Transport {
 		MaxIdleConnsPerHost:   cfg.MaxIdleConnsPerHost,
 		IdleConnTimeout:       cfg.IdleConnTimeout,
 		ResponseHeaderTimeout: cfg.ResponseHeaderTimeout,
-		ExpectContinueTimeout: time.Second,
+		ExpectContinueTimeout: h1.ExpectContinueTimeout,
 		DisableCompression:    true,
 		ForceAttemptHTTP2:     false,
 	}

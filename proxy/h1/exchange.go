@@ -16,10 +16,11 @@ type Exchange struct {
 	// Start is when the request's first byte was seen.
 	Start time.Time
 
-	wbuf     []byte
-	path     string
-	consumed bool // the request head was taken out of the read buffer
-	early    bool // the instance answered before it had the whole body
+	wbuf      []byte
+	path      string
+	consumed  bool // the request head was taken out of the read buffer
+	early     bool // the instance answered before it had the whole body
+	continued bool // the client was told 100 Continue
 }
 
 // Path is the request's path as the client sent it (without the query).
@@ -72,8 +73,10 @@ const earlyWriteSlice = 20 * time.Millisecond
 // base path. sent reports whether any byte of the request may have reached
 // the instance. While a body is sent, an answer from the instance ends the
 // sending (x.Early); a client that stops sending or leaves is a
-// *ClientError. On a connection from GetUnchecked a request without a body
-// is written by ReadResponseHead, which must come next.
+// *ClientError. A client that waits for 100 Continue before its body (see
+// awaitContinue) sends it only once the instance is heard from. On a
+// connection from GetUnchecked a request without a body is written by
+// ReadResponseHead, which must come next.
 func (c *Conn) Send(x *Exchange, uc *UpConn, prefix string) (sent bool, err error) {
 	s := c.s
 	req := &x.Req
@@ -152,6 +155,8 @@ func (c *Conn) Send(x *Exchange, uc *UpConn, prefix string) (sent bool, err erro
 	}
 
 	rem := max(req.contentLength, 0)
+	// Nothing of the body has come: the client waits for 100 Continue.
+	awaitBody := rem > 0 && req.continue100 && c.cr.buffered() == 0
 	if rem > 0 {
 		take := min(rem, int64(c.cr.buffered()))
 		if len(w)+int(take) <= cap(w) {
@@ -173,6 +178,14 @@ func (c *Conn) Send(x *Exchange, uc *UpConn, prefix string) (sent bool, err erro
 	}
 	if _, err := uc.cr.write(w); err != nil {
 		return req.contentLength > 0, err
+	}
+	if awaitBody {
+		// Until the instance is heard from, no byte of the body has left,
+		// so a failure here may be retried like a failed write of the head.
+		send, err := c.awaitContinue(x, uc)
+		if !send {
+			return false, err
+		}
 	}
 	if rem > 0 {
 		if x.path == "" { // the target is overwritten by the body
@@ -277,6 +290,78 @@ func (c *Conn) spliceIn(x *Exchange, uc *UpConn, sp *splicer, rem int64) error {
 	return nil
 }
 
+// ExpectContinueTimeout is how long the codec waits for an instance's
+// answer to the head of an Expect: 100-continue request before sending the
+// body anyway, as http.Transport's ExpectContinueTimeout in transport.go.
+const ExpectContinueTimeout = time.Second
+
+// continueSlice is how often awaitContinue looks whether the client sent
+// its body without waiting.
+const continueSlice = 50 * time.Millisecond
+
+// awaitContinue waits, once the head of an Expect: 100-continue request is
+// sent, for the instance's first answer, at most ExpectContinueTimeout.
+// A 100 Continue is relayed to the client, and the body follows (send).
+// A final answer comes before the body, which is never read (x.early: the
+// client connection closes after it, and so does the instance's). Silence
+// is no refusal: the client is told 100 Continue, and the body follows.
+// A client that sends its body (or leaves) without waiting ends the wait
+// at once, every continueSlice, where its socket can be peeked at.
+func (c *Conn) awaitContinue(x *Exchange, uc *UpConn) (send bool, err error) {
+	defer uc.nc.SetReadDeadline(time.Time{})
+	end := time.Now().Add(ExpectContinueTimeout)
+	res := &x.Res
+	for {
+		d := end
+		if t := time.Now().Add(continueSlice); c.cr.rc != nil && t.Before(end) {
+			d = t
+		}
+		_ = uc.nc.SetReadDeadline(d)
+		n, err := nextHead(res, uc)
+		switch {
+		case isTimeout(err) && d.Before(end):
+			if peekConn(c.cr.rc) != peekNothing {
+				return true, nil // the body (or the end) is on its way
+			}
+			continue
+		case isTimeout(err):
+			c.ensureOut()
+			c.out.writeString("HTTP/1.1 100 Continue\r\n")
+			c.out.writeString(c.opts.ResponseFields)
+			c.out.writeString("\r\n")
+			c.out.flush()
+			x.continued = true
+			return true, nil
+		case err != nil:
+			return false, err
+		case res.code >= 200:
+			x.early = true // ReadResponseHead takes this head
+			return false, nil
+		case res.code == http.StatusSwitchingProtocols:
+			return false, errUpstream101
+		}
+		c.relayInformational(x, res)
+		uc.cr.discard(n)
+		if res.code == http.StatusContinue {
+			return true, nil
+		}
+	}
+}
+
+// relayInformational passes an instance's 1xx answer on to the client,
+// but a second 100 Continue.
+func (c *Conn) relayInformational(x *Exchange, res *Head) {
+	if res.code == http.StatusContinue {
+		if x.continued {
+			return
+		}
+		x.continued = true
+	}
+	c.ensureOut()
+	c.writeHead(res, false, false, false)
+	c.out.flush()
+}
+
 var errUpstream101 = errors.New("instance switched protocols without being asked")
 
 // ReadResponseHead reads the instance's response head into x.Res, passing
@@ -305,15 +390,7 @@ func (c *Conn) readResponseHead(x *Exchange, uc *UpConn) error {
 			return err
 		}
 	}
-	return uc.readHead(&x.Res, c.relayInformational)
-}
-
-// relayInformational passes an informational head (100 Continue, 103
-// Early Hints) on to the client.
-func (c *Conn) relayInformational(res *Head) {
-	c.ensureOut()
-	c.writeHead(res, false, false, false)
-	c.out.flush()
+	return uc.readHead(&x.Res, func(res *Head) { c.relayInformational(x, res) })
 }
 
 // readHead reads the instance's final response head into res, for both
@@ -323,23 +400,8 @@ func (c *Conn) relayInformational(res *Head) {
 // the read buffer until the body is started.
 func (uc *UpConn) readHead(res *Head, info func(res *Head)) error {
 	for {
-		n := 0
-		for {
-			n = FindHeadEnd(uc.cr.bytes())
-			if n > 0 {
-				break
-			}
-			if n < 0 {
-				return errors.New("malformed response head: bare LF")
-			}
-			if err := uc.cr.fill(); err != nil {
-				if err == errBufferFull {
-					return errors.New("response head larger than 16 KiB")
-				}
-				return err
-			}
-		}
-		if err := res.ParseResponse(uc.cr.bytes()[:n]); err != nil {
+		n, err := nextHead(res, uc)
+		if err != nil {
 			return err
 		}
 		if res.code >= 200 {
@@ -352,6 +414,26 @@ func (uc *UpConn) readHead(res *Head, info func(res *Head)) error {
 			info(res)
 		}
 		uc.cr.discard(n)
+	}
+}
+
+// nextHead reads the instance's next response head into res and returns
+// its length; the head stays in uc's read buffer.
+func nextHead(res *Head, uc *UpConn) (int, error) {
+	for {
+		n := FindHeadEnd(uc.cr.bytes())
+		if n > 0 {
+			return n, res.ParseResponse(uc.cr.bytes()[:n])
+		}
+		if n < 0 {
+			return 0, errors.New("malformed response head: bare LF")
+		}
+		if err := uc.cr.fill(); err != nil {
+			if err == errBufferFull {
+				return 0, errors.New("response head larger than 16 KiB")
+			}
+			return 0, err
+		}
 	}
 }
 
@@ -397,6 +479,9 @@ func (c *Conn) WriteResponseHead(x *Exchange, uc *UpConn) Response {
 	req, res := &x.Req, &x.Res
 	r := Response{Code: res.code}
 	r.framing, r.length, r.upKeep = res.bodyFraming(req.method == http.MethodHead)
+	// After an early answer the instance may still wait for the rest of
+	// the body: its connection is not reused.
+	r.upKeep = r.upKeep && !x.early
 	r.keep = !req.closeConn && r.framing != bodyUntilClose && c.s.keepAlive() && !x.early
 	c.ensureOut()
 	c.writeHead(res, r.framing == bodyChunked, !res.hasDate, !r.keep)
@@ -526,6 +611,6 @@ func (ep *exchangePool) get() *Exchange {
 }
 
 func (ep *exchangePool) put(x *Exchange) {
-	x.path, x.consumed, x.early = "", false, false
+	x.path, x.consumed, x.early, x.continued = "", false, false, false
 	ep.p.Put(x)
 }

@@ -17,7 +17,8 @@ import (
 // FuzzParseRequest: findHeadEnd and parseRequest never panic on any bytes,
 // and a head parseRequest accepts is one the fast path can relay without
 // ambiguity: a fast method, an origin-form target, exactly one Host, no
-// Transfer-Encoding, at most one Content-Length, no upgrade or expectation.
+// Transfer-Encoding, at most one Content-Length, no upgrade, no expectation but one
+// 100-continue.
 // net/http's parser accepts the same head, and both agree on the method,
 // the target, the Host, the body length and whether the connection closes.
 func FuzzParseRequest(f *testing.F) {
@@ -100,7 +101,7 @@ func checkAcceptedRequest(t *testing.T, h *Head, raw []byte) {
 	if h.end != len(raw) || len(h.fields) > maxFields {
 		t.Fatalf("end %d of %d, %d fields", h.end, len(raw), len(h.fields))
 	}
-	hosts, cls := 0, 0
+	hosts, cls, expects := 0, 0, 0
 	var host []byte
 	for _, fl := range h.fields {
 		if len(fl.name) == 0 {
@@ -128,7 +129,12 @@ func checkAcceptedRequest(t *testing.T, h *Head, raw []byte) {
 			host = fl.value
 		case fContentLength:
 			cls++
-		case fTransferEncoding, fUpgrade, fExpect:
+		case fExpect:
+			expects++
+			if !equalFold(fl.value, "100-continue") {
+				t.Fatalf("accepted a request with Expect: %q", fl.value)
+			}
+		case fTransferEncoding, fUpgrade:
 			t.Fatalf("accepted a request with %q", fl.name)
 		}
 	}
@@ -137,6 +143,9 @@ func checkAcceptedRequest(t *testing.T, h *Head, raw []byte) {
 	}
 	if h.te != 0 || h.chunked {
 		t.Fatalf("te %d chunked %v", h.te, h.chunked)
+	}
+	if expects > 1 || (expects == 1) != h.continue100 {
+		t.Fatalf("%d Expect fields, 100-continue %v", expects, h.continue100)
 	}
 	if h.contentLength < -1 || cls != h.nCL || h.nCL > 1 || (h.nCL == 0) != (h.contentLength == -1) {
 		t.Fatalf("contentLength %d, nCL %d, %d fields", h.contentLength, h.nCL, cls)

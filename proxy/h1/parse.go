@@ -73,7 +73,8 @@ type Head struct {
 	sse           bool
 	hasDate       bool
 	upgrade       bool // an Upgrade field
-	expect        bool // an Expect field
+	expects       int  // Expect fields
+	continue100   bool // the (last) Expect field is 100-continue
 
 	// The last Cookie lookup, so the codec's hand-off check and the
 	// rollout key read the client's cookie once per request.
@@ -164,12 +165,12 @@ func (h *Head) ParseRequest(b []byte) error {
 	if h.userinfo {
 		return errUserinfo // RFC 9112 3.2
 	}
-	// Upgrades (WebSocket), Expect: 100-continue and chunked bodies are
-	// net/http's; so are duplicate Content-Length fields (it drops the
-	// copies), a missing or repeated Host (it answers 400), and a
-	// Connection field naming other fields (it drops them without letting
-	// that touch the framing).
-	if h.te > 0 || h.nCL > 1 || h.hosts != 1 || h.upgrade || h.expect || h.nConnTokens > 0 {
+	// Upgrades (WebSocket), expectations other than one Expect:
+	// 100-continue (it answers 417) and chunked bodies are net/http's; so
+	// are duplicate Content-Length fields (it drops the copies), a missing
+	// or repeated Host (it answers 400), and a Connection field naming
+	// other fields (it drops them without letting that touch the framing).
+	if h.te > 0 || h.nCL > 1 || h.hosts != 1 || h.upgrade || h.expects > 1 || h.expects == 1 && !h.continue100 || h.nConnTokens > 0 {
 		return errFallback
 	}
 	return nil
@@ -289,7 +290,8 @@ func (h *Head) parseFields(b []byte) bool {
 		case fUpgrade:
 			h.upgrade = true
 		case fExpect:
-			h.expect = true
+			h.expects++
+			h.continue100 = equalFold(v, "100-continue")
 		}
 		h.fields = append(h.fields, field{name: name, value: v, id: id})
 	}

@@ -56,6 +56,7 @@ func TestParseRequest(t *testing.T) {
 		{"GET //double/%2F?a=b&c=%41 HTTP/1.1\r\nHost: a\r\n\r\n", want{"GET", "//double/%2F?a=b&c=%41", -1, false, 1}},
 		{"GET /a\"b{c}|d^e`f HTTP/1.1\r\nHost: a\r\n\r\n", want{"GET", "/a\"b{c}|d^e`f", -1, false, 1}},
 		{"GET / HTTP/1.1\r\nHost: a\r\nX-Utf8: \xc3\xa9t\xc3\xa9\r\n\r\n", want{"GET", "/", -1, false, 2}},
+		{"PUT /up HTTP/1.1\r\nHost: a\r\nExpect: 100-Continue\r\nContent-Length: 9\r\n\r\n", want{"PUT", "/up", 9, false, 3}},
 	}
 	for _, c := range ok {
 		var h Head
@@ -122,7 +123,9 @@ func TestParseRequest(t *testing.T) {
 		"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1234567890123456789\r\n\r\n",
 		"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
 		"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: h2c\r\n\r\n",
-		"POST / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n",
+		"POST / HTTP/1.1\r\nHost: a\r\nExpect: teapot\r\nContent-Length: 1\r\n\r\n",
+		"POST / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue, teapot\r\nContent-Length: 1\r\n\r\n",
+		"POST / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n",
 		"GET / HTTP/1.1\r\nHost: a\r\nConnection: a, b, c, d, e, f, g, h, i\r\n\r\n",
 		"GET / HTTP/1.1\r\nHost: a\r\n" + strings.Repeat("X: y\r\n", maxFields) + "\r\n",
 	}
