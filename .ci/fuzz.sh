@@ -22,6 +22,7 @@ targets="
 ./proxy/h1 FuzzGuard
 ./proxy FuzzFastServer
 ./proxy FuzzFastUpstream
+./proxy/h2 FuzzServeConn
 ./state FuzzDecode
 "
 
