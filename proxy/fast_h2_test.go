@@ -785,10 +785,15 @@ func firstEvent(t *testing.T, url string) (*fixture, *http.Response) {
 // closed after ReadHeaderTimeout, not held until the idle timeout (or, with
 // another stream running, for ever).
 func TestH2ReadHeaderTimeout(t *testing.T) {
+	held, release := make(chan struct{}, 1), make(chan struct{})
 	inst := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/hang" {
+		switch r.URL.Path {
+		case "/hang":
 			<-r.Context().Done()
 			return
+		case "/held":
+			held <- struct{}{}
+			<-release
 		}
 		fmt.Fprint(w, "ok")
 	}))
@@ -831,6 +836,17 @@ func TestH2ReadHeaderTimeout(t *testing.T) {
 		r := dialH2(t, fr.addr, true)
 		r.Request(1, "/hang", true)
 		_ = r.Fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 3, BlockFragment: block(r), EndStream: true})
+		closedByServer(t, r)
+	})
+	// The last stream ending (which arms the idle timeout) while a
+	// header block is pending leaves the block its header timeout.
+	t.Run("no CONTINUATION while the last stream ends", func(t *testing.T) {
+		r := dialH2(t, fr.addr, true)
+		r.Request(1, "/held", true)
+		<-held
+		_ = r.Fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 3, BlockFragment: block(r), EndStream: true})
+		time.Sleep(50 * time.Millisecond) // the reader is in the header block
+		close(release)
 		closedByServer(t, r)
 	})
 	t.Run("HEADERS frame in part", func(t *testing.T) {

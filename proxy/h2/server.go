@@ -265,6 +265,7 @@ type conn struct {
 	goingAway    bool  // GOAWAY sent: no new streams
 	dead         bool  // the connection failed or closed
 	idleArmed    bool
+	headerGuard  bool // a header block's deadline is set: armIdle leaves it
 
 	work        chan *Stream // idle stream goroutines wait here for the next stream
 	idleWorkers atomic.Int32
@@ -414,7 +415,10 @@ func (c *conn) headerDeadline() (bool, error) {
 	if typ == http2.FrameHeaders && http2.Flags(h[4]).Has(http2.FlagHeadersEndHeaders) && c.br.Buffered() >= 9+n {
 		return false, nil
 	}
+	c.mu.Lock()
+	c.headerGuard = true
 	_ = c.nc.SetReadDeadline(time.Now().Add(c.s.readHeader()))
+	c.mu.Unlock()
 	return true, nil
 }
 
@@ -424,6 +428,7 @@ func (c *conn) headerDeadline() (bool, error) {
 func (c *conn) headerDeadlineDone() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.headerGuard = false
 	switch {
 	case c.goingAway && c.running == 0:
 		c.closeSoon()
@@ -434,7 +439,9 @@ func (c *conn) headerDeadlineDone() {
 	}
 }
 
-// armIdle sets the idle deadline when no stream runs, or clears it.
+// armIdle sets the idle deadline when no stream runs, or clears it; a
+// header block's deadline stays (headerDeadlineDone puts the right one
+// back).
 func (c *conn) armIdle() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -445,10 +452,14 @@ func (c *conn) armIdleLocked() {
 	switch {
 	case c.running == 0 && !c.idleArmed:
 		c.idleArmed = true
-		_ = c.nc.SetReadDeadline(time.Now().Add(c.s.idle()))
+		if !c.headerGuard {
+			_ = c.nc.SetReadDeadline(time.Now().Add(c.s.idle()))
+		}
 	case c.running > 0 && c.idleArmed:
 		c.idleArmed = false
-		_ = c.nc.SetReadDeadline(time.Time{})
+		if !c.headerGuard {
+			_ = c.nc.SetReadDeadline(time.Time{})
+		}
 	}
 }
 
