@@ -48,6 +48,7 @@ func (s *Server) configureH2() {
 	h.Handler = &h2Handler{rt: rt, hsts: s.HSTS}
 	h.Log = rt.log
 	h.IdleTimeout = s.IdleTimeout
+	h.ReadHeaderTimeout = s.ReadHeaderTimeout
 	h.ProtocolError = rt.refused
 	h.KeepAlivesEnded = s.h1.KeepAlivesEnded
 }

@@ -778,3 +778,91 @@ func firstEvent(t *testing.T, url string) (*fixture, *http.Response) {
 	}
 	return f, res
 }
+
+// A client that starts a header block and does not finish it (HEADERS
+// without END_HEADERS and no CONTINUATION, or a HEADERS frame sent in
+// part), or that sends the preface and nothing more, has its connection
+// closed after ReadHeaderTimeout, not held until the idle timeout (or, with
+// another stream running, for ever).
+func TestH2ReadHeaderTimeout(t *testing.T) {
+	held, release := make(chan struct{}, 1), make(chan struct{})
+	inst := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/hang":
+			<-r.Context().Done()
+			return
+		case "/held":
+			held <- struct{}{}
+			<-release
+		}
+		fmt.Fprint(w, "ok")
+	}))
+	defer inst.Close()
+	f := newFixture(t, []string{inst.URL}, []string{inst.URL}, nil)
+	fr := startH2(t, f.rt, func(s *Server) {
+		s.IdleTimeout = time.Minute
+		s.ReadHeaderTimeout = 200 * time.Millisecond
+	})
+	// closedByServer reads (acknowledging nothing, which would interrupt
+	// the header block) until the connection ends, and fails unless the
+	// server ended it (the client's own deadline is 5 s, far above the
+	// header timeout and far below the idle timeout).
+	closedByServer := func(t *testing.T, r *h2test.Client) {
+		t.Helper()
+		_ = r.Conn.SetDeadline(time.Now().Add(5 * time.Second))
+		for {
+			if _, err := r.Fr.ReadFrame(); err != nil {
+				var ne net.Error
+				if errors.As(err, &ne) && ne.Timeout() {
+					t.Fatal("the server kept the connection open")
+				}
+				return
+			}
+		}
+	}
+	block := func(r *h2test.Client) []byte { return r.Headers("/") }
+
+	t.Run("preface and nothing", func(t *testing.T) {
+		r := dialH2(t, fr.addr, false)
+		_, _ = io.WriteString(r.Conn, http2.ClientPreface)
+		closedByServer(t, r)
+	})
+	t.Run("no CONTINUATION", func(t *testing.T) {
+		r := dialH2(t, fr.addr, true)
+		_ = r.Fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: block(r), EndStream: true})
+		closedByServer(t, r)
+	})
+	t.Run("no CONTINUATION while a stream runs", func(t *testing.T) {
+		r := dialH2(t, fr.addr, true)
+		r.Request(1, "/hang", true)
+		_ = r.Fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 3, BlockFragment: block(r), EndStream: true})
+		closedByServer(t, r)
+	})
+	// The last stream ending (which arms the idle timeout) while a
+	// header block is pending leaves the block its header timeout.
+	t.Run("no CONTINUATION while the last stream ends", func(t *testing.T) {
+		r := dialH2(t, fr.addr, true)
+		r.Request(1, "/held", true)
+		<-held
+		_ = r.Fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 3, BlockFragment: block(r), EndStream: true})
+		time.Sleep(50 * time.Millisecond) // the reader is in the header block
+		close(release)
+		closedByServer(t, r)
+	})
+	t.Run("HEADERS frame in part", func(t *testing.T) {
+		r := dialH2(t, fr.addr, true)
+		b := block(r)
+		hdr := []byte{0, 0, byte(len(b)), byte(http2.FrameHeaders), byte(http2.FlagHeadersEndHeaders | http2.FlagHeadersEndStream), 0, 0, 0, 1}
+		_, _ = r.Conn.Write(append(hdr, b[:len(b)/2]...))
+		closedByServer(t, r)
+	})
+	t.Run("a header block in time is served", func(t *testing.T) {
+		r := dialH2(t, fr.addr, true)
+		b := block(r)
+		_ = r.Fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: b[:3], EndStream: true})
+		_ = r.Fr.WriteContinuation(1, true, b[3:])
+		if fm, isHdr := r.Next(1).(*http2.MetaHeadersFrame); !isHdr || fm.PseudoValue("status") != "200" {
+			t.Fatalf("got %v", fm)
+		}
+	})
+}

@@ -48,6 +48,10 @@ type Server struct {
 	// IdleTimeout closes a connection without a stream for that long;
 	// default 120s.
 	IdleTimeout time.Duration
+	// ReadHeaderTimeout bounds the wait for the connection preface and
+	// the client's first SETTINGS, and for each header block (a HEADERS
+	// frame and its CONTINUATION frames) from its first byte; default 10s.
+	ReadHeaderTimeout time.Duration
 	// MaxConcurrentStreams is SETTINGS_MAX_CONCURRENT_STREAMS; default 250.
 	MaxConcurrentStreams uint32
 	// MaxHeaderListSize is SETTINGS_MAX_HEADER_LIST_SIZE; default 64 KiB.
@@ -78,6 +82,7 @@ const (
 	defaultStreamWindow = 1 << 20
 	defaultStall        = 60 * time.Second
 	defaultIdle         = 120 * time.Second
+	defaultReadHeader   = 10 * time.Second
 	initialWindow       = 65535
 	maxWindow           = 1<<31 - 1
 	// refusedLimit is how many streams a connection may have refused
@@ -120,6 +125,13 @@ func (s *Server) idle() time.Duration {
 		return defaultIdle
 	}
 	return s.IdleTimeout
+}
+
+func (s *Server) readHeader() time.Duration {
+	if s.ReadHeaderTimeout <= 0 {
+		return defaultReadHeader
+	}
+	return s.ReadHeaderTimeout
 }
 
 func (s *Server) protocolError() {
@@ -253,6 +265,7 @@ type conn struct {
 	goingAway    bool  // GOAWAY sent: no new streams
 	dead         bool  // the connection failed or closed
 	idleArmed    bool
+	headerGuard  bool // a header block's deadline is set: armIdle leaves it
 
 	work        chan *Stream // idle stream goroutines wait here for the next stream
 	idleWorkers atomic.Int32
@@ -321,7 +334,7 @@ func (c *conn) serve() (err error) {
 			err = errPanic
 		}
 	}()
-	_ = c.nc.SetReadDeadline(time.Now().Add(10 * time.Second))
+	_ = c.nc.SetReadDeadline(time.Now().Add(c.s.readHeader()))
 	c.write(func() {
 		_ = c.wfr.WriteSettings(
 			http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: c.s.maxStreams()},
@@ -359,7 +372,14 @@ func (c *conn) serve() (err error) {
 	}
 	c.armIdle()
 	for {
+		guarded, err := c.headerDeadline()
+		if err != nil {
+			return c.readFailed(err)
+		}
 		f, err := c.rfr.ReadFrame()
+		if guarded && err == nil {
+			c.headerDeadlineDone()
+		}
 		var se http2.StreamError
 		if errors.As(err, &se) {
 			if err := c.headerStreamError(se); err != nil {
@@ -376,7 +396,52 @@ func (c *conn) serve() (err error) {
 	}
 }
 
-// armIdle sets the idle deadline when no stream runs, or clears it.
+// headerDeadline, before a frame is read, gives a header block that has
+// not arrived whole ReadHeaderTimeout from its first byte: a HEADERS frame
+// sent slowly, or one never followed by its CONTINUATION, would otherwise
+// hold the reader until the idle timeout, and with other streams running
+// for ever. A HEADERS frame with END_HEADERS that is buffered whole (the
+// usual case) sets no deadline. It reports whether it set one.
+func (c *conn) headerDeadline() (bool, error) {
+	h, err := c.br.Peek(9)
+	if err != nil {
+		return false, err
+	}
+	typ := http2.FrameType(h[3])
+	if typ != http2.FrameHeaders && typ != http2.FrameContinuation {
+		return false, nil
+	}
+	n := int(h[0])<<16 | int(h[1])<<8 | int(h[2])
+	if typ == http2.FrameHeaders && http2.Flags(h[4]).Has(http2.FlagHeadersEndHeaders) && c.br.Buffered() >= 9+n {
+		return false, nil
+	}
+	c.mu.Lock()
+	c.headerGuard = true
+	_ = c.nc.SetReadDeadline(time.Now().Add(c.s.readHeader()))
+	c.mu.Unlock()
+	return true, nil
+}
+
+// headerDeadlineDone puts back the deadline headerDeadline replaced: the
+// idle timeout without a stream running (the moment after a graceful
+// GOAWAY when going away), none with one.
+func (c *conn) headerDeadlineDone() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.headerGuard = false
+	switch {
+	case c.goingAway && c.running == 0:
+		c.closeSoon()
+	case c.idleArmed:
+		_ = c.nc.SetReadDeadline(time.Now().Add(c.s.idle()))
+	default:
+		_ = c.nc.SetReadDeadline(time.Time{})
+	}
+}
+
+// armIdle sets the idle deadline when no stream runs, or clears it; a
+// header block's deadline stays (headerDeadlineDone puts the right one
+// back).
 func (c *conn) armIdle() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -387,10 +452,14 @@ func (c *conn) armIdleLocked() {
 	switch {
 	case c.running == 0 && !c.idleArmed:
 		c.idleArmed = true
-		_ = c.nc.SetReadDeadline(time.Now().Add(c.s.idle()))
+		if !c.headerGuard {
+			_ = c.nc.SetReadDeadline(time.Now().Add(c.s.idle()))
+		}
 	case c.running > 0 && c.idleArmed:
 		c.idleArmed = false
-		_ = c.nc.SetReadDeadline(time.Time{})
+		if !c.headerGuard {
+			_ = c.nc.SetReadDeadline(time.Time{})
+		}
 	}
 }
 
