@@ -44,6 +44,8 @@ func (c *conn) process(f http2.Frame) error {
 		if !f.IsAck() {
 			data := f.Data
 			c.write(func() { _ = c.wfr.WritePing(true, data) })
+		} else if f.Data == drainPing { // a round trip since the first GOAWAY
+			c.goAwayGraceful()
 		}
 	case *http2.WindowUpdateFrame:
 		return c.processWindowUpdate(f)

@@ -192,7 +192,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	s.mu.Unlock()
 	for _, c := range conns { // not under s.mu: a GOAWAY may wait for a slow client
-		c.goAwayGraceful()
+		c.startDrain()
 	}
 	tick := time.NewTicker(50 * time.Millisecond)
 	defer tick.Stop()
@@ -263,6 +263,7 @@ type conn struct {
 	recvWindow   int64 // our connection window for the client's DATA
 	recvUnacked  int64 // consumed bytes not yet granted back
 	goingAway    bool  // GOAWAY sent: no new streams
+	draining     bool  // the first GOAWAY of a shutdown sent (startDrain)
 	dead         bool  // the connection failed or closed
 	idleArmed    bool
 	headerGuard  bool // a header block's deadline is set: armIdle leaves it
@@ -525,8 +526,37 @@ func (c *conn) goAway(code http2.ErrCode) {
 	c.write(func() { _ = c.wfr.WriteGoAway(last, code, nil) })
 }
 
-// goAwayGraceful sends GOAWAY NO_ERROR once; the connection closes when
-// its last stream ends (at once when it has none).
+// drainPing is the payload of the PING that times a shutdown's two
+// GOAWAY frames.
+var drainPing = [8]byte{'g', 'o', 'a', 'w', 'a', 'y', '?', 0}
+
+// drainRTT bounds the wait for drainPing's acknowledgement.
+const drainRTT = time.Second
+
+// startDrain begins a graceful shutdown of the connection as RFC 9113
+// §6.8 advises: a first GOAWAY with the largest stream id tells the client
+// to open no more streams while the streams already on their way are still
+// served; after a round trip (the acknowledgement of a PING sent with it,
+// or drainRTT) goAwayGraceful sends the real last stream id. A single
+// GOAWAY would refuse the streams the client opened while it was in
+// flight, which a client sees as failed requests.
+func (c *conn) startDrain() {
+	c.mu.Lock()
+	if c.goingAway || c.draining || c.dead {
+		c.mu.Unlock()
+		return
+	}
+	c.draining = true
+	c.mu.Unlock()
+	c.write(func() {
+		_ = c.wfr.WriteGoAway(1<<31-1, http2.ErrCodeNo, nil)
+		_ = c.wfr.WritePing(false, drainPing)
+	})
+	time.AfterFunc(drainRTT, c.goAwayGraceful)
+}
+
+// goAwayGraceful sends GOAWAY NO_ERROR with the last stream id once; the
+// connection closes when its last stream ends (at once when it has none).
 func (c *conn) goAwayGraceful() {
 	c.mu.Lock()
 	if c.goingAway || c.dead {

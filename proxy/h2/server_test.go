@@ -1,6 +1,7 @@
 package h2
 
 import (
+	"context"
 	"errors"
 	"io"
 	"net"
@@ -136,5 +137,49 @@ func TestStreamFlowControlViolations(t *testing.T) {
 			}
 			break
 		}
+	}
+}
+
+// TestShutdownServesStreamsInFlight: a shutdown's first GOAWAY carries the
+// largest stream id, so a stream the client opened before it read that
+// GOAWAY is still served; the real last stream id follows the PING's
+// acknowledgement, and the connection then closes.
+func TestShutdownServesStreamsInFlight(t *testing.T) {
+	s := &Server{Handler: handlerFunc(ok)}
+	addr := serveTest(t, s)
+	c := dial(t, addr)
+	c.Request(1, "/", true)
+	if f, isHdr := c.Next(1).(*http2.MetaHeadersFrame); !isHdr || f.PseudoValue("status") != "200" {
+		t.Fatalf("stream 1: %v", f)
+	}
+	done := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		done <- s.Shutdown(ctx)
+	}()
+	var ping [8]byte
+	found, first := c.Until(func(f http2.Frame) bool {
+		p, isPing := f.(*http2.PingFrame)
+		if isPing && !p.IsAck() {
+			ping = p.Data
+		}
+		return isPing
+	})
+	if !found || first == nil || first.LastStreamID != 1<<31-1 || first.ErrCode != http2.ErrCodeNo {
+		t.Fatalf("before the PING: GOAWAY %+v, want last stream 2^31-1, NO_ERROR", first)
+	}
+	// A stream opened before the client answered: served.
+	c.Request(3, "/", true)
+	if f, isHdr := c.Next(3).(*http2.MetaHeadersFrame); !isHdr || f.PseudoValue("status") != "200" {
+		t.Fatalf("stream 3, opened after the first GOAWAY: %v", f)
+	}
+	_ = c.Fr.WritePing(true, ping)
+	_, last := c.Until(nil)
+	if last == nil || last.LastStreamID != 3 || last.ErrCode != http2.ErrCodeNo {
+		t.Fatalf("the last GOAWAY: %+v, want last stream 3, NO_ERROR", last)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("Shutdown: %v", err)
 	}
 }

@@ -429,6 +429,6 @@ func (c *conn) streamDone(st *Stream) {
 	if closeNow {
 		c.closeSoon()
 	} else if f := c.s.KeepAlivesEnded; f != nil && f() {
-		c.goAwayGraceful()
+		c.startDrain()
 	}
 }
