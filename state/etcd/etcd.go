@@ -641,6 +641,16 @@ func (s *Store) follow(ctx context.Context, from int64, seen *int64, out chan st
 			*seen = ev.Kv.ModRevision
 			last = ev.Kv.Value
 		}
+		if last != nil && wr.Header.Revision > *seen {
+			// The store has moved on since this event (or other keys
+			// changed): a replica catching up after a partition may get
+			// the states stored meanwhile one response at a time, so the
+			// newest is read instead of routing through the others.
+			if resp, err := s.get(ctx); err == nil && len(resp.Kvs) == 1 && resp.Kvs[0].ModRevision > *seen {
+				*seen = resp.Kvs[0].ModRevision
+				last = resp.Kvs[0].Value
+			}
+		}
 		if last != nil {
 			s.deliver(out, last)
 		}
