@@ -92,47 +92,23 @@ const (
 	refusedLimit = 100
 )
 
-func (s *Server) maxStreams() uint32 {
-	if s.MaxConcurrentStreams == 0 {
-		return defaultMaxStreams
+// orDefault is v when set (positive), else d: the zero value of a Server
+// field means its default.
+func orDefault[T int32 | uint32 | time.Duration](v, d T) T {
+	if v <= 0 {
+		return d
 	}
-	return s.MaxConcurrentStreams
+	return v
 }
 
+func (s *Server) maxStreams() uint32 { return orDefault(s.MaxConcurrentStreams, defaultMaxStreams) }
 func (s *Server) maxHeaderList() uint32 {
-	if s.MaxHeaderListSize == 0 {
-		return defaultMaxHeaderLen
-	}
-	return s.MaxHeaderListSize
+	return orDefault(s.MaxHeaderListSize, defaultMaxHeaderLen)
 }
-
-func (s *Server) streamWindow() int32 {
-	if s.StreamWindow <= 0 {
-		return defaultStreamWindow
-	}
-	return s.StreamWindow
-}
-
-func (s *Server) stall() time.Duration {
-	if s.StallTimeout <= 0 {
-		return defaultStall
-	}
-	return s.StallTimeout
-}
-
-func (s *Server) idle() time.Duration {
-	if s.IdleTimeout <= 0 {
-		return defaultIdle
-	}
-	return s.IdleTimeout
-}
-
-func (s *Server) readHeader() time.Duration {
-	if s.ReadHeaderTimeout <= 0 {
-		return defaultReadHeader
-	}
-	return s.ReadHeaderTimeout
-}
+func (s *Server) streamWindow() int32       { return orDefault(s.StreamWindow, defaultStreamWindow) }
+func (s *Server) stall() time.Duration      { return orDefault(s.StallTimeout, defaultStall) }
+func (s *Server) idle() time.Duration       { return orDefault(s.IdleTimeout, defaultIdle) }
+func (s *Server) readHeader() time.Duration { return orDefault(s.ReadHeaderTimeout, defaultReadHeader) }
 
 func (s *Server) protocolError() {
 	if s.ProtocolError != nil {
