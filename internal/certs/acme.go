@@ -10,6 +10,7 @@ import (
 	"net"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/caddyserver/certmagic"
@@ -50,6 +51,9 @@ type acmeManager struct {
 	magic   *certmagic.Config
 	issuer  *certmagic.ACMEIssuer
 	list    []string
+	log     *slog.Logger
+	// renewing counts the renewals start runs in the background.
+	renewing sync.WaitGroup
 }
 
 // hostPort splits a bound listener address for certmagic, which first
@@ -68,7 +72,7 @@ func newACME(c ACME, log *slog.Logger, m *Metrics) (*acmeManager, error) {
 	if len(c.Domains) == 0 {
 		return nil, errors.New("no ACME domains")
 	}
-	a := &acmeManager{domains: map[string]bool{}, list: c.Domains, first: strings.ToLower(c.Domains[0])}
+	a := &acmeManager{domains: map[string]bool{}, list: c.Domains, first: strings.ToLower(c.Domains[0]), log: log}
 	for _, d := range c.Domains {
 		a.domains[strings.ToLower(d)] = true
 	}
@@ -144,22 +148,76 @@ func (a *acmeManager) event(event string, data map[string]any, log *slog.Logger,
 	}
 }
 
-// loadStored caches the certificates already in storage. One due for
-// renewal is dropped again: start renews it at once, while a cached one is
-// only looked at by the maintenance loop, every RenewCheckInterval.
+// loadStored caches the certificates already in storage, to be served from
+// the first handshake on. One that is still valid is kept even when it is
+// due for renewal (by the configured ratio or by ARI, whose randomly
+// selected renewal time can make a fresh certificate due): start renews it
+// in the background while it keeps being served, also when the CA cannot
+// be reached. An expired one is dropped again; start orders its successor.
 func (a *acmeManager) loadStored(ctx context.Context) {
 	for _, d := range a.list {
 		c, err := a.magic.CacheManagedCertificate(ctx, d)
-		if err == nil && c.NeedsRenewal(a.magic) {
+		if err == nil && c.Expired() {
 			a.cache.Remove([]string{c.Hash()})
 		}
 	}
 }
 
-// start manages the domains in the background: certificates in storage are
-// loaded, missing ones ordered, all renewed before they expire.
+// start manages the domains in the background: certificates missing from
+// the cache are loaded from storage or ordered, all are renewed before
+// they expire. certmagic leaves a domain whose certificate is already
+// cached to its maintenance loop, which looks every RenewCheckInterval
+// (10 minutes by default): a cached one that is due already (loadStored) is
+// renewed here at once, and replaced in the cache when its successor is
+// in storage. The renewal retries with backoff until ctx ends.
 func (a *acmeManager) start(ctx context.Context) error {
-	return a.magic.ManageAsync(ctx, a.list)
+	due := a.dueCached()
+	if err := a.magic.ManageAsync(ctx, a.list); err != nil {
+		return err
+	}
+	for _, old := range due {
+		a.renewing.Go(func() { a.renew(ctx, old) })
+	}
+	return nil
+}
+
+// dueCached returns the cached certificates of the domains that are due
+// for renewal.
+func (a *acmeManager) dueCached() []certmagic.Certificate {
+	var due []certmagic.Certificate
+	seen := map[string]bool{}
+	for _, d := range a.list {
+		for _, c := range a.cache.AllMatchingCertificates(d) {
+			if !seen[c.Hash()] && c.NeedsRenewal(a.magic) {
+				seen[c.Hash()] = true
+				due = append(due, c)
+			}
+		}
+	}
+	return due
+}
+
+// renew renews old's first name and puts the successor in the cache in
+// place of old. certmagic orders only when the certificate in storage is
+// still due (holding the storage lock, so the maintenance loop or another
+// replica renewing it at the same time order once); either way the one in
+// storage is then loaded, and old leaves the cache if it was replaced.
+func (a *acmeManager) renew(ctx context.Context, old certmagic.Certificate) {
+	name := old.Names[0]
+	if err := a.magic.RenewCertAsync(ctx, name, false); err != nil {
+		if ctx.Err() == nil {
+			a.log.Error("ACME: renewing the stored certificate failed", "name", name, "err", err)
+		}
+		return
+	}
+	c, err := a.magic.CacheManagedCertificate(ctx, name)
+	if err != nil {
+		a.log.Error("ACME: loading the renewed certificate failed", "name", name, "err", err)
+		return
+	}
+	if c.Hash() != old.Hash() {
+		a.cache.Remove([]string{old.Hash()})
+	}
 }
 
 // observe sets the expiry metric of each domain's newest cached certificate.
@@ -183,4 +241,9 @@ func (a *acmeManager) getCertificate(hello *tls.ClientHelloInfo) (*tls.Certifica
 	return a.magic.GetCertificate(hello)
 }
 
-func (a *acmeManager) stop() { a.cache.Stop() }
+// stop ends the maintenance; call it after the context given to start has
+// ended, it waits for the renewals started there.
+func (a *acmeManager) stop() {
+	a.renewing.Wait()
+	a.cache.Stop()
+}

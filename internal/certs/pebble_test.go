@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -30,6 +31,9 @@ type acmeFixture struct {
 	*fixture
 	plainAddr string
 	pebble    *certtest.Pebble
+	// run starts the manager where the test does (restarts); stop ends
+	// it, before the test's end.
+	run, stop func()
 }
 
 // startACME runs a plain listener (with the HTTP-01 handler) and a TLS
@@ -86,9 +90,9 @@ func runACME(t *testing.T, p *certtest.Pebble, plainLn, tlsLn net.Listener, ac *
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { a.mgr.Run(ctx); close(done) }()
+	a.stop = sync.OnceFunc(func() { cancel(); <-done })
 	t.Cleanup(func() {
-		cancel()
-		<-done
+		a.stop()
 		srv.Close()
 		plain.Close()
 		if t.Failed() {
@@ -152,9 +156,12 @@ func TestACMETLSALPN01(t *testing.T) {
 	}
 }
 
-// After a restart the certificate in storage is served from the first
-// handshake on: LoadStored loads it, before Run manages the domains in the
-// background. One due for renewal is renewed at once when Run starts.
+// After a restart the certificates in storage are served from the first
+// handshake on: LoadStored loads them, before Run manages the domains in
+// the background. One due for renewal is served too: Run renews it at once
+// and serves its successor; with the CA down it keeps serving it. Both
+// restarts make it due explicitly (a renewal window of 0.9999 of its
+// lifetime), whatever its ARI says.
 func TestACMERestartWithStoredCertificate(t *testing.T) {
 	certtest.PebbleBin(t)
 	plainLn, tlsLn := listen(t), listen(t)
@@ -162,14 +169,16 @@ func TestACMERestartWithStoredCertificate(t *testing.T) {
 	storage := t.TempDir()
 	a := runACME(t, p, plainLn, tlsLn, &ACME{Storage: storage, DisableTLSALPN: true})
 	first := a.waitServed(t, 60*time.Second, func(*x509.Certificate) bool { return true })
+	// The first instance stops managing; its listeners, where Pebble
+	// validates, keep answering the challenges of the restarted ones.
+	a.stop()
 
-	// A restart where it is due for renewal (and the maintenance loop,
-	// every 10 minutes, is too late): Run renews it.
-	restart := func(ratio float64) (*Manager, *acmeFixture) {
+	restart := func() *acmeFixture {
 		m, _ := NewMetrics(prometheus.NewRegistry())
+		logs := &syncBuf{}
 		mgr, err := New(Config{
-			ACME:    &ACME{Domains: []string{"localhost"}, CA: p.Dir, Roots: p.APIRoots, Storage: storage, RenewalWindowRatio: ratio},
-			Metrics: m, Log: slog.New(slog.DiscardHandler),
+			ACME:    &ACME{Domains: []string{"localhost"}, CA: p.Dir, Roots: p.APIRoots, Storage: storage, RenewalWindowRatio: 0.9999},
+			Metrics: m, Log: slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 		})
 		if err != nil {
 			t.Fatal(err)
@@ -179,7 +188,6 @@ func TestACMERestartWithStoredCertificate(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		t.Cleanup(func() { ln.Close() })
 		go func() {
 			for {
 				c, err := ln.Accept()
@@ -190,23 +198,59 @@ func TestACMERestartWithStoredCertificate(t *testing.T) {
 				c.Close()
 			}
 		}()
-		return mgr, &acmeFixture{fixture: &fixture{addr: ln.Addr().String(), m: m}, pebble: p}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		b := &acmeFixture{fixture: &fixture{mgr: mgr, addr: ln.Addr().String(), m: m, logs: logs}, pebble: p}
+		ran := false
+		b.run = func() { ran = true; go func() { mgr.Run(ctx); close(done) }() }
+		b.stop = sync.OnceFunc(func() {
+			cancel()
+			if ran {
+				<-done
+			} else {
+				mgr.acme.stop()
+			}
+			ln.Close()
+		})
+		t.Cleanup(func() {
+			b.stop()
+			if t.Failed() {
+				t.Logf("logs of the restarted manager:\n%s", logs)
+			}
+		})
+		return b
 	}
-	mgr, b := restart(0.9999)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { mgr.Run(ctx); close(done) }()
-	defer func() { cancel(); <-done }()
+	servedBeforeRun := func(b *acmeFixture, want *x509.Certificate) {
+		t.Helper()
+		if leaf, err := certtest.Served(b.addr, "localhost", p.Roots); err != nil || !leaf.Equal(want) {
+			t.Fatalf("before Run: %v, %v (want serial %v)", leaf, err, want.SerialNumber)
+		}
+	}
+
+	// The CA up: the stored certificate before Run, its successor once
+	// Run renewed it (the maintenance loop, every 10 minutes, is too late).
+	b := restart()
+	servedBeforeRun(b, first)
+	b.run()
 	second := b.waitServed(t, 20*time.Second, func(c *x509.Certificate) bool { return c.SerialNumber.Cmp(first.SerialNumber) != 0 })
 	eventually(t, func() bool { return orders(b.m, "renewed") == 1 }, func() string { return "renewal not counted" })
+	b.stop()
 
-	// A restart with the CA down, handshakes before Run.
+	// The CA down: the stored certificate before Run, and still after its
+	// renewal failed.
 	p.Stop()
-	mgr, b = restart(0)
-	defer mgr.acme.stop()
-	leaf, err := certtest.Served(b.addr, "localhost", p.Roots)
-	if err != nil || !leaf.Equal(second) {
-		t.Fatalf("before Run: %v, %v (want serial %v)", leaf, err, second.SerialNumber)
+	b = restart()
+	servedBeforeRun(b, second)
+	b.run()
+	deadline := time.Now().Add(30 * time.Second)
+	for orders(b.m, "failed") < 1 {
+		if time.Now().After(deadline) {
+			t.Fatal("no failed renewal counted with the CA down")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if leaf, err := certtest.Served(b.addr, "localhost", p.Roots); err != nil || !leaf.Equal(second) || orders(b.m, "renewed") != 0 {
+		t.Fatalf("after the failed renewal: %v, %v (want serial %v), renewed %v", leaf, err, second.SerialNumber, orders(b.m, "renewed"))
 	}
 }
 
