@@ -1531,3 +1531,54 @@ func TestFallbackOpaqueTarget(t *testing.T) {
 		}
 	}
 }
+
+// TestFastMixedRequestsOnOneConnection: requests without a body are served
+// inside the client's idle wait (h1/wait_unix.go) and the rest leave it;
+// on one connection, in every order, each request gets its own answer: a
+// GET, two GETs in one write, a POST with a body, a GET, a head sent in two
+// pieces with a pause between them, a POST whose body follows its head
+// later, a HEAD, and a GET that closes.
+func TestFastMixedRequestsOnOneConnection(t *testing.T) {
+	blue := newRawInstance(t, func(c net.Conn, _ *bufio.Reader, r *http.Request, body []byte) bool {
+		answer := r.Method + " " + r.URL.Path + " " + string(body)
+		_, err := io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: "+strconv.Itoa(len(answer))+"\r\n\r\n"+answer)
+		return err == nil
+	})
+	green := newRawInstance(t, okHandler("green"))
+	f := newFixture(t, []string{blue.URL}, []string{green.URL}, nil)
+	ff := startFast(t, f.rt, nil)
+	rc := dialRaw(t, ff.addr)
+	expect := func(method, want string) {
+		t.Helper()
+		res, body := rc.mustRead(method)
+		if res.StatusCode != 200 || body != want {
+			t.Fatalf("got %d %q, want 200 %q", res.StatusCode, body, want)
+		}
+	}
+	rc.send("GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+	expect("GET", "GET /a ")
+	rc.send("GET /b HTTP/1.1\r\nHost: x\r\n\r\nGET /c HTTP/1.1\r\nHost: x\r\n\r\n")
+	expect("GET", "GET /b ")
+	expect("GET", "GET /c ")
+	rc.send("POST /d HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello")
+	expect("POST", "POST /d hello")
+	rc.send("GET /e HTTP/1.1\r\nHost: x\r\n\r\n")
+	expect("GET", "GET /e ")
+	rc.send("GET /f HTTP/1.1\r\nHo")
+	time.Sleep(50 * time.Millisecond)
+	rc.send("st: x\r\n\r\n")
+	expect("GET", "GET /f ")
+	rc.send("POST /g HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\n")
+	time.Sleep(50 * time.Millisecond)
+	rc.send("abc")
+	expect("POST", "POST /g abc")
+	rc.send("HEAD /h HTTP/1.1\r\nHost: x\r\n\r\n")
+	if res, _ := rc.mustRead("HEAD"); res.StatusCode != 200 {
+		t.Fatalf("HEAD: %d", res.StatusCode)
+	}
+	rc.send("GET /i HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+	expect("GET", "GET /i ")
+	if !rc.closedWithin(time.Second) {
+		t.Fatal("the connection stayed open after Connection: close")
+	}
+}

@@ -2,6 +2,7 @@ package h1
 
 import (
 	"errors"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -33,8 +34,19 @@ type Conn struct {
 	endWaited    bool // the relay waited once for the end of a chunk (drainend.go)
 
 	lastWait time.Duration // how long the last request was waited for: the parking grace follows it
-	parkSlot uint32        // its slot in the parker while parked (park_linux.go)
-	parkable bool          // accepted by Serve, with a RawConn, and the Server parks idle connections
+	park     bool          // the idle wait may end in parking (parkable, and the parker did not refuse)
+
+	// The idle wait (serveConn, idle, serveWaiting).
+	idleStart, idleUntil time.Time     // when the wait began; its read deadline (zero: another deadline is set)
+	rearm                time.Duration // how near the deadline may get before the wait re-arms it
+	waitFn               func(fd uintptr) bool
+	skipRead             bool      // the last read emptied the socket: the wait's next step is the poller's
+	arrived, stop        bool      // the wait took a request in and left it to serveConn; the connection is to close
+	pending              *Exchange // that request, parsed (nil: parse what is buffered)
+	pendingN             int
+	pendingErr           error
+	parkSlot             uint32 // its slot in the parker while parked (park_linux.go)
+	parkable             bool   // accepted by Serve, with a RawConn, and the Server parks idle connections
 }
 
 // States of Conn.waiting.
@@ -115,94 +127,75 @@ func (s *Server) serveConn(c *Conn) {
 		}
 		s.forget(c)
 	}()
-	// The idle wait's read deadline is re-armed only when the one set is
-	// too near, never for each request: re-arming costs a timer update.
-	// Without parking it is IdleTimeout away, re-armed once less than
-	// IdleTimeout-rearm is left (an eighth of the idle timeout, up to a
-	// second), so the idle timeout may end that much early. A connection
-	// that can park (park_linux.go) waits a grace in its goroutine: four
-	// times its last wait for a request, from parkMin to ParkAfter, so
-	// one whose requests come at a steady pace does not park and one that
-	// went quiet parks soon; its deadline is one to two graces away, and
-	// the parker enforces IdleTimeout.
-	var idleUntil time.Time // the idle wait's deadline; zero: another deadline is set
-	rearm := min(s.IdleTimeout/8, time.Second)
-	park := c.parkable
+	c.rearm = min(s.IdleTimeout/8, time.Second)
+	c.park = c.parkable
+	c.idleUntil = time.Time{} // a resumed connection's deadline is the parking's
 	for {
+		var x *Exchange
+		var err error
+		n := 0
 		waited := false
-		var idleStart time.Time
 		if c.cr.buffered() == 0 {
-			c.cr.release()
-			c.state.Store(stateIdle)
-			if s.shutdown.Load() {
+			if !s.idle(c) {
 				return
 			}
-			idleStart = time.Now()
-			lo, hi := s.IdleTimeout-rearm, s.IdleTimeout
-			if park {
-				lo = min(max(4*c.lastWait, parkMin), s.ParkAfter)
-				hi = 2 * lo
-			}
-			if idleUntil.IsZero() || idleUntil.Sub(idleStart) < lo {
-				idleUntil = idleStart.Add(hi)
-				_ = c.nc.SetReadDeadline(idleUntil)
-			}
-			err := c.cr.waitData()
-			if park && errors.Is(err, os.ErrDeadlineExceeded) {
-				if parked = s.park.park(c, idleStart); parked {
+			err := c.waitRequest()
+			if c.park && errors.Is(err, os.ErrDeadlineExceeded) {
+				if parked = s.park.park(c, c.idleStart); parked {
 					return
 				}
 				// Not parked (the system refused): wait here after all.
-				park = false
-				idleUntil = idleStart.Add(s.IdleTimeout)
-				_ = c.nc.SetReadDeadline(idleUntil)
+				c.park = false
+				c.idleUntil = c.idleStart.Add(s.IdleTimeout)
+				_ = c.nc.SetReadDeadline(c.idleUntil)
 				if c.state.Load() == stateIdle && !s.shutdown.Load() {
-					err = c.cr.waitData()
+					err = c.waitRequest()
 				}
 			}
-			if !c.state.CompareAndSwap(stateIdle, stateActive) || err != nil {
+			if err != nil || c.stop {
 				return
 			}
-			waited = true
-		}
-		start := time.Now()
-		if waited {
-			c.lastWait = start.Sub(idleStart)
-		}
-		n := FindHeadEnd(c.cr.bytes())
-		if n == 0 {
-			// The head came in pieces: from now on it has ReadHeaderTimeout.
-			_ = c.nc.SetReadDeadline(start.Add(s.ReadHeaderTimeout))
-			idleUntil = time.Time{}
-		}
-		for n == 0 {
-			if err := c.cr.fill(); err != nil {
-				if err == errBufferFull {
-					n = -1
-					break
+			if c.arrived { // the wait took the request in and served what it could
+				c.arrived = false
+				x, n, err = c.pending, c.pendingN, c.pendingErr
+				c.pending, c.pendingErr = nil, nil
+			} else {
+				if !c.state.CompareAndSwap(stateIdle, stateActive) {
+					return
 				}
-				return // header timeout, or the client went away
+				waited = true
+			}
+		}
+		if x == nil && err == nil {
+			start := time.Now()
+			if waited {
+				c.lastWait = start.Sub(c.idleStart)
 			}
 			n = FindHeadEnd(c.cr.bytes())
+			if n == 0 {
+				// The head came in pieces: from now on it has ReadHeaderTimeout.
+				_ = c.nc.SetReadDeadline(start.Add(s.ReadHeaderTimeout))
+				c.idleUntil = time.Time{}
+			}
+			for n == 0 {
+				if err := c.cr.fill(); err != nil {
+					if err == errBufferFull {
+						n = -1
+						break
+					}
+					return // header timeout, or the client went away
+				}
+				n = FindHeadEnd(c.cr.bytes())
+			}
+			if n > 0 {
+				x, err = s.parseHead(c, n, start)
+			}
 		}
-		if n < 0 {
+		switch {
+		case n < 0, err == errFallback:
 			handedOff = s.handOff(c)
 			return
-		}
-		x := s.exchanges.get()
-		x.Start = start
-		err := x.Req.ParseRequest(c.cr.bytes()[:n])
-		if err == nil && s.HandOff != nil && s.HandOff(&x.Req) {
-			err = errFallback
-		}
-		switch err {
-		case nil:
-		case errFallback:
-			s.exchanges.put(x)
-			handedOff = s.handOff(c)
-			return
-		default: // faulty framing (RFC 9112 6.1, 3.2): refuse and close
-			s.exchanges.put(x)
+		case err != nil: // faulty framing (RFC 9112 6.1, 3.2): refuse and close
 			if s.Refused != nil {
 				s.Refused()
 			}
@@ -210,24 +203,102 @@ func (s *Server) serveConn(c *Conn) {
 			c.linger = true
 			return
 		}
-		keep := s.Handler.ServeH1(c, x)
-		c.upstream.Store(nil)
-		c.waiting.Store(waitNone)
-		if c.deadlineSet {
-			idleUntil, c.deadlineSet = time.Time{}, false
-		}
-		if !x.consumed {
-			c.cr.discard(x.Req.end)
-		}
-		if x.early {
-			keep, c.linger = false, true
-		}
-		s.exchanges.put(x)
-		c.releaseOut()
-		if !keep {
+		if !s.serveRequest(c, x) {
 			return
 		}
 	}
+}
+
+// idle readies c for its wait for the next request: no buffer held, the
+// state idle, and the wait's read deadline. The deadline is re-armed only
+// when the one set is too near, never for each request: re-arming costs a
+// timer update. Without parking it is IdleTimeout away, re-armed once less
+// than IdleTimeout-rearm is left (an eighth of the idle timeout, up to a
+// second), so the idle timeout may end that much early. A connection that
+// can park (park_linux.go) waits a grace in its goroutine: four times its
+// last wait for a request, from parkMin to ParkAfter, so one whose
+// requests come at a steady pace does not park and one that went quiet
+// parks soon; its deadline is one to two graces away, and the parker
+// enforces IdleTimeout. False when the server is shutting down.
+func (s *Server) idle(c *Conn) bool {
+	c.cr.release()
+	c.state.Store(stateIdle)
+	if s.shutdown.Load() {
+		return false
+	}
+	c.idleStart = time.Now()
+	lo, hi := s.IdleTimeout-c.rearm, s.IdleTimeout
+	if c.park {
+		lo = min(max(4*c.lastWait, parkMin), s.ParkAfter)
+		hi = 2 * lo
+	}
+	if c.idleUntil.IsZero() || c.idleUntil.Sub(c.idleStart) < lo {
+		c.idleUntil = c.idleStart.Add(hi)
+		_ = c.nc.SetReadDeadline(c.idleUntil)
+	}
+	return true
+}
+
+// parseHead parses the request head of the n bytes at the front of the
+// read buffer. errFallback: the request is net/http's; another error: its
+// framing is faulty.
+func (s *Server) parseHead(c *Conn, n int, start time.Time) (*Exchange, error) {
+	x := s.exchanges.get()
+	x.Start = start
+	err := x.Req.ParseRequest(c.cr.bytes()[:n])
+	if err == nil && s.HandOff != nil && s.HandOff(&x.Req) {
+		err = errFallback
+	}
+	if err != nil {
+		s.exchanges.put(x)
+		return nil, err
+	}
+	return x, nil
+}
+
+// serveRequest serves a parsed request and reports whether the connection
+// may carry another.
+func (s *Server) serveRequest(c *Conn, x *Exchange) bool {
+	keep := s.Handler.ServeH1(c, x)
+	c.upstream.Store(nil)
+	c.waiting.Store(waitNone)
+	if c.deadlineSet {
+		c.idleUntil, c.deadlineSet = time.Time{}, false
+	}
+	if !x.consumed {
+		c.cr.discard(x.Req.end)
+	}
+	if x.early {
+		keep, c.linger = false, true
+	}
+	s.exchanges.put(x)
+	c.releaseOut()
+	return keep
+}
+
+// waitRequest waits for the next request's first bytes. On a connection
+// with a RawConn the wait serves requests without a body itself (see
+// serveWaiting); it returns with c.arrived set when it took a request in
+// and left it (or a later one) to the caller, c.stop when the connection
+// is to close.
+func (c *Conn) waitRequest() error {
+	if c.cr.rc == nil {
+		return c.cr.waitData()
+	}
+	if c.waitFn == nil {
+		c.waitFn = c.serveWaiting
+	}
+	c.cr.rn, c.cr.rerr = 0, nil
+	if err := c.cr.rc.Read(c.waitFn); err != nil {
+		return err
+	}
+	if c.cr.rerr != nil {
+		return c.cr.rerr
+	}
+	if !c.arrived && !c.stop && c.cr.rn <= 0 {
+		return io.EOF
+	}
+	return nil
 }
 
 func (c *Conn) badRequest(why string) {

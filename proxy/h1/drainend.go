@@ -43,7 +43,8 @@ func (s *streamCloser) End() {
 // Close cuts both connections.
 func (s *streamCloser) Close() error {
 	s.uc.nc.Close()
-	return s.c.nc.Close()
+	s.c.cut()
+	return nil
 }
 
 // midChunkEnd reports, for a read error err of the relay, whether End woke

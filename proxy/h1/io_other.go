@@ -16,3 +16,10 @@ func (cr *connReader) peek(uintptr) bool {
 }
 
 func peekConn(syscall.RawConn) peekResult { return peekUnknown }
+
+// serveWaiting is never called: a connection without raw access waits
+// with waitData.
+func (c *Conn) serveWaiting(uintptr) bool { return true }
+
+// cut closes c's connection (see wait_unix.go).
+func (c *Conn) cut() { _ = c.nc.Close() }

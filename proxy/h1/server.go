@@ -223,7 +223,7 @@ func (s *Server) Close() error {
 			s.park.drop(c)
 			delete(s.conns, c)
 		}
-		c.nc.Close()
+		c.cut()
 		if uc := c.upstream.Load(); uc != nil {
 			uc.nc.Close()
 		}
