@@ -392,8 +392,9 @@ func hostOf(t testing.TB, s string) string {
 
 // spyListener hands out connections whose RawConn reports when the
 // connection's goroutine parks on the poller: the read callback returned
-// false (nothing to read). The flag is stored after the callback, so a test
-// that reads it is ordered after everything the callback did.
+// false (nothing to read). Callbacks run under the connection's mutex, so a
+// test that looks while it is parked (whileParked) reads what they wrote,
+// even if a wake-up that finds nothing calls one again.
 type spyListener struct {
 	net.Listener
 }
@@ -408,7 +409,19 @@ func (l spyListener) Accept() (net.Conn, error) {
 
 type spyConn struct {
 	*net.TCPConn
-	parked atomic.Bool
+	mu     sync.Mutex // held by the connection's poller callbacks
+	parked bool       // the last callback returned false: the goroutine waits on the poller
+}
+
+// whileParked calls look while the connection's goroutine waits on the
+// poller, and reports whether it did.
+func (c *spyConn) whileParked(look func()) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.parked {
+		look()
+	}
+	return c.parked
 }
 
 func (c *spyConn) SyscallConn() (syscall.RawConn, error) {
@@ -426,8 +439,10 @@ type spyRawConn struct {
 
 func (r spyRawConn) Read(f func(fd uintptr) bool) error {
 	return r.RawConn.Read(func(fd uintptr) bool {
+		r.c.mu.Lock()
+		defer r.c.mu.Unlock()
 		ok := f(fd)
-		r.c.parked.Store(!ok)
+		r.c.parked = !ok
 		return ok
 	})
 }

@@ -1128,7 +1128,7 @@ func TestFastIdleConnectionsHoldNoBuffers(t *testing.T) {
 	}
 	// Wait until every connection is idle and parked: the state is stored
 	// after the buffers went back, parked after waitData's last attempt.
-	parked := func(nc net.Conn) bool { return nc.(*spyConn).parked.Load() }
+	parked := func(nc net.Conn, look func()) bool { return nc.(*spyConn).whileParked(look) }
 	var total, idle, held int
 	var noRaw bool
 	deadline := time.Now().Add(3 * time.Second)

@@ -466,7 +466,7 @@ func TestParkedHoldNoBuffers(t *testing.T) {
 		}
 	}
 	testkit.WaitUntil(t, 5*time.Second, "every connection parked", func() bool { return f.s.Parked() == n })
-	conns, parked, holding, _ := f.s.IdleBuffers(func(net.Conn) bool { return false })
+	conns, parked, holding, _ := f.s.IdleBuffers(func(net.Conn, func()) bool { return false })
 	g := settledGoroutines()
 	// Close the Server before the clients go: a client's close would
 	// resume its connection, whose buffer use the race detector cannot

@@ -49,6 +49,16 @@ const maxFields = 100
 // head is one parsed request or response head. Its slices point into the
 // read buffer and are valid until that buffer is consumed.
 type Head struct {
+	headState
+	fields     []field
+	arr        [maxFields]field
+	connTokens [8][]byte // other Connection tokens (responses), the first nConnTokens
+}
+
+// headState is what reset clears of a Head: all of it but the arrays,
+// whose entries past the counts are never read (clearing them cost more
+// than the rest of a parse).
+type headState struct {
 	// request line
 	method string // one of the fast path's methods (a constant)
 	target []byte
@@ -57,16 +67,13 @@ type Head struct {
 	reason []byte
 	http10 bool
 
-	fields []field
-	arr    [maxFields]field
-	end    int // length of the head including the blank line
+	end int // length of the head including the blank line
 
 	contentLength int64 // -1: none
 	nCL           int
 	chunked       bool
 	te            int // Transfer-Encoding fields
 	closeConn     bool
-	connTokens    [8][]byte // other Connection tokens (responses)
 	nConnTokens   int
 	hosts         int
 	userinfo      bool // a Host with '@'
@@ -223,7 +230,8 @@ func (h *Head) ParseResponse(b []byte) error {
 }
 
 func (h *Head) reset(end int) {
-	*h = Head{end: end, contentLength: -1, fields: h.arr[:0]}
+	h.headState = headState{end: end, contentLength: -1}
+	h.fields = h.arr[:0]
 }
 
 func cutLine(b []byte) (line, rest []byte) {

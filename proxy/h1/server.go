@@ -296,22 +296,31 @@ func (s *Server) watchWaits() {
 }
 
 // IdleBuffers reports the connections that are idle and parked in a wait
-// for the next request (on the poller, as parked tells, or by the parker),
-// and how many of those hold a buffer; for tests of the memory an idle
-// connection costs.
-func (s *Server) IdleBuffers(parked func(net.Conn) bool) (conns, idle, holding int, noRaw bool) {
+// for the next request (on the poller, or by the parker), and how many of
+// those hold a buffer; for tests of the memory an idle connection costs.
+// whileParked(nc, look) calls look and reports true if nc's goroutine
+// waits on the poller, excluding its poller callbacks meanwhile, so look
+// reads what that goroutine writes.
+func (s *Server) IdleBuffers(whileParked func(nc net.Conn, look func()) bool) (conns, idle, holding int, noRaw bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for c := range s.conns {
 		conns++
-		if st := c.state.Load(); st == stateParked || st == stateIdle && parked(c.nc) {
-			idle++
-			if c.cr.rc == nil {
-				noRaw = true
-			}
-			if c.cr.buf != nil || c.out.b != nil {
-				holding++
-			}
+		held := false
+		look := func() { held = c.cr.buf != nil || c.out.b != nil }
+		switch st := c.state.Load(); {
+		case st == stateParked:
+			look()
+		case st == stateIdle && whileParked(c.nc, look):
+		default:
+			continue
+		}
+		idle++
+		if c.cr.rc == nil {
+			noRaw = true
+		}
+		if held {
+			holding++
 		}
 	}
 	return
