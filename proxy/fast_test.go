@@ -1582,3 +1582,55 @@ func TestFastMixedRequestsOnOneConnection(t *testing.T) {
 		t.Fatal("the connection stayed open after Connection: close")
 	}
 }
+
+// TestFastResponseHeaderTimeout: an instance that sends no head within
+// ResponseHeaderTimeout gets the client a 504 soon after it (the watch
+// over waiting requests ends the wait), its connection is not reused, and
+// the next request is served; an answer whose head came in time is not
+// cut while its body comes slowly past the timeout.
+func TestFastResponseHeaderTimeout(t *testing.T) {
+	blue := newRawInstance(t, func(c net.Conn, _ *bufio.Reader, r *http.Request, _ []byte) bool {
+		switch r.URL.Path {
+		case "/slow-head":
+			time.Sleep(1500 * time.Millisecond)
+		case "/slow-body":
+			if _, err := io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nfirst"); err != nil {
+				return false
+			}
+			time.Sleep(700 * time.Millisecond)
+			_, err := io.WriteString(c, "-last")
+			return err == nil
+		}
+		_, err := io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+		return err == nil
+	})
+	green := newRawInstance(t, okHandler("green"))
+	f := newFixture(t, []string{blue.URL}, []string{green.URL}, func(c *Config) {
+		c.Upstream.ResponseHeaderTimeout = 300 * time.Millisecond
+	})
+	ff := startFast(t, f.rt, nil)
+	rc := dialRaw(t, ff.addr)
+	start := time.Now()
+	rc.send("GET /slow-head HTTP/1.1\r\nHost: a\r\n\r\n")
+	res, _ := rc.mustRead("GET")
+	took := time.Since(start)
+	if res.StatusCode != http.StatusGatewayTimeout {
+		t.Fatalf("slow head: %d, want 504", res.StatusCode)
+	}
+	if took < 300*time.Millisecond || took > 1200*time.Millisecond {
+		t.Fatalf("504 after %v, want 300ms to 400ms (and well before the head at 1.5s)", took)
+	}
+	rc2 := dialRaw(t, ff.addr)
+	rc2.send("GET /quick HTTP/1.1\r\nHost: a\r\n\r\n")
+	if res, body := rc2.mustRead("GET"); res.StatusCode != 200 || body != "ok" {
+		t.Fatalf("after a timeout: %d %q", res.StatusCode, body)
+	}
+	rc2.send("GET /slow-body HTTP/1.1\r\nHost: a\r\n\r\n")
+	if res, body := rc2.mustRead("GET"); res.StatusCode != 200 || body != "first-last" {
+		t.Fatalf("slow body: %d %q, want 200 first-last", res.StatusCode, body)
+	}
+	rc2.send("GET /quick HTTP/1.1\r\nHost: a\r\n\r\n")
+	if res, body := rc2.mustRead("GET"); res.StatusCode != 200 || body != "ok" {
+		t.Fatalf("after a slow body: %d %q", res.StatusCode, body)
+	}
+}

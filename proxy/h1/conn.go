@@ -26,9 +26,10 @@ type Conn struct {
 	deadlineSet bool // a body read set a deadline of its own: re-arm the idle one
 	linger      bool // closing with request bytes unread: half-close and drain first
 
-	upstream atomic.Pointer[UpConn] // the instance connection of the request in flight, for Close and watchWaits
-	waiting  atomic.Int32           // waitNone, waitHead (for a response head), waitCancelled (the client left)
-	ending   atomic.Bool            // the stream in flight is to end at its next chunk boundary (drainend.go)
+	upstream  atomic.Pointer[UpConn] // the instance connection of the request in flight, for Close and watchWaits
+	waiting   atomic.Int32           // waitNone, waitHead (for a response head), waitCancelled (the client left), waitTimedOut
+	waitSince atomic.Int64           // when the wait for the head began (UnixNano), for ResponseHeaderTimeout
+	ending    atomic.Bool            // the stream in flight is to end at its next chunk boundary (drainend.go)
 
 	atChunkStart bool // the relay is reading a chunk-size line (drainend.go)
 	endWaited    bool // the relay waited once for the end of a chunk (drainend.go)
@@ -54,6 +55,7 @@ const (
 	waitNone int32 = iota
 	waitHead
 	waitCancelled
+	waitTimedOut // the instance took longer than ResponseHeaderTimeout
 )
 
 func (s *Server) newConn(nc net.Conn) *Conn {

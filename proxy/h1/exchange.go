@@ -4,6 +4,7 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -367,16 +368,21 @@ var errUpstream101 = errors.New("instance switched protocols without being asked
 // ReadResponseHead reads the instance's response head into x.Res, passing
 // informational (1xx) responses on to the client. A client that closes its
 // connection meanwhile cancels the wait: *ClientError of kind ClientGone.
+// The Server's ResponseHeaderTimeout is enforced by watchWaits, not by a
+// read deadline per request (two timer updates and three clock reads):
+// the wait ends within watchEvery after it, as a read past its deadline
+// (os.ErrDeadlineExceeded), even when the head came meanwhile.
 func (c *Conn) ReadResponseHead(x *Exchange, uc *UpConn) error {
-	s := c.s
-	if s.ResponseHeaderTimeout > 0 {
-		_ = uc.nc.SetReadDeadline(time.Now().Add(s.ResponseHeaderTimeout))
-		defer uc.nc.SetReadDeadline(time.Time{})
+	if c.s.ResponseHeaderTimeout > 0 {
+		c.waitSince.Store(time.Now().UnixNano())
 	}
 	c.waiting.Store(waitHead)
 	err := c.readResponseHead(x, uc)
 	if !c.waiting.CompareAndSwap(waitHead, waitNone) {
-		c.waiting.Store(waitNone)
+		st := c.waiting.Swap(waitNone)
+		if st == waitTimedOut {
+			return connError("read", uc.nc, os.ErrDeadlineExceeded)
+		}
 		return &ClientError{Kind: ClientGone, Err: errClientLeft}
 	}
 	return err

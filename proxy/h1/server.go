@@ -60,7 +60,7 @@ type Server struct {
 	// body; default 60s.
 	ClientBodyTimeout time.Duration
 	// ResponseHeaderTimeout bounds the wait for an instance's response
-	// head; 0: none.
+	// head, to within 100ms after it (watchEvery); 0: none.
 	ResponseHeaderTimeout time.Duration
 	// Trusted reports whether a peer's forwarding headers are kept; nil:
 	// none is.
@@ -108,7 +108,8 @@ const (
 )
 
 // watchEvery is how often the server looks for clients that went away
-// while their request waits for an instance's answer.
+// while their request waits for an instance's answer, and for waits past
+// ResponseHeaderTimeout.
 const watchEvery = 100 * time.Millisecond
 
 // Serve accepts connections on ln until Shutdown or Close.
@@ -274,15 +275,26 @@ func (s *Server) background() {
 	}
 }
 
-// watchWaits looks at the client of every request waiting for an
-// instance's answer; one whose client closed its side is cancelled by
-// closing the instance connection it waits on.
+// watchWaits looks at every request waiting for an instance's answer
+// head: one whose client closed its side is cancelled by closing the
+// instance connection it waits on, one that has waited longer than
+// ResponseHeaderTimeout is ended by an expired read deadline on it.
 func (s *Server) watchWaits() {
-	var gone []*Conn
+	var gone, late []*Conn
+	var cutoff int64
+	if s.ResponseHeaderTimeout > 0 {
+		cutoff = time.Now().Add(-s.ResponseHeaderTimeout).UnixNano()
+	}
 	s.mu.Lock()
 	for c := range s.conns {
-		if c.waiting.Load() == waitHead && c.clientLeft() {
+		if c.waiting.Load() != waitHead {
+			continue
+		}
+		switch {
+		case c.clientLeft():
 			gone = append(gone, c)
+		case cutoff != 0 && c.waitSince.Load() <= cutoff:
+			late = append(late, c)
 		}
 	}
 	s.mu.Unlock()
@@ -291,6 +303,11 @@ func (s *Server) watchWaits() {
 			if uc := c.upstream.Load(); uc != nil {
 				uc.nc.Close()
 			}
+		}
+	}
+	for _, c := range late {
+		if uc := c.upstream.Load(); uc != nil && c.waiting.CompareAndSwap(waitHead, waitTimedOut) {
+			_ = uc.nc.SetReadDeadline(time.Unix(1, 0))
 		}
 	}
 }
