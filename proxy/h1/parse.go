@@ -247,16 +247,16 @@ func (h *Head) parseFields(b []byte) bool {
 		if len(line) == 0 {
 			return true
 		}
-		colon := bytes.IndexByte(line, ':')
-		if colon <= 0 || len(h.fields) == maxFields {
+		colon := 0
+		for colon < len(line) && byteClass[line[colon]]&classToken != 0 {
+			colon++
+		}
+		// A name of token characters, then the colon; also refuses a
+		// leading space (obsolete line folding).
+		if colon == 0 || colon == len(line) || line[colon] != ':' || len(h.fields) == maxFields {
 			return false
 		}
 		name := line[:colon]
-		for _, c := range name {
-			if !isTokenChar(c) {
-				return false // also a leading space: obsolete line folding
-			}
-		}
 		v := line[colon+1:]
 		for len(v) > 0 && (v[0] == ' ' || v[0] == '\t') {
 			v = v[1:]
@@ -265,7 +265,7 @@ func (h *Head) parseFields(b []byte) bool {
 			v = v[:len(v)-1]
 		}
 		for _, c := range v {
-			if c < ' ' && c != '\t' || c == 0x7f {
+			if byteClass[c]&classCtl != 0 {
 				return false
 			}
 		}
@@ -481,6 +481,26 @@ func equalFold(b []byte, s string) bool {
 	}
 	return true
 }
+
+// byteClass classifies bytes for the field-line loops: a read-only table,
+// filled once from isTokenChar and the control characters.
+var byteClass = func() (t [256]uint8) {
+	for i := range t {
+		c := byte(i)
+		if isTokenChar(c) {
+			t[i] |= classToken
+		}
+		if c < ' ' && c != '\t' || c == 0x7f {
+			t[i] |= classCtl
+		}
+	}
+	return t
+}()
+
+const (
+	classToken = 1 << iota // RFC 9110 tchar
+	classCtl               // a control character other than HTAB: not in a field value
+)
 
 // isTokenChar reports RFC 9110 tchar.
 func isTokenChar(c byte) bool {
