@@ -83,6 +83,20 @@ func (c *Conn) releaseOut() {
 	}
 }
 
+// keepBuffers decides what an idle connection holds while it waits for
+// its next request: a connection that will park (c.park) keeps its read
+// and write buffers through its short wait in its goroutine (the grace,
+// 20ms to 1s), so requests that come at a steady pace do not take and give
+// back two buffers each; it gives them back when it parks. Any other gives
+// them back now. Only with nothing buffered.
+func (c *Conn) keepBuffers(keep bool) {
+	c.cr.hold = keep
+	if !keep {
+		c.cr.release()
+		c.releaseOut()
+	}
+}
+
 func (c *Conn) ensureOut() {
 	if c.out.b == nil {
 		c.out.b = c.s.Buffers.client.get()[:0]
@@ -143,6 +157,7 @@ func (s *Server) serveConn(c *Conn) {
 			}
 			err := c.waitRequest()
 			if c.park && errors.Is(err, os.ErrDeadlineExceeded) {
+				c.keepBuffers(false) // a parked connection holds none
 				if parked = s.park.park(c, c.idleStart); parked {
 					return
 				}
@@ -223,7 +238,7 @@ func (s *Server) serveConn(c *Conn) {
 // parks soon; its deadline is one to two graces away, and the parker
 // enforces IdleTimeout. False when the server is shutting down.
 func (s *Server) idle(c *Conn) bool {
-	c.cr.release()
+	c.keepBuffers(c.park)
 	c.state.Store(stateIdle)
 	if s.shutdown.Load() {
 		return false
@@ -274,7 +289,9 @@ func (s *Server) serveRequest(c *Conn, x *Exchange) bool {
 		keep, c.linger = false, true
 	}
 	s.exchanges.put(x)
-	c.releaseOut()
+	if !c.park {
+		c.releaseOut()
+	}
 	return keep
 }
 

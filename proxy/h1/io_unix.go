@@ -29,8 +29,10 @@ func (cr *connReader) readReady(fd uintptr) bool {
 		}
 	}
 	if cr.rerr == syscall.EAGAIN {
-		cr.give(cr.buf)
-		cr.buf = nil
+		if !cr.hold {
+			cr.give(cr.buf)
+			cr.buf = nil
+		}
 		return false
 	}
 	return true
