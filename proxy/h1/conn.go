@@ -83,10 +83,15 @@ func (c *Conn) releaseOut() {
 	}
 }
 
+// hotWait is the longest last wait for a request after which a connection
+// keeps its buffers for the next one: the connections that hold them while
+// idle are about the request rate times hotWait.
+const hotWait = 10 * time.Millisecond
+
 // keepBuffers decides what an idle connection holds while it waits for
-// its next request: a connection that will park (c.park) keeps its read
-// and write buffers through its short wait in its goroutine (the grace,
-// 20ms to 1s), so requests that come at a steady pace do not take and give
+// its next request: a busy connection that will park (its last wait under
+// hotWait) keeps its read and write buffers through its wait in its
+// goroutine, so requests that come at a quick pace do not take and give
 // back two buffers each; it gives them back when it parks. Any other gives
 // them back now. Only with nothing buffered.
 func (c *Conn) keepBuffers(keep bool) {
@@ -238,7 +243,7 @@ func (s *Server) serveConn(c *Conn) {
 // parks soon; its deadline is one to two graces away, and the parker
 // enforces IdleTimeout. False when the server is shutting down.
 func (s *Server) idle(c *Conn) bool {
-	c.keepBuffers(c.park)
+	c.keepBuffers(c.park && c.lastWait < hotWait)
 	c.state.Store(stateIdle)
 	if s.shutdown.Load() {
 		return false
