@@ -1102,78 +1102,66 @@ func TestFastCloseCutsEverything(t *testing.T) {
 // TestFastIdleConnectionsHoldNoBuffers: after N keep-alive connections made
 // one request each and went idle, none of them holds a read or write buffer
 // from the Router's pools, and neither do the pooled instance connections.
-// A connection that parks keeps its buffers through its short grace in its
-// goroutine and gives them back when it parks; with parking off, one gives
-// them back before it waits. Observed from inside the package: the
-// Server's connection set, and a listener whose connections report when
-// their goroutine waits on the poller.
+// Observed from inside the package: the Server's connection set, and a
+// listener whose connections report when their goroutine parks on the
+// poller (after waitData's read attempt gave the buffer back).
 func TestFastIdleConnectionsHoldNoBuffers(t *testing.T) {
-	for _, tc := range []struct {
-		name      string
-		parkAfter time.Duration
-	}{{"parking", 0}, {"no parking", -1}} {
-		t.Run(tc.name, func(t *testing.T) {
-			blue := newRawInstance(t, okHandler("blue"))
-			green := newRawInstance(t, okHandler("green"))
-			rt := newRouterOnly(t, []string{blue.URL}, []string{green.URL}, nil)
-			ln, err := net.Listen("tcp", "127.0.0.1:0")
-			if err != nil {
-				t.Fatal(err)
-			}
-			ff := startFastOn(t, rt, spyListener{ln}, func(s *Server) { s.h1.ParkAfter = tc.parkAfter })
-			const n = 64
-			conns := make([]*rawConn, n)
-			for i := range conns {
-				conns[i] = dialRaw(t, ff.addr)
-				// A head and an answer of some KiB: both buffers were needed.
-				conns[i].send("GET /i HTTP/1.1\r\nHost: a\r\nX-Pad: " + strings.Repeat("p", 4000) + "\r\n\r\n")
-			}
-			for _, rc := range conns {
-				if res, _ := rc.mustRead("GET"); res.StatusCode != 200 {
-					t.Fatal(res.Status)
-				}
-			}
-			// Wait until every connection is idle and parked (by the parker,
-			// or on the poller with parking off) and none holds a buffer. With
-			// parking on, a connection waiting on the poller is in its grace,
-			// holds its buffers and gives them back as it leaves the wait
-			// (not under the spy's lock): only the parker's count.
-			parked := func(nc net.Conn, look func()) bool { return nc.(*spyConn).whileParked(look) }
-			if tc.parkAfter >= 0 {
-				parked = func(net.Conn, func()) bool { return false }
-			}
-			var total, idle, held int
-			var noRaw bool
-			deadline := time.Now().Add(3 * time.Second)
-			for {
-				total, idle, held, noRaw = ff.srv.h1.IdleBuffers(parked)
-				if total == n && idle == n && held == 0 {
-					break
-				}
-				if time.Now().After(deadline) {
-					t.Fatalf("%d of %d connections idle and parked, %d of them holding a buffer", idle, total, held)
-				}
-				time.Sleep(5 * time.Millisecond)
-			}
-			if noRaw {
-				t.Fatal("a connection has no RawConn: it would hold its buffer while waiting")
-			}
-			upHeld, upIdle := 0, 0
-			for _, b := range rt.pools[0].backends {
-				i, h := b.conns.IdleBuffers()
-				upIdle += i
-				upHeld += h
-			}
-			// Close the Server before the clients go: a client's close would wake
-			// the parked goroutines, whose read attempt the race detector cannot
-			// order after the checks above; after Close, no read attempt is made.
-			_ = ff.srv.Close()
-			if upIdle == 0 || upHeld != 0 {
-				t.Fatalf("%d of %d pooled instance connections hold a buffer", upHeld, upIdle)
-			}
-			t.Logf("%d idle client connections and %d pooled instance connections, none holding a buffer", n, upIdle)
-		})
+	blue := newRawInstance(t, okHandler("blue"))
+	green := newRawInstance(t, okHandler("green"))
+	rt := newRouterOnly(t, []string{blue.URL}, []string{green.URL}, nil)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
 	}
+	ff := startFastOn(t, rt, spyListener{ln}, nil)
+	const n = 64
+	conns := make([]*rawConn, n)
+	for i := range conns {
+		conns[i] = dialRaw(t, ff.addr)
+		// A head and an answer of some KiB: both buffers were needed.
+		conns[i].send("GET /i HTTP/1.1\r\nHost: a\r\nX-Pad: " + strings.Repeat("p", 4000) + "\r\n\r\n")
+	}
+	for _, rc := range conns {
+		if res, _ := rc.mustRead("GET"); res.StatusCode != 200 {
+			t.Fatal(res.Status)
+		}
+	}
+	// Wait until every connection is idle and parked: the state is stored
+	// after the buffers went back, parked after waitData's last attempt.
+	parked := func(nc net.Conn, look func()) bool { return nc.(*spyConn).whileParked(look) }
+	var total, idle, held int
+	var noRaw bool
+	deadline := time.Now().Add(3 * time.Second)
+	for {
+		total, idle, held, noRaw = ff.srv.h1.IdleBuffers(parked)
+		if total == n && idle == n {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d connections idle and parked", idle, total)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if noRaw {
+		t.Fatal("a connection has no RawConn: it would hold its buffer while waiting")
+	}
+	upHeld, upIdle := 0, 0
+	for _, b := range rt.pools[0].backends {
+		i, h := b.conns.IdleBuffers()
+		upIdle += i
+		upHeld += h
+	}
+	// Close the Server before the clients go: a client's close would wake
+	// the parked goroutines, whose read attempt the race detector cannot
+	// order after the checks above; after Close, no read attempt is made.
+	_ = ff.srv.Close()
+	if held != 0 {
+		t.Fatalf("%d of %d idle client connections hold a buffer", held, n)
+	}
+	if upIdle == 0 || upHeld != 0 {
+		t.Fatalf("%d of %d pooled instance connections hold a buffer", upHeld, upIdle)
+	}
+	t.Logf("%d idle client connections and %d pooled instance connections, none holding a buffer", n, upIdle)
 }
 
 // TestFastErrorAnswerWithUnreadBody: when the proxy answers a request

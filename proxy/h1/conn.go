@@ -83,25 +83,6 @@ func (c *Conn) releaseOut() {
 	}
 }
 
-// hotWait is the longest last wait for a request after which a connection
-// keeps its buffers for the next one: the connections that hold them while
-// idle are about the request rate times hotWait.
-const hotWait = 10 * time.Millisecond
-
-// keepBuffers decides what an idle connection holds while it waits for
-// its next request: a busy connection that will park (its last wait under
-// hotWait) keeps its read and write buffers through its wait in its
-// goroutine, so requests that come at a quick pace do not take and give
-// back two buffers each; it gives them back when it parks. Any other gives
-// them back now. Only with nothing buffered.
-func (c *Conn) keepBuffers(keep bool) {
-	c.cr.hold = keep
-	if !keep {
-		c.cr.release()
-		c.releaseOut()
-	}
-}
-
 func (c *Conn) ensureOut() {
 	if c.out.b == nil {
 		c.out.b = c.s.Buffers.client.get()[:0]
@@ -162,7 +143,6 @@ func (s *Server) serveConn(c *Conn) {
 			}
 			err := c.waitRequest()
 			if c.park && errors.Is(err, os.ErrDeadlineExceeded) {
-				c.keepBuffers(false) // a parked connection holds none
 				if parked = s.park.park(c, c.idleStart); parked {
 					return
 				}
@@ -243,7 +223,7 @@ func (s *Server) serveConn(c *Conn) {
 // parks soon; its deadline is one to two graces away, and the parker
 // enforces IdleTimeout. False when the server is shutting down.
 func (s *Server) idle(c *Conn) bool {
-	c.keepBuffers(c.park && c.lastWait < hotWait)
+	c.cr.release()
 	c.state.Store(stateIdle)
 	if s.shutdown.Load() {
 		return false
@@ -294,9 +274,7 @@ func (s *Server) serveRequest(c *Conn, x *Exchange) bool {
 		keep, c.linger = false, true
 	}
 	s.exchanges.put(x)
-	if !c.park {
-		c.releaseOut()
-	}
+	c.releaseOut()
 	return keep
 }
 

@@ -51,7 +51,6 @@ type connReader struct {
 	nc   net.Conn
 	rc   syscall.RawConn // nil when the connection has none or the system lacks the calls: waits hold the buffer
 	buf  []byte          // nil while released
-	hold bool            // a wait keeps buf (Conn.keepBuffers)
 	r, w int
 	take func() []byte
 	give func([]byte)

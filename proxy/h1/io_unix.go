@@ -29,10 +29,8 @@ func (cr *connReader) readReady(fd uintptr) bool {
 		}
 	}
 	if cr.rerr == syscall.EAGAIN {
-		if !cr.hold {
-			cr.give(cr.buf)
-			cr.buf = nil
-		}
+		cr.give(cr.buf)
+		cr.buf = nil
 		return false
 	}
 	return true
