@@ -44,10 +44,10 @@ type Conn struct {
 	skipRead             bool      // the last read emptied the socket: the wait's next step is the poller's
 	arrived, stop        bool      // the wait took a request in and left it to serveConn; the connection is to close
 	pending              *Exchange // that request, parsed (nil: parse what is buffered)
-	pendingN             int
 	pendingErr           error
-	parkSlot             uint32 // its slot in the parker while parked (park_linux.go)
-	parkable             bool   // accepted by Serve, with a RawConn, and the Server parks idle connections
+
+	parkSlot uint32 // its slot in the parker while parked (park_linux.go)
+	parkable bool   // accepted by Serve, with a RawConn, and the Server parks idle connections
 }
 
 // States of Conn.waiting.
@@ -159,7 +159,7 @@ func (s *Server) serveConn(c *Conn) {
 			}
 			if c.arrived { // the wait took the request in and served what it could
 				c.arrived = false
-				x, n, err = c.pending, c.pendingN, c.pendingErr
+				x, err = c.pending, c.pendingErr
 				c.pending, c.pendingErr = nil, nil
 			} else {
 				if !c.state.CompareAndSwap(stateIdle, stateActive) {

@@ -45,7 +45,7 @@ func (c *Conn) serveWaiting(fd uintptr) bool {
 		}
 		x, err := s.parseHead(c, n, start)
 		if err != nil || x.Req.contentLength > 0 {
-			c.pending, c.pendingN, c.pendingErr = x, n, err
+			c.pending, c.pendingErr = x, err
 			return true
 		}
 		if !s.serveRequest(c, x) {
