@@ -313,7 +313,7 @@ cat "$work/load.json"
 requests=$(jq .requests "$work/load.json")
 failed=$(jq .failed "$work/load.json")
 note "deploy v2 (deploy.sh, watch 15s)" "${deploy_time}s"
-note "requests during the deploy" "$requests, failed $failed, colours $(jq -c .colors "$work/load.json")"
+note "requests during the deploy" "$requests, failed $failed, colours $(jq -c .colors "$work/load.json"), overlap $(jq .overlap "$work/load.json")"
 [ "$failed" -eq 0 ] || fail "$failed requests failed during the deploy"
 [ "$(jq -r '.sequence | join(",")' "$work/load.json")" = blue,green ] || fail "traffic did not move from blue to green once"
 curl -fsS -m 5 "$public/" | grep -q 'color=green version=v2' || fail "live traffic is not on green v2"

@@ -1,7 +1,9 @@
 // Command loadgen sends a steady stream of GET requests to a URL until it is
 // stopped (SIGINT or SIGTERM) or its duration ends, then prints one JSON line:
 // how many requests were sent, how many failed (transport errors and non-2xx
-// answers), and how many each colour answered (X-Deployment-Color).
+// answers), how many each colour answered (X-Deployment-Color), and the
+// order in which the colours took over ("sequence"; answers of the old colour
+// to requests sent before the new one was first seen are "overlap").
 //
 //	go run ./docker/tools/loadgen -url http://127.0.0.1:8080/ -rate 200 -c 8
 //
@@ -31,6 +33,7 @@ type summary struct {
 	Errors    map[string]int `json:"errors,omitempty"`
 	Colors    map[string]int `json:"colors"`
 	Sequence  []string       `json:"sequence"`
+	Overlap   int            `json:"overlap"`
 	FirstFail string         `json:"first_failure,omitempty"`
 }
 
@@ -62,8 +65,10 @@ func main() {
 	var (
 		mu sync.Mutex
 		s  = summary{URL: *url, Errors: map[string]int{}, Colors: map[string]int{}}
+		// When the last colour in Sequence was first received.
+		changed time.Time
 	)
-	record := func(color, failure string) {
+	record := func(sent time.Time, color, failure string) {
 		mu.Lock()
 		defer mu.Unlock()
 		s.Requests++
@@ -77,8 +82,19 @@ func main() {
 		}
 		s.Colors[color]++
 		// The order in which colours answered, collapsed: [blue green blue].
-		if n := len(s.Sequence); (n == 0 || s.Sequence[n-1] != color) && n < 100 {
+		// With several clients, an answer from the old colour to a request
+		// sent before the new colour was first seen can arrive after it: the
+		// proxy routed that request before the switch. It is counted as
+		// overlap, not as a switch back. An old colour answering a request
+		// sent after the new one was seen is a switch back.
+		n := len(s.Sequence)
+		switch {
+		case n > 0 && s.Sequence[n-1] == color:
+		case n > 0 && sent.Before(changed):
+			s.Overlap++
+		case n < 100:
 			s.Sequence = append(s.Sequence, color)
+			changed = time.Now()
 		}
 	}
 
@@ -95,24 +111,24 @@ func main() {
 				// A request in flight when the run ends is finished, not cut.
 				req, err := http.NewRequestWithContext(context.WithoutCancel(ctx), http.MethodGet, *url, nil)
 				if err != nil {
-					record("", err.Error())
+					record(t, "", err.Error())
 					return
 				}
 				resp, err := client.Do(req)
 				switch {
 				case err != nil:
-					record("", "transport: "+err.Error())
+					record(t, "", "transport: "+err.Error())
 				default:
 					_, err = io.Copy(io.Discard, resp.Body)
 					resp.Body.Close()
 					color := resp.Header.Get("X-Deployment-Color")
 					switch {
 					case err != nil:
-						record("", "body: "+err.Error())
+						record(t, "", "body: "+err.Error())
 					case resp.StatusCode/100 != 2:
-						record("", fmt.Sprintf("HTTP %d from %q", resp.StatusCode, color))
+						record(t, "", fmt.Sprintf("HTTP %d from %q", resp.StatusCode, color))
 					default:
-						record(color, "")
+						record(t, color, "")
 					}
 				}
 				if every > 0 {
