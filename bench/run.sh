@@ -36,6 +36,9 @@ usage: bench/run.sh [options]
   --targets "LIST"      subset/order of: direct nginx haproxy caddy bluegreen bluegreen-gmp1 bluegreen-nethttp bluegreen-alt
                         (default "$TARGETS"; bluegreen-gmp1 = bluegreen with GOMAXPROCS=1,
                         bluegreen-nethttp = bluegreen with BLUEGREEN_FAST_PATH=false)
+                        or relay-splice relay-copy relay-epoll: floors that parse nothing, one
+                        instance connection per client connection (bench/relay: splice(2), a
+                        goroutine per direction, or an epoll event loop per core)
   --idle-conns N        idle keep-alive connections held per proxy (default $IDLE_N; max ~6000 here)
   --switch-duration S   seconds of the switch-under-load run (default $SWITCH_DURATION)
   --no-load | --no-idle | --no-switch   skip a part
@@ -173,6 +176,7 @@ log "building bluegreen, backend and idleconns"
   go build -o "$T/bluegreen" ./cmd/bluegreen &&
   go build -o "$T/backend" ./bench/backend &&
   go build -o "$T/idleconns" ./bench/idleconns &&
+  go build -o "$T/relay" ./bench/relay &&
   go build -o "$T/report" ./bench/report ) || die "go build failed"
 
 for p in $BLUE_PORT $GREEN_PORT $PROXY_PORT $ADMIN_PORT; do
@@ -347,6 +351,9 @@ start_target() {
         BLUEGREEN_STATE="file:$T/bg-state.json" BLUEGREEN_LOG_FORMAT=json BLUEGREEN_LOG_LEVEL=warn \
         BLUEGREEN_HEALTH_INTERVAL=2s \
         "$bin" serve >"$T/bluegreen.out" 2>&1 &
+      ;;
+    relay-splice|relay-copy|relay-epoll)
+      "$T/relay" -listen "127.0.0.1:$PROXY_PORT" -to "127.0.0.1:$BLUE_PORT" -mode "${name#relay-}" >"$T/$name.out" 2>&1 &
       ;;
     *) die "unknown target $name" ;;
   esac
