@@ -414,6 +414,21 @@ func TestH2MalformedFrames(t *testing.T) {
 				}
 			}
 		}, http2.ErrCodeProtocol},
+		{"empty DATA flood (CVE-2019-9518)", func(r *h2test.Client) {
+			_ = r.Fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: r.Headers("/"), EndHeaders: true})
+			for range 1000 {
+				if r.Fr.WriteData(1, false, nil) != nil {
+					return
+				}
+			}
+		}, http2.ErrCodeEnhanceYourCalm},
+		{"PRIORITY flood", func(r *h2test.Client) {
+			for i := range uint32(1000) {
+				if r.Fr.WritePriority(1+2*i, http2.PriorityParam{Weight: 1}) != nil {
+					return
+				}
+			}
+		}, http2.ErrCodeEnhanceYourCalm},
 	}
 	for _, tc := range connCases {
 		t.Run(tc.name, func(t *testing.T) {

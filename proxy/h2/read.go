@@ -14,6 +14,12 @@ import (
 
 var errCalm = errors.New("h2: too many refused streams")
 
+// calm ends a connection that spent a budget of frames (see conn.emptyRun).
+func (c *conn) calm() error {
+	c.s.protocolError()
+	return http2.ConnectionError(http2.ErrCodeEnhanceYourCalm)
+}
+
 // streamError resets stream id for a violation of the client's.
 func (c *conn) streamError(id uint32, code http2.ErrCode) {
 	c.s.protocolError()
@@ -52,6 +58,13 @@ func (c *conn) process(f http2.Frame) error {
 	case *http2.RSTStreamFrame:
 		return c.processReset(f)
 	case *http2.PriorityFrame:
+		c.mu.Lock()
+		c.priorities++
+		over := c.priorities > priorityPerStream*(1+c.opened)
+		c.mu.Unlock()
+		if over {
+			return c.calm()
+		}
 		if f.StreamDep == f.StreamID {
 			c.streamError(f.StreamID, http2.ErrCodeProtocol)
 		}
@@ -111,6 +124,7 @@ func (c *conn) processHeaders(f *http2.MetaHeadersFrame) error {
 		return http2.ConnectionError(http2.ErrCodeProtocol)
 	}
 	c.maxStreamID = id
+	c.opened++
 	if c.goingAway {
 		c.mu.Unlock()
 		return nil // after GOAWAY: not processed (the client may retry it elsewhere)
@@ -218,7 +232,18 @@ func (st *Stream) parseHead(f *http2.MetaHeadersFrame) bool {
 func (c *conn) processData(f *http2.DataFrame) error {
 	id := f.StreamID
 	n := int64(f.Length)
+	data := f.Data()
+	empty := len(data) == 0 && !f.StreamEnded()
 	c.mu.Lock()
+	if empty {
+		c.emptyRun++
+		if c.emptyRun > emptyDataLimit {
+			c.mu.Unlock()
+			return c.calm()
+		}
+	} else {
+		c.emptyRun = 0
+	}
 	if n > c.recvWindow {
 		c.mu.Unlock()
 		return http2.ConnectionError(http2.ErrCodeFlowControl)
@@ -250,7 +275,6 @@ func (c *conn) processData(f *http2.DataFrame) error {
 		return nil
 	}
 	st.recvWindow -= n
-	data := f.Data()
 	if pad := n - int64(len(data)); pad > 0 { // padding is consumed at once
 		st.unacked += pad
 		c.recvUnacked += pad
@@ -262,7 +286,9 @@ func (c *conn) processData(f *http2.DataFrame) error {
 		if f.StreamEnded() {
 			st.remoteDone = true
 		}
-		c.cond.Broadcast()
+		if !empty { // nothing for a reader to take: nobody is woken
+			c.cond.Broadcast()
+		}
 	}
 	c.mu.Unlock()
 	if bad {
@@ -317,6 +343,10 @@ func (c *conn) processWindowUpdate(f *http2.WindowUpdateFrame) error {
 	inc := int64(f.Increment)
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.updates++
+	if c.updates > updatesPerFrame*(1+c.dataSent+c.opened) {
+		return c.calm()
+	}
 	if f.StreamID == 0 {
 		c.sendWindow += inc
 		if c.sendWindow > maxWindow {

@@ -14,8 +14,11 @@
 // grants), control frames answered (PING and SETTINGS acknowledgements are
 // written synchronously by the reader, so a client that does not read
 // stops being read), streams reset by the client while their handler still
-// runs (rapid reset: they keep their slot until it ends), and the wait of
-// an answer for flow-control window (StallTimeout).
+// runs (rapid reset: they keep their slot until it ends), the wait of an
+// answer for flow-control window (StallTimeout), and frames that cost the
+// server work and the client nothing: empty DATA frames in a row,
+// PRIORITY frames per stream opened and WINDOW_UPDATE frames per DATA
+// frame sent (past a budget, GOAWAY ENHANCE_YOUR_CALM).
 package h2
 
 import (
@@ -90,6 +93,17 @@ const (
 	// down: a rapid-reset attack opens and resets streams faster than
 	// their handlers end.
 	refusedLimit = 100
+	// emptyDataLimit is how many DATA frames without data and without
+	// END_STREAM a connection may send in a row: they have no use.
+	emptyDataLimit = 100
+	// priorityPerStream bounds PRIORITY frames: at most this many per
+	// stream opened, plus this many (clients that build a priority tree
+	// up front send a few).
+	priorityPerStream = 100
+	// updatesPerFrame bounds WINDOW_UPDATE frames, which wake every stream
+	// waiting for window: at most this many per DATA frame sent and per
+	// stream opened, plus this many.
+	updatesPerFrame = 10
 )
 
 // orDefault is v when set (positive), else d: the zero value of a Server
@@ -243,6 +257,17 @@ type conn struct {
 	dead         bool  // the connection failed or closed
 	idleArmed    bool
 	headerGuard  bool // a header block's deadline is set: armIdle leaves it
+
+	// Frames that cost the server work and the client nothing (the HTTP/2
+	// floods of 2019: CVE-2019-9518's empty frames, PRIORITY and
+	// WINDOW_UPDATE floods) are budgeted; past a budget the connection
+	// gets GOAWAY ENHANCE_YOUR_CALM (calm). The reader keeps these, under
+	// c.mu where a stream goroutine writes them too.
+	emptyRun   int // DATA frames in a row with no data and no END_STREAM
+	priorities int // PRIORITY frames
+	updates    int // WINDOW_UPDATE frames
+	opened     int // streams the client opened
+	dataSent   int // DATA frames granted window for (awaitWindow)
 
 	work        chan *Stream // idle stream goroutines wait here for the next stream
 	idleWorkers atomic.Int32

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -183,3 +184,124 @@ func TestShutdownServesStreamsInFlight(t *testing.T) {
 		t.Fatalf("Shutdown: %v", err)
 	}
 }
+
+// TestFloodsOfFreeFramesAreCalmed: frames that cost the server work and the
+// client nothing (CVE-2019-9518's empty DATA frames, PRIORITY and
+// WINDOW_UPDATE floods) end the connection with GOAWAY ENHANCE_YOUR_CALM
+// once past their budget, counted as protocol errors; the same frames
+// within it, as clients send them, are served.
+func TestFloodsOfFreeFramesAreCalmed(t *testing.T) {
+	var errs atomic.Int32
+	read := make(chan string, 1)
+	s := &Server{ProtocolError: func() { errs.Add(1) }, Handler: handlerFunc(func(st *Stream) {
+		switch st.Path {
+		case "/read":
+			b, _ := io.ReadAll(st)
+			read <- string(b)
+			ok(st)
+		case "/big":
+			_ = st.WriteHeaders(200, nil, make([]byte, 300<<10), true)
+		default:
+			ok(st)
+		}
+	})}
+	addr := serveTest(t, s)
+	// calmed: the flood sent on c since errs was before ends c.
+	calmed := func(t *testing.T, c *h2test.Client, before int32) {
+		t.Helper()
+		if code := c.GoAwayCode(); code != int(http2.ErrCodeEnhanceYourCalm) {
+			t.Fatalf("GOAWAY code %d, want ENHANCE_YOUR_CALM", code)
+		}
+		if errs.Load() <= before {
+			t.Fatal("not counted as a protocol error")
+		}
+	}
+	status := func(t *testing.T, c *h2test.Client, id uint32) {
+		t.Helper()
+		for {
+			switch f := c.Next(id).(type) {
+			case *http2.MetaHeadersFrame:
+				if f.PseudoValue("status") != "200" {
+					t.Fatalf("stream %d: status %s", id, f.PseudoValue("status"))
+				}
+				return
+			case *http2.RSTStreamFrame, *http2.GoAwayFrame, nil:
+				t.Fatalf("stream %d: %v", id, f)
+			}
+		}
+	}
+
+	t.Run("empty DATA within the budget", func(t *testing.T) {
+		c := dial(t, addr)
+		c.Request(1, "/read", false)
+		for range emptyDataLimit {
+			_ = c.Fr.WriteData(1, false, nil)
+		}
+		_ = c.Fr.WriteData(1, false, []byte("a")) // data: a new run begins
+		for range emptyDataLimit {
+			_ = c.Fr.WriteData(1, false, nil)
+		}
+		_ = c.Fr.WriteData(1, true, nil) // an empty last frame is not counted
+		status(t, c, 1)
+		if got := <-read; got != "a" {
+			t.Fatalf("handler read %q", got)
+		}
+	})
+	t.Run("empty DATA flood", func(t *testing.T) {
+		before := errs.Load()
+		c := dial(t, addr)
+		c.Request(1, "/read", false)
+		for range emptyDataLimit + 1 {
+			_ = c.Fr.WriteData(1, false, nil)
+		}
+		calmed(t, c, before)
+	})
+	t.Run("PRIORITY within the budget", func(t *testing.T) {
+		c := dial(t, addr)
+		for i := range uint32(priorityPerStream) { // a priority tree built up front
+			_ = c.Fr.WritePriority(1001+2*i, http2.PriorityParam{Weight: 15})
+		}
+		c.Request(1, "/", true)
+		status(t, c, 1)
+	})
+	t.Run("PRIORITY flood", func(t *testing.T) {
+		before := errs.Load()
+		c := dial(t, addr)
+		for i := range uint32(priorityPerStream + 1) {
+			_ = c.Fr.WritePriority(1001+2*i, http2.PriorityParam{Weight: 15})
+		}
+		calmed(t, c, before)
+	})
+	t.Run("WINDOW_UPDATE per DATA frame", func(t *testing.T) {
+		// A download past the initial windows, granted back frame by
+		// frame on the stream and the connection: two updates a frame.
+		c := dial(t, addr, http2.Setting{ID: http2.SettingInitialWindowSize, Val: 16384})
+		c.Request(1, "/big", true)
+		got := 0
+		done, ga := c.Until(func(f http2.Frame) bool {
+			d, isData := f.(*http2.DataFrame)
+			if !isData {
+				_, isRST := f.(*http2.RSTStreamFrame)
+				return isRST
+			}
+			got += len(d.Data())
+			if n := uint32(len(d.Data())); n > 0 {
+				_ = c.Fr.WriteWindowUpdate(0, n)
+				_ = c.Fr.WriteWindowUpdate(1, n)
+			}
+			return d.StreamEnded()
+		})
+		if !done || ga != nil || got != 300<<10 {
+			t.Fatalf("download ended=%v after %d bytes, GOAWAY %v", done, got, ga)
+		}
+	})
+	t.Run("WINDOW_UPDATE flood", func(t *testing.T) {
+		before := errs.Load()
+		c := dial(t, addr)
+		for range updatesPerFrame + 1 {
+			_ = c.Fr.WriteWindowUpdate(0, 1)
+		}
+		calmed(t, c, before)
+	})
+}
+

@@ -289,6 +289,7 @@ func (st *Stream) awaitWindow(want int) (int, uint32, error) {
 	n := min(int64(want), st.sendWindow, c.sendWindow)
 	st.sendWindow -= n
 	c.sendWindow -= n
+	c.dataSent += int((n + int64(c.peerMaxFrame) - 1) / int64(c.peerMaxFrame))
 	return int(n), c.peerMaxFrame, nil
 }
 
