@@ -99,6 +99,14 @@ func (c *conn) processHeaders(f *http2.MetaHeadersFrame) error {
 	c.mu.Lock()
 	if st := c.streams[id]; st != nil {
 		// Trailers of a request body.
+		if st.remoteDone && st.localDone && !st.reset {
+			// Both sides ended, its handler not yet gone: closed, and
+			// frames after END_STREAM are a connection error (RFC 9113
+			// 5.1), as once it is gone (below).
+			c.mu.Unlock()
+			c.s.protocolError()
+			return http2.ConnectionError(http2.ErrCodeStreamClosed)
+		}
 		if st.remoteDone || st.reset {
 			c.mu.Unlock()
 			c.streamError(id, http2.ErrCodeStreamClosed)

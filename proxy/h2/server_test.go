@@ -305,3 +305,26 @@ func TestFloodsOfFreeFramesAreCalmed(t *testing.T) {
 	})
 }
 
+// TestHeadersOnAClosedStream: HEADERS on a stream both sides have ended is
+// a connection error STREAM_CLOSED (RFC 9113 5.1), also while the
+// stream's handler has not returned yet (h2spec 5.1/12 failed about one
+// run in ten on that race).
+func TestHeadersOnAClosedStream(t *testing.T) {
+	release := make(chan struct{})
+	defer close(release)
+	addr := serveTest(t, &Server{Handler: handlerFunc(func(st *Stream) {
+		ok(st)
+		<-release // answered; the handler lingers
+	})})
+	c := dial(t, addr)
+	c.Request(1, "/", true)
+	if done, _ := c.Until(func(f http2.Frame) bool {
+		return f.Header().StreamID == 1 && f.Header().Flags.Has(http2.FlagDataEndStream)
+	}); !done {
+		t.Fatal("no end of the answer")
+	}
+	c.Request(1, "/", true)
+	if code := c.GoAwayCode(); code != int(http2.ErrCodeStreamClosed) {
+		t.Fatalf("GOAWAY code %d, want STREAM_CLOSED", code)
+	}
+}
