@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"crypto/tls"
 	"io"
 	"net"
 	"net/http"
@@ -278,27 +279,68 @@ func TestFastExpectContinueClientStalls(t *testing.T) {
 func TestFastExpectContinueBodyAlreadySent(t *testing.T) {
 	ei := newExpectInstance(t)
 	cf := newExpectFront(t, ei)
+	for _, how := range []sendHow{together, afterHead} {
+		bodyWithoutWaiting(t, ei, dialRaw(t, cf.fast), how)
+	}
+}
+
+// TestFastExpectContinueBodyAlreadySentTLS: the same over TLS (the fast
+// codec's ServeTLS), where the body's records may already sit in the TLS
+// connection's buffer, read from the socket with the head's, so that no
+// look at the socket sees them: the body sent right after the head, and
+// once the instance has the head.
+func TestFastExpectContinueBodyAlreadySentTLS(t *testing.T) {
+	ei := newExpectInstance(t)
+	f := newFixture(t, []string{ei.URL}, []string{ei.URL}, func(c *Config) {
+		c.ClientBodyTimeout = 300 * time.Millisecond
+	})
+	front := startH2(t, f.rt, nil)
+	for _, how := range []sendHow{rightAfter, afterHead} {
+		tc, err := tls.Dial("tcp", front.addr, &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"http/1.1"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { tc.Close() })
+		_ = tc.SetDeadline(time.Now().Add(10 * time.Second))
+		bodyWithoutWaiting(t, ei, &rawConn{t: t, nc: tc, br: bufio.NewReader(tc)}, how)
+	}
+}
+
+// sendHow is when a client that expects 100 Continue sends its body.
+type sendHow int
+
+const (
+	together   sendHow = iota // in one write with the head
+	rightAfter                // in the next write
+	afterHead                 // once the instance has read the head
+)
+
+// bodyWithoutWaiting sends ei's silent path a 32 KiB body with Expect:
+// 100-continue on rc, how says when, and requires the final answer first.
+func bodyWithoutWaiting(t *testing.T, ei *expectInstance, rc *rawConn, how sendHow) {
+	t.Helper()
 	body := bigBody(32 << 10)
 	head := "POST /silent HTTP/1.1\r\nHost: app.example\r\nExpect: 100-continue\r\nContent-Length: " + strconv.Itoa(len(body)) + "\r\n\r\n"
-	for _, together := range []bool{true, false} {
-		rc := dialRaw(t, cf.fast)
-		if together {
-			rc.send(head + string(body))
-		} else {
-			rc.send(head)
-			select {
-			case <-ei.heads:
-			case <-time.After(5 * time.Second):
-				t.Fatal("the head did not reach the instance")
-			}
-			rc.send(string(body))
+	switch how {
+	case together:
+		rc.send(head + string(body))
+	case rightAfter:
+		rc.send(head)
+		rc.send(string(body))
+	case afterHead:
+		rc.send(head)
+		select {
+		case <-ei.heads:
+		case <-time.After(5 * time.Second):
+			t.Fatal("the head did not reach the instance")
 		}
-		res, got := rc.mustRead("POST")
-		if res.StatusCode != 200 || got != "100-continue "+sum(body) {
-			t.Fatalf("body with the head %v: %d %q, want 200 and the body's sum", together, res.StatusCode, got)
-		}
-		for len(ei.heads) > 0 {
-			<-ei.heads
-		}
+		rc.send(string(body))
+	}
+	res, got := rc.mustRead("POST")
+	if res.StatusCode != 200 || got != "100-continue "+sum(body) {
+		t.Fatalf("body sent %v: %d %q, want 200 and the body's sum", how, res.StatusCode, got)
+	}
+	for len(ei.heads) > 0 {
+		<-ei.heads
 	}
 }

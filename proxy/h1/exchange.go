@@ -307,21 +307,21 @@ const continueSlice = 50 * time.Millisecond
 // client connection closes after it, and so does the instance's). Silence
 // is no refusal: the client is told 100 Continue, and the body follows.
 // A client that sends its body (or leaves) without waiting ends the wait
-// at once, every continueSlice, where its socket can be peeked at.
+// within continueSlice (bodyCame).
 func (c *Conn) awaitContinue(x *Exchange, uc *UpConn) (send bool, err error) {
 	defer uc.nc.SetReadDeadline(time.Time{})
 	end := time.Now().Add(ExpectContinueTimeout)
 	res := &x.Res
 	for {
 		d := end
-		if t := time.Now().Add(continueSlice); c.cr.rc != nil && t.Before(end) {
+		if t := time.Now().Add(continueSlice); t.Before(end) {
 			d = t
 		}
 		_ = uc.nc.SetReadDeadline(d)
 		n, err := nextHead(res, uc)
 		switch {
 		case isTimeout(err) && d.Before(end):
-			if peekConn(c.cr.rc) != peekNothing {
+			if c.bodyCame() {
 				return true, nil // the body (or the end) is on its way
 			}
 			continue
@@ -347,6 +347,24 @@ func (c *Conn) awaitContinue(x *Exchange, uc *UpConn) (send bool, err error) {
 			return true, nil
 		}
 	}
+}
+
+// bodyCame reports, without waiting, whether a client whose request waits
+// for 100 Continue sent something since (its body, or the end): a peek at
+// its socket; on a TLS connection also a read that cannot wait (expired
+// deadline), which takes what the TLS connection already holds, since its
+// records may have been read from the socket with the head's.
+func (c *Conn) bodyCame() bool {
+	if c.cr.rc != nil {
+		return peekConn(c.cr.rc) != peekNothing
+	}
+	if c.opts.sock != nil && peekConn(c.opts.sock) != peekNothing {
+		return true
+	}
+	_ = c.nc.SetReadDeadline(time.Unix(1, 0))
+	err := c.cr.fill()
+	_ = c.nc.SetReadDeadline(time.Time{})
+	return c.cr.buffered() > 0 || err != nil && !isTimeout(err)
 }
 
 // relayInformational passes an instance's 1xx answer on to the client,
