@@ -641,11 +641,14 @@ func (s *Store) follow(ctx context.Context, from int64, seen *int64, out chan st
 			*seen = ev.Kv.ModRevision
 			last = ev.Kv.Value
 		}
-		if last != nil && wr.Header.Revision > *seen {
-			// The store has moved on since this event (or other keys
-			// changed): a replica catching up after a partition may get
-			// the states stored meanwhile one response at a time, so the
-			// newest is read instead of routing through the others.
+		if last != nil {
+			// The newest state is read before one is delivered: a replica
+			// catching up after a partition may get the states stored
+			// meanwhile one response at a time (a watch stream that
+			// survived the partition hands over what it held back, each
+			// response with the revision of its time, so nothing in it
+			// says the store moved on), and must not route through them.
+			// A read per switch costs one round trip.
 			if resp, err := s.get(ctx); err == nil && len(resp.Kvs) == 1 && resp.Kvs[0].ModRevision > *seen {
 				*seen = resp.Kvs[0].ModRevision
 				last = resp.Kvs[0].Value

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"strings"
 	"sync"
 	"testing"
@@ -253,6 +255,40 @@ func TestStore(t *testing.T) {
 		}
 	})
 
+	t.Run("watch held back by a partition delivers only the newest state", func(t *testing.T) {
+		// A watch stream that survives a partition hands over, when it
+		// ends, the responses held back meanwhile, one per write: the
+		// watcher must route straight to the newest state, not through
+		// the one in between (a cutover that was rolled back meanwhile).
+		hp := newHoldProxy(t, strings.Split(c.Endpoints(), ",")[0])
+		w, err := etcd.Open(t.Context(), "etcd://"+hp.addr()+"/t/held", etcd.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = w.Close() })
+		wr := open(t, c, "/t/held")
+		if err := wr.CompareAndSwap(t.Context(), 0, st("blue", 1)); err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(t.Context())
+		defer cancel()
+		ch := w.Watch(ctx)
+		if got := recv(t, ch, 1); got.Generation != 1 {
+			t.Fatalf("first state from Watch: %+v", got)
+		}
+		hp.hold(true)
+		for gen := uint64(1); gen <= 2; gen++ {
+			if err := wr.CompareAndSwap(t.Context(), gen, st([]string{"", "green", "blue"}[gen], gen+1)); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(50 * time.Millisecond) // one watch response each
+		}
+		hp.hold(false)
+		if got := recv(t, ch, 2); got.Generation != 3 || got.Active != "blue" {
+			t.Fatalf("after the partition the watch delivered %+v first, want generation 3 (blue)", got)
+		}
+	})
+
 	t.Run("watch channel closes on Close", func(t *testing.T) {
 		s, err := etcd.Open(t.Context(), c.Spec("/t/close"), etcd.Options{})
 		if err != nil {
@@ -328,4 +364,76 @@ func TestStore(t *testing.T) {
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
 	testkit.WaitUntil(t, 10*time.Second, what, cond)
+}
+
+// holdProxy forwards TCP to target; while held, nothing the target sends
+// reaches the client (it waits in the proxy, as behind a partition that
+// drops no connection), and it all arrives at once when released.
+type holdProxy struct {
+	ln    *testkit.Listener
+	mu    sync.Mutex
+	cond  sync.Cond
+	held  bool
+	conns []net.Conn
+}
+
+func newHoldProxy(t *testing.T, target string) *holdProxy {
+	t.Helper()
+	p := &holdProxy{}
+	p.cond.L = &p.mu
+	var wg sync.WaitGroup
+	p.ln = testkit.Listen(t, func(c net.Conn) {
+		up, err := net.Dial("tcp", target)
+		if err != nil {
+			c.Close()
+			return
+		}
+		p.mu.Lock()
+		p.conns = append(p.conns, c, up)
+		p.mu.Unlock()
+		wg.Go(func() { _, _ = io.Copy(up, c); up.Close() })
+		wg.Go(func() { p.back(c, up) })
+	})
+	t.Cleanup(func() {
+		p.ln.Close()
+		p.hold(false)
+		p.mu.Lock()
+		for _, c := range p.conns {
+			c.Close()
+		}
+		p.mu.Unlock()
+		wg.Wait()
+	})
+	return p
+}
+
+// back copies what up sends to c, waiting while held.
+func (p *holdProxy) back(c, up net.Conn) {
+	defer c.Close()
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := up.Read(buf)
+		p.mu.Lock()
+		for p.held {
+			p.cond.Wait()
+		}
+		p.mu.Unlock()
+		if n > 0 {
+			if _, werr := c.Write(buf[:n]); werr != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+func (p *holdProxy) addr() string { return p.ln.Addr().String() }
+
+func (p *holdProxy) hold(on bool) {
+	p.mu.Lock()
+	p.held = on
+	p.cond.Broadcast()
+	p.mu.Unlock()
 }
