@@ -125,6 +125,7 @@ type fleetView struct {
 	replicas []string          // the other replicas counted
 	err      error             // the last read's error, nil after a good read
 	withdraw bool              // this replica has a publication to withdraw
+	lastPub  time.Time         // the last publication that went through (or the first try of this rollout's)
 	ignored  map[string]bool   // replicas whose publication of window was logged as ignored
 }
 
@@ -160,8 +161,9 @@ func (c *Controller) syncFleet(ctx context.Context) {
 	if r == nil {
 		fv.mu.Lock()
 		withdraw := fv.withdraw
-		fv.window, fv.others, fv.replicas, fv.err = "", nil, nil, nil
+		fv.window, fv.others, fv.replicas, fv.err, fv.lastPub = "", nil, nil, nil, time.Time{}
 		fv.mu.Unlock()
+		c.hold(false, nil)
 		if withdraw {
 			if err := c.cfg.Fleet.WithdrawCounts(ctx, c.cfg.Replica); err != nil {
 				c.log.Debug("rollout counts not withdrawn; they expire with the lease", "err", err)
@@ -179,6 +181,7 @@ func (c *Controller) syncFleet(ctx context.Context) {
 		own := c.ownCounts(color, r.StepStartedAt)
 		p.Colors[color] = own.wire()
 	}
+	tried := c.now()
 	data, err := json.Marshal(p)
 	if err == nil {
 		err = c.cfg.Fleet.PublishCounts(ctx, w, c.cfg.Replica, data)
@@ -187,10 +190,20 @@ func (c *Controller) syncFleet(ctx context.Context) {
 		if ctx.Err() == nil {
 			c.log.Warn("rollout counts not published", "replica", c.cfg.Replica, "err", err)
 		}
+		fv.mu.Lock()
+		if fv.lastPub.IsZero() {
+			fv.lastPub = tried
+		}
+		cut := c.now().Sub(fv.lastPub) >= c.cfg.HoldAfter
+		fv.mu.Unlock()
+		if cut && ctx.Err() == nil {
+			c.hold(true, err)
+		}
 	} else {
 		fv.mu.Lock()
-		fv.withdraw = true
+		fv.withdraw, fv.lastPub = true, tried
 		fv.mu.Unlock()
+		c.hold(false, nil)
 	}
 	sent := c.now()
 	got, err := c.cfg.Fleet.ReadCounts(ctx, w)
@@ -246,6 +259,24 @@ func (c *Controller) syncFleet(ctx context.Context) {
 	}
 	slices.Sort(replicas)
 	fv.window, fv.readAt, fv.others, fv.replicas, fv.err = w, sent, others, replicas, nil
+}
+
+// hold starts or ends holding this replica's rollout traffic on the stable
+// colour (Config.HoldAfter); err is why it starts.
+func (c *Controller) hold(on bool, err error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.held == on {
+		return
+	}
+	c.held = on
+	if on {
+		c.log.Warn("cut off from the fleet: this replica's rollout traffic is held on the stable colour until its counts are published again",
+			"replica", c.cfg.Replica, "for", c.cfg.HoldAfter, "err", err)
+	} else {
+		c.log.Warn("back in the fleet: rollout traffic at the stored weight again", "replica", c.cfg.Replica)
+	}
+	c.applyLocked(c.cur)
 }
 
 // staleAfter is how old the last read of the fleet's counts may be for a

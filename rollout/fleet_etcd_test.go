@@ -283,6 +283,35 @@ func TestFleetExpiredReplicaStopsCounting(t *testing.T) {
 	}
 }
 
+// A replica cut off from etcd during a rollout holds its traffic on the
+// stable colour once it has failed to publish its counts for HoldAfter: the
+// leader no longer sees that traffic, and would not reach it with an
+// abort. The others keep the weight; back in contact, it routes at the
+// stored weight again.
+func TestFleetCutOffReplicaHoldsItsRolloutTraffic(t *testing.T) {
+	c := etcdtest.Start(t, 1)
+	cut := newCutter(t, c.Endpoints())
+	reps := fleetOn(t, c, map[string]string{"c": "etcd://" + cut.addr() + "/fleet"}, "a", "c")
+	a, cr := reps[0], reps[1]
+	startFleetRollout(t, a, rollout.RolloutRequest{To: green, Steps: []int{10, 100}, StepInterval: time.Hour, MinRequests: 10_000}, reps)
+	waitFor(t, "c to route the first step", func() bool { return cr.router.Last() == 10 })
+	cut.cut()
+	cutAt := time.Now()
+	waitFor(t, "c to hold its rollout traffic", func() bool { return cr.router.Last() == 0 })
+	t.Logf("c held %s after the cut", time.Since(cutAt).Round(time.Millisecond))
+	if got := a.router.Last(); got != 10 {
+		t.Fatalf("a, still in the fleet, routes weight %d, want 10", got)
+	}
+	if v := cr.ctl.RolloutStatus(); !v.Held || v.Rollout == nil || v.Weight != 10 {
+		t.Fatalf("c's view: held %v, weight %d, rollout %+v; want held with the stored step's weight 10", v.Held, v.Weight, v.Rollout)
+	}
+	cut.heal()
+	waitFor(t, "c to route the stored weight again", func() bool { return cr.router.Last() == 10 })
+	if v := cr.ctl.RolloutStatus(); v.Held {
+		t.Fatal("c still shows held once back")
+	}
+}
+
 // cutter forwards TCP to an etcd member until cut: then it drops every
 // connection and refuses new ones, as a network partition would.
 type cutter struct {
@@ -329,6 +358,13 @@ func (f *cutter) serve() {
 		go func() { _, _ = io.Copy(up, c); up.Close() }()
 		go func() { _, _ = io.Copy(c, up); c.Close() }()
 	}
+}
+
+// heal lets new connections through again.
+func (f *cutter) heal() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.isCut = false
 }
 
 func (f *cutter) cut() {

@@ -104,6 +104,9 @@ type RolloutView struct {
 	// old for a step to pass (empty when fresh).
 	Replicas   int    `json:"replicas,omitempty"`
 	FleetStale string `json:"fleet_stale,omitempty"`
+	// Held: this replica, cut off from the fleet (Config.HoldAfter),
+	// routes none of its traffic by Weight until it is back.
+	Held bool `json:"held,omitempty"`
 }
 
 // Phases of RolloutView.
@@ -581,6 +584,7 @@ func (c *Controller) viewLocked() RolloutView {
 	v.Colors = map[string]Window{r.To: a.target, r.From: a.base}
 	v.Verdict = a.verdict(r)
 	v.Replicas, v.FleetStale = a.replicas, a.stale
+	v.Held = c.held
 	return v
 }
 

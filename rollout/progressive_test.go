@@ -57,6 +57,13 @@ func (r *weighted) SetActiveWeighted(color string, gen uint64, weight int) error
 	return nil
 }
 
+// Last is the weight of the last call.
+func (r *weighted) Last() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.last
+}
+
 func (r *weighted) Calls() []string {
 	r.mu.Lock()
 	defer r.mu.Unlock()

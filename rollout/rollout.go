@@ -71,6 +71,13 @@ type Config struct {
 	Fleet        FleetCounts
 	Replica      string
 	PublishEvery time.Duration
+	// HoldAfter, with Fleet: once this replica has failed to publish its
+	// counts for this long (the lease they hang on expires after about
+	// that, so the leader no longer sees its traffic, and an abort would
+	// not reach it either), it holds its rollout traffic on the stable
+	// colour until it publishes again, then routes at the stored weight.
+	// Default (0): 3 × PublishEvery.
+	HoldAfter time.Duration
 }
 
 // Request asks for a switch.
@@ -106,6 +113,7 @@ type Controller struct {
 	mu         sync.Mutex
 	cur        state.State // last state stored and applied
 	refusedGen uint64      // generation whose data-plane rollback was refused and logged
+	held       bool        // cut off from the fleet: no rollout weight (Config.HoldAfter)
 
 	fleet fleetView // the other replicas' counts (Config.Fleet)
 }
@@ -137,6 +145,9 @@ func New(cfg Config, store state.Store, router Router, hv HealthView, m *Metrics
 		}
 		if cfg.PublishEvery <= 0 || cfg.PublishEvery > cfg.AnalysisEvery {
 			cfg.PublishEvery = min(DefaultPublishEvery, cfg.AnalysisEvery)
+		}
+		if cfg.HoldAfter <= 0 {
+			cfg.HoldAfter = 3 * cfg.PublishEvery
 		}
 	}
 	if store == nil || router == nil || hv == nil || log == nil {
@@ -334,10 +345,15 @@ func (c *Controller) applyLocked(st state.State) {
 }
 
 // route applies st's active colour and rollout weight in one call when the
-// router can weigh, else the active colour alone.
+// router can weigh, else the active colour alone. A replica that holds
+// (cut off from the fleet) routes no rollout weight. Under c.mu.
 func (c *Controller) route(st state.State) error {
 	if wr, ok := c.router.(WeightedRouter); ok {
-		return wr.SetActiveWeighted(st.Active, st.Generation, weightOf(st))
+		w := weightOf(st)
+		if c.held {
+			w = 0
+		}
+		return wr.SetActiveWeighted(st.Active, st.Generation, w)
 	}
 	return c.router.SetActive(st.Active, st.Generation)
 }

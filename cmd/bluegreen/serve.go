@@ -142,7 +142,7 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, version string, re
 		AutoRollback: cfg.AutoRollback, Window: cfg.RollbackWindow,
 		Leadership: fleet.leadership(),
 		Stats:      rollout.RecorderStats{R: pcfg.Stats}, AnalysisEvery: cfg.RolloutAnalysisInterval,
-		Fleet: fleet.counts, Replica: cfg.ReplicaID,
+		Fleet: fleet.counts, Replica: cfg.ReplicaID, HoldAfter: cfg.EtcdLeaseTTL,
 	}, store, router, hv, rm, log, time.Now)
 	if err != nil {
 		return startupError{err}
