@@ -185,6 +185,11 @@ var framingCases = []faultCase{
 	{name: "HTTP/1.0 with TE", send: "POST /c HTTP/1.0\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n" + smuggle, status: 400, kind: ClientMalformed},
 	{name: "Host with userinfo", send: "GET /c HTTP/1.1\r\nHost: user:pw@evil.example\r\n\r\n", status: 400, kind: ClientMalformed},
 	{name: "HTTP/2 preface", send: "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", status: 400, kind: ClientMalformed},
+	// Refused by net/http itself (after a hand-off on the fast codec):
+	// counted all the same.
+	{name: "conflicting Content-Length", send: "POST /c HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab", status: 400, kind: ClientMalformed},
+	{name: "invalid field name", send: "GET /c HTTP/1.1\r\nHost: a\r\nBad Name: x\r\n\r\n", status: 400, kind: ClientMalformed},
+	{name: "unknown transfer coding", send: "POST /c HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\nab", status: 501, kind: ClientMalformed},
 	{name: "leading CRLF", send: "\r\nGET /c HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", status: 200},
 }
 

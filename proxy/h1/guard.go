@@ -18,7 +18,10 @@ import (
 // ("PRI * HTTP/2.0"). net/http gets a request
 // line it refuses in its place and answers 400 and closes, after the
 // requests before it on the connection. Empty lines before a request line
-// are dropped (§2.2). refused, when set, is called once per refused head.
+// are dropped (§2.2). refused, when set, is called once per refused head,
+// and once for a request net/http refuses itself, before any handler runs
+// (a head it cannot parse, a Content-Length it does not accept, headers
+// too large): its own error answer is seen as it is written.
 //
 // The guard stops following (and passes the bytes as they are) when the
 // connection stops being HTTP/1 (a 101 answer to an upgrade) or when it
@@ -76,13 +79,34 @@ type guardConn struct {
 	// An upgrade request was passed on (upgradeWait) and the answer
 	// written was a 101 (switched); Write runs on another goroutine.
 	upgradeWait, switched atomic.Bool
+	// The guard refused a head and counted it: net/http's answer to the
+	// head put in its place is not counted again.
+	counted atomic.Bool
 }
 
 func (g *guardConn) Write(p []byte) (int, error) {
 	if g.upgradeWait.Load() && bytes.HasPrefix(p, []byte("HTTP/1.1 101")) {
 		g.switched.Store(true)
 	}
+	if g.refused != nil && !g.counted.Load() && isRefusal(p) {
+		g.counted.Store(true) // net/http closes the connection after it
+		g.refused()
+	}
 	return g.Conn.Write(p)
+}
+
+// refusalHeaders follow the status line of the answer net/http writes
+// itself to a request it refuses before any handler runs (400, 431, 501);
+// a handler's answer always carries more (Date, Content-Length).
+var refusalHeaders = []byte("\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\n")
+
+// isRefusal reports whether p is such an answer.
+func isRefusal(p []byte) bool {
+	if !bytes.HasPrefix(p, []byte("HTTP/1.1 4")) && !bytes.HasPrefix(p, []byte("HTTP/1.1 5")) {
+		return false
+	}
+	i := bytes.Index(p, refusalHeaders)
+	return i > 0 && bytes.IndexByte(p[:i], '\n') < 0
 }
 
 // CloseWrite lets net/http half-close after an error response.
@@ -304,6 +328,7 @@ func (g *guardConn) checkHead(head []byte) {
 	}
 	if badFrame || te && cl || te && http10 {
 		if g.refused != nil {
+			g.counted.Store(true)
 			g.refused()
 		}
 		g.pending = []byte(refusedHead)
