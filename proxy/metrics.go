@@ -61,7 +61,7 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 	}
 	clientErrors := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "bluegreen_client_errors_total",
-		Help: "Requests that failed by the client's doing, by kind: malformed (a malformed request or body, 400), timeout (the client stopped sending its body, 408), gone (the client left before its answer, 499). Never counted against an instance.",
+		Help: "Requests that failed by the client's doing, by kind: malformed (a malformed or unsupported request or body: 400, 431 or 501), timeout (the client stopped sending its body, 408), gone (the client left before its answer, 499). Never counted against an instance.",
 	}, []string{"kind"})
 	for i, k := range clientKinds {
 		m.clientErrors[i] = clientErrors.WithLabelValues(k)
