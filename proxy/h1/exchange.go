@@ -364,6 +364,7 @@ func (c *Conn) bodyCame() bool {
 	_ = c.nc.SetReadDeadline(time.Unix(1, 0))
 	err := c.cr.fill()
 	_ = c.nc.SetReadDeadline(time.Time{})
+	c.deadlineSet = true // the idle wait's deadline is gone: re-arm it
 	return c.cr.buffered() > 0 || err != nil && !isTimeout(err)
 }
 
