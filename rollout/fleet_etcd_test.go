@@ -39,6 +39,7 @@ type replica struct {
 	ctl    *rollout.Controller
 	lead   *etcd.Leader // nil: this replica does not campaign
 	router *weighted
+	reg    *prometheus.Registry
 	stop   func()
 }
 
@@ -67,7 +68,8 @@ func startReplica(t *testing.T, spec, id string, campaign bool) *replica {
 		})
 		cfg.Leadership = r.lead
 	}
-	m, err := rollout.NewMetrics(prometheus.NewRegistry())
+	r.reg = prometheus.NewRegistry()
+	m, err := rollout.NewMetrics(r.reg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -304,6 +306,13 @@ func TestFleetCutOffReplicaHoldsItsRolloutTraffic(t *testing.T) {
 	}
 	if v := cr.ctl.RolloutStatus(); !v.Held || v.Rollout == nil || v.Weight != 10 {
 		t.Fatalf("c's view: held %v, weight %d, rollout %+v; want held with the stored step's weight 10", v.Held, v.Weight, v.Rollout)
+	}
+	// bluegreen_rollout_weight shows what the replica routes.
+	if w, _ := metric(t, cr.reg, "bluegreen_rollout_weight", "color", green); w != 0 {
+		t.Fatalf("held c's bluegreen_rollout_weight{color=green} = %v, want 0", w)
+	}
+	if w, _ := metric(t, a.reg, "bluegreen_rollout_weight", "color", green); w != 10 {
+		t.Fatalf("a's bluegreen_rollout_weight{color=green} = %v, want 10", w)
 	}
 	cut.heal()
 	waitFor(t, "c to route the stored weight again", func() bool { return cr.router.Last() == 10 })

@@ -93,7 +93,7 @@ func (m *Metrics) count(from, to, trigger, result string) {
 	m.cutovers.WithLabelValues(from, to, trigger, result).Inc()
 }
 
-func (m *Metrics) applied(st state.State, colors [2]string) {
+func (m *Metrics) applied(st state.State, colors [2]string, held bool) {
 	if m == nil {
 		return
 	}
@@ -108,6 +108,9 @@ func (m *Metrics) applied(st state.State, colors [2]string) {
 	w, step := 0, 0
 	if r := st.Rollout; r != nil {
 		w, step = r.Weight, r.Step+1
+	}
+	if held { // what this replica routes (Controller.route), not the stored weight
+		w = 0
 	}
 	for _, c := range colors {
 		v := float64(w)

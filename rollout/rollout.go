@@ -188,7 +188,7 @@ func (c *Controller) Init(ctx context.Context) error {
 		return fmt.Errorf("apply state: %w", err)
 	}
 	c.cur = st
-	c.metrics.applied(st, c.cfg.Colors)
+	c.metrics.applied(st, c.cfg.Colors, c.held)
 	c.log.Info("state loaded", "active", st.Active, "previous", st.Previous, "generation", st.Generation)
 	return nil
 }
@@ -341,7 +341,7 @@ func (c *Controller) applyLocked(st state.State) {
 		return
 	}
 	c.cur = st
-	c.metrics.applied(st, c.cfg.Colors)
+	c.metrics.applied(st, c.cfg.Colors, c.held)
 }
 
 // route applies st's active colour and rollout weight in one call when the
