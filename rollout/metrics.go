@@ -93,7 +93,9 @@ func (m *Metrics) count(from, to, trigger, result string) {
 	m.cutovers.WithLabelValues(from, to, trigger, result).Inc()
 }
 
-func (m *Metrics) applied(st state.State, colors [2]string, held bool) {
+// applied reports st, routed with weight percent of the clients on the
+// idle colour (Controller.routedWeight).
+func (m *Metrics) applied(st state.State, colors [2]string, weight int) {
 	if m == nil {
 		return
 	}
@@ -105,12 +107,9 @@ func (m *Metrics) applied(st state.State, colors [2]string, held bool) {
 		m.active.WithLabelValues(c).Set(v)
 	}
 	m.generation.Set(float64(st.Generation))
-	w, step := 0, 0
+	w, step := weight, 0
 	if r := st.Rollout; r != nil {
-		w, step = r.Weight, r.Step+1
-	}
-	if held { // what this replica routes (Controller.route), not the stored weight
-		w = 0
+		step = r.Step + 1
 	}
 	for _, c := range colors {
 		v := float64(w)

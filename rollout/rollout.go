@@ -188,7 +188,7 @@ func (c *Controller) Init(ctx context.Context) error {
 		return fmt.Errorf("apply state: %w", err)
 	}
 	c.cur = st
-	c.metrics.applied(st, c.cfg.Colors, c.held)
+	c.metrics.applied(st, c.cfg.Colors, c.routedWeight(st))
 	c.log.Info("state loaded", "active", st.Active, "previous", st.Previous, "generation", st.Generation)
 	return nil
 }
@@ -341,21 +341,25 @@ func (c *Controller) applyLocked(st state.State) {
 		return
 	}
 	c.cur = st
-	c.metrics.applied(st, c.cfg.Colors, c.held)
+	c.metrics.applied(st, c.cfg.Colors, c.routedWeight(st))
 }
 
 // route applies st's active colour and rollout weight in one call when the
-// router can weigh, else the active colour alone. A replica that holds
-// (cut off from the fleet) routes no rollout weight. Under c.mu.
+// router can weigh, else the active colour alone. Under c.mu.
 func (c *Controller) route(st state.State) error {
 	if wr, ok := c.router.(WeightedRouter); ok {
-		w := weightOf(st)
-		if c.held {
-			w = 0
-		}
-		return wr.SetActiveWeighted(st.Active, st.Generation, w)
+		return wr.SetActiveWeighted(st.Active, st.Generation, c.routedWeight(st))
 	}
 	return c.router.SetActive(st.Active, st.Generation)
+}
+
+// routedWeight is the rollout weight this replica routes by st: none while
+// it holds (cut off from the fleet, Config.HoldAfter). Under c.mu.
+func (c *Controller) routedWeight(st state.State) int {
+	if c.held {
+		return 0
+	}
+	return weightOf(st)
 }
 
 // HealthChanged tells the controller that some instance changed health. It

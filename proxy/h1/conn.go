@@ -45,9 +45,8 @@ type Conn struct {
 	arrived, stop        bool      // the wait took a request in and left it to serveConn; the connection is to close
 	pending              *Exchange // that request, parsed (nil: parse what is buffered)
 	pendingErr           error
-
-	parkSlot uint32 // its slot in the parker while parked (park_linux.go)
-	parkable bool   // accepted by Serve, with a RawConn, and the Server parks idle connections
+	parkSlot             uint32 // its slot in the parker while parked (park_linux.go)
+	parkable             bool   // accepted by Serve, with a RawConn, and the Server parks idle connections
 }
 
 // States of Conn.waiting.

@@ -1,7 +1,6 @@
 package h2
 
 import (
-	"errors"
 	"strconv"
 	"time"
 
@@ -12,9 +11,8 @@ import (
 // flow-control windows. A connection error is returned (GOAWAY, close); a
 // stream error resets that stream and the connection goes on.
 
-var errCalm = errors.New("h2: too many refused streams")
-
-// calm ends a connection that spent a budget of frames (see conn.emptyRun).
+// calm ends a connection that spent a budget: streams refused in a row
+// (refusedLimit), or frames that cost work and nothing else (conn.emptyRun).
 func (c *conn) calm() error {
 	c.s.protocolError()
 	return http2.ConnectionError(http2.ErrCodeEnhanceYourCalm)
@@ -147,8 +145,7 @@ func (c *conn) processHeaders(f *http2.MetaHeadersFrame) error {
 		calm := c.refused > refusedLimit
 		c.mu.Unlock()
 		if calm {
-			c.s.protocolError()
-			return http2.ConnectionError(http2.ErrCodeEnhanceYourCalm)
+			return c.calm()
 		}
 		c.resetStream(id, http2.ErrCodeRefusedStream)
 		return nil
