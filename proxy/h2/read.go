@@ -349,7 +349,8 @@ func (c *conn) processWindowUpdate(f *http2.WindowUpdateFrame) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.updates++
-	if c.updates > updatesPerFrame*(1+c.dataSent+c.opened) {
+	if c.updates > updatesPerFrame*(1+c.dataSent+c.opened) ||
+		int64(c.dribbles) > dribbleLimit+c.dataBytes/dribbleBytes {
 		return c.calm()
 	}
 	if f.StreamID == 0 {

@@ -104,6 +104,16 @@ const (
 	// waiting for window: at most this many per DATA frame sent and per
 	// stream opened, plus this many.
 	updatesPerFrame = 10
+	// A DATA frame cut short by a window under dribbleFrame bytes (the
+	// answer had more to send) is a dribble: a client that grants window a
+	// few bytes at a time draws a frame, a write and a wake-up per grant
+	// (CVE-2019-9511). A connection may cause dribbleLimit of them, plus
+	// one per dribbleBytes of DATA sent. Clients grant back what they
+	// read, half a window or more at a time: even one with a 1 KiB
+	// window draws 512-byte frames, which are not dribbles.
+	dribbleFrame = 128
+	dribbleLimit = 100
+	dribbleBytes = 8 << 10
 )
 
 // orDefault is v when set (positive), else d: the zero value of a Server
@@ -267,7 +277,9 @@ type conn struct {
 	priorities int // PRIORITY frames
 	updates    int // WINDOW_UPDATE frames
 	opened     int // streams the client opened
-	dataSent   int // DATA frames granted window for (awaitWindow)
+	dataSent   int // DATA frames granted window for (takeWindowLocked)
+	dataBytes  int64
+	dribbles   int // DATA frames cut short by a window under dribbleFrame
 
 	work        chan *Stream // idle stream goroutines wait here for the next stream
 	idleWorkers atomic.Int32

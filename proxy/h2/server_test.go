@@ -201,6 +201,8 @@ func TestFloodsOfFreeFramesAreCalmed(t *testing.T) {
 			ok(st)
 		case "/big":
 			_ = st.WriteHeaders(200, nil, make([]byte, 300<<10), true)
+		case "/2k":
+			_ = st.WriteHeaders(200, nil, make([]byte, 2<<10), true)
 		default:
 			ok(st)
 		}
@@ -293,6 +295,51 @@ func TestFloodsOfFreeFramesAreCalmed(t *testing.T) {
 		})
 		if !done || ga != nil || got != 300<<10 {
 			t.Fatalf("download ended=%v after %d bytes, GOAWAY %v", done, got, ga)
+		}
+	})
+	// download reads stream 1 on c, granting back on the stream what each
+	// DATA frame carried, until the stream or the connection ends.
+	download := func(c *h2test.Client) (got int, ended bool, ga *http2.GoAwayFrame) {
+		ended, ga = c.Until(func(f http2.Frame) bool {
+			d, isData := f.(*http2.DataFrame)
+			if !isData {
+				_, isRST := f.(*http2.RSTStreamFrame)
+				return isRST
+			}
+			got += len(d.Data())
+			if n := uint32(len(d.Data())); n > 0 && !d.StreamEnded() {
+				_ = c.Fr.WriteWindowUpdate(1, n)
+			}
+			return d.StreamEnded()
+		})
+		return got, ended, ga
+	}
+	t.Run("a small window granted back", func(t *testing.T) {
+		// A client whose window is 100 bytes draws 100-byte frames: a
+		// small answer is served.
+		c := dial(t, addr, http2.Setting{ID: http2.SettingInitialWindowSize, Val: 100})
+		c.Request(1, "/2k", true)
+		if got, ended, ga := download(c); !ended || ga != nil || got != 2<<10 {
+			t.Fatalf("download ended=%v after %d bytes, GOAWAY %v", ended, got, ga)
+		}
+	})
+	t.Run("data dribble (CVE-2019-9511)", func(t *testing.T) {
+		// A window of 1 byte granted back byte by byte: a frame per byte.
+		before := errs.Load()
+		c := dial(t, addr, http2.Setting{ID: http2.SettingInitialWindowSize, Val: 1})
+		c.Request(1, "/big", true)
+		got, ended, ga := download(c)
+		if ended {
+			t.Fatalf("the answer ended after %d bytes of 1-byte frames", got)
+		}
+		if got > dribbleLimit+1 {
+			t.Fatalf("%d 1-byte frames sent, budget %d", got, dribbleLimit)
+		}
+		if ga == nil || ga.ErrCode != http2.ErrCodeEnhanceYourCalm {
+			t.Fatalf("after %d 1-byte frames: GOAWAY %v, want ENHANCE_YOUR_CALM", got, ga)
+		}
+		if errs.Load() <= before {
+			t.Fatal("not counted as a protocol error")
 		}
 	})
 	t.Run("WINDOW_UPDATE flood", func(t *testing.T) {

@@ -178,11 +178,7 @@ func (st *Stream) WriteHeaders(status int, fields []hpack.HeaderField, data []by
 		return ErrReset
 	}
 	st.headersSent = true
-	n := int64(len(data))
-	n = min(n, st.sendWindow, c.sendWindow)
-	n = max(n, 0)
-	st.sendWindow -= n
-	c.sendWindow -= n
+	n := st.takeWindowLocked(len(data))
 	maxFrame := c.peerMaxFrame
 	all := n == int64(len(data))
 	if end && all {
@@ -286,11 +282,22 @@ func (st *Stream) awaitWindow(want int) (int, uint32, error) {
 	case !ready:
 		return 0, 0, ErrStalled
 	}
-	n := min(int64(want), st.sendWindow, c.sendWindow)
+	return int(st.takeWindowLocked(want)), c.peerMaxFrame, nil
+}
+
+// takeWindowLocked takes up to want bytes of both send windows and keeps
+// the flood budgets' counts of what was sent. Under c.mu.
+func (st *Stream) takeWindowLocked(want int) int64 {
+	c := st.c
+	n := max(min(int64(want), st.sendWindow, c.sendWindow), 0)
 	st.sendWindow -= n
 	c.sendWindow -= n
 	c.dataSent += int((n + int64(c.peerMaxFrame) - 1) / int64(c.peerMaxFrame))
-	return int(n), c.peerMaxFrame, nil
+	c.dataBytes += n
+	if n > 0 && n < int64(want) && n < dribbleFrame {
+		c.dribbles++
+	}
+	return n
 }
 
 // WriteTrailers ends the stream with a trailing HEADERS frame.
