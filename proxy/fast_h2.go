@@ -499,8 +499,9 @@ func (h *h2Handler) relay(st *h2.Stream, x *h2Scratch, uc *h1.UpConn, b *Backend
 		case err != nil || werr != nil:
 			_ = st.WriteData(nil, true)
 		}
-	case werr != nil || st.IsReset():
-		// The client reset the stream or left: its doing.
+	case werr != nil || st.IsReset() && !st.Answered():
+		// The client reset the stream or left before it had the whole
+		// answer: its doing.
 		uc.Close()
 		o.status, o.fault, o.kind = 499, clientFault, ClientGone
 		if errors.Is(werr, h2.ErrStalled) {

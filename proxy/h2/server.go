@@ -245,6 +245,7 @@ type conn struct {
 	wcond    sync.Cond // a flush ended
 	flushing bool      // a writer is writing the buffer to the connection
 	wbuf     writeBuf
+	wdone    int64 // of wbuf.total, the bytes written to the connection
 	spare    []byte
 	wfr      *http2.Framer
 	henc     *hpack.Encoder
@@ -286,10 +287,14 @@ type conn struct {
 }
 
 // writeBuf collects frames for one write to the connection.
-type writeBuf struct{ b []byte }
+type writeBuf struct {
+	b     []byte
+	total int64 // bytes ever appended
+}
 
 func (w *writeBuf) Write(p []byte) (int, error) {
 	w.b = append(w.b, p...)
+	w.total += int64(len(p))
 	return len(p), nil
 }
 
@@ -636,8 +641,9 @@ func (c *conn) flushAll() {
 		c.wbuf.b = c.spare[:0]
 		c.wmu.Unlock()
 		_ = c.nc.SetWriteDeadline(time.Now().Add(c.s.stall()))
-		_, err := c.nc.Write(buf)
+		n, err := c.nc.Write(buf)
 		c.wmu.Lock()
+		c.wdone += int64(n)
 		if cap(buf) <= 64<<10 { // a burst's large buffer is not kept
 			c.spare = buf[:0]
 		} else {

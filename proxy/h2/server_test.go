@@ -66,6 +66,47 @@ func TestPanickingHandlerResetsItsStreamOnly(t *testing.T) {
 	}
 }
 
+// TestAnsweredSurvivesTheClientLeaving: a client that closes its
+// connection as soon as an answer ended resets the stream (IsReset), but
+// the answer went out whole (Answered), which the proxy counts as served,
+// not as the client gone; an answer cut short by the client leaving is
+// not Answered.
+func TestAnsweredSurvivesTheClientLeaving(t *testing.T) {
+	type seen struct{ reset, answered bool }
+	got := make(chan seen, 1)
+	addr := serveTest(t, &Server{Handler: handlerFunc(func(st *Stream) {
+		gone := make(chan struct{})
+		st.OnReset(func() { close(gone) })
+		if st.Path == "/whole" {
+			ok(st)
+		} else {
+			_ = st.WriteHeaders(200, nil, []byte("part"), false)
+		}
+		select {
+		case <-gone:
+		case <-time.After(5 * time.Second):
+		}
+		st.OnReset(nil)
+		got <- seen{st.IsReset(), st.Answered()}
+	})})
+	for _, tc := range []struct {
+		path string
+		want seen
+	}{{"/whole", seen{true, true}}, {"/part", seen{true, false}}} {
+		c := dial(t, addr)
+		c.Request(1, tc.path, true)
+		c.Until(func(f http2.Frame) bool {
+			d, isData := f.(*http2.DataFrame)
+			return isData && (d.StreamEnded() || tc.path == "/part")
+		})
+		c.Conn.Close()
+		if s := <-got; s != tc.want {
+			t.Errorf("%s: after the client left, IsReset %v Answered %v, want %v %v",
+				tc.path, s.reset, s.answered, tc.want.reset, tc.want.answered)
+		}
+	}
+}
+
 func TestZeroWindowStallIsBounded(t *testing.T) {
 	stalled := make(chan error, 1)
 	addr := serveTest(t, &Server{StallTimeout: 200 * time.Millisecond, Handler: handlerFunc(func(st *Stream) {

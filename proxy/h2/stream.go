@@ -47,6 +47,8 @@ type Stream struct {
 	trailers    []hpack.HeaderField // of the request body
 	expired     bool                // the wait of waitLocked timed out
 	waits       uint64
+
+	endAt int64 // under c.wmu: c.wbuf.total with our END_STREAM buffered; 0: not yet
 }
 
 // ErrReset is returned by a stream's writes and reads once the client
@@ -190,6 +192,9 @@ func (st *Stream) WriteHeaders(status int, fields []hpack.HeaderField, data []by
 		if n > 0 || len(data) > 0 && end && all {
 			c.writeData(st.id, data[:n], end && all, maxFrame)
 		}
+		if end && all {
+			st.endAt = c.wbuf.total
+		}
 	})
 	if err != nil {
 		return ErrReset
@@ -257,7 +262,12 @@ func (st *Stream) WriteData(p []byte, end bool) error {
 			c.mu.Unlock()
 		}
 		chunk := p[:n]
-		if err := c.write(func() { c.writeData(st.id, chunk, end && last, maxFrame) }); err != nil {
+		if err := c.write(func() {
+			c.writeData(st.id, chunk, end && last, maxFrame)
+			if end && last {
+				st.endAt = c.wbuf.total
+			}
+		}); err != nil {
 			return ErrReset
 		}
 		if last {
@@ -313,6 +323,7 @@ func (st *Stream) WriteTrailers(fields []hpack.HeaderField) error {
 	c.mu.Unlock()
 	err := c.write(func() {
 		c.writeFields(st.id, 0, fields, true, maxFrame)
+		st.endAt = c.wbuf.total
 	})
 	if err != nil {
 		return ErrReset
@@ -333,6 +344,17 @@ func (st *Stream) Reset(code http2.ErrCode) {
 	st.cancelLocked()
 	c.mu.Unlock()
 	c.resetStream(st.id, code)
+}
+
+// Answered reports whether the stream's END_STREAM went to the
+// connection's socket: the client has the whole answer, whatever becomes
+// of the stream or the connection after (a client that closes its
+// connection at once resets every stream, IsReset).
+func (st *Stream) Answered() bool {
+	c := st.c
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	return st.endAt > 0 && st.endAt <= c.wdone
 }
 
 // HeadersSent reports whether the response head went out.
