@@ -67,7 +67,8 @@ func TestPanickingHandlerResetsItsStreamOnly(t *testing.T) {
 }
 
 // TestAnsweredSurvivesTheClientLeaving: a client that closes its
-// connection as soon as an answer ended resets the stream (IsReset), but
+// connection (or resets the stream) as soon as an answer ended resets the
+// stream (IsReset), but
 // the answer went out whole (Answered), which the proxy counts as served,
 // not as the client gone; an answer cut short by the client leaving is
 // not Answered.
@@ -90,19 +91,29 @@ func TestAnsweredSurvivesTheClientLeaving(t *testing.T) {
 		got <- seen{st.IsReset(), st.Answered()}
 	})})
 	for _, tc := range []struct {
-		path string
-		want seen
-	}{{"/whole", seen{true, true}}, {"/part", seen{true, false}}} {
+		path  string
+		leave string // how the client leaves: "close" its connection, or "reset" the stream
+		want  seen
+	}{
+		{"/whole", "close", seen{true, true}},
+		{"/whole", "reset", seen{true, true}},
+		{"/part", "close", seen{true, false}},
+		{"/part", "reset", seen{true, false}},
+	} {
 		c := dial(t, addr)
 		c.Request(1, tc.path, true)
 		c.Until(func(f http2.Frame) bool {
 			d, isData := f.(*http2.DataFrame)
 			return isData && (d.StreamEnded() || tc.path == "/part")
 		})
-		c.Conn.Close()
+		if tc.leave == "reset" {
+			_ = c.Fr.WriteRSTStream(1, http2.ErrCodeCancel)
+		} else {
+			c.Conn.Close()
+		}
 		if s := <-got; s != tc.want {
-			t.Errorf("%s: after the client left, IsReset %v Answered %v, want %v %v",
-				tc.path, s.reset, s.answered, tc.want.reset, tc.want.answered)
+			t.Errorf("%s, client %s: IsReset %v Answered %v, want %v %v",
+				tc.path, tc.leave, s.reset, s.answered, tc.want.reset, tc.want.answered)
 		}
 	}
 }
