@@ -143,7 +143,11 @@ func (h *h2Handler) ServeH2(st *h2.Stream) {
 		}
 		sent := false
 		if uc != nil {
-			st.OnReset(uc.Interrupt)
+			if hasBody {
+				st.OnReset(uc.Interrupt) // a request cut mid-body cannot end cleanly
+			} else {
+				st.OnReset(uc.Abandon)
+			}
 			sent, err = h.send(st, x, uc, b.conns.Prefix())
 			if err == nil {
 				err = uc.ReadHead(&x.res, rt.respHeaderTimeout, func(res *h1.Head) { h.informational(st, x, res) })
@@ -409,6 +413,11 @@ func (h *h2Handler) responseFields(x *h2Scratch, res *h1.Head) []hpack.HeaderFie
 	return fields
 }
 
+// abandonDrain bounds what is read and dropped of an answer whose client
+// reset its stream, to keep the instance connection: a longer answer
+// costs the connection instead.
+const abandonDrain = 256 << 10
+
 // relay writes the instance's answer, whose head is in x.res, to the
 // stream and finishes the request.
 func (h *h2Handler) relay(st *h2.Stream, x *h2Scratch, uc *h1.UpConn, b *Backend, o *outcome, setCookie string) {
@@ -501,8 +510,13 @@ func (h *h2Handler) relay(st *h2.Stream, x *h2Scratch, uc *h1.UpConn, b *Backend
 		}
 	case werr != nil || st.IsReset() && !st.Answered():
 		// The client reset the stream or left before it had the whole
-		// answer: its doing.
-		uc.Close()
+		// answer: its doing. The rest of a short answer is read and
+		// dropped, and the connection kept (Abandon).
+		if err == nil && body.Drain(abandonDrain) {
+			body.Finish(b.conns)
+		} else {
+			uc.Close()
+		}
 		o.status, o.fault, o.kind = 499, clientFault, ClientGone
 		if errors.Is(werr, h2.ErrStalled) {
 			o.kind = ClientTimeout

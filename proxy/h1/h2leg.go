@@ -50,6 +50,31 @@ func (c *UpConn) WriteBody(p []byte) (early bool, err error) {
 // closed with Close, not pooled.
 func (c *UpConn) Interrupt() { _ = c.nc.Close() }
 
+// AbandonGrace is how long an abandoned exchange may still take to end
+// cleanly.
+const AbandonGrace = time.Second
+
+// Abandon is Interrupt for an exchange whose client left but which may
+// still end cleanly: the instance gets AbandonGrace from now to answer and
+// send the rest of its answer, after which what waits on the connection
+// fails. An answer that ends within it (LegBody.Drain) leaves the
+// connection reusable, so a client resetting the requests it sent costs
+// the instance no connection. From any goroutine.
+func (c *UpConn) Abandon() {
+	t := time.Now().Add(AbandonGrace)
+	c.abandoned.Store(t.UnixNano())
+	_ = c.nc.SetDeadline(t)
+}
+
+// keepAbandoned puts back an abandon's deadline over one just set: Abandon
+// stores its time before it sets the deadline, so either this sees it or
+// Abandon's deadline comes last.
+func (c *UpConn) keepAbandoned() {
+	if a := c.abandoned.Load(); a != 0 {
+		_ = c.nc.SetDeadline(time.Unix(0, a))
+	}
+}
+
 // Reused reports whether the connection came from the idle pool.
 func (c *UpConn) Reused() bool { return c.reused }
 
@@ -60,7 +85,11 @@ func (c *UpConn) Reused() bool { return c.reused }
 func (c *UpConn) ReadHead(res *Head, timeout time.Duration, info func(res *Head)) error {
 	if timeout > 0 {
 		_ = c.nc.SetReadDeadline(time.Now().Add(timeout))
-		defer c.nc.SetReadDeadline(time.Time{})
+		c.keepAbandoned()
+		defer func() {
+			_ = c.nc.SetReadDeadline(time.Time{})
+			c.keepAbandoned()
+		}()
 	}
 	return c.readHead(res, info)
 }
@@ -274,6 +303,27 @@ func (b *LegBody) trailers() error {
 		}
 		b.Trailers = append(b.Trailers, append([]byte(nil), ln[:len(ln)-2]...))
 	}
+}
+
+// Drain reads and drops the rest of the body of an abandoned exchange
+// (Abandon), at most max bytes and within the abandon's grace. It reports
+// whether the answer ended cleanly, so that Finish may pool the
+// connection; false for an exchange not abandoned.
+func (b *LegBody) Drain(max int64) bool {
+	if b.uc.abandoned.Load() == 0 {
+		return false
+	}
+	for n := int64(0); n <= max; {
+		p, err := b.Next()
+		if err == io.EOF {
+			return true
+		}
+		if err != nil {
+			return false
+		}
+		n += int64(len(p))
+	}
+	return false
 }
 
 // Finish returns the connection to u when the body was read to its end

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"net"
 	"strings"
+	"sync/atomic"
 	"time"
 )
 
@@ -38,6 +39,9 @@ type UpConn struct {
 	// answer (readResponseHead).
 	lazy bool
 	pend []byte
+	// abandoned: the unix nanoseconds until which an exchange whose client
+	// left may still end cleanly (Abandon); 0: not abandoned.
+	abandoned atomic.Int64
 }
 
 // ErrStaleConn: a pooled instance connection taken by GetUnchecked was
@@ -116,6 +120,10 @@ func (u *Upstream) Put(c *UpConn) {
 		return
 	}
 	c.cr.release()
+	if c.abandoned.Load() != 0 { // its answer ended within the grace: as good as new
+		c.abandoned.Store(0)
+		_ = c.nc.SetDeadline(time.Time{})
+	}
 	if !u.idle.Push(c, u.now(), u.maxIdle) {
 		c.Close()
 	}
