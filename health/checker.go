@@ -25,6 +25,8 @@ import (
 	"sync/atomic"
 	"time"
 	"unicode/utf8"
+
+	"github.com/cryoprotect/bluegreen/internal/localfault"
 )
 
 // Defaults applied by NewChecker to unset Config fields.
@@ -347,6 +349,13 @@ func (c *Checker) check(ctx context.Context, in *instance, delay time.Duration) 
 	err := c.probe(ctx, in)
 	if ctx.Err() != nil {
 		// Cut short by the caller (shutdown): says nothing about the backend.
+		return
+	}
+	if kind, ok := localfault.Of(err); ok {
+		// Not sent: the proxy is out of descriptors, ports or memory,
+		// which says nothing about the backend either.
+		c.log.Error("health probe not sent: the proxy is out of a resource of its own", "color", c.color,
+			"instance", in.name, "kind", kind, "error", err)
 		return
 	}
 	c.record(in, err)

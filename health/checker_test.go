@@ -3,12 +3,16 @@ package health
 import (
 	"context"
 	"fmt"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"os"
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -422,5 +426,54 @@ func TestShorten(t *testing.T) {
 				t.Errorf("shorten(%q, %d) = %q, want %q", tc.in, tc.n, got, tc.want)
 			}
 		})
+	}
+}
+
+// TestLocalFaultsSayNothingAboutTheBackend: a probe the proxy could not send
+// for want of a resource of its own (descriptors, local ports, memory)
+// neither passes nor fails the instance: a proxy out of descriptors must
+// not take every healthy instance down (and, after a cutover, roll a good
+// release back). A refused connection, the instance's doing, still fails
+// it.
+func TestLocalFaultsSayNothingAboutTheBackend(t *testing.T) {
+	b := newBackend(t, true)
+	var dialErr atomic.Pointer[error] // nil: dial the backend
+	tr := &http.Transport{
+		DisableKeepAlives: true, // every probe dials
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			if e := dialErr.Load(); e != nil {
+				return nil, &net.OpError{Op: "dial", Net: network, Err: *e}
+			}
+			var d net.Dialer
+			return d.DialContext(ctx, network, addr)
+		},
+	}
+	t.Cleanup(tr.CloseIdleConnections)
+	rep := &recorder{}
+	c := NewChecker("green", []*url.URL{b.URL(t)}, Config{Rise: 1, Fall: 1}, &http.Client{Transport: tr}, rep, nil, nil, nil)
+	c.CheckOnce(t.Context())
+	if c.Healthy() != 1 {
+		t.Fatalf("healthy backend: %+v", c.Status())
+	}
+	for _, errno := range []syscall.Errno{syscall.EMFILE, syscall.ENFILE, syscall.EADDRNOTAVAIL, syscall.ENOBUFS} {
+		e := error(os.NewSyscallError("socket", errno))
+		dialErr.Store(&e)
+		c.CheckOnce(t.Context())
+		if c.Healthy() != 1 {
+			t.Errorf("a probe not sent (%v) took the instance down: %+v", errno, c.Status())
+		}
+	}
+	e := error(os.NewSyscallError("connect", syscall.ECONNREFUSED))
+	dialErr.Store(&e)
+	c.CheckOnce(t.Context())
+	if c.Healthy() != 0 {
+		t.Errorf("a refused probe left the instance up: %+v", c.Status())
+	}
+	events := ""
+	for _, ev := range rep.take() {
+		events += map[bool]string{true: "U", false: "D"}[ev.up]
+	}
+	if events != "UD" {
+		t.Errorf("reports %q, want up then down only at the refusal", events)
 	}
 }

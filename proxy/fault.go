@@ -9,6 +9,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/cryoprotect/bluegreen/internal/localfault"
 	"github.com/cryoprotect/bluegreen/proxy/h1"
 )
 
@@ -19,6 +20,7 @@ const (
 	noFault       fault = iota
 	clientFault         // the client's: counted in bluegreen_client_errors_total, never against an instance
 	instanceFault       // the instance's: counted in bluegreen_upstream_errors_total and fed to outlier detection
+	localFault          // the proxy's own (out of descriptors, ports or memory): bluegreen_local_errors_total, nobody charged
 )
 
 // Kinds of bluegreen_client_errors_total.
@@ -39,8 +41,10 @@ type verdict struct {
 
 // judge is the one place that decides whose fault a failure is, and the
 // status that answers it. A *h1.ClientError (from either codec) or a
-// cancelled request is the client's; anything else is the instance's, of
-// a kind of bluegreen_upstream_errors_total.
+// cancelled request is the client's; a connection the proxy could not open
+// for want of a resource of its own is nobody's but the proxy's (503, of a
+// kind of localfault); anything else is the instance's, of a kind of
+// bluegreen_upstream_errors_total.
 func judge(ctx context.Context, err error) verdict {
 	var ce *h1.ClientError
 	if errors.As(err, &ce) {
@@ -48,6 +52,9 @@ func judge(ctx context.Context, err error) verdict {
 	}
 	if ctx.Err() != nil && errors.Is(err, context.Canceled) {
 		return clientVerdict(ClientGone)
+	}
+	if kind, ok := localfault.Of(err); ok {
+		return verdict{status: http.StatusServiceUnavailable, fault: localFault, kind: kind}
 	}
 	status, kind := classify(err)
 	return verdict{status: status, fault: instanceFault, kind: kind}

@@ -7,6 +7,8 @@ import (
 	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/cryoprotect/bluegreen/internal/localfault"
 )
 
 // Metrics are the data plane's Prometheus series. Create them once with
@@ -20,6 +22,7 @@ type Metrics struct {
 	retries        *prometheus.CounterVec
 	ejections      *prometheus.CounterVec
 	clientErrors   [len(clientKinds)]prometheus.Counter
+	localErrors    [len(localfault.Kinds)]prometheus.Counter
 }
 
 // DurationBuckets are the request_duration_seconds buckets: finer than the
@@ -66,7 +69,14 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 	for i, k := range clientKinds {
 		m.clientErrors[i] = clientErrors.WithLabelValues(k)
 	}
-	for _, c := range []prometheus.Collector{m.requests, m.duration, m.inflight, m.upstreamErrors, m.draining, m.retries, m.ejections, clientErrors} {
+	localErrors := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "bluegreen_local_errors_total",
+		Help: "Requests that failed for want of a resource of the proxy's own, answered 503, by kind: fds (the descriptor limit), ports (no local port to connect from), memory (kernel buffers). Never counted against an instance or a client.",
+	}, []string{"kind"})
+	for i, k := range localfault.Kinds {
+		m.localErrors[i] = localErrors.WithLabelValues(k)
+	}
+	for _, c := range []prometheus.Collector{m.requests, m.duration, m.inflight, m.upstreamErrors, m.draining, m.retries, m.ejections, clientErrors, localErrors} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("proxy metrics: %w", err)
 		}
@@ -208,6 +218,20 @@ func (cm *colorMetrics) ejectionCounter(instance string) prometheus.Counter {
 		return nil
 	}
 	return cm.ejects.WithLabelValues(cm.color, instance)
+}
+
+// localError counts a request that failed for want of a resource of the
+// proxy's own.
+func (m *Metrics) localError(kind string) {
+	if m == nil {
+		return
+	}
+	for i, k := range localfault.Kinds {
+		if k == kind {
+			m.localErrors[i].Inc()
+			return
+		}
+	}
 }
 
 // clientError counts a request that failed by the client's doing.

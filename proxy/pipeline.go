@@ -71,13 +71,17 @@ func (rt *Router) finish(o *outcome) {
 	case instanceFault:
 		rt.log.Warn("upstream error", "color", p.color, "instance", o.inst.name, "kind", o.kind,
 			"method", o.method, "path", o.path, "status", o.status, "err", o.err)
+	case localFault:
+		rt.metrics.localError(o.kind)
+		rt.log.Error("no connection to the instance: the proxy is out of a resource of its own", "color", p.color,
+			"instance", o.inst.name, "kind", o.kind, "method", o.method, "status", o.status, "err", o.err)
 	}
 	if o.b == nil {
-		rt.record(p, o.status, time.Time{}, -1, true)
+		rt.record(p, o.status, o.fault, time.Time{}, -1, true)
 		return
 	}
 	elapsed := p.end(o.b, o.start, o.longLived)
-	rt.record(p, o.status, o.start, elapsed, o.longLived)
+	rt.record(p, o.status, o.fault, o.start, elapsed, o.longLived)
 	if rt.access != nil {
 		inst := o.inst
 		if inst == nil {
@@ -147,7 +151,7 @@ type attempt struct {
 func (p *Pool) attemptFailed(ctx context.Context, b *Backend, err error, a attempt) (v verdict, next *Backend, fresh bool) {
 	v = judge(ctx, err)
 	if v.fault != instanceFault {
-		return v, nil, false // the client's doing: nobody is charged, nothing is retried
+		return v, nil, false // the client's doing or the proxy's own: nobody is charged, nothing is retried
 	}
 	b.errs.inc(v.kind)
 	b.failedAttempt(v.kind) // colorfail.go: outlier detection and the data plane's evidence

@@ -10,16 +10,20 @@ import (
 // what the client got, start and elapsed when it started and how long it
 // took (a zero start means "now"). The latency of a long-lived request is
 // not a response time and is left out.
-func (rt *Router) record(p *Pool, status int, start time.Time, elapsed time.Duration, longLived bool) {
+func (rt *Router) record(p *Pool, status int, f fault, start time.Time, elapsed time.Duration, longLived bool) {
 	if rt.stats == nil {
 		return
 	}
 	if longLived {
 		elapsed = -1
 	}
+	sf := stats.FaultOf(status)
+	if f == localFault {
+		sf = stats.FaultNone // the proxy's own: no evidence against the colour
+	}
 	if start.IsZero() {
-		rt.stats.Record(p.color, status, elapsed, stats.FaultOf(status))
+		rt.stats.Record(p.color, status, elapsed, sf)
 		return
 	}
-	rt.stats.RecordAt(p.color, start.Add(max(elapsed, 0)), status, elapsed, stats.FaultOf(status))
+	rt.stats.RecordAt(p.color, start.Add(max(elapsed, 0)), status, elapsed, sf)
 }

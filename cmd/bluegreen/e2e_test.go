@@ -45,6 +45,17 @@ func startDemoProc(t *testing.T, bin, color, version string) (*testkit.Process, 
 	return p, "http://" + testkit.Addr(p.WaitLog(t, 20*time.Second, "listening"), "addr")
 }
 
+// startDemoPair starts a blue (v1) and a green (v2) demo-app and waits
+// until both answer /health.
+func startDemoPair(t *testing.T, bin string) (blue, green *testkit.Process, blueURL, greenURL string) {
+	t.Helper()
+	blue, blueURL = startDemoProc(t, bin, "blue", "v1")
+	green, greenURL = startDemoProc(t, bin, "green", "v2")
+	waitHTTP(t, blueURL+"/health", 200)
+	waitHTTP(t, greenURL+"/health", 200)
+	return blue, green, blueURL, greenURL
+}
+
 // startProxyProc starts the bluegreen binary with its public and admin
 // listeners on loopback ports it picks itself, and returns their addresses,
 // read from its "bluegreen serving" log line (env must not set
@@ -80,10 +91,7 @@ func cli(t *testing.T, bin, adminURL string, args ...string) (int, string) {
 
 func TestE2EBinaries(t *testing.T) {
 	bg, demo := binaries(t)
-	_, blueURL := startDemoProc(t, demo, "blue", "v1")
-	green, greenURL := startDemoProc(t, demo, "green", "v2")
-	waitHTTP(t, blueURL+"/health", 200)
-	waitHTTP(t, greenURL+"/health", 200)
+	_, green, blueURL, greenURL := startDemoPair(t, demo)
 
 	statePath := filepath.Join(t.TempDir(), "state.json")
 	env := []string{
