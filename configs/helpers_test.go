@@ -157,6 +157,7 @@ type proxy struct {
 	admin  string // base URL of the admin listener
 	target string // host:port of the admin listener, the scrape target
 	api    *adminclient.Client
+	pid    int
 }
 
 // startProxy starts bluegreen in front of the blue and green URLs with fast
@@ -191,11 +192,27 @@ func startProxy(t *testing.T, bin binaries, name, blue, green string) proxy {
 	}, "serve")
 	ready := proc.WaitLog(t, 30*time.Second, "bluegreen serving")
 	pub, adm := testkit.Addr(ready, "listen"), testkit.Addr(ready, "admin")
-	p := proxy{public: "http://" + pub, admin: "http://" + adm, target: adm}
+	p := proxy{public: "http://" + pub, admin: "http://" + adm, target: adm, pid: proc.Cmd.Process.Pid}
 	p.api = adminclient.New(&url.URL{Scheme: "http", Host: p.target}, "", adminclient.Options{RequestTimeout: 5 * time.Second})
 	t.Cleanup(p.api.Close)
 	waitHTTP200(t, p.admin+"/readyz")
 	return p
+}
+
+// outOfDescriptors leaves p without a free descriptor and sends it a
+// request, which needs a new connection to an instance: 503. The
+// descriptors come back when it returns.
+func outOfDescriptors(t *testing.T, p proxy) {
+	t.Helper()
+	conns := testkit.ExhaustFDs(t, p.pid, strings.TrimPrefix(p.public, "http://"), 6)
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	if code := testkit.RawGet(t, conns[0]); code != http.StatusServiceUnavailable {
+		t.Fatalf("a request without a descriptor for its instance connection: %d, want 503", code)
+	}
 }
 
 // status is the proxy's GET /admin/status.

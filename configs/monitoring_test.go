@@ -62,6 +62,13 @@ func TestMonitoringEndToEnd(t *testing.T) {
 	waitProm(t, prom, "both replicas scraped", `count(bluegreen_state_generation)`, func(v float64) bool { return v == 2 })
 	waitProm(t, prom, "Prometheus scraping itself on the port it picked", `up{job="prometheus"}`, func(v float64) bool { return v == 1 })
 
+	// Replica b, which has not proxied a request yet, runs out of
+	// descriptors: a request it cannot open an instance connection for
+	// gets 503, its own fault.
+	outOfDescriptors(t, b)
+	waitProm(t, prom, "the local error counted",
+		`sum(bluegreen_local_errors_total{kind="fds"})`, func(v float64) bool { return v >= 1 })
+
 	// A progressive rollout to green whose clients get 503s from green: its
 	// own analysis aborts it.
 	abortRollout(t, a)
