@@ -204,7 +204,7 @@ func (h fastHandler) ServeH1(c *h1.Conn, x *h1.Exchange) bool {
 		case o.fault == instanceFault:
 			keep = c.KeepAfterError(x, sent)
 			keep = c.WriteError(x, o.status, c.ResponseFields(), http.StatusText(o.status)+"\n", keep) && keep
-		case o.status != 499: // 400, 408: the client is told, and the connection closes
+		case o.status != 499: // 400, 408, or the proxy's own 503 (localFault): the client is told, and the connection closes
 			c.KeepAfterError(x, true)
 			c.WriteError(x, o.status, c.ResponseFields(), http.StatusText(o.status)+"\n", false)
 		}
