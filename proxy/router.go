@@ -458,7 +458,7 @@ func (rt *Router) errorHandler(b *Backend) func(http.ResponseWriter, *http.Reque
 			panic(http.ErrAbortHandler)
 		}
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		if v.fault == clientFault {
+		if v.fault == clientFault || v.fault == localFault { // as the fast codec: a local fault gives its descriptor back
 			w.Header().Set("Connection", "close")
 		}
 		w.WriteHeader(v.status)

@@ -22,11 +22,17 @@ import (
 func TestE2EOutOfDescriptorsIsTheProxysOwn(t *testing.T) {
 	bg, demo := binaries(t)
 	_, _, blueURL, greenURL := startDemoPair(t, demo)
+	for _, fast := range []string{"true", "false"} {
+		t.Run("BLUEGREEN_FAST_PATH="+fast, func(t *testing.T) { outOfDescriptors(t, bg, blueURL, greenURL, fast) })
+	}
+}
+
+func outOfDescriptors(t *testing.T, bg, blueURL, greenURL, fast string) {
 	proxy, pub, adm := startProxyProc(t, bg, []string{
 		"BLUEGREEN_BLUE_URLS=" + blueURL, "BLUEGREEN_GREEN_URLS=" + greenURL,
 		"BLUEGREEN_STATE=file:" + filepath.Join(t.TempDir(), "state.json"),
 		"BLUEGREEN_HEALTH_INTERVAL=100ms", "BLUEGREEN_HEALTH_RISE=1", "BLUEGREEN_OUTLIER_CONSECUTIVE=1",
-		"BLUEGREEN_SHUTDOWN_DELAY=0s",
+		"BLUEGREEN_SHUTDOWN_DELAY=0s", "BLUEGREEN_FAST_PATH=" + fast,
 	})
 	waitHTTP(t, "http://"+adm+"/readyz", 200)
 	// One connection per admin request, so that none stays open in the
