@@ -62,20 +62,10 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Help: "Times passive outlier detection took an instance out of balancing after consecutive failures.",
 		}, []string{"color", "instance"}),
 	}
-	clientErrors := prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "bluegreen_client_errors_total",
-		Help: "Requests that failed by the client's doing, by kind: malformed (a malformed or unsupported request or body: 400, 431 or 501), timeout (the client stopped sending its body, 408), gone (the client left before its answer, 499). Never counted against an instance.",
-	}, []string{"kind"})
-	for i, k := range clientKinds {
-		m.clientErrors[i] = clientErrors.WithLabelValues(k)
-	}
-	localErrors := prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "bluegreen_local_errors_total",
-		Help: "Requests that failed for want of a resource of the proxy's own, answered 503, by kind: fds (the descriptor limit), ports (no local port to connect from), memory (kernel buffers). Never counted against an instance or a client.",
-	}, []string{"kind"})
-	for i, k := range localfault.Kinds {
-		m.localErrors[i] = localErrors.WithLabelValues(k)
-	}
+	clientErrors := kindCounters(m.clientErrors[:], clientKinds[:], "bluegreen_client_errors_total",
+		"Requests that failed by the client's doing, by kind: malformed (a malformed or unsupported request or body: 400, 431 or 501), timeout (the client stopped sending its body, 408), gone (the client left before its answer, 499). Never counted against an instance.")
+	localErrors := kindCounters(m.localErrors[:], localfault.Kinds[:], "bluegreen_local_errors_total",
+		"Requests that failed for want of a resource of the proxy's own, answered 503, by kind: fds (the descriptor limit), ports (no local port to connect from), memory (kernel buffers). Never counted against an instance or a client.")
 	for _, c := range []prometheus.Collector{m.requests, m.duration, m.inflight, m.upstreamErrors, m.draining, m.retries, m.ejections, clientErrors, localErrors} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("proxy metrics: %w", err)
@@ -220,28 +210,37 @@ func (cm *colorMetrics) ejectionCounter(instance string) prometheus.Counter {
 	return cm.ejects.WithLabelValues(cm.color, instance)
 }
 
-// localError counts a request that failed for want of a resource of the
-// proxy's own.
-func (m *Metrics) localError(kind string) {
-	if m == nil {
-		return
-	}
-	for i, k := range localfault.Kinds {
-		if k == kind {
-			m.localErrors[i].Inc()
-			return
-		}
+// clientError counts a request that failed by the client's doing.
+func (m *Metrics) clientError(kind string) {
+	if m != nil {
+		incKind(m.clientErrors[:], clientKinds[:], kind)
 	}
 }
 
-// clientError counts a request that failed by the client's doing.
-func (m *Metrics) clientError(kind string) {
-	if m == nil {
-		return
+// localError counts a request that failed for want of a resource of the
+// proxy's own.
+func (m *Metrics) localError(kind string) {
+	if m != nil {
+		incKind(m.localErrors[:], localfault.Kinds[:], kind)
 	}
-	for i, k := range clientKinds {
+}
+
+// kindCounters creates the counter vector name, labelled by kind, and
+// fills counters[i] with its series of kinds[i], so that every kind is
+// exported from zero.
+func kindCounters(counters []prometheus.Counter, kinds []string, name, help string) *prometheus.CounterVec {
+	vec := prometheus.NewCounterVec(prometheus.CounterOpts{Name: name, Help: help}, []string{"kind"})
+	for i, k := range kinds {
+		counters[i] = vec.WithLabelValues(k)
+	}
+	return vec
+}
+
+// incKind increments the counter of kind: counters[i] counts kinds[i].
+func incKind(counters []prometheus.Counter, kinds []string, kind string) {
+	for i, k := range kinds {
 		if k == kind {
-			m.clientErrors[i].Inc()
+			counters[i].Inc()
 			return
 		}
 	}

@@ -274,13 +274,13 @@ type conn struct {
 	// WINDOW_UPDATE floods) are budgeted; past a budget the connection
 	// gets GOAWAY ENHANCE_YOUR_CALM (calm). The reader keeps these, under
 	// c.mu where a stream goroutine writes them too.
-	emptyRun   int // DATA frames in a row with no data and no END_STREAM
-	priorities int // PRIORITY frames
-	updates    int // WINDOW_UPDATE frames
-	opened     int // streams the client opened
-	dataSent   int // DATA frames granted window for (takeWindowLocked)
-	dataBytes  int64
-	dribbles   int // DATA frames cut short by a window under dribbleFrame
+	emptyRun   int   // DATA frames in a row with no data and no END_STREAM
+	priorities int   // PRIORITY frames
+	updates    int   // WINDOW_UPDATE frames
+	opened     int   // streams the client opened
+	dataSent   int   // DATA frames granted window for (takeWindowLocked)
+	dataBytes  int64 // DATA bytes granted window for
+	dribbles   int   // DATA frames cut short by a window under dribbleFrame
 
 	work        chan *Stream // idle stream goroutines wait here for the next stream
 	idleWorkers atomic.Int32
