@@ -166,3 +166,30 @@ func TestNoOpenProxy(t *testing.T) {
 	}
 	t.Logf("%d hostile requests: configured instance got %d, other listener got 0", len(raw), be.hits.Load())
 }
+
+// TestHandBuiltHeaderSpellings: a request handed to the Router by a caller
+// other than net/http's servers may file its fields under any spelling.
+// They are filed under their canonical names first, so that the checks by
+// name see them: a client's "x-forwarded-for" is dropped like
+// X-Forwarded-For, and a "HoSt" field is not sent as a second Host (which
+// the instance refused with 400).
+func TestHandBuiltHeaderSpellings(t *testing.T) {
+	be := newRecorder(t)
+	green := newBackend(t, "green", 0)
+	f := newFixture(t, []string{be.URL}, []string{green.URL}, nil)
+	req := httptest.NewRequest(http.MethodGet, "/", nil)
+	req.RemoteAddr, req.Host = "127.0.0.1:9", "front.example"
+	req.Header = http.Header{"x-forwarded-for": {"6.6.6.6"}, "HoSt": {"evil.example"}}
+	rec := httptest.NewRecorder()
+	f.rt.ServeHTTP(rec, req)
+	if rec.Code != http.StatusOK {
+		t.Fatalf("status %d %q", rec.Code, rec.Body.String())
+	}
+	got := be.last.Load()
+	if xff := got.Header.Values("X-Forwarded-For"); len(xff) != 1 || xff[0] != "127.0.0.1" {
+		t.Errorf("X-Forwarded-For %q, want the peer alone", xff)
+	}
+	if got.Host != "front.example" {
+		t.Errorf("Host %q, want front.example", got.Host)
+	}
+}

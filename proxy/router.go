@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/netip"
+	"net/textproto"
 	"net/url"
 	"strconv"
 	"strings"
@@ -356,6 +357,7 @@ func (rt *Router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "400 bad request: the request target has no path", http.StatusBadRequest)
 		return
 	}
+	canonicalKeys(r.Header)
 	preview := rt.previewable() && rt.wantsPreview(r)
 	var key []byte
 	if !preview && rt.rolloutRunning() {
@@ -495,6 +497,20 @@ func (b *Backend) rewrite(pr *httputil.ProxyRequest) {
 	}
 	if rt.stripPreview {
 		delete(out, rt.previewHeader)
+	}
+}
+
+// canonicalKeys files every field of h under its canonical name. net/http's
+// servers do so already; a request built by another caller may not, and a
+// field under another spelling ("HoSt", "x-forwarded-for") would pass every
+// check by name and reach the instance as a second Host or a spoofed
+// X-Forwarded-For. Canonical keys, the rule, cost one look each.
+func canonicalKeys(h http.Header) {
+	for k, v := range h {
+		if c := textproto.CanonicalMIMEHeaderKey(k); c != k {
+			delete(h, k)
+			h[c] = append(h[c], v...)
+		}
 	}
 }
 
