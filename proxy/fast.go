@@ -186,7 +186,7 @@ func (h fastHandler) ServeH1(c *h1.Conn, x *h1.Exchange) bool {
 				o.inst = b
 				return h.relay(c, x, uc, b, &o)
 			}
-			uc.Close()
+			b.conns.Done(uc)
 			if err == h1.ErrStaleConn {
 				try-- // nothing was sent: not an attempt
 				continue

@@ -413,11 +413,6 @@ func (h *h2Handler) responseFields(x *h2Scratch, res *h1.Head) []hpack.HeaderFie
 	return fields
 }
 
-// abandonDrain bounds what is read and dropped of an answer whose client
-// reset its stream, to keep the instance connection: a longer answer
-// costs the connection instead.
-const abandonDrain = 256 << 10
-
 // relay writes the instance's answer, whose head is in x.res, to the
 // stream and finishes the request.
 func (h *h2Handler) relay(st *h2.Stream, x *h2Scratch, uc *h1.UpConn, b *Backend, o *outcome, setCookie string) {
@@ -512,7 +507,7 @@ func (h *h2Handler) relay(st *h2.Stream, x *h2Scratch, uc *h1.UpConn, b *Backend
 		// The client reset the stream or left before it had the whole
 		// answer: its doing. The rest of a short answer is read and
 		// dropped, and the connection kept (Abandon).
-		if err == nil && body.Drain(abandonDrain) {
+		if err == nil && body.Drain(h1.AbandonDrain) {
 			body.Finish(b.conns)
 		} else {
 			uc.Close()

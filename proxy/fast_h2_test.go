@@ -22,7 +22,6 @@ import (
 	"net/netip"
 	"net/textproto"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -323,12 +322,9 @@ func TestH2ClientResetIsTheClients(t *testing.T) {
 func TestH2ResetKeepsTheInstanceConnection(t *testing.T) {
 	arrived := make(chan struct{}, 1)
 	release := make(chan struct{})
-	var mu sync.Mutex
-	served := map[string]net.Conn{} // path: the instance connection that served it
+	var served servedOn
 	inst := newRawInstance(t, func(c net.Conn, _ *bufio.Reader, r *http.Request, _ []byte) bool {
-		mu.Lock()
-		served[r.URL.Path] = c
-		mu.Unlock()
+		served.note(r.URL.Path, c)
 		body := "hello"
 		switch r.URL.Path {
 		case "/short", "/long", "/never":
@@ -349,18 +345,13 @@ func TestH2ResetKeepsTheInstanceConnection(t *testing.T) {
 	fr := startH2(t, f.rt, nil)
 	c := h2Client(t)
 	cf := &codecFronts{rt: f.rt, reg: f.reg}
-	sameConn := func(a, b string) bool {
-		mu.Lock()
-		defer mu.Unlock()
-		return served[a] != nil && served[a] == served[b]
-	}
 	for i, tc := range []struct {
 		path     string
 		answer   bool // the instance answers, after the reset
 		keptConn bool
 	}{
 		{"/short", true, true},
-		{"/long", true, false},   // more than abandonDrain to drop
+		{"/long", true, false},   // more than h1.AbandonDrain to drop
 		{"/never", false, false}, // no answer within the grace
 	} {
 		before := cf.counters(t)
@@ -390,7 +381,7 @@ func TestH2ResetKeepsTheInstanceConnection(t *testing.T) {
 		}
 		_, _ = io.Copy(io.Discard, res.Body)
 		res.Body.Close()
-		if got := sameConn(tc.path, after); got != tc.keptConn {
+		if got := served.same(tc.path, after); got != tc.keptConn {
 			t.Errorf("%s reset: the next request on the same instance connection %v, want %v", tc.path, got, tc.keptConn)
 		}
 	}

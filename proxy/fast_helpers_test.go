@@ -446,3 +446,26 @@ func (r spyRawConn) Read(f func(fd uintptr) bool) error {
 		return ok
 	})
 }
+
+// servedOn records the instance connection that served each path, for
+// tests of whether a connection was kept for the next request.
+type servedOn struct {
+	mu sync.Mutex
+	m  map[string]net.Conn
+}
+
+func (s *servedOn) note(path string, c net.Conn) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.m == nil {
+		s.m = map[string]net.Conn{}
+	}
+	s.m[path] = c
+}
+
+// same reports whether paths a and b were served on one connection.
+func (s *servedOn) same(a, b string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.m[a] != nil && s.m[a] == s.m[b]
+}

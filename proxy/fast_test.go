@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -1431,10 +1432,9 @@ func TestFastDocumentedLimits(t *testing.T) {
 // TestFastClientGoneWhileWaiting documents a difference: when the client
 // closes its connection while its request waits on the instance, net/http
 // cancels the upstream request at once (the instance sees its connection
-// close); the fast path, which does not read the client connection while it
-// waits, holds the upstream exchange until the instance answers, then
-// notices. Asserted: both end cleanly once the instance answers (no leak,
-// the inflight gauge back to 0).
+// close); the fast path notices within watchEvery and gives the instance
+// AbandonGrace to answer (TestFastClientGoneKeepsTheInstanceConnection).
+// Asserted: both end cleanly (no leak, the inflight gauge back to 0).
 func TestFastClientGoneWhileWaiting(t *testing.T) {
 	release := make(chan struct{})
 	entered := make(chan struct{}, 2)
@@ -1481,6 +1481,80 @@ func TestFastClientGoneWhileWaiting(t *testing.T) {
 			t.Fatal("inflight gauge not back to 0")
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// TestFastClientGoneKeepsTheInstanceConnection: a client that closes its
+// connection while its request, sent whole, waits for the answer is counted
+// 499, charging nobody, and a short answer that comes within the abandon's
+// grace is read and dropped so that the instance connection serves the next
+// request; a long answer, or none within the grace, costs the connection.
+func TestFastClientGoneKeepsTheInstanceConnection(t *testing.T) {
+	arrived := make(chan struct{}, 1)
+	release := make(chan struct{})
+	var served servedOn
+	inst := newRawInstance(t, func(c net.Conn, _ *bufio.Reader, r *http.Request, _ []byte) bool {
+		served.note(r.URL.Path, c)
+		answer := "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
+		switch r.URL.Path {
+		case "/short", "/post", "/chunked", "/long", "/never":
+			arrived <- struct{}{}
+			select {
+			case <-release:
+			case <-time.After(10 * time.Second):
+				return false
+			}
+			switch r.URL.Path {
+			case "/long":
+				answer = fmt.Sprintf("HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", 1<<20, strings.Repeat("x", 1<<20))
+			case "/chunked":
+				answer = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+			}
+		}
+		_, _ = io.WriteString(c, answer)
+		return true
+	})
+	cf := newCodecFronts(t, nil, inst.URL)
+	for i, tc := range []struct {
+		path, request string
+		answer        bool // the instance answers, after the client left
+		keptConn      bool
+	}{
+		{"/short", "GET /short HTTP/1.1\r\nHost: a\r\n\r\n", true, true},
+		{"/post", "POST /post HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc", true, true},
+		{"/chunked", "GET /chunked HTTP/1.1\r\nHost: a\r\n\r\n", true, true},
+		{"/long", "GET /long HTTP/1.1\r\nHost: a\r\n\r\n", true, false},    // more than h1.AbandonDrain to drop
+		{"/never", "GET /never HTTP/1.1\r\nHost: a\r\n\r\n", false, false}, // no answer within the grace
+	} {
+		before := cf.counters(t)
+		rc := dialRaw(t, cf.fast)
+		rc.send(tc.request)
+		<-arrived
+		rc.nc.Close()
+		if tc.answer {
+			// After the watch saw the client leave, so the answer comes
+			// to an abandoned exchange.
+			time.Sleep(300 * time.Millisecond) // three of the watch's rounds
+			release <- struct{}{}
+		}
+		d := waitCounters(t, cf, before, func(d counters) bool { return d.requests["499"] >= 1 })
+		if d.requests["499"] != 1 || d.upstreamErrors != 0 || d.ejections != 0 || d.retries != 0 {
+			t.Errorf("%s: requests %v, %v upstream errors, %v ejections, %v retries; want one 499 charging nobody",
+				tc.path, d.requests, d.upstreamErrors, d.ejections, d.retries)
+		}
+		if !tc.answer {
+			release <- struct{}{} // the instance may end its wait
+		}
+		// The next request takes the pooled connection, if it was kept.
+		after := fmt.Sprintf("/after%d", i)
+		rc = dialRaw(t, cf.fast)
+		rc.send("GET " + after + " HTTP/1.1\r\nHost: a\r\n\r\n")
+		if res, body := rc.mustRead("GET"); res.StatusCode != 200 || body != "hello" {
+			t.Fatalf("%s: %d %q", after, res.StatusCode, body)
+		}
+		if got := served.same(tc.path, after); got != tc.keptConn {
+			t.Errorf("%s: the next request on the same instance connection %v, want %v", tc.path, got, tc.keptConn)
+		}
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -390,17 +391,34 @@ var errUpstream101 = errors.New("instance switched protocols without being asked
 // The Server's ResponseHeaderTimeout is enforced by watchWaits, not by a
 // read deadline per request (two timer updates and three clock reads):
 // the wait ends within watchEvery after it, as a read past its deadline
-// (os.ErrDeadlineExceeded), even when the head came meanwhile.
+// (os.ErrDeadlineExceeded), even when the head came meanwhile. A client
+// that leaves meanwhile ends it with a ClientError: the instance
+// connection is then closed, or, for a request sent whole, given
+// AbandonGrace to answer; a short answer is read and dropped, and Done
+// pools the connection.
 func (c *Conn) ReadResponseHead(x *Exchange, uc *UpConn) error {
 	if c.s.ResponseHeaderTimeout > 0 {
 		c.waitSince.Store(time.Now().UnixNano())
 	}
+	c.whole = !x.early
 	c.waiting.Store(waitHead)
 	err := c.readResponseHead(x, uc)
 	if !c.waiting.CompareAndSwap(waitHead, waitNone) {
-		st := c.waiting.Swap(waitNone)
+		st := c.waiting.Load()
+		for st == waitCancelling { // watchWaits is between its two steps
+			runtime.Gosched()
+			st = c.waiting.Load()
+		}
+		c.waiting.Store(waitNone)
 		if st == waitTimedOut {
 			return connError("read", uc.nc, os.ErrDeadlineExceeded)
+		}
+		if err == nil && c.whole {
+			// The client left but the answer came within the grace:
+			// a short one is read and dropped, and the connection
+			// kept for the next request (Upstream.Done).
+			body := uc.StartBody(&x.Res, x.Req.method == http.MethodHead)
+			uc.settled = body.Drain(AbandonDrain) && body.upKeep
 		}
 		return &ClientError{Kind: ClientGone, Err: errClientLeft}
 	}

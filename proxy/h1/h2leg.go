@@ -51,8 +51,12 @@ func (c *UpConn) WriteBody(p []byte) (early bool, err error) {
 func (c *UpConn) Interrupt() { _ = c.nc.Close() }
 
 // AbandonGrace is how long an abandoned exchange may still take to end
-// cleanly.
-const AbandonGrace = time.Second
+// cleanly; AbandonDrain bounds what is read and dropped of its answer to
+// keep the connection: a longer answer costs the connection instead.
+const (
+	AbandonGrace = time.Second
+	AbandonDrain = 256 << 10
+)
 
 // Abandon is Interrupt for an exchange whose client left but which may
 // still end cleanly: the instance gets AbandonGrace from now to answer and

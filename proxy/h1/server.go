@@ -276,8 +276,8 @@ func (s *Server) background() {
 }
 
 // watchWaits looks at every request waiting for an instance's answer
-// head: one whose client closed its side is cancelled by closing the
-// instance connection it waits on, one that has waited longer than
+// head: one whose client closed its side is cancelled (its instance
+// connection abandoned, or closed), one that has waited longer than
 // ResponseHeaderTimeout is ended by an expired read deadline on it.
 func (s *Server) watchWaits() {
 	var gone, late []*Conn
@@ -299,11 +299,20 @@ func (s *Server) watchWaits() {
 	}
 	s.mu.Unlock()
 	for _, c := range gone {
-		if c.waiting.CompareAndSwap(waitHead, waitCancelled) {
-			if uc := c.upstream.Load(); uc != nil {
+		if !c.waiting.CompareAndSwap(waitHead, waitCancelling) {
+			continue
+		}
+		// A request sent whole lets the instance answer within the
+		// abandon's grace, so a short answer keeps its connection
+		// (ReadResponseHead drains it); otherwise the connection closes.
+		if uc := c.upstream.Load(); uc != nil {
+			if c.whole {
+				uc.Abandon()
+			} else {
 				uc.nc.Close()
 			}
 		}
+		c.waiting.Store(waitCancelled)
 	}
 	for _, c := range late {
 		if uc := c.upstream.Load(); uc != nil && c.waiting.CompareAndSwap(waitHead, waitTimedOut) {

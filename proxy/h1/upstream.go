@@ -42,6 +42,9 @@ type UpConn struct {
 	// abandoned: the unix nanoseconds until which an exchange whose client
 	// left may still end cleanly (Abandon); 0: not abandoned.
 	abandoned atomic.Int64
+	// settled: the client of its exchange left, and the answer was read
+	// to its end within the abandon's grace (Conn.ReadResponseHead).
+	settled bool
 }
 
 // ErrStaleConn: a pooled instance connection taken by GetUnchecked was
@@ -127,6 +130,19 @@ func (u *Upstream) Put(c *UpConn) {
 	if !u.idle.Push(c, u.now(), u.maxIdle) {
 		c.Close()
 	}
+}
+
+// Done ends the use of a connection whose exchange failed: one whose
+// only failure was the client's leaving, and whose answer was read to its
+// end within the abandon's grace (Conn.ReadResponseHead), goes back to the
+// pool; any other is closed.
+func (u *Upstream) Done(c *UpConn) {
+	if c.settled {
+		c.settled = false
+		u.Put(c)
+		return
+	}
+	c.Close()
 }
 
 // CloseIdle closes the idle connections, or only those idle for longer
