@@ -161,7 +161,7 @@ func (h *h2Handler) ServeH2(st *h2.Stream) {
 			uc.Close()
 		}
 		if st.IsReset() {
-			err = &h1.ClientError{Kind: h1.ClientGone, Err: err}
+			err = resetFault(st, &o, err)
 		}
 		next, fr := rt.attemptOver(&o, b, err, attempt{
 			method: o.method, hasBody: hasBody, bodySent: sent, firstTry: try == 0, try: try, start: o.start,
@@ -177,6 +177,17 @@ func (h *h2Handler) ServeH2(st *h2.Stream) {
 		}
 		return
 	}
+}
+
+// resetFault is the client's error for a request whose stream was found
+// reset: its leaving (499), or a protocol violation on the stream (400),
+// which the codec answered with the reset and counted as it found it.
+func resetFault(st *h2.Stream, o *outcome, err error) error {
+	if st.Violated() {
+		o.clientCounted = true
+		return &h1.ClientError{Kind: ClientMalformed, Err: err}
+	}
+	return &h1.ClientError{Kind: ClientGone, Err: err}
 }
 
 // refuse answers a request the pipeline does not forward.
@@ -505,8 +516,9 @@ func (h *h2Handler) relay(st *h2.Stream, x *h2Scratch, uc *h1.UpConn, b *Backend
 		}
 	case werr != nil || st.IsReset() && !st.Answered():
 		// The client reset the stream or left before it had the whole
-		// answer: its doing. The rest of a short answer is read and
-		// dropped, and the connection kept (Abandon).
+		// answer (or broke the protocol on the stream, which the codec
+		// reset and counted): its doing. The rest of a short answer is
+		// read and dropped, and the connection kept (Abandon).
 		if err == nil && body.Drain(h1.AbandonDrain) {
 			body.Finish(b.conns)
 		} else {
@@ -515,6 +527,9 @@ func (h *h2Handler) relay(st *h2.Stream, x *h2Scratch, uc *h1.UpConn, b *Backend
 		o.status, o.fault, o.kind = 499, clientFault, ClientGone
 		if errors.Is(werr, h2.ErrStalled) {
 			o.kind = ClientTimeout
+		}
+		if st.Violated() {
+			o.status, o.kind, o.clientCounted = http.StatusBadRequest, ClientMalformed, true
 		}
 		st.Reset(http2.ErrCodeCancel)
 	case err != nil:

@@ -311,6 +311,60 @@ func TestH2ClientResetIsTheClients(t *testing.T) {
 	res.Body.Close()
 }
 
+// TestH2StreamViolationIsCountedOnce: a request body longer than its
+// content-length, sent while the request waits on the instance, is one
+// fault of the client's: the stream is reset (PROTOCOL_ERROR), the request
+// counted 400 with one malformed client error, and not also as a client
+// that left.
+func TestH2StreamViolationIsCountedOnce(t *testing.T) {
+	arrived := make(chan struct{}, 1)
+	inst := newRawInstance(t, func(c net.Conn, _ *bufio.Reader, r *http.Request, _ []byte) bool {
+		select {
+		case arrived <- struct{}{}:
+		default:
+		}
+		_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+		return true
+	})
+	f := newFixture(t, []string{inst.URL}, []string{inst.URL}, func(c *Config) { c.Outlier = OutlierConfig{Consecutive: 1, Eject: time.Minute} })
+	fr := startH2(t, f.rt, nil)
+	cf := &codecFronts{rt: f.rt, reg: f.reg}
+	for _, tc := range []struct {
+		name string
+		send func(r *h2test.Client)
+	}{
+		{"body longer than content-length", func(r *h2test.Client) {
+			_ = r.Fr.WriteData(1, false, []byte("x"))
+			_ = r.Fr.WriteData(1, true, []byte("yz"))
+		}},
+		{"body shorter than content-length", func(r *h2test.Client) { _ = r.Fr.WriteData(1, true, []byte("x")) }},
+	} {
+		before := cf.counters(t)
+		r := dialH2(t, fr.addr, true)
+		r.Request(1, "/up", false, "content-length", "2")
+		tc.send(r)
+		ok, _ := r.Until(func(f http2.Frame) bool {
+			rs, ok := f.(*http2.RSTStreamFrame)
+			return ok && rs.StreamID == 1 && rs.ErrCode == http2.ErrCodeProtocol
+		})
+		if !ok {
+			t.Fatalf("%s: no RST_STREAM PROTOCOL_ERROR", tc.name)
+		}
+		waitCounters(t, cf, before, func(d counters) bool { return len(d.requests) > 0 })
+		time.Sleep(50 * time.Millisecond) // a second count would come now
+		d := waitCounters(t, cf, before, func(d counters) bool { return true })
+		if len(d.requests) != 1 || d.requests["400"] != 1 || len(d.client) != 1 || d.client["malformed"] != 1 ||
+			d.upstreamErrors != 0 || d.ejections != 0 {
+			t.Errorf("%s: requests %v, client errors %v, %v upstream errors, %v ejections; want one 400 and one malformed, charging nobody",
+				tc.name, d.requests, d.client, d.upstreamErrors, d.ejections)
+		}
+		select {
+		case <-arrived:
+		default:
+		}
+	}
+}
+
 // TestH2ResetKeepsTheInstanceConnection: a client that resets a stream
 // after its request went to the instance costs the instance no connection
 // when the answer is short and comes within h1.AbandonGrace: the answer is

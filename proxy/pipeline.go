@@ -51,6 +51,9 @@ type outcome struct {
 	kind      string // the client error kind or the instance error kind
 	err       error
 	longLived bool // an upgrade or an event stream: its duration is not a response time
+	// clientCounted: the client's fault was counted where it was found (an
+	// HTTP/2 protocol violation, by the codec), not again by finish.
+	clientCounted bool
 }
 
 // fail records the verdict on a failed request in o.
@@ -67,7 +70,9 @@ func (rt *Router) finish(o *outcome) {
 	p.metrics.count(o.method, o.status)
 	switch o.fault {
 	case clientFault:
-		rt.metrics.clientError(o.kind)
+		if !o.clientCounted {
+			rt.metrics.clientError(o.kind)
+		}
 	case instanceFault:
 		rt.log.Warn("upstream error", "color", p.color, "instance", o.inst.name, "kind", o.kind,
 			"method", o.method, "path", o.path, "status", o.status, "err", o.err)

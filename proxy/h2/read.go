@@ -24,6 +24,7 @@ func (c *conn) streamError(id uint32, code http2.ErrCode) {
 	c.mu.Lock()
 	if st := c.streams[id]; st != nil {
 		st.localDone = true
+		st.violated = st.violated || !st.reset
 		st.cancelLocked()
 	}
 	c.mu.Unlock()

@@ -42,6 +42,7 @@ type Stream struct {
 	localDone   bool // we sent END_STREAM or RST_STREAM
 	reset       bool // reset, by either side, or the connection is gone
 	clientReset bool // the client reset it
+	violated    bool // reset for a protocol violation of the client's (streamError)
 	interrupt   func()
 	headersSent bool
 	trailers    []hpack.HeaderField // of the request body
@@ -102,6 +103,17 @@ func (st *Stream) OnReset(fn func()) {
 	if reset && fn != nil {
 		fn()
 	}
+}
+
+// Violated reports whether the stream was reset for a protocol violation
+// of the client's (a frame its state does not allow, a body longer or
+// shorter than its content-length, a flow-control error) while its handler
+// ran: Server.ProtocolError counted it then.
+func (st *Stream) Violated() bool {
+	c := st.c
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return st.violated
 }
 
 // IsReset reports whether the client reset the stream or its connection
