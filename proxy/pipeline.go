@@ -78,8 +78,11 @@ func (rt *Router) finish(o *outcome) {
 			"method", o.method, "path", o.path, "status", o.status, "err", o.err)
 	case localFault:
 		rt.metrics.localError(o.kind)
-		rt.log.Error("no connection to the instance: the proxy is out of a resource of its own", "color", p.color,
-			"instance", o.inst.name, "kind", o.kind, "method", o.method, "status", o.status, "err", o.err)
+		if ok, held := rt.localLog.allow(); ok {
+			rt.log.Error("no connection to the instance: the proxy is out of a resource of its own", "color", p.color,
+				"instance", o.inst.name, "kind", o.kind, "method", o.method, "status", o.status, "err", o.err,
+				"held_back", held)
+		}
 	}
 	if o.b == nil {
 		rt.record(p, o.status, o.fault, time.Time{}, -1, true)

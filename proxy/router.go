@@ -123,6 +123,7 @@ type Router struct {
 	transport       http.RoundTripper
 	setMu           sync.Mutex // serialises SetActive
 	colorFailing    colorFailingFunc
+	localLog        logLimit // the lines of the proxy's own faults (localFault)
 
 	metrics           *Metrics
 	clientBodyTimeout time.Duration
@@ -180,6 +181,7 @@ func NewRouter(cfg Config) (*Router, error) {
 		stats:         cfg.Stats,
 		rolloutKey:    cfg.RolloutKey,
 		colorFailing:  cfg.ColorFailing,
+		localLog:      logLimit{every: time.Second, now: cfg.Now},
 
 		rolloutKeyLower:   strings.ToLower(cfg.RolloutKey.Header),
 		clientBodyTimeout: cfg.ClientBodyTimeout,

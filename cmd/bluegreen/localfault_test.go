@@ -56,6 +56,10 @@ func outOfDescriptors(t *testing.T, bg, blueURL, greenURL, fast string) {
 	if code := testkit.RawGet(t, conns[0]); code != http.StatusServiceUnavailable {
 		t.Errorf("at the descriptor limit: %d, want 503", code)
 	}
+	line := proxy.WaitLog(t, 5*time.Second, "no connection to the instance: the proxy is out of a resource of its own")
+	if line["kind"] != "fds" || line["held_back"] != float64(0) {
+		t.Errorf("the log line: %v", line)
+	}
 
 	// Descriptors free again.
 	for _, c := range conns {
