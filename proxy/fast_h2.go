@@ -365,7 +365,7 @@ func (h *h2Handler) send(st *h2.Stream, x *h2Scratch, uc *h1.UpConn, prefix stri
 				p = buf[start : off+n+2]
 				buf[off+n], buf[off+n+1] = '\r', '\n'
 			}
-			early, err := uc.WriteBody(p)
+			early, err := uc.WriteBody(p, rt.respHeaderTimeout)
 			if err != nil {
 				return true, err
 			}

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"context"
 	"net"
 	"net/http"
 	"time"
@@ -13,7 +14,7 @@ type TransportConfig struct {
 	DialTimeout           time.Duration // default 5s
 	IdleConnTimeout       time.Duration // default 30s; keep it below the instances' own keep-alive timeout
 	MaxIdleConnsPerHost   int           // most idle connections kept per instance, both paths (default 1024; bluegreen serve: BLUEGREEN_UPSTREAM_MAX_CONNS): a pool smaller than the client concurrency forces new connections
-	ResponseHeaderTimeout time.Duration // default 0: none (event streams and slow endpoints)
+	ResponseHeaderTimeout time.Duration // default 0: none (event streams and slow endpoints); also how long an instance may take no byte of a request it is sent
 }
 
 // NewTransport returns an http.Transport for the data path: keep-alive pools
@@ -22,9 +23,19 @@ type TransportConfig struct {
 func NewTransport(cfg TransportConfig) *http.Transport {
 	cfg = cfg.withDefaults()
 	d := &net.Dialer{Timeout: cfg.DialTimeout, KeepAlive: 30 * time.Second}
+	dial := d.DialContext
+	if stall := cfg.ResponseHeaderTimeout; stall > 0 {
+		dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
+			nc, err := d.DialContext(ctx, network, addr)
+			if err != nil {
+				return nil, err
+			}
+			return &stallConn{Conn: nc, stall: stall}, nil
+		}
+	}
 	return &http.Transport{
 		Proxy:                 nil,
-		DialContext:           d.DialContext,
+		DialContext:           dial,
 		MaxIdleConns:          0,
 		MaxIdleConnsPerHost:   cfg.MaxIdleConnsPerHost,
 		IdleConnTimeout:       cfg.IdleConnTimeout,
@@ -33,6 +44,21 @@ func NewTransport(cfg TransportConfig) *http.Transport {
 		DisableCompression:    true,
 		ForceAttemptHTTP2:     false,
 	}
+}
+
+// stallConn bounds each write to an instance by stall: an instance that
+// takes no byte of a request (its body, say) for that long fails the
+// write with a timeout, the instance's, as on the fast codec (h1's
+// sendStall). The Transport writes at most 32 KiB at a time, so a write
+// that outlasts stall means a stalled reader, not a slow one.
+type stallConn struct {
+	net.Conn
+	stall time.Duration
+}
+
+func (c *stallConn) Write(p []byte) (int, error) {
+	_ = c.Conn.SetWriteDeadline(time.Now().Add(c.stall))
+	return c.Conn.Write(p)
 }
 
 func (cfg TransportConfig) withDefaults() TransportConfig {

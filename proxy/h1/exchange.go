@@ -205,6 +205,7 @@ func (c *Conn) sendBody(x *Exchange, uc *UpConn, rem int64) error {
 	s := c.s
 	c.deadlineSet = true
 	defer uc.nc.SetWriteDeadline(time.Time{})
+	stall := sendStall{limit: s.ResponseHeaderTimeout}
 	for rem > 0 {
 		if uc.cr.peekState() == peekData {
 			x.early = true
@@ -232,13 +233,58 @@ func (c *Conn) sendBody(x *Exchange, uc *UpConn, rem int64) error {
 			c.cr.discard(n)
 			rem -= int64(n)
 			p = p[n:]
-			if err == nil {
-				continue
-			}
-			if again, err := upWriteFailed(x, uc, err); !again {
+			if stop, err := stall.wrote(x, uc, n, err); stop {
 				return err
 			}
 		}
+	}
+	return nil
+}
+
+// SendStall is how long an instance may take no byte of a request body
+// it is sent (ResponseHeaderTimeout): a write blocked for longer is the
+// instance's timeout, as nginx's proxy_send_timeout, and not a slow
+// reader's pace.
+type sendStall struct {
+	limit time.Duration // 0: none
+	since time.Time     // when the writes began to block (zero: they do not)
+}
+
+// moved records a write that did not block.
+func (st *sendStall) moved() { st.since = time.Time{} }
+
+// wrote judges a write to uc of n bytes of the request body that ended
+// with err and reports whether the sending stops, with its error: after
+// an early answer (x.early, no error), a failure, or a stall of limit; a
+// write that only timed out goes on.
+func (st *sendStall) wrote(x *Exchange, uc *UpConn, n int, err error) (stop bool, _ error) {
+	if err == nil {
+		st.moved()
+		return false, nil
+	}
+	if again, err := upWriteFailed(x, uc, err); !again {
+		return true, err
+	}
+	if err := st.check(uc, n); err != nil {
+		return true, err
+	}
+	return false, nil
+}
+
+// check is called after a write to uc that timed out having written n
+// bytes: it returns the instance's timeout once the writes have blocked
+// for limit with no byte taken since the last one that was.
+func (st *sendStall) check(uc *UpConn, n int) error {
+	if st.limit <= 0 {
+		return nil
+	}
+	now := time.Now()
+	if n > 0 || st.since.IsZero() {
+		st.since = now
+		return nil
+	}
+	if now.Sub(st.since) >= st.limit {
+		return connError("write", uc.nc, os.ErrDeadlineExceeded)
 	}
 	return nil
 }
@@ -266,6 +312,7 @@ func upWriteFailed(x *Exchange, uc *UpConn, err error) (again bool, _ error) {
 // earlyWriteSlice looks whether the instance answered.
 func (c *Conn) spliceIn(x *Exchange, uc *UpConn, sp *splicer, rem int64) error {
 	s := c.s
+	stall := sendStall{limit: s.ResponseHeaderTimeout}
 	for rem > 0 {
 		if uc.cr.peekState() == peekData {
 			x.early = true
@@ -282,10 +329,9 @@ func (c *Conn) spliceIn(x *Exchange, uc *UpConn, sp *splicer, rem int64) error {
 		rem -= int64(got)
 		for sp.inPipe > 0 {
 			_ = uc.nc.SetWriteDeadline(time.Now().Add(earlyWriteSlice))
-			if _, err := sp.pump(); err != nil {
-				if again, err := upWriteFailed(x, uc, err); !again {
-					return err
-				}
+			n, err := sp.pump()
+			if stop, err := stall.wrote(x, uc, n, err); stop {
+				return err
 			}
 		}
 	}

@@ -19,9 +19,12 @@ func (c *UpConn) Write(p []byte) (int, error) { return c.cr.write(p) }
 // theirs: a write blocked for a moment looks whether the instance
 // answered, and an instance that answered (before it had the whole body,
 // RFC 9112 9.5) ends the sending with early true; the rest is not sent,
-// and the connection must not be reused. A slow reader is no failure.
-func (c *UpConn) WriteBody(p []byte) (early bool, err error) {
+// and the connection must not be reused. A slow reader is no failure, but
+// one that takes no byte for stall (0: no limit) is the instance's
+// timeout (SendStall).
+func (c *UpConn) WriteBody(p []byte, stall time.Duration) (early bool, err error) {
 	defer c.nc.SetWriteDeadline(time.Time{})
+	st := sendStall{limit: stall}
 	for len(p) > 0 {
 		if c.cr.peekState() == peekData {
 			return true, nil
@@ -30,6 +33,7 @@ func (c *UpConn) WriteBody(p []byte) (early bool, err error) {
 		n, err := c.cr.write(p)
 		p = p[n:]
 		if err == nil {
+			st.moved()
 			continue
 		}
 		switch c.cr.peekState() {
@@ -37,6 +41,9 @@ func (c *UpConn) WriteBody(p []byte) (early bool, err error) {
 			return true, nil
 		case peekNothing, peekUnknown:
 			if isTimeout(err) {
+				if err := st.check(c, n); err != nil {
+					return false, err
+				}
 				continue
 			}
 		}

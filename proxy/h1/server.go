@@ -60,7 +60,9 @@ type Server struct {
 	// body; default 60s.
 	ClientBodyTimeout time.Duration
 	// ResponseHeaderTimeout bounds the wait for an instance's response
-	// head, to within 100ms after it (watchEvery); 0: none.
+	// head, to within 100ms after it (watchEvery), and how long an
+	// instance may go without taking a byte of a request body it is sent
+	// (SendStall); 0: none.
 	ResponseHeaderTimeout time.Duration
 	// Trusted reports whether a peer's forwarding headers are kept; nil:
 	// none is.
