@@ -1558,6 +1558,51 @@ func TestFastClientGoneKeepsTheInstanceConnection(t *testing.T) {
 	}
 }
 
+// TestClientGoneMidBodyEndsTheExchange: an instance that sends part of an
+// answer and then nothing more, while its connection stays open, does not
+// keep an exchange whose client left: the instance connection closes
+// within a second of the client's leaving, on both codecs, and nothing is
+// charged to the instance. Before, the fast codec held both connections
+// and the goroutine until the instance closed its side.
+func TestClientGoneMidBodyEndsTheExchange(t *testing.T) {
+	closed := make(chan time.Time, 1)
+	inst := newRawInstance(t, func(c net.Conn, br *bufio.Reader, r *http.Request, _ []byte) bool {
+		if r.URL.Path != "/stall" {
+			return okHandler("blue")(c, br, r, nil)
+		}
+		_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\npartial")
+		_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		_, _ = br.ReadByte() // until the proxy closes the connection
+		closed <- time.Now()
+		return false
+	})
+	cf := newCodecFronts(t, nil, inst.URL)
+	for _, front := range []struct{ name, addr string }{{"fast", cf.fast}, {"net/http", cf.std}} {
+		before := cf.counters(t)
+		rc := dialRaw(t, front.addr)
+		rc.send("GET /stall HTTP/1.1\r\nHost: a\r\n\r\n")
+		// The fast codec relays the head and "partial" at once; net/http
+		// holds them in its buffer until more comes.
+		_ = rc.nc.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+		_, _ = io.ReadFull(rc.br, make([]byte, len("HTTP/1.1 200 OK")))
+		left := time.Now()
+		rc.nc.Close()
+		select {
+		case at := <-closed:
+			if d := at.Sub(left); d > time.Second {
+				t.Errorf("%s: the instance connection closed %v after the client left", front.name, d)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("%s: the instance connection outlived the client by 5s", front.name)
+		}
+		d := waitCounters(t, cf, before, func(d counters) bool { return len(d.requests) > 0 })
+		if d.upstreamErrors != 0 || d.ejections != 0 || d.retries != 0 {
+			t.Errorf("%s: requests %v, %v upstream errors, %v ejections, %v retries; want nothing charged to the instance",
+				front.name, d.requests, d.upstreamErrors, d.ejections, d.retries)
+		}
+	}
+}
+
 // TestFallbackOpaqueTarget: an absolute-form target with an opaque URI
 // ("x:secret/admin") must not reach the instance as a request line of its
 // own ("GET secret/admin HTTP/1.1"), outside the instance's base path and

@@ -27,7 +27,7 @@ type Conn struct {
 	linger      bool // closing with request bytes unread: half-close and drain first
 
 	upstream  atomic.Pointer[UpConn] // the instance connection of the request in flight, for Close and watchWaits
-	waiting   atomic.Int32           // waitNone, waitHead (for a response head), waitCancelling, waitCancelled (the client left), waitTimedOut
+	waiting   atomic.Int32           // waitNone, waitHead (for a response head), waitBody (relaying a response body), waitCancelling, waitCancelled (the client left), waitTimedOut
 	whole     bool                   // the request in the wait was sent whole (no early answer): its instance connection may outlive the client (Abandon); published by the store of waitHead
 	waitSince atomic.Int64           // when the wait for the head began (UnixNano), for ResponseHeaderTimeout
 	ending    atomic.Bool            // the stream in flight is to end at its next chunk boundary (drainend.go)
@@ -54,6 +54,7 @@ type Conn struct {
 const (
 	waitNone int32 = iota
 	waitHead
+	waitBody       // relaying the answer's body: a client that leaves ends it
 	waitCancelling // the client left; watchWaits is abandoning or closing the instance connection
 	waitCancelled
 	waitTimedOut // the instance took longer than ResponseHeaderTimeout

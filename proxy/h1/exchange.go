@@ -450,12 +450,7 @@ func (c *Conn) ReadResponseHead(x *Exchange, uc *UpConn) error {
 	c.waiting.Store(waitHead)
 	err := c.readResponseHead(x, uc)
 	if !c.waiting.CompareAndSwap(waitHead, waitNone) {
-		st := c.waiting.Load()
-		for st == waitCancelling { // watchWaits is between its two steps
-			runtime.Gosched()
-			st = c.waiting.Load()
-		}
-		c.waiting.Store(waitNone)
+		st := c.endWait()
 		if st == waitTimedOut {
 			return connError("read", uc.nc, os.ErrDeadlineExceeded)
 		}
@@ -469,6 +464,18 @@ func (c *Conn) ReadResponseHead(x *Exchange, uc *UpConn) error {
 		return &ClientError{Kind: ClientGone, Err: errClientLeft}
 	}
 	return err
+}
+
+// endWait ends a wait that watchWaits ended first and returns how it
+// ended (waitCancelled or waitTimedOut).
+func (c *Conn) endWait() int32 {
+	st := c.waiting.Load()
+	for st == waitCancelling { // watchWaits is between its two steps
+		runtime.Gosched()
+		st = c.waiting.Load()
+	}
+	c.waiting.Store(waitNone)
+	return st
 }
 
 func (c *Conn) readResponseHead(x *Exchange, uc *UpConn) error {
@@ -584,6 +591,9 @@ func (c *Conn) WriteResponseHead(x *Exchange, uc *UpConn) Response {
 // client connection may carry another request, and an error of the
 // instance's side (nil when only the client failed).
 func (c *Conn) RelayBody(r *Response, uc *UpConn, u *Upstream) (keep bool, err error) {
+	if r.framing != bodyNone {
+		c.waiting.Store(waitBody)
+	}
 	switch r.framing {
 	case bodyLength:
 		err = c.copyLength(uc, r.length)
@@ -591,6 +601,13 @@ func (c *Conn) RelayBody(r *Response, uc *UpConn, u *Upstream) (keep bool, err e
 		err = c.copyChunked(uc)
 	case bodyUntilClose:
 		err = c.copyUntilClose(uc)
+	}
+	if r.framing != bodyNone && !c.waiting.CompareAndSwap(waitBody, waitNone) {
+		// The client left (watchWaits closed the instance connection):
+		// its doing, as a failed write to it is.
+		c.endWait()
+		uc.Close()
+		return false, nil
 	}
 	if c.endedAtBoundary(err) {
 		c.writeLastChunk() // drainend.go: a clean end, the client reconnects

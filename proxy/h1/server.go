@@ -278,9 +278,11 @@ func (s *Server) background() {
 }
 
 // watchWaits looks at every request waiting for an instance's answer
-// head: one whose client closed its side is cancelled (its instance
-// connection abandoned, or closed), one that has waited longer than
-// ResponseHeaderTimeout is ended by an expired read deadline on it.
+// head or relaying its body: one whose client closed its side is
+// cancelled (its instance connection abandoned, or closed), so that an
+// instance that stalls cannot hold an exchange nobody waits for; one that
+// has waited for its head longer than ResponseHeaderTimeout is ended by
+// an expired read deadline on it.
 func (s *Server) watchWaits() {
 	var gone, late []*Conn
 	var cutoff int64
@@ -289,26 +291,29 @@ func (s *Server) watchWaits() {
 	}
 	s.mu.Lock()
 	for c := range s.conns {
-		if c.waiting.Load() != waitHead {
+		st := c.waiting.Load()
+		if st != waitHead && st != waitBody {
 			continue
 		}
 		switch {
 		case c.clientLeft():
 			gone = append(gone, c)
-		case cutoff != 0 && c.waitSince.Load() <= cutoff:
+		case st == waitHead && cutoff != 0 && c.waitSince.Load() <= cutoff:
 			late = append(late, c)
 		}
 	}
 	s.mu.Unlock()
 	for _, c := range gone {
-		if !c.waiting.CompareAndSwap(waitHead, waitCancelling) {
+		head := c.waiting.CompareAndSwap(waitHead, waitCancelling)
+		if !head && !c.waiting.CompareAndSwap(waitBody, waitCancelling) {
 			continue
 		}
 		// A request sent whole lets the instance answer within the
 		// abandon's grace, so a short answer keeps its connection
-		// (ReadResponseHead drains it); otherwise the connection closes.
+		// (ReadResponseHead drains it); otherwise, and in the middle of
+		// a body, the connection closes.
 		if uc := c.upstream.Load(); uc != nil {
-			if c.whole {
+			if head && c.whole {
 				uc.Abandon()
 			} else {
 				uc.nc.Close()
