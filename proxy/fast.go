@@ -81,6 +81,7 @@ func (s *Server) configure() {
 		h.ReadHeaderTimeout = s.ReadHeaderTimeout
 		h.IdleTimeout = s.IdleTimeout
 		h.ClientBodyTimeout = rt.clientBodyTimeout
+		h.ClientSendTimeout = rt.clientSendTimeout
 		h.ResponseHeaderTimeout = rt.respHeaderTimeout
 		if len(rt.trusted) > 0 {
 			h.Trusted = rt.trustedPeer
@@ -224,6 +225,11 @@ func (h fastHandler) relay(c *h1.Conn, x *h1.Exchange, uc *h1.UpConn, b *Backend
 		defer o.pool.streams.remove(st)
 	}
 	keep, err := c.RelayBody(&r, uc, b.conns)
+	if c.SendStalled() {
+		// The client took no byte of its answer for ClientSendTimeout and
+		// was cut: its timeout. The status is the one it was sent.
+		o.fault, o.kind = clientFault, ClientTimeout
+	}
 	if err != nil {
 		// The head was relayed, so the client keeps its status, but the
 		// instance broke its answer: charged to it like any failed attempt.

@@ -49,6 +49,7 @@ func (s *Server) configureH2() {
 	h.Log = rt.log
 	h.IdleTimeout = s.IdleTimeout
 	h.ReadHeaderTimeout = s.ReadHeaderTimeout
+	h.StallTimeout = rt.clientSendTimeout
 	h.ProtocolError = rt.refused
 	h.KeepAlivesEnded = s.h1.KeepAlivesEnded
 }

@@ -77,6 +77,10 @@ type Config struct {
 	// body (as nginx's client_body_timeout); a client that stops sending
 	// longer gets 408 and the connection closes. Default 60s.
 	ClientBodyTimeout time.Duration
+	// ClientSendTimeout is the most time a client may take no byte of its
+	// answer before its connection is cut (a client that stopped reading
+	// holds an exchange and an instance connection); default 60s.
+	ClientSendTimeout time.Duration
 	// Stats, when set, counts every finished request per colour (see
 	// package stats).
 	Stats *stats.Recorder
@@ -127,6 +131,7 @@ type Router struct {
 
 	metrics           *Metrics
 	clientBodyTimeout time.Duration
+	clientSendTimeout time.Duration
 
 	// The fast codec (see Server).
 	fast              bool
@@ -154,6 +159,9 @@ func NewRouter(cfg Config) (*Router, error) {
 	}
 	if cfg.ClientBodyTimeout <= 0 {
 		cfg.ClientBodyTimeout = 60 * time.Second
+	}
+	if cfg.ClientSendTimeout <= 0 {
+		cfg.ClientSendTimeout = 60 * time.Second
 	}
 	cfg.Upstream = cfg.Upstream.withDefaults()
 	fast := cfg.Transport == nil
@@ -185,6 +193,7 @@ func NewRouter(cfg Config) (*Router, error) {
 
 		rolloutKeyLower:   strings.ToLower(cfg.RolloutKey.Header),
 		clientBodyTimeout: cfg.ClientBodyTimeout,
+		clientSendTimeout: cfg.ClientSendTimeout,
 
 		previewLower:      strings.ToLower(cfg.PreviewHeader),
 		respHeaderTimeout: cfg.Upstream.ResponseHeaderTimeout,
@@ -366,7 +375,7 @@ func (rt *Router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		key = rt.rolloutKeyHTTP(w, r)
 	}
 	pool := rt.route(preview, key)
-	rec := &statusRecorder{ResponseWriter: w}
+	rec := &statusRecorder{ResponseWriter: w, sendTimeout: rt.clientSendTimeout}
 	rec.o = outcome{pool: pool, method: r.Method, start: time.Now(), remote: r.RemoteAddr, proto: r.Proto, longLived: longLived(r)}
 	o := &rec.o
 	if rt.access != nil {
@@ -394,6 +403,7 @@ func (rt *Router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if o.status == 0 {
 			o.status = rec.status()
 		}
+		rec.ended()
 		rt.finish(o)
 	}()
 	b.rp.ServeHTTP(rec, r)
@@ -577,6 +587,14 @@ type statusRecorder struct {
 	body *clientBody // the request body, when there is one
 
 	req *http.Request // the client's request as ServeHTTP passed it on
+
+	// Each write of the answer may wait sendTimeout for the client to
+	// take bytes (ClientSendTimeout): a write deadline set per write
+	// through ctl, cleared when the request ends (deadline), and stalled
+	// when a write ran out of it.
+	sendTimeout       time.Duration
+	ctl               *http.ResponseController
+	deadline, stalled bool
 }
 
 func (s *statusRecorder) WriteHeader(code int) {
@@ -590,7 +608,30 @@ func (s *statusRecorder) Write(p []byte) (int, error) {
 	if s.code == 0 {
 		s.code = http.StatusOK
 	}
-	return s.ResponseWriter.Write(p)
+	if s.sendTimeout > 0 {
+		if s.ctl == nil {
+			s.ctl = http.NewResponseController(s.ResponseWriter)
+		}
+		s.deadline = s.ctl.SetWriteDeadline(time.Now().Add(s.sendTimeout)) == nil || s.deadline
+	}
+	n, err := s.ResponseWriter.Write(p)
+	var ne net.Error
+	if err != nil && s.deadline && errors.As(err, &ne) && ne.Timeout() {
+		s.stalled = true
+	}
+	return n, err
+}
+
+// ended clears the write deadline of the answer's writes, which would
+// otherwise hold for the connection's next request, and reports a client
+// that stopped reading as the client's timeout.
+func (s *statusRecorder) ended() {
+	if s.deadline {
+		_ = s.ctl.SetWriteDeadline(time.Time{})
+	}
+	if s.stalled && s.o.fault == noFault {
+		s.o.fault, s.o.kind = clientFault, ClientTimeout
+	}
 }
 
 func (s *statusRecorder) Unwrap() http.ResponseWriter { return s.ResponseWriter }

@@ -114,3 +114,54 @@ func postRaw(t *testing.T, addr string, size int) (int, error) {
 	}
 	return res.StatusCode, nil
 }
+
+// TestClientThatStopsReadingIsCut: a client that takes no byte of its
+// answer for ClientSendTimeout has its connection cut (HTTP/2: the
+// stream reset), so that it holds no instance connection and no exchange,
+// on every codec; counted as the client's timeout, never against the
+// instance. Before, such a client held both for as long as it liked.
+func TestClientThatStopsReadingIsCut(t *testing.T) {
+	const stall = 300 * time.Millisecond
+	ended := make(chan time.Time, 1)
+	inst := newRawInstance(t, func(c net.Conn, br *bufio.Reader, r *http.Request, _ []byte) bool {
+		if r.URL.Path != "/big" {
+			return okHandler("blue")(c, br, r, nil)
+		}
+		const size = 256 << 20
+		_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: "+strconv.Itoa(size)+"\r\n\r\n")
+		_, _ = io.Copy(c, io.LimitReader(zeros{}, size)) // until the proxy closes the connection
+		ended <- time.Now()
+		return false
+	})
+	f := newFixture(t, []string{inst.URL}, []string{inst.URL}, func(c *Config) {
+		c.ClientSendTimeout = stall
+		c.Outlier = OutlierConfig{Consecutive: 1, Eject: time.Minute}
+	})
+	cf := &codecFronts{rt: f.rt, reg: f.reg, fast: startFast(t, f.rt, nil).addr, std: startNetHTTPOnly(t, f.rt)}
+	h2 := startH2(t, f.rt, nil)
+	open := map[string]func(){
+		"fast":     func() { dialRaw(t, cf.fast).send("GET /big HTTP/1.1\r\nHost: a\r\n\r\n") },
+		"net/http": func() { dialRaw(t, cf.std).send("GET /big HTTP/1.1\r\nHost: a\r\n\r\n") },
+		"h2":       func() { dialH2(t, h2.addr, true).Request(1, "/big", true) },
+	}
+	for _, name := range []string{"fast", "net/http", "h2"} {
+		before := cf.counters(t)
+		start := time.Now()
+		open[name]() // and never read
+		select {
+		case at := <-ended:
+			if d := at.Sub(start); d < stall || d > 20*stall {
+				t.Errorf("%s: the instance's answer ended after %v, the send timeout is %v", name, d, stall)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%s: the client that reads nothing still holds the instance's answer after 10s", name)
+		}
+		d := waitCounters(t, cf, before, func(d counters) bool {
+			return len(d.requests) > 0 && (len(d.client) > 0 || d.upstreamErrors > 0)
+		})
+		if d.client[ClientTimeout] != 1 || len(d.client) != 1 || d.upstreamErrors != 0 || d.ejections != 0 {
+			t.Errorf("%s: requests %v, client errors %v, %v upstream errors, %v ejections; want one client timeout, nothing charged to the instance",
+				name, d.requests, d.client, d.upstreamErrors, d.ejections)
+		}
+	}
+}

@@ -92,6 +92,7 @@ type Config struct {
 
 	// Data plane: client faults (proxy pipeline).
 	ClientBodyTimeout time.Duration `env:"CLIENT_BODY_TIMEOUT" envDefault:"60s"`
+	ClientSendTimeout time.Duration `env:"CLIENT_SEND_TIMEOUT" envDefault:"60s"`
 
 	// Upstream connection pools: the most kept open per instance (config_pool.go).
 	UpstreamMaxConns string `env:"UPSTREAM_MAX_CONNS"`

@@ -111,6 +111,7 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, version string, re
 	pcfg.Outlier = proxy.OutlierConfig{Consecutive: cfg.OutlierConsecutive, Eject: cfg.OutlierEject}
 	pcfg.TrustedProxies, pcfg.StripPreviewHeader = cfg.trusted, cfg.PreviewStrip
 	pcfg.ClientBodyTimeout = cfg.ClientBodyTimeout
+	pcfg.ClientSendTimeout = cfg.ClientSendTimeout
 	pcfg.NetHTTPOnly = !cfg.FastPath
 	if cfg.Preview {
 		pcfg.PreviewHeader, pcfg.PreviewCookie = cfg.PreviewHeader, cfg.PreviewCookie

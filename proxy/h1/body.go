@@ -71,6 +71,7 @@ func (c *Conn) copyLength(uc *UpConn, n int64) error {
 	if sp == nil {
 		return c.copyN(uc, n)
 	}
+	sp.waits = c.cr // for the watch over clients that stop reading
 	defer sp.close()
 	c.out.write(uc.cr.bytes())
 	uc.cr.discard(b)

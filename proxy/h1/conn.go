@@ -26,11 +26,12 @@ type Conn struct {
 	deadlineSet bool // a body read set a deadline of its own: re-arm the idle one
 	linger      bool // closing with request bytes unread: half-close and drain first
 
-	upstream  atomic.Pointer[UpConn] // the instance connection of the request in flight, for Close and watchWaits
-	waiting   atomic.Int32           // waitNone, waitHead (for a response head), waitBody (relaying a response body), waitCancelling, waitCancelled (the client left), waitTimedOut
-	whole     bool                   // the request in the wait was sent whole (no early answer): its instance connection may outlive the client (Abandon); published by the store of waitHead
-	waitSince atomic.Int64           // when the wait for the head began (UnixNano), for ResponseHeaderTimeout
-	ending    atomic.Bool            // the stream in flight is to end at its next chunk boundary (drainend.go)
+	upstream    atomic.Pointer[UpConn] // the instance connection of the request in flight, for Close and watchWaits
+	waiting     atomic.Int32           // waitNone, waitHead (for a response head), waitBody (relaying a response body), waitCancelling, waitCancelled (the client left), waitTimedOut
+	whole       bool                   // the request in the wait was sent whole (no early answer): its instance connection may outlive the client (Abandon); published by the store of waitHead
+	waitSince   atomic.Int64           // when the wait for the head began (UnixNano), for ResponseHeaderTimeout
+	ending      atomic.Bool            // the stream in flight is to end at its next chunk boundary (drainend.go)
+	sendStalled atomic.Bool            // watchWaits cut the connection: the client took no byte of its answer for ClientSendTimeout
 
 	atChunkStart bool // the relay is reading a chunk-size line (drainend.go)
 	endWaited    bool // the relay waited once for the end of a chunk (drainend.go)
@@ -71,6 +72,11 @@ func (s *Server) newConn(nc net.Conn) *Conn {
 	c.trusted = s.Trusted != nil && s.Trusted(c.remote)
 	return c
 }
+
+// SendStalled reports whether the connection was cut because the client
+// took no byte of its answer for the Server's ClientSendTimeout: the
+// client's timeout.
+func (c *Conn) SendStalled() bool { return c.sendStalled.Load() }
 
 // Remote is the client's address.
 func (c *Conn) Remote() string { return c.remote }

@@ -5,7 +5,9 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"syscall"
+	"time"
 )
 
 // Buffer sizes of the fast path. A client connection holds a read buffer
@@ -76,6 +78,30 @@ type connReader struct {
 	sendFillFn func(fd uintptr) bool
 	sendCheck  bool // look at the socket before writing wp
 	sendStale  bool // the look found it closed or holding bytes
+
+	// A write waiting for room in the socket's send buffer: since when
+	// (unix nanoseconds; 0: none), for the Server's watch over clients
+	// that stop reading their answer (Server.ClientSendTimeout). blocked
+	// is the writer's own copy, so that a write that did not wait costs
+	// no atomic operation.
+	blockedAt atomic.Int64
+	blocked   bool
+}
+
+// writeWaits records that a write waits for room in the socket's buffer.
+func (cr *connReader) writeWaits() {
+	if !cr.blocked {
+		cr.blocked = true
+		cr.blockedAt.Store(time.Now().UnixNano())
+	}
+}
+
+// writeMoved records that a write made progress.
+func (cr *connReader) writeMoved() {
+	if cr.blocked {
+		cr.blocked = false
+		cr.blockedAt.Store(0)
+	}
 }
 
 // peekResult is what a non-blocking look at a socket found.
@@ -262,7 +288,12 @@ func (cr *connReader) sendFill(p []byte, check bool) error {
 // the connection has one. Its errors are net.Conn.Write's.
 func (cr *connReader) write(p []byte) (int, error) {
 	if cr.rc == nil {
-		return cr.nc.Write(p)
+		// No raw access (TLS): every write counts as waiting until it
+		// returns.
+		cr.writeWaits()
+		n, err := cr.nc.Write(p)
+		cr.writeMoved()
+		return n, err
 	}
 	if cr.writeFn == nil {
 		cr.writeFn = cr.writeSome

@@ -37,8 +37,10 @@ func (cr *connReader) writeSome(fd uintptr) bool {
 		switch {
 		case err == nil && n > 0:
 			cr.wn += n
+			cr.writeMoved()
 		case err == syscall.EINTR:
 		case err == syscall.EAGAIN:
+			cr.writeWaits()
 			return false
 		case err == nil:
 			cr.werr = io.ErrUnexpectedEOF // as internal/poll reports a write of nothing

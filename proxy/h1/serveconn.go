@@ -65,6 +65,9 @@ func (s *Server) start(ln net.Listener, addr net.Addr) error {
 		if s.ClientBodyTimeout <= 0 {
 			s.ClientBodyTimeout = 60 * time.Second
 		}
+		if s.ClientSendTimeout <= 0 {
+			s.ClientSendTimeout = 60 * time.Second
+		}
 		if s.ReapEvery <= 0 {
 			s.ReapEvery = time.Second
 		}

@@ -59,6 +59,11 @@ type Server struct {
 	// ClientBodyTimeout is the most time between two reads of a request
 	// body; default 60s.
 	ClientBodyTimeout time.Duration
+	// ClientSendTimeout is the most time a write of an answer's body to
+	// the client may wait for room (a client that stops reading), to
+	// within 100ms after it (watchEvery); the connection is then cut and
+	// SendStalled reports it. Default 60s.
+	ClientSendTimeout time.Duration
 	// ResponseHeaderTimeout bounds the wait for an instance's response
 	// head, to within 100ms after it (watchEvery), and how long an
 	// instance may go without taking a byte of a request body it is sent
@@ -284,16 +289,28 @@ func (s *Server) background() {
 // has waited for its head longer than ResponseHeaderTimeout is ended by
 // an expired read deadline on it.
 func (s *Server) watchWaits() {
-	var gone, late []*Conn
+	var gone, late, stalled []*Conn
+	now := time.Now()
 	var cutoff int64
 	if s.ResponseHeaderTimeout > 0 {
-		cutoff = time.Now().Add(-s.ResponseHeaderTimeout).UnixNano()
+		cutoff = now.Add(-s.ResponseHeaderTimeout).UnixNano()
 	}
+	sendCutoff := now.Add(-s.ClientSendTimeout).UnixNano()
 	s.mu.Lock()
 	for c := range s.conns {
 		st := c.waiting.Load()
 		if st != waitHead && st != waitBody {
 			continue
+		}
+		if st == waitBody {
+			if at := c.cr.blockedAt.Load(); at != 0 {
+				// Writing to the client: it has not left, and if
+				// it stopped reading for too long it is cut.
+				if at <= sendCutoff {
+					stalled = append(stalled, c)
+				}
+				continue
+			}
 		}
 		switch {
 		case c.clientLeft():
@@ -303,6 +320,10 @@ func (s *Server) watchWaits() {
 		}
 	}
 	s.mu.Unlock()
+	for _, c := range stalled {
+		c.sendStalled.Store(true)
+		c.cut()
+	}
 	for _, c := range gone {
 		head := c.waiting.CompareAndSwap(waitHead, waitCancelling)
 		if !head && !c.waiting.CompareAndSwap(waitBody, waitCancelling) {

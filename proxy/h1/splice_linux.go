@@ -25,6 +25,9 @@ type splicer struct {
 	err      error
 	drainFn  func(fd uintptr) bool
 	pumpFn   func(fd uintptr) bool
+	// waits, when set, is dst's reader, told when a pump waits for room
+	// and when it moves (connReader.writeWaits).
+	waits *connReader
 }
 
 // newSplicer returns a splicer from src to dst, or nil when they are not
@@ -107,12 +110,18 @@ func (sp *splicer) pumpReady(fd uintptr) bool {
 		if n > 0 {
 			sp.inPipe -= int(n)
 			sp.n += int(n)
+			if sp.waits != nil {
+				sp.waits.writeMoved()
+			}
 			continue
 		}
 		switch err {
 		case unix.EINTR:
 			continue
 		case unix.EAGAIN: // the socket's send queue is full
+			if sp.waits != nil {
+				sp.waits.writeWaits()
+			}
 			return false
 		case nil:
 			err = io.ErrNoProgress

@@ -6,7 +6,10 @@ import "net"
 
 // splicer is splice(2) between two sockets, which only Linux has: bodies
 // are copied elsewhere.
-type splicer struct{ inPipe int }
+type splicer struct {
+	inPipe int
+	waits  *connReader
+}
 
 func newSplicer(src, dst net.Conn) *splicer { return nil }
 
