@@ -225,10 +225,14 @@ func (h fastHandler) relay(c *h1.Conn, x *h1.Exchange, uc *h1.UpConn, b *Backend
 		defer o.pool.streams.remove(st)
 	}
 	keep, err := c.RelayBody(&r, uc, b.conns)
-	if c.SendStalled() {
+	switch {
+	case c.SendStalled():
 		// The client took no byte of its answer for ClientSendTimeout and
-		// was cut: its timeout. The status is the one it was sent.
-		o.fault, o.kind = clientFault, ClientTimeout
+		// was cut: its timeout, as on HTTP/2.
+		o.status, o.fault, o.kind = 499, clientFault, ClientTimeout
+	case c.AnswerCut():
+		// The client left before it had the whole answer: its doing.
+		o.status, o.fault, o.kind = 499, clientFault, ClientGone
 	}
 	if err != nil {
 		// The head was relayed, so the client keeps its status, but the

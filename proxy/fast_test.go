@@ -1561,8 +1561,8 @@ func TestFastClientGoneKeepsTheInstanceConnection(t *testing.T) {
 // TestClientGoneMidBodyEndsTheExchange: an instance that sends part of an
 // answer and then nothing more, while its connection stays open, does not
 // keep an exchange whose client left: the instance connection closes
-// within a second of the client's leaving, on both codecs, and nothing is
-// charged to the instance. Before, the fast codec held both connections
+// within a second of the client's leaving, on both codecs, counted 499
+// (gone) and charged to nobody. Before, the fast codec held both connections
 // and the goroutine until the instance closed its side.
 func TestClientGoneMidBodyEndsTheExchange(t *testing.T) {
 	closed := make(chan time.Time, 1)
@@ -1595,10 +1595,10 @@ func TestClientGoneMidBodyEndsTheExchange(t *testing.T) {
 		case <-time.After(5 * time.Second):
 			t.Fatalf("%s: the instance connection outlived the client by 5s", front.name)
 		}
-		d := waitCounters(t, cf, before, func(d counters) bool { return len(d.requests) > 0 })
-		if d.upstreamErrors != 0 || d.ejections != 0 || d.retries != 0 {
-			t.Errorf("%s: requests %v, %v upstream errors, %v ejections, %v retries; want nothing charged to the instance",
-				front.name, d.requests, d.upstreamErrors, d.ejections, d.retries)
+		d := waitCounters(t, cf, before, func(d counters) bool { return len(d.requests) > 0 && len(d.client) > 0 })
+		if d.requests["499"] != 1 || d.client[ClientGone] != 1 || d.upstreamErrors != 0 || d.ejections != 0 || d.retries != 0 {
+			t.Errorf("%s: requests %v, client errors %v, %v upstream errors, %v ejections, %v retries; want one 499, gone, nothing charged to the instance",
+				front.name, d.requests, d.client, d.upstreamErrors, d.ejections, d.retries)
 		}
 	}
 }

@@ -400,11 +400,18 @@ func (rt *Router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	rec.req = r
 	growStack(len(r.URL.Path))
 	defer func() {
+		// ReverseProxy aborts (panics with http.ErrAbortHandler) when
+		// the answer's copy fails: the finish is counted, and the panic
+		// goes on to net/http, which closes the connection.
+		aborted := recover()
 		if o.status == 0 {
 			o.status = rec.status()
 		}
-		rec.ended()
+		rec.ended(aborted != nil && r.Context().Err() != nil)
 		rt.finish(o)
+		if aborted != nil {
+			panic(aborted)
+		}
 	}()
 	b.rp.ServeHTTP(rec, r)
 }
@@ -592,9 +599,9 @@ type statusRecorder struct {
 	// take bytes (ClientSendTimeout): a write deadline set per write
 	// through ctl, cleared when the request ends (deadline), and stalled
 	// when a write ran out of it.
-	sendTimeout       time.Duration
-	ctl               *http.ResponseController
-	deadline, stalled bool
+	sendTimeout               time.Duration
+	ctl                       *http.ResponseController
+	deadline, stalled, failed bool
 }
 
 func (s *statusRecorder) WriteHeader(code int) {
@@ -615,22 +622,29 @@ func (s *statusRecorder) Write(p []byte) (int, error) {
 		s.deadline = s.ctl.SetWriteDeadline(time.Now().Add(s.sendTimeout)) == nil || s.deadline
 	}
 	n, err := s.ResponseWriter.Write(p)
-	var ne net.Error
-	if err != nil && s.deadline && errors.As(err, &ne) && ne.Timeout() {
-		s.stalled = true
+	if err != nil && !errors.Is(err, http.ErrBodyNotAllowed) && !errors.Is(err, http.ErrContentLength) { // those two are the instance's answer's
+		s.failed = true
+		var ne net.Error
+		s.stalled = s.stalled || s.deadline && errors.As(err, &ne) && ne.Timeout()
 	}
 	return n, err
 }
 
 // ended clears the write deadline of the answer's writes, which would
-// otherwise hold for the connection's next request, and reports a client
-// that stopped reading as the client's timeout.
-func (s *statusRecorder) ended() {
+// otherwise hold for the connection's next request, and counts an answer
+// the client did not take whole (a write to it failed, or left: its
+// request's context ended the copy) as the client's, as the fast codecs
+// do: 499, a timeout when it stopped reading, else gone.
+func (s *statusRecorder) ended(left bool) {
 	if s.deadline {
 		_ = s.ctl.SetWriteDeadline(time.Time{})
 	}
-	if s.stalled && s.o.fault == noFault {
-		s.o.fault, s.o.kind = clientFault, ClientTimeout
+	if !s.failed && !left || s.o.fault != noFault {
+		return
+	}
+	s.o.status, s.o.fault, s.o.kind = 499, clientFault, ClientGone
+	if s.stalled {
+		s.o.kind = ClientTimeout
 	}
 }
 

@@ -118,7 +118,7 @@ func postRaw(t *testing.T, addr string, size int) (int, error) {
 // TestClientThatStopsReadingIsCut: a client that takes no byte of its
 // answer for ClientSendTimeout has its connection cut (HTTP/2: the
 // stream reset), so that it holds no instance connection and no exchange,
-// on every codec; counted as the client's timeout, never against the
+// on every codec; counted 499, the client's timeout, never against the
 // instance. Before, such a client held both for as long as it liked.
 func TestClientThatStopsReadingIsCut(t *testing.T) {
 	const stall = 300 * time.Millisecond
@@ -159,8 +159,8 @@ func TestClientThatStopsReadingIsCut(t *testing.T) {
 		d := waitCounters(t, cf, before, func(d counters) bool {
 			return len(d.requests) > 0 && (len(d.client) > 0 || d.upstreamErrors > 0)
 		})
-		if d.client[ClientTimeout] != 1 || len(d.client) != 1 || d.upstreamErrors != 0 || d.ejections != 0 {
-			t.Errorf("%s: requests %v, client errors %v, %v upstream errors, %v ejections; want one client timeout, nothing charged to the instance",
+		if d.requests["499"] != 1 || len(d.requests) != 1 || d.client[ClientTimeout] != 1 || len(d.client) != 1 || d.upstreamErrors != 0 || d.ejections != 0 {
+			t.Errorf("%s: requests %v, client errors %v, %v upstream errors, %v ejections; want one 499, a client timeout, nothing charged to the instance",
 				name, d.requests, d.client, d.upstreamErrors, d.ejections)
 		}
 	}

@@ -342,8 +342,8 @@ func TestFastLargeBodyFaults(t *testing.T) {
 		}
 	})
 
-	// A client that leaves in the middle of a download is nobody's
-	// instance fault, on either codec.
+	// A client that leaves in the middle of a download is its own fault,
+	// counted alike on either codec (as on HTTP/2): 499, gone.
 	for _, front := range []struct{ name, addr string }{{"fast", cf.fast}, {"net/http", cf.std}} {
 		t.Run("client leaves mid-download, "+front.name, func(t *testing.T) {
 			before := cf.counters(t)
@@ -362,10 +362,11 @@ func TestFastLargeBodyFaults(t *testing.T) {
 				}
 				return n
 			}
-			d := waitCounters(t, cf, before, func(d counters) bool { return total(d.requests) == 1 })
-			if total(d.requests) != 1 || d.upstreamErrors != 0 || d.ejections != 0 || d.retries != 0 {
-				t.Errorf("requests %v, %v upstream errors, %v ejections, %v retries; want one request and nothing charged to the instance",
-					d.requests, d.upstreamErrors, d.ejections, d.retries)
+			d := waitCounters(t, cf, before, func(d counters) bool { return total(d.requests) == 1 && len(d.client) > 0 })
+			if d.requests["499"] != 1 || total(d.requests) != 1 || d.client[ClientGone] != 1 ||
+				d.upstreamErrors != 0 || d.ejections != 0 || d.retries != 0 {
+				t.Errorf("requests %v, client errors %v, %v upstream errors, %v ejections, %v retries; want one 499, one %q client error and nothing charged to the instance",
+					d.requests, d.client, d.upstreamErrors, d.ejections, d.retries, ClientGone)
 			}
 		})
 	}

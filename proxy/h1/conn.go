@@ -78,6 +78,11 @@ func (s *Server) newConn(nc net.Conn) *Conn {
 // client's timeout.
 func (c *Conn) SendStalled() bool { return c.sendStalled.Load() }
 
+// AnswerCut reports whether the answer relayed last could not be written
+// whole to the client: a write to it failed, watchWaits saw it leave, or
+// it stopped reading (SendStalled).
+func (c *Conn) AnswerCut() bool { return c.out.err != nil }
+
 // Remote is the client's address.
 func (c *Conn) Remote() string { return c.remote }
 

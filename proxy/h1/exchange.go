@@ -607,6 +607,9 @@ func (c *Conn) RelayBody(r *Response, uc *UpConn, u *Upstream) (keep bool, err e
 		// its doing, as a failed write to it is.
 		c.endWait()
 		uc.Close()
+		if c.out.err == nil {
+			c.out.err = errClientLeft
+		}
 		return false, nil
 	}
 	if c.endedAtBoundary(err) {
