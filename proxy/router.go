@@ -400,18 +400,14 @@ func (rt *Router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	rec.req = r
 	growStack(len(r.URL.Path))
 	defer func() {
-		// ReverseProxy aborts (panics with http.ErrAbortHandler) when
-		// the answer's copy fails: the finish is counted, and the panic
-		// goes on to net/http, which closes the connection.
-		aborted := recover()
 		if o.status == 0 {
 			o.status = rec.status()
 		}
-		rec.ended(aborted != nil && r.Context().Err() != nil)
+		// The request's context ends before ServeHTTP returns only when
+		// the client went away (net/http saw its side close), which ends
+		// the copy of the answer.
+		rec.ended(r.Context().Err() != nil)
 		rt.finish(o)
-		if aborted != nil {
-			panic(aborted)
-		}
 	}()
 	b.rp.ServeHTTP(rec, r)
 }

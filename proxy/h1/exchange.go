@@ -241,10 +241,10 @@ func (c *Conn) sendBody(x *Exchange, uc *UpConn, rem int64) error {
 	return nil
 }
 
-// SendStall is how long an instance may take no byte of a request body
-// it is sent (ResponseHeaderTimeout): a write blocked for longer is the
-// instance's timeout, as nginx's proxy_send_timeout, and not a slow
-// reader's pace.
+// sendStall bounds how long an instance may take no byte of a request
+// body it is sent (the Server's ResponseHeaderTimeout): a write blocked
+// for longer is the instance's timeout, as nginx's proxy_send_timeout,
+// and not a slow reader's pace.
 type sendStall struct {
 	limit time.Duration // 0: none
 	since time.Time     // when the writes began to block (zero: they do not)

@@ -21,7 +21,7 @@ func (c *UpConn) Write(p []byte) (int, error) { return c.cr.write(p) }
 // RFC 9112 9.5) ends the sending with early true; the rest is not sent,
 // and the connection must not be reused. A slow reader is no failure, but
 // one that takes no byte for stall (0: no limit) is the instance's
-// timeout (SendStall).
+// timeout (sendStall).
 func (c *UpConn) WriteBody(p []byte, stall time.Duration) (early bool, err error) {
 	defer c.nc.SetWriteDeadline(time.Time{})
 	st := sendStall{limit: stall}

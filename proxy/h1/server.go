@@ -67,7 +67,7 @@ type Server struct {
 	// ResponseHeaderTimeout bounds the wait for an instance's response
 	// head, to within 100ms after it (watchEvery), and how long an
 	// instance may go without taking a byte of a request body it is sent
-	// (SendStall); 0: none.
+	// (sendStall); 0: none.
 	ResponseHeaderTimeout time.Duration
 	// Trusted reports whether a peer's forwarding headers are kept; nil:
 	// none is.
@@ -321,8 +321,10 @@ func (s *Server) watchWaits() {
 	}
 	s.mu.Unlock()
 	for _, c := range stalled {
-		c.sendStalled.Store(true)
-		c.cut()
+		if at := c.cr.blockedAt.Load(); at != 0 && at <= sendCutoff { // still the same wait
+			c.sendStalled.Store(true)
+			c.cut()
+		}
 	}
 	for _, c := range gone {
 		head := c.waiting.CompareAndSwap(waitHead, waitCancelling)
