@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"crypto/tls"
 	"io"
 	"net"
 	"net/http"
@@ -143,8 +144,16 @@ func TestClientThatStopsReadingIsCut(t *testing.T) {
 		"fast":     func() { dialRaw(t, cf.fast).send("GET /big HTTP/1.1\r\nHost: a\r\n\r\n") },
 		"net/http": func() { dialRaw(t, cf.std).send("GET /big HTTP/1.1\r\nHost: a\r\n\r\n") },
 		"h2":       func() { dialH2(t, h2.addr, true).Request(1, "/big", true) },
+		"https/1.1": func() {
+			tc, err := tls.Dial("tcp", h2.addr, &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"http/1.1"}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { tc.Close() })
+			_, _ = io.WriteString(tc, "GET /big HTTP/1.1\r\nHost: a\r\n\r\n")
+		},
 	}
-	for _, name := range []string{"fast", "net/http", "h2"} {
+	for _, name := range []string{"fast", "net/http", "h2", "https/1.1"} {
 		before := cf.counters(t)
 		start := time.Now()
 		open[name]() // and never read
