@@ -382,10 +382,7 @@ func TestH2ResetKeepsTheInstanceConnection(t *testing.T) {
 		body := "hello"
 		switch r.URL.Path {
 		case "/short", "/long", "/never":
-			arrived <- struct{}{}
-			select {
-			case <-release:
-			case <-time.After(10 * time.Second):
+			if !held(arrived, release) {
 				return false
 			}
 			if r.URL.Path == "/long" {

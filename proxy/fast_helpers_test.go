@@ -469,3 +469,16 @@ func (s *servedOn) same(a, b string) bool {
 	defer s.mu.Unlock()
 	return s.m[a] != nil && s.m[a] == s.m[b]
 }
+
+// held is for an instance's handler that holds a request until the test
+// lets it go: it signals arrived and waits for release, false when none
+// comes within 10 s.
+func held(arrived chan<- struct{}, release <-chan struct{}) bool {
+	arrived <- struct{}{}
+	select {
+	case <-release:
+		return true
+	case <-time.After(10 * time.Second):
+		return false
+	}
+}

@@ -1498,10 +1498,7 @@ func TestFastClientGoneKeepsTheInstanceConnection(t *testing.T) {
 		answer := "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
 		switch r.URL.Path {
 		case "/short", "/post", "/chunked", "/long", "/never":
-			arrived <- struct{}{}
-			select {
-			case <-release:
-			case <-time.After(10 * time.Second):
+			if !held(arrived, release) {
 				return false
 			}
 			switch r.URL.Path {

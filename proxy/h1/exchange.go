@@ -233,7 +233,8 @@ func (c *Conn) sendBody(x *Exchange, uc *UpConn, rem int64) error {
 			c.cr.discard(n)
 			rem -= int64(n)
 			p = p[n:]
-			if stop, err := stall.wrote(x, uc, n, err); stop {
+			if stop, early, err := stall.wrote(uc, n, err); stop {
+				x.early = early
 				return err
 			}
 		}
@@ -250,60 +251,39 @@ type sendStall struct {
 	since time.Time     // when the writes began to block (zero: they do not)
 }
 
-// moved records a write that did not block.
-func (st *sendStall) moved() { st.since = time.Time{} }
-
-// wrote judges a write to uc of n bytes of the request body that ended
-// with err and reports whether the sending stops, with its error: after
-// an early answer (x.early, no error), a failure, or a stall of limit; a
-// write that only timed out goes on.
-func (st *sendStall) wrote(x *Exchange, uc *UpConn, n int, err error) (stop bool, _ error) {
+// wrote judges a write to uc of n bytes of a request body that ended
+// with err, for every way a body is sent (sendBody, spliceIn, WriteBody):
+// stop reports whether the sending ends, early that it ends because the
+// instance answered (RFC 9112 9.5: its answer is what the client gets, no
+// error), err a failure or the instance's stall past limit. A write that
+// only timed out is a slow reader's pace and goes on.
+func (st *sendStall) wrote(uc *UpConn, n int, err error) (stop, early bool, _ error) {
 	if err == nil {
-		st.moved()
-		return false, nil
+		st.since = time.Time{}
+		return false, false, nil
 	}
-	if again, err := upWriteFailed(x, uc, err); !again {
-		return true, err
+	switch uc.cr.peekState() {
+	case peekData:
+		return true, true, nil
+	case peekNothing, peekUnknown:
+		if !isTimeout(err) {
+			return true, false, err
+		}
+	default:
+		return true, false, err
 	}
-	if err := st.check(uc, n); err != nil {
-		return true, err
-	}
-	return false, nil
-}
-
-// check is called after a write to uc that timed out having written n
-// bytes: it returns the instance's timeout once the writes have blocked
-// for limit with no byte taken since the last one that was.
-func (st *sendStall) check(uc *UpConn, n int) error {
 	if st.limit <= 0 {
-		return nil
+		return false, false, nil
 	}
 	now := time.Now()
 	if n > 0 || st.since.IsZero() {
 		st.since = now
-		return nil
+		return false, false, nil
 	}
 	if now.Sub(st.since) >= st.limit {
-		return connError("write", uc.nc, os.ErrDeadlineExceeded)
+		return true, false, connError("write", uc.nc, os.ErrDeadlineExceeded)
 	}
-	return nil
-}
-
-// upWriteFailed judges a write of the request body to the instance that
-// failed with err: again when it only timed out (a slow reader, not a
-// failure); nil when the instance answered and stopped reading (or
-// closed), whose answer is what the client gets (x.early); else err.
-func upWriteFailed(x *Exchange, uc *UpConn, err error) (again bool, _ error) {
-	switch uc.cr.peekState() {
-	case peekData:
-		x.early = true
-		return false, nil
-	case peekNothing, peekUnknown:
-		if isTimeout(err) {
-			return true, nil
-		}
-	}
-	return false, err
+	return false, false, nil
 }
 
 // spliceIn moves the last rem bytes of a request body from the client to
@@ -330,7 +310,8 @@ func (c *Conn) spliceIn(x *Exchange, uc *UpConn, sp *splicer, rem int64) error {
 		for sp.inPipe > 0 {
 			_ = uc.nc.SetWriteDeadline(time.Now().Add(earlyWriteSlice))
 			n, err := sp.pump()
-			if stop, err := stall.wrote(x, uc, n, err); stop {
+			if stop, early, err := stall.wrote(uc, n, err); stop {
+				x.early = early
 				return err
 			}
 		}

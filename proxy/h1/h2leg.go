@@ -32,22 +32,9 @@ func (c *UpConn) WriteBody(p []byte, stall time.Duration) (early bool, err error
 		_ = c.nc.SetWriteDeadline(time.Now().Add(earlyWriteSlice))
 		n, err := c.cr.write(p)
 		p = p[n:]
-		if err == nil {
-			st.moved()
-			continue
+		if stop, early, err := st.wrote(c, n, err); stop {
+			return early, err
 		}
-		switch c.cr.peekState() {
-		case peekData:
-			return true, nil
-		case peekNothing, peekUnknown:
-			if isTimeout(err) {
-				if err := st.check(c, n); err != nil {
-					return false, err
-				}
-				continue
-			}
-		}
-		return false, err
 	}
 	return false, nil
 }
