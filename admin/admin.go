@@ -13,7 +13,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net/http"
+	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -107,7 +110,7 @@ func New(cfg Config) http.Handler {
 		r.Get("/history", a.history)
 		r.Get("/stats", a.statsHandler)
 		r.Group(func(r chi.Router) {
-			r.Use(a.auth)
+			r.Use(a.auth, bodyOnly)
 			r.Post("/cutover", a.switcher(false))
 			r.Post("/rollback", a.switcher(true))
 		})
@@ -148,6 +151,25 @@ func (a *api) requireToken(next http.Handler) http.Handler {
 			a.cfg.Log.Warn("admin request refused: missing or wrong token", "method", r.Method, "path", r.URL.Path, "remote", r.RemoteAddr)
 			w.Header().Set("WWW-Authenticate", `Bearer realm="bluegreen"`)
 			writeError(w, http.StatusUnauthorized, "unauthorized", "missing or wrong bearer token")
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// bodyOnly refuses a mutating call that carries a query string: the
+// calls take their options in a JSON body only, and a `?to=green` that
+// was ignored would make a cutover without a body flip to whichever colour
+// is not active, perhaps away from green.
+func bodyOnly(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.RawQuery != "" {
+			name := r.URL.RawQuery
+			if q, err := url.ParseQuery(r.URL.RawQuery); err == nil {
+				name = strings.Join(slices.Sorted(maps.Keys(q)), ", ")
+			}
+			writeError(w, http.StatusBadRequest, "bad_request", fmt.Sprintf(
+				"%s takes no query parameters (got %q): send its options as a JSON body, e.g. {\"to\":\"green\"}", r.URL.Path, name))
 			return
 		}
 		next.ServeHTTP(w, r)

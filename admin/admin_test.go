@@ -172,6 +172,11 @@ func TestBadRequests(t *testing.T) {
 		{"bad limit", "GET", "/admin/history?limit=0", "", 400},
 		{"method", "GET", "/admin/cutover", "", 405},
 		{"unknown path", "GET", "/admin/nope", "", 404},
+		// Options go in the body: an ignored ?to=green would make the
+		// cutover without a body flip to the other colour.
+		{"query on cutover", "POST", "/admin/cutover?to=green", "", 400},
+		{"query and body", "POST", "/admin/cutover?force", `{"to":"green"}`, 400},
+		{"query on rollback", "POST", "/admin/rollback?reason=x", "", 400},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -183,6 +188,9 @@ func TestBadRequests(t *testing.T) {
 	}
 	if len(fc.reqs) != 0 {
 		t.Fatalf("bad requests reached the controller: %v", fc.reqs)
+	}
+	if _, m, _ := call(t, "POST", srv.URL+"/admin/cutover?to=green&dry=1", ""); !strings.Contains(fmt.Sprint(m["error"]), `"dry, to"`) {
+		t.Fatalf("the refusal does not name the parameters: %v", m)
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"net/http/httptest"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -62,6 +63,10 @@ func TestRolloutEndpoints(t *testing.T) {
 		{"POST", "/admin/rollout", `{"to":"green","colour":"x"}`, auth, 400, nil},
 		{"POST", "/admin/rollout", `{}`, auth, 400, nil},
 		{"POST", "/admin/rollout/promote", ``, auth, 409, func(m map[string]any) bool { return m["code"] == "no_rollout" }},
+		{"POST", "/admin/rollout?to=green", `{"to":"green"}`, auth, 400, func(m map[string]any) bool {
+			return m["code"] == "bad_request" && strings.Contains(m["error"].(string), `"to"`)
+		}},
+		{"POST", "/admin/rollout?to=green", `{"to":"green"}`, nil, 401, nil},
 		{"POST", "/admin/rollout", `{"to":"green","steps":[10,50,100],"step_interval":"1m","max_p99":"500ms","reason":"release 1.4.3"}`, auth, 200,
 			func(m map[string]any) bool {
 				return m["phase"] == "running" && m["weight"] == 10.0 && m["step_number"] == 1.0
