@@ -516,6 +516,22 @@ func TestClientCutoverToken(t *testing.T) {
 	})
 }
 
+// A colour given as an argument is refused, before anything is sent,
+// with the flag that names it.
+func TestClientColourAsArgument(t *testing.T) {
+	env := map[string]string{envAdminURL: "http://127.0.0.1:1"}
+	for _, args := range [][]string{{"cutover", "green"}, {"cutover", "green", "--force"}, {"rollout", "green"}} {
+		r := runClientT(t, env, args[0], args[1:]...)
+		wantCode(t, r, clientExitUsage)
+		wantContains(t, "stderr", r.stderr, `"green"`, "--to green")
+	}
+	r := runClientT(t, env, "history", "green")
+	wantCode(t, r, clientExitUsage)
+	if strings.Contains(r.stderr, "--to") {
+		t.Errorf("history has no --to, yet: %s", r.stderr)
+	}
+}
+
 func TestClientBadAdminURL(t *testing.T) {
 	for _, u := range []string{"ftp://x:21", "localhost:8081", "http://", "http://a b:1", "::bad"} {
 		t.Run(u, func(t *testing.T) {

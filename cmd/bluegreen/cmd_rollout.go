@@ -41,7 +41,7 @@ func (c *clientCmd) rollout(ctx context.Context, args []string) int {
 		case "promote", "pause", "resume", "abort":
 			return c.rolloutAction(ctx, sub, rest)
 		}
-		return c.errorf(clientExitUsage, "unknown rollout command %q: expected promote, pause, resume, abort or status", sub)
+		return c.errorf(clientExitUsage, "unknown rollout command %q: expected promote, pause, resume, abort or status, or flags (to start one towards a colour: --to %s)", sub, sub)
 	}
 	return c.rolloutStart(ctx, args)
 }
