@@ -330,6 +330,24 @@ func parseURLs(s string) ([]*url.URL, error) {
 	return out, nil
 }
 
+// sharedInstances are the instance URLs listed in both colours, for a
+// warning at start-up: a switch does not change what serves the requests
+// such an instance gets (a copied line, most likely; allowed, so that one
+// deployment can stand in for both while the second is built).
+func (c Config) sharedInstances() []string {
+	blue := map[string]bool{}
+	for _, u := range c.blue {
+		blue[u.String()] = true
+	}
+	var out []string
+	for _, u := range c.green {
+		if blue[u.String()] {
+			out = append(out, u.String())
+		}
+	}
+	return out
+}
+
 func isLoopback(hostport string) bool {
 	host, _, err := net.SplitHostPort(hostport)
 	if err != nil {

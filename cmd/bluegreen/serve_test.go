@@ -76,6 +76,29 @@ func urls(srvs []*httptest.Server) string {
 	return strings.Join(u, ",")
 }
 
+// An instance listed in both colours is served, with a warning at start-up
+// that names it; distinct colours get none.
+func TestInstanceInBothColoursIsWarnedOf(t *testing.T) {
+	st := startStack(t, 1, 1)
+	if strings.Contains(st.logs.String(), "listed in both colours") {
+		t.Fatalf("warned of distinct colours:\n%s", st.logs.String())
+	}
+	// A second proxy over the first one's apps: blue's instance in green too.
+	both := startStack(t, 1, 1, "BLUEGREEN_BLUE_URLS="+urls(st.blue), "BLUEGREEN_GREEN_URLS="+urls(st.blue)+","+urls(st.green))
+	line := grep(both.logs.String(), "listed in both colours")
+	if !strings.Contains(line, `"level":"WARN"`) || !strings.Contains(line, st.blue[0].URL) || strings.Contains(line, st.green[0].URL) {
+		t.Fatalf("warning %q, want one naming %s only", line, st.blue[0].URL)
+	}
+	res, err := http.Get(both.pub + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	if res.StatusCode != 200 {
+		t.Fatalf("not served: %d", res.StatusCode)
+	}
+}
+
 // startStack starts serve with fast health checks; extra overrides env.
 func startStack(t *testing.T, nBlue, nGreen int, extra ...string) *stack {
 	t.Helper()
