@@ -85,11 +85,15 @@ type StoreStatus struct {
 type api struct {
 	cfg       Config
 	tokenHash [sha256.Size]byte
+	origins   *http.CrossOriginProtection
 }
 
 // New returns the admin handler.
 func New(cfg Config) http.Handler {
-	a := &api{cfg: cfg}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	a := &api{cfg: cfg, origins: http.NewCrossOriginProtection()}
 	if cfg.Token != "" {
 		a.tokenHash = sha256.Sum256([]byte(cfg.Token))
 	}
@@ -110,7 +114,7 @@ func New(cfg Config) http.Handler {
 		r.Get("/history", a.history)
 		r.Get("/stats", a.statsHandler)
 		r.Group(func(r chi.Router) {
-			r.Use(a.auth, bodyOnly)
+			r.Use(a.mutation)
 			r.Post("/cutover", a.switcher(false))
 			r.Post("/rollback", a.switcher(true))
 		})
@@ -121,9 +125,7 @@ func New(cfg Config) http.Handler {
 	newUI(a).mount(r)
 	if cfg.Pprof {
 		a.mountPprof(r)
-		if cfg.Log != nil {
-			cfg.Log.Info("profiling enabled on the admin listener", "path", "/debug/pprof/", "auth", cfg.Token != "")
-		}
+		cfg.Log.Info("profiling enabled on the admin listener", "path", "/debug/pprof/", "auth", cfg.Token != "")
 	}
 	return r
 }
@@ -151,6 +153,31 @@ func (a *api) requireToken(next http.Handler) http.Handler {
 			a.cfg.Log.Warn("admin request refused: missing or wrong token", "method", r.Method, "path", r.URL.Path, "remote", r.RemoteAddr)
 			w.Header().Set("WWW-Authenticate", `Bearer realm="bluegreen"`)
 			writeError(w, http.StatusUnauthorized, "unauthorized", "missing or wrong bearer token")
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// mutation guards the calls that change state (switches and rollouts):
+// a browser may make them only from the admin listener's own origin, the
+// token is needed when one is set, and options come in the body only.
+func (a *api) mutation(next http.Handler) http.Handler {
+	return a.sameOrigin(a.auth(bodyOnly(next)))
+}
+
+// sameOrigin refuses a state-changing request that a browser sends from
+// another site (Sec-Fetch-Site, or an Origin that is not the request's
+// Host): without a token, any page the operator opens could otherwise
+// switch colours with a form posted to the loopback admin listener, since
+// a switch needs no body. Clients that are not browsers (curl, the CLI, CI
+// jobs) send neither field and pass.
+func (a *api) sameOrigin(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if err := a.origins.Check(r); err != nil {
+			a.cfg.Log.Warn("admin request refused: sent by a browser from another site", "method", r.Method, "path", r.URL.Path,
+				"origin", r.Header.Get("Origin"), "sec_fetch_site", r.Header.Get("Sec-Fetch-Site"), "remote", r.RemoteAddr)
+			writeError(w, http.StatusForbidden, "cross_origin", "a browser may call "+r.URL.Path+" only from the admin listener's own pages")
 			return
 		}
 		next.ServeHTTP(w, r)

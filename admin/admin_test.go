@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -191,6 +192,44 @@ func TestBadRequests(t *testing.T) {
 	}
 	if _, m, _ := call(t, "POST", srv.URL+"/admin/cutover?to=green&dry=1", ""); !strings.Contains(fmt.Sprint(m["error"]), `"dry, to"`) {
 		t.Fatalf("the refusal does not name the parameters: %v", m)
+	}
+}
+
+// A page on another site must not switch colours through the operator's
+// browser: with no token set, a form posted to the loopback listener needs
+// no body to flip. Browsers say where a request comes from; curl, the CLI
+// and CI jobs say nothing and pass.
+func TestCrossSiteSwitchRefused(t *testing.T) {
+	srv, fc := newAPI(t, "", true)
+	form := []string{"Content-Type", "application/x-www-form-urlencoded"}
+	for _, hdr := range [][]string{
+		{"Origin", "http://evil.example"},
+		{"Origin", "null"},
+		{"Sec-Fetch-Site", "cross-site", "Origin", "http://evil.example"},
+		{"Sec-Fetch-Site", "same-site", "Origin", "http://other." + strings.TrimPrefix(srv.URL, "http://")},
+	} {
+		for _, path := range []string{"/admin/cutover", "/admin/rollback"} {
+			code, m, _ := call(t, "POST", srv.URL+path, "", append(slices.Clone(form), hdr...)...)
+			if code != 403 || m["code"] != "cross_origin" {
+				t.Fatalf("POST %s with %q: %d %v, want 403 cross_origin", path, hdr, code, m)
+			}
+		}
+	}
+	if len(fc.reqs) != 0 {
+		t.Fatalf("a cross-site request reached the controller: %v", fc.reqs)
+	}
+	if code, _, _ := call(t, "GET", srv.URL+"/admin/status", "", "Origin", "http://evil.example", "Sec-Fetch-Site", "cross-site"); code != 200 {
+		t.Fatalf("status refused to a cross-site read: %d", code)
+	}
+	// The status page's own fetch, and a client that is not a browser.
+	if code, m, _ := call(t, "POST", srv.URL+"/admin/cutover", `{"to":"green"}`, "Origin", srv.URL, "Sec-Fetch-Site", "same-origin"); code != 200 {
+		t.Fatalf("same-origin switch: %d %v", code, m)
+	}
+	if code, m, _ := call(t, "POST", srv.URL+"/admin/rollback", ""); code != 200 {
+		t.Fatalf("switch without browser fields: %d %v", code, m)
+	}
+	if len(fc.reqs) != 2 {
+		t.Fatalf("%d switches reached the controller, want 2", len(fc.reqs))
 	}
 }
 

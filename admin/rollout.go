@@ -58,7 +58,7 @@ func (a *api) mountRollout(r chi.Router) {
 		writeJSON(w, http.StatusOK, ro.RolloutStatus())
 	})
 	r.Group(func(r chi.Router) {
-		r.Use(a.auth, bodyOnly)
+		r.Use(a.mutation)
 		r.Post("/rollout", a.startRollout)
 		for name, f := range map[string]func(context.Context, rollout.RolloutAction) (rollout.RolloutView, error){
 			"promote": ro.Promote, "pause": ro.Pause, "resume": ro.Resume, "abort": ro.Abort,

@@ -67,6 +67,8 @@ func TestRolloutEndpoints(t *testing.T) {
 			return m["code"] == "bad_request" && strings.Contains(m["error"].(string), `"to"`)
 		}},
 		{"POST", "/admin/rollout?to=green", `{"to":"green"}`, nil, 401, nil},
+		{"POST", "/admin/rollout", `{"to":"green","steps":[100]}`, append([]string{"Origin", "http://evil.example"}, auth...), 403,
+			func(m map[string]any) bool { return m["code"] == "cross_origin" }},
 		{"POST", "/admin/rollout", `{"to":"green","steps":[10,50,100],"step_interval":"1m","max_p99":"500ms","reason":"release 1.4.3"}`, auth, 200,
 			func(m map[string]any) bool {
 				return m["phase"] == "running" && m["weight"] == 10.0 && m["step_number"] == 1.0

@@ -5,9 +5,11 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -314,5 +316,64 @@ func TestStatusPageInBrowser(t *testing.T) {
 	}
 	for _, p := range problems {
 		t.Errorf("page problem: %s", p)
+	}
+}
+
+// TestCrossSiteFormCannotSwitch: a page on another site that posts a form
+// to the admin listener, in a real headless chromium, does not switch
+// colours. No token is set, as by default on loopback, and a switch needs
+// no body: before the admin API checked where a browser's request comes
+// from, opening such a page flipped the active colour.
+func TestCrossSiteFormCannotSwitch(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts chromium")
+	}
+	exe := chromiumPath(t)
+	st := startStack(t, 1, 1)
+	st.eventually(func() bool { return st.status().Colors["green"].Healthy == 1 }, "green healthy")
+	before := st.status()
+	evil := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/html; charset=utf-8")
+		fmt.Fprintf(w, `<form id="f" method="POST" action="%s/admin/cutover"></form><script>document.getElementById("f").submit()</script>`, st.adm)
+	}))
+	defer evil.Close()
+	// localhost against the listener's 127.0.0.1: another site.
+	page := strings.Replace(evil.URL, "127.0.0.1", "localhost", 1)
+
+	opts := append(chromedp.DefaultExecAllocatorOptions[:],
+		chromedp.ExecPath(exe), chromedp.NoSandbox, chromedp.DisableGPU, chromedp.UserDataDir(t.TempDir()))
+	base, cancelTime := context.WithTimeout(context.Background(), time.Minute)
+	defer cancelTime()
+	actx, cancelAlloc := chromedp.NewExecAllocator(base, opts...)
+	defer cancelAlloc()
+	ctx, cancelTab := chromedp.NewContext(actx, chromedp.WithLogf(t.Logf))
+	defer cancelTab()
+	if err := chromedp.Do(ctx, chromedp.Navigate(page)); err != nil {
+		t.Fatalf("open the page: %v", err)
+	}
+	// The form's navigation ends on the admin API's answer.
+	answered := `location.href.startsWith(` + strconv.Quote(st.adm+"/admin/cutover") + `) && document.body !== null && document.body.innerText.length > 0`
+	if ok, err := chromedp.Run(ctx, chromedp.Poll[bool](answered, chromedp.WithPollingInterval(50*time.Millisecond), chromedp.WithPollingTimeout(10*time.Second))); err != nil || !ok {
+		t.Fatalf("the form was not answered: %v", err)
+	}
+	body, err := chromedp.Run(ctx, chromedp.Evaluate[string](`document.body.innerText`))
+	if err != nil || !strings.Contains(body, "cross_origin") {
+		t.Fatalf("answer to the cross-site form: %q %v", body, err)
+	}
+	after := st.status()
+	if after.Active != before.Active || after.Generation != before.Generation {
+		t.Fatalf("a cross-site form switched %s (generation %d) to %s (generation %d)", before.Active, before.Generation, after.Active, after.Generation)
+	}
+	if !strings.Contains(st.logs.String(), "sent by a browser from another site") {
+		t.Fatal("the refusal is not logged")
+	}
+	// The same empty POST from a client that is not a browser switches.
+	res, err := http.Post(st.adm+"/admin/cutover", "application/x-www-form-urlencoded", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	if res.StatusCode != 200 || st.status().Active == before.Active {
+		t.Fatalf("a plain POST: %d, active %s", res.StatusCode, st.status().Active)
 	}
 }
