@@ -14,6 +14,7 @@ import (
 	"io"
 	"log/slog"
 	"maps"
+	"net"
 	"net/http"
 	"net/url"
 	"slices"
@@ -72,6 +73,11 @@ type Config struct {
 	Pprof bool
 	// Stats, when set, feeds GET /admin/stats and the status page's traffic.
 	Stats *stats.Recorder
+	// LoopbackOnly: the listener is on a loopback address. A browser's
+	// state-changing call must then name a loopback host (localhost, or a
+	// loopback IP) in Host, so that a site whose name was made to resolve
+	// to 127.0.0.1 (DNS rebinding) cannot pass as the page's own origin.
+	LoopbackOnly bool
 }
 
 // StoreStatus is the state store as one replica sees it.
@@ -174,14 +180,37 @@ func (a *api) mutation(next http.Handler) http.Handler {
 // jobs) send neither field and pass.
 func (a *api) sameOrigin(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if err := a.origins.Check(r); err != nil {
+		why := ""
+		browser := r.Header.Get("Origin") != "" || r.Header.Get("Sec-Fetch-Site") != ""
+		switch {
+		case a.origins.Check(r) != nil:
+			why = "a browser may call " + r.URL.Path + " only from the admin listener's own pages"
+		case browser && a.cfg.LoopbackOnly && !loopbackHost(r.Host):
+			why = fmt.Sprintf("a browser may call %s on a loopback listener only at localhost or a loopback address, not %q", r.URL.Path, r.Host)
+		}
+		if why != "" {
 			a.cfg.Log.Warn("admin request refused: sent by a browser from another site", "method", r.Method, "path", r.URL.Path,
-				"origin", r.Header.Get("Origin"), "sec_fetch_site", r.Header.Get("Sec-Fetch-Site"), "remote", r.RemoteAddr)
-			writeError(w, http.StatusForbidden, "cross_origin", "a browser may call "+r.URL.Path+" only from the admin listener's own pages")
+				"host", r.Host, "origin", r.Header.Get("Origin"), "sec_fetch_site", r.Header.Get("Sec-Fetch-Site"), "remote", r.RemoteAddr)
+			writeError(w, http.StatusForbidden, "cross_origin", why)
 			return
 		}
 		next.ServeHTTP(w, r)
 	})
+}
+
+// loopbackHost reports whether a Host field names this machine by a
+// loopback name: localhost, or a loopback IP, with or without a port.
+func loopbackHost(hostport string) bool {
+	host := hostport
+	if h, _, err := net.SplitHostPort(hostport); err == nil {
+		host = h
+	}
+	host = strings.TrimSuffix(strings.Trim(host, "[]"), ".")
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 // bodyOnly refuses a mutating call that carries a query string: the

@@ -87,7 +87,7 @@ func newAPI(t *testing.T, token string, ready bool) (*httptest.Server, *fakeCont
 		Applied:  func() (string, uint64) { return "blue", 1 },
 		Ready:    func() (bool, string) { return ready, "not ready for a reason" },
 		Gatherer: reg, Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
-		Replica: "r1", Version: "v",
+		Replica: "r1", Version: "v", LoopbackOnly: true,
 	})
 	srv := httptest.NewServer(h)
 	t.Cleanup(srv.Close)
@@ -98,6 +98,10 @@ func call(t *testing.T, method, url, body string, hdr ...string) (int, map[strin
 	t.Helper()
 	req, _ := http.NewRequest(method, url, strings.NewReader(body))
 	for i := 0; i+1 < len(hdr); i += 2 {
+		if hdr[i] == "Host" {
+			req.Host = hdr[i+1]
+			continue
+		}
 		req.Header.Set(hdr[i], hdr[i+1])
 	}
 	res, err := http.DefaultClient.Do(req)
@@ -207,6 +211,10 @@ func TestCrossSiteSwitchRefused(t *testing.T) {
 		{"Origin", "null"},
 		{"Sec-Fetch-Site", "cross-site", "Origin", "http://evil.example"},
 		{"Sec-Fetch-Site", "same-site", "Origin", "http://other." + strings.TrimPrefix(srv.URL, "http://")},
+		// DNS rebinding: a site's name made to resolve to 127.0.0.1 is
+		// the page's own origin to the browser, but not a loopback name.
+		{"Host", "evil.example:8081", "Origin", "http://evil.example:8081", "Sec-Fetch-Site", "same-origin"},
+		{"Host", "evil.example:8081", "Origin", "http://evil.example:8081"},
 	} {
 		for _, path := range []string{"/admin/cutover", "/admin/rollback"} {
 			code, m, _ := call(t, "POST", srv.URL+path, "", append(slices.Clone(form), hdr...)...)
@@ -228,8 +236,26 @@ func TestCrossSiteSwitchRefused(t *testing.T) {
 	if code, m, _ := call(t, "POST", srv.URL+"/admin/rollback", ""); code != 200 {
 		t.Fatalf("switch without browser fields: %d %v", code, m)
 	}
-	if len(fc.reqs) != 2 {
-		t.Fatalf("%d switches reached the controller, want 2", len(fc.reqs))
+	port := srv.URL[strings.LastIndex(srv.URL, ":"):]
+	if code, m, _ := call(t, "POST", srv.URL+"/admin/cutover", "", "Host", "localhost"+port, "Origin", "http://localhost"+port, "Sec-Fetch-Site", "same-origin"); code != 200 {
+		t.Fatalf("the status page opened at localhost: %d %v", code, m)
+	}
+	if code, m, _ := call(t, "POST", srv.URL+"/admin/cutover", "", "Host", "any.name:1"); code != 200 {
+		t.Fatalf("a client that is not a browser, any Host: %d %v", code, m)
+	}
+	if len(fc.reqs) != 4 {
+		t.Fatalf("%d switches reached the controller, want 4", len(fc.reqs))
+	}
+}
+
+func TestLoopbackHost(t *testing.T) {
+	for h, want := range map[string]bool{
+		"127.0.0.1:8081": true, "localhost:8081": true, "LOCALHOST": true, "[::1]:8081": true, "127.9.9.9": true, "localhost.:1": true,
+		"evil.example:8081": false, "10.0.0.1:8081": false, "localhost.evil.example": false, "": false, "[::2]:1": false,
+	} {
+		if loopbackHost(h) != want {
+			t.Errorf("loopbackHost(%q) = %v", h, !want)
+		}
 	}
 }
 
