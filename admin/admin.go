@@ -73,10 +73,11 @@ type Config struct {
 	Pprof bool
 	// Stats, when set, feeds GET /admin/stats and the status page's traffic.
 	Stats *stats.Recorder
-	// LoopbackOnly: the listener is on a loopback address. A browser's
-	// state-changing call must then name a loopback host (localhost, or a
-	// loopback IP) in Host, so that a site whose name was made to resolve
-	// to 127.0.0.1 (DNS rebinding) cannot pass as the page's own origin.
+	// LoopbackOnly: the listener is on a loopback address. Without a
+	// Token, a browser's state-changing call must then name a loopback
+	// host (localhost, or a loopback IP) in Host, so that a site whose name
+	// was made to resolve to 127.0.0.1 (DNS rebinding) cannot pass as the
+	// page's own origin. (With a token such a page has none to send.)
 	LoopbackOnly bool
 }
 
@@ -185,8 +186,8 @@ func (a *api) sameOrigin(next http.Handler) http.Handler {
 		switch {
 		case a.origins.Check(r) != nil:
 			why = "a browser may call " + r.URL.Path + " only from the admin listener's own pages"
-		case browser && a.cfg.LoopbackOnly && !loopbackHost(r.Host):
-			why = fmt.Sprintf("a browser may call %s on a loopback listener only at localhost or a loopback address, not %q", r.URL.Path, r.Host)
+		case browser && a.cfg.LoopbackOnly && a.cfg.Token == "" && !loopbackHost(r.Host):
+			why = fmt.Sprintf("without a token a browser may call %s on a loopback listener only at localhost or a loopback address, not %q (set a token to use the page through another name)", r.URL.Path, r.Host)
 		}
 		if why != "" {
 			a.cfg.Log.Warn("admin request refused: sent by a browser from another site", "method", r.Method, "path", r.URL.Path,

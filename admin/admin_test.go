@@ -248,6 +248,23 @@ func TestCrossSiteSwitchRefused(t *testing.T) {
 	}
 }
 
+// Behind a reverse proxy that passes its own name as Host, the status page
+// works on a loopback listener once a token is set: a rebinding page would
+// have no token to send.
+func TestBrowserThroughAnotherNameWithToken(t *testing.T) {
+	srv, fc := newAPI(t, "tok", true)
+	hdr := []string{"Host", "ops.example", "Origin", "https://ops.example", "Sec-Fetch-Site", "same-origin"}
+	if code, m, _ := call(t, "POST", srv.URL+"/admin/cutover", "", append(slices.Clone(hdr), "Authorization", "Bearer tok")...); code != 200 {
+		t.Fatalf("with the token: %d %v", code, m)
+	}
+	if code, m, _ := call(t, "POST", srv.URL+"/admin/cutover", "", hdr...); code != 401 {
+		t.Fatalf("without it: %d %v", code, m)
+	}
+	if len(fc.reqs) != 1 {
+		t.Fatalf("%d switches, want 1", len(fc.reqs))
+	}
+}
+
 func TestLoopbackHost(t *testing.T) {
 	for h, want := range map[string]bool{
 		"127.0.0.1:8081": true, "localhost:8081": true, "LOCALHOST": true, "[::1]:8081": true, "127.9.9.9": true, "localhost.:1": true,
