@@ -2,6 +2,7 @@ package main
 
 import (
 	"io"
+	"net"
 	"net/http"
 	"path/filepath"
 	"regexp"
@@ -49,16 +50,30 @@ func outOfDescriptors(t *testing.T, bg, blueURL, greenURL, fast string) {
 		return string(b)
 	}
 
+	// A client connection that goes quiet for longer than a second: on the
+	// fast path it is parked, and resuming it takes a new descriptor (at
+	// the limit, it once cost the connection and its request: a reset).
+	quiet, err := net.Dial("tcp", pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer quiet.Close()
+	time.Sleep(1200 * time.Millisecond)
+
 	// The proxy without a free descriptor, holding client connections.
 	conns := testkit.ExhaustFDs(t, proxy.Cmd.Process.Pid, pub, 6)
 
 	// A request on an accepted connection needs a new connection to blue.
-	if code := testkit.RawGet(t, conns[0]); code != http.StatusServiceUnavailable {
+	if code := testkit.RawGet(t, quiet); code != http.StatusServiceUnavailable {
 		t.Errorf("at the descriptor limit: %d, want 503", code)
 	}
 	line := proxy.WaitLog(t, 5*time.Second, "no connection to the instance: the proxy is out of a resource of its own")
 	if line["kind"] != "fds" || line["held_back"] != float64(0) {
 		t.Errorf("the log line: %v", line)
+	}
+
+	if strings.Contains(proxy.Out.String(), "could not be resumed") {
+		t.Error("a parked connection was lost at the descriptor limit")
 	}
 
 	// Descriptors free again.

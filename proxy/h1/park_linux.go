@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/cryoprotect/bluegreen/internal/localfault"
 )
 
 // Parking (Linux): a keep-alive connection that waited ParkAfter for its
@@ -43,6 +45,12 @@ type parker struct {
 	mu     sync.Mutex
 	epfd   int // -1 once the parker stopped
 	wakefd int
+	// spare is a descriptor held in reserve (a duplicate of wakefd), or -1:
+	// a parked connection is resumed through a new descriptor, and a
+	// process at its descriptor limit would otherwise lose the connection
+	// with the request on it. It is given up for that and taken again at
+	// once (reattach).
+	spare  int
 	slots  []parkSlot
 	free   []uint32
 	parked int
@@ -81,7 +89,9 @@ func newParker(s *Server) (*parker, error) {
 		share:     releaseShare,
 		release:   debug.FreeOSMemory,
 	}
-	return &parker{s: s, epfd: epfd, wakefd: wakefd, rel: rel}, nil
+	p := &parker{s: s, epfd: epfd, wakefd: wakefd, spare: -1, rel: rel}
+	p.refillSpare()
+	return p, nil
 }
 
 // park registers c, idle since since and with nothing buffered, and
@@ -312,7 +322,16 @@ func (p *parker) reattach(old *Conn, fd int, lastWait time.Duration) {
 	s := p.s
 	f := os.NewFile(uintptr(fd), "")
 	nc, err := net.FileConn(f) // a duplicate, in Go's poller
+	if kind, _ := localfault.Of(err); kind == localfault.FDs && p.takeSpare() {
+		// At the descriptor limit: the spare makes room for the duplicate,
+		// and is taken again once the original is closed, so that the
+		// request finds the process as full as it was and is answered as
+		// any other (503, the proxy's own fault, when it needs an
+		// instance connection it cannot open).
+		nc, err = net.FileConn(f)
+	}
 	f.Close()
+	p.refillSpare()
 	if err == nil && nc.RemoteAddr() == nil {
 		nc.Close() // the client reset it: nothing left to read or answer
 		err = unix.ENOTCONN
@@ -336,8 +355,35 @@ func (p *parker) reattach(old *Conn, fd int, lastWait time.Duration) {
 	}
 }
 
+// takeSpare closes the spare descriptor, if there is one, so that the
+// caller can open another; true when it did.
+func (p *parker) takeSpare() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.spare < 0 {
+		return false
+	}
+	unix.Close(p.spare)
+	p.spare = -1
+	return true
+}
+
+// refillSpare takes a spare descriptor again when there is none (and the
+// parker runs); it fails quietly while the process is at its limit.
+func (p *parker) refillSpare() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.spare >= 0 || p.wakefd < 0 {
+		return
+	}
+	if fd, err := unix.FcntlInt(uintptr(p.wakefd), unix.F_DUPFD_CLOEXEC, 0); err == nil {
+		p.spare = fd
+	}
+}
+
 // sweep closes the parked connections idle for IdleTimeout.
 func (p *parker) sweep(now time.Time) {
+	p.refillSpare() // one a resume gave up while the process was full
 	limit := now.Add(-p.s.IdleTimeout).UnixNano()
 	var expired []*Conn
 	p.mu.Lock()
@@ -363,7 +409,10 @@ func (p *parker) end() {
 	}
 	unix.Close(p.epfd)
 	unix.Close(p.wakefd)
-	p.epfd, p.wakefd = -1, -1
+	if p.spare >= 0 {
+		unix.Close(p.spare)
+	}
+	p.epfd, p.wakefd, p.spare = -1, -1, -1
 	p.mu.Unlock()
 	for _, c := range left {
 		p.s.closeParked(c, true)
