@@ -186,7 +186,7 @@ func (a *api) sameOrigin(next http.Handler) http.Handler {
 		switch {
 		case a.origins.Check(r) != nil:
 			why = "a browser may call " + r.URL.Path + " only from the admin listener's own pages"
-		case browser && a.cfg.LoopbackOnly && a.cfg.Token == "" && !loopbackHost(r.Host):
+		case browser && a.cfg.LoopbackOnly && a.cfg.Token == "" && !LoopbackHost(r.Host):
 			why = fmt.Sprintf("without a token a browser may call %s on a loopback listener only at localhost or a loopback address, not %q (set a token to use the page through another name)", r.URL.Path, r.Host)
 		}
 		if why != "" {
@@ -199,9 +199,10 @@ func (a *api) sameOrigin(next http.Handler) http.Handler {
 	})
 }
 
-// loopbackHost reports whether a Host field names this machine by a
-// loopback name: localhost, or a loopback IP, with or without a port.
-func loopbackHost(hostport string) bool {
+// LoopbackHost reports whether host[:port] (a Host field, a listen
+// address) names this machine by a loopback name: localhost, or a
+// loopback IP.
+func LoopbackHost(hostport string) bool {
 	host := hostport
 	if h, _, err := net.SplitHostPort(hostport); err == nil {
 		host = h

@@ -270,8 +270,8 @@ func TestLoopbackHost(t *testing.T) {
 		"127.0.0.1:8081": true, "localhost:8081": true, "LOCALHOST": true, "[::1]:8081": true, "127.9.9.9": true, "localhost.:1": true,
 		"evil.example:8081": false, "10.0.0.1:8081": false, "localhost.evil.example": false, "": false, "[::2]:1": false,
 	} {
-		if loopbackHost(h) != want {
-			t.Errorf("loopbackHost(%q) = %v", h, !want)
+		if LoopbackHost(h) != want {
+			t.Errorf("LoopbackHost(%q) = %v", h, !want)
 		}
 	}
 }

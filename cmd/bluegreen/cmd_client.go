@@ -133,11 +133,11 @@ func (c *clientCmd) parse(fs *flag.FlagSet, h clientHelp, args []string, badUsag
 		return clientExitOK, true
 	}
 	if err == nil && fs.NArg() > 0 {
-		hint := ""
-		if arg := fs.Arg(0); fs.Lookup("to") != nil && !strings.HasPrefix(arg, "-") {
+		arg, hint := fs.Arg(0), ""
+		if fs.Lookup("to") != nil && !strings.HasPrefix(arg, "-") {
 			hint = " (the target colour is a flag: --to " + arg + ")" // "bluegreen cutover green"
 		}
-		fmt.Fprintf(c.stderr, "bluegreen %s: unexpected argument %q%s\n", c.name, fs.Arg(0), hint)
+		fmt.Fprintf(c.stderr, "bluegreen %s: unexpected argument %q%s\n", c.name, arg, hint)
 		err = errors.New("unexpected argument")
 	}
 	if err != nil {

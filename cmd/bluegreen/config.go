@@ -13,6 +13,7 @@ import (
 
 	"github.com/caarlos0/env/v11"
 
+	"github.com/cryoprotect/bluegreen/admin"
 	"github.com/cryoprotect/bluegreen/proxy"
 	"github.com/cryoprotect/bluegreen/state"
 )
@@ -230,7 +231,7 @@ func loadConfig(environ []string, hostname func() (string, error)) (Config, erro
 		cfg.token = cfg.AdminToken
 	}
 	tokenProblem := hasProblem(problems, "ADMIN_TOKEN") // a token variable was already reported
-	if cfg.token == "" && !isLoopback(cfg.AdminListen) && !hasProblem(problems, "ADMIN_TOKEN") {
+	if cfg.token == "" && !admin.LoopbackHost(cfg.AdminListen) && !hasProblem(problems, "ADMIN_TOKEN") {
 		bad("ADMIN_LISTEN", cfg.AdminListen, "the admin listener is not loopback-only: set BLUEGREEN_ADMIN_TOKEN or BLUEGREEN_ADMIN_TOKEN_FILE")
 	}
 	// Profiles are never served without the token, even on loopback.
@@ -346,18 +347,6 @@ func (c Config) sharedInstances() []string {
 		}
 	}
 	return out
-}
-
-func isLoopback(hostport string) bool {
-	host, _, err := net.SplitHostPort(hostport)
-	if err != nil {
-		return false
-	}
-	if host == "localhost" {
-		return true
-	}
-	ip := net.ParseIP(host)
-	return ip != nil && ip.IsLoopback()
 }
 
 func validToken(s string) bool {

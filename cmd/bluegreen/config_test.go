@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/cryoprotect/bluegreen/admin"
 )
 
 func baseEnv() []string {
@@ -106,8 +108,8 @@ func TestIsLoopback(t *testing.T) {
 		"127.0.0.1:8081": true, "[::1]:8081": true, "localhost:8081": true,
 		":8081": false, "0.0.0.0:8081": false, "10.0.0.1:8081": false,
 	} {
-		if got := isLoopback(addr); got != want {
-			t.Errorf("isLoopback(%q) = %v", addr, got)
+		if got := admin.LoopbackHost(addr); got != want {
+			t.Errorf("LoopbackHost(%q) = %v", addr, got)
 		}
 	}
 }

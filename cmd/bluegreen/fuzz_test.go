@@ -4,6 +4,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/cryoprotect/bluegreen/admin"
 )
 
 // fuzzVars are the variables FuzzLoadConfig sets. ADMIN_TOKEN_FILE is left
@@ -46,7 +48,7 @@ func FuzzLoadConfig(f *testing.F) {
 		if len(cfg.blue) == 0 || len(cfg.green) == 0 {
 			t.Fatalf("%s=%q accepted without backends: %+v", name, value, cfg)
 		}
-		if cfg.token == "" && !isLoopback(cfg.AdminListen) {
+		if cfg.token == "" && !admin.LoopbackHost(cfg.AdminListen) {
 			t.Fatalf("%s=%q: non-loopback admin listener accepted without a token", name, value)
 		}
 		if cfg.Pprof && cfg.token == "" {

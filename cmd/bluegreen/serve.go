@@ -180,7 +180,7 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, version string, re
 		Token: cfg.token, Controller: ctl, Rollouts: ctl, Health: withEjections{hv, router}, Colors: colors,
 		Applied: router.Active, Ready: readiness, Gatherer: reg, Log: log,
 		Replica: cfg.ReplicaID, Version: version, Store: fleet.status,
-		Pprof: cfg.Pprof, Stats: traffic, LoopbackOnly: isLoopback(cfg.AdminListen),
+		Pprof: cfg.Pprof, Stats: traffic, LoopbackOnly: admin.LoopbackHost(cfg.AdminListen),
 	})
 	errLog := slog.NewLogLogger(log.Handler(), slog.LevelWarn)
 	pub := &proxy.Server{
