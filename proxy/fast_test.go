@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+	"github.com/cryoprotect/bluegreen/proxy/h1"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
@@ -1102,7 +1103,8 @@ func TestFastCloseCutsEverything(t *testing.T) {
 
 // TestFastIdleConnectionsHoldNoBuffers: after N keep-alive connections made
 // one request each and went idle, none of them holds a read or write buffer
-// from the Router's pools, and neither do the pooled instance connections.
+// from the Router's pools, and neither do the pooled instance connections
+// once idle for h1.BufferGrace and reaped.
 // Observed from inside the package: the Server's connection set, and a
 // listener whose connections report when their goroutine parks on the
 // poller (after waitData's read attempt gave the buffer back).
@@ -1146,6 +1148,10 @@ func TestFastIdleConnectionsHoldNoBuffers(t *testing.T) {
 	if noRaw {
 		t.Fatal("a connection has no RawConn: it would hold its buffer while waiting")
 	}
+	// Pooled instance connections keep their buffer for a grace after
+	// their last exchange (h1.BufferGrace); the reap gives it back.
+	time.Sleep(h1.BufferGrace)
+	rt.reapUpstreams(true)
 	upHeld, upIdle := 0, 0
 	for _, b := range rt.pools[0].backends {
 		i, h := b.conns.IdleBuffers()

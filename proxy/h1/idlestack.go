@@ -75,9 +75,17 @@ func (s *IdleStack[C]) Len() int {
 
 // Each calls f on every idle connection, holding the stack's lock.
 func (s *IdleStack[C]) Each(f func(C)) {
+	s.EachIdleSince(time.Time{}, true, f)
+}
+
+// EachIdleSince calls f, holding the stack's lock, on every connection
+// idle since cutoff or earlier, or on every one when all.
+func (s *IdleStack[C]) EachIdleSince(cutoff time.Time, all bool, f func(C)) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, e := range s.idle {
-		f(e.c)
+		if all || !e.since.After(cutoff) {
+			f(e.c)
+		}
 	}
 }

@@ -116,13 +116,17 @@ func (u *Upstream) get(fresh, peek bool) (*UpConn, error) {
 func (u *Upstream) takeBuf() []byte  { return u.bufs.upstream.get()[:] }
 func (u *Upstream) giveBuf(b []byte) { u.bufs.upstream.put((*upstreamBuf)(b)) }
 
-// Put returns a connection whose exchange ended cleanly to the pool.
+// Put returns a connection whose exchange ended cleanly to the pool. It
+// keeps its read buffer: the pool hands out its most recently used
+// connection first, under load within microseconds, and lending a buffer
+// anew for each request cost about 2 % of the proxy's CPU per request.
+// CloseIdle gives back the buffers of connections idle for longer than
+// BufferGrace.
 func (u *Upstream) Put(c *UpConn) {
 	if c.cr.buffered() != 0 { // the instance sent more than it announced
 		c.Close()
 		return
 	}
-	c.cr.release()
 	if c.abandoned.Load() != 0 { // its answer ended within the grace: as good as new
 		c.abandoned.Store(0)
 		_ = c.nc.SetDeadline(time.Time{})
@@ -145,12 +149,20 @@ func (u *Upstream) Done(c *UpConn) {
 	c.Close()
 }
 
+// BufferGrace is how long a pooled connection keeps its read buffer after
+// its last exchange (Put): CloseIdle gives back the buffers of those idle
+// for longer.
+const BufferGrace = 100 * time.Millisecond
+
 // CloseIdle closes the idle connections, or only those idle for longer
-// than the idle timeout when expiredOnly.
+// than the idle timeout when expiredOnly; the others give back their read
+// buffers once idle for longer than BufferGrace.
 func (u *Upstream) CloseIdle(expiredOnly bool) {
-	for _, c := range u.idle.Remove(!expiredOnly, u.now().Add(-u.idleTimeout)) {
+	now := u.now()
+	for _, c := range u.idle.Remove(!expiredOnly, now.Add(-u.idleTimeout)) {
 		c.Close()
 	}
+	u.idle.EachIdleSince(now.Add(-BufferGrace), false, func(c *UpConn) { c.cr.release() })
 }
 
 func (c *UpConn) Close() {
