@@ -74,10 +74,15 @@ type Config struct {
 	// Stats, when set, feeds GET /admin/stats and the status page's traffic.
 	Stats *stats.Recorder
 	// LoopbackOnly: the listener is on a loopback address. Without a
-	// Token, a browser's state-changing call must then name a loopback
-	// host (localhost, or a loopback IP) in Host, so that a site whose name
-	// was made to resolve to 127.0.0.1 (DNS rebinding) cannot pass as the
-	// page's own origin. (With a token such a page has none to send.)
+	// Token, every request must then name a loopback host (localhost, a
+	// name under .localhost, or a loopback IP) in Host: a page on a site
+	// whose name was made to resolve to 127.0.0.1 (DNS rebinding) is the
+	// listener's own origin to the browser, and browsers send no
+	// Sec-Fetch-Site to such a name, so this is what keeps it from reading
+	// the status, history, metrics and page, and from switching colours.
+	// With a token any name is answered (the status page behind a reverse
+	// proxy that passes its own): a rebinding page has no token to send
+	// for a switch, but reads need none.
 	LoopbackOnly bool
 }
 
@@ -134,7 +139,25 @@ func New(cfg Config) http.Handler {
 		a.mountPprof(r)
 		cfg.Log.Info("profiling enabled on the admin listener", "path", "/debug/pprof/", "auth", cfg.Token != "")
 	}
-	return r
+	return a.loopbackHostOnly(r)
+}
+
+// loopbackHostOnly refuses, on a loopback listener without a token, a
+// request whose Host is not a loopback name (see Config.LoopbackOnly).
+func (a *api) loopbackHostOnly(next http.Handler) http.Handler {
+	if !a.cfg.LoopbackOnly || a.cfg.Token != "" {
+		return next
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Host != "" && !LoopbackHost(r.Host) { // browsers always send one
+			a.cfg.Log.Warn("admin request refused: Host is not a loopback name", "method", r.Method, "path", r.URL.Path,
+				"host", r.Host, "origin", r.Header.Get("Origin"), "remote", r.RemoteAddr)
+			writeError(w, http.StatusForbidden, "foreign_host", fmt.Sprintf(
+				"this admin listener is on a loopback address and has no token: it answers requests to localhost or a loopback address only, not to %q (set BLUEGREEN_ADMIN_TOKEN to reach it through another name)", r.Host))
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
 }
 
 // auth guards the mutating calls: it needs the token when one is set.
@@ -179,20 +202,14 @@ func (a *api) mutation(next http.Handler) http.Handler {
 // switch colours with a form posted to the loopback admin listener, since
 // a switch needs no body. Clients that are not browsers (curl, the CLI, CI
 // jobs) send neither field and pass.
+// (A rebinding page, whose name resolves to 127.0.0.1, is refused before,
+// by loopbackHostOnly.)
 func (a *api) sameOrigin(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		why := ""
-		browser := r.Header.Get("Origin") != "" || r.Header.Get("Sec-Fetch-Site") != ""
-		switch {
-		case a.origins.Check(r) != nil:
-			why = "a browser may call " + r.URL.Path + " only from the admin listener's own pages"
-		case browser && a.cfg.LoopbackOnly && a.cfg.Token == "" && !LoopbackHost(r.Host):
-			why = fmt.Sprintf("without a token a browser may call %s on a loopback listener only at localhost or a loopback address, not %q (set a token to use the page through another name)", r.URL.Path, r.Host)
-		}
-		if why != "" {
+		if a.origins.Check(r) != nil {
 			a.cfg.Log.Warn("admin request refused: sent by a browser from another site", "method", r.Method, "path", r.URL.Path,
 				"host", r.Host, "origin", r.Header.Get("Origin"), "sec_fetch_site", r.Header.Get("Sec-Fetch-Site"), "remote", r.RemoteAddr)
-			writeError(w, http.StatusForbidden, "cross_origin", why)
+			writeError(w, http.StatusForbidden, "cross_origin", "a browser may call "+r.URL.Path+" only from the admin listener's own pages")
 			return
 		}
 		next.ServeHTTP(w, r)
@@ -207,8 +224,8 @@ func LoopbackHost(hostport string) bool {
 	if h, _, err := net.SplitHostPort(hostport); err == nil {
 		host = h
 	}
-	host = strings.TrimSuffix(strings.Trim(host, "[]"), ".")
-	if strings.EqualFold(host, "localhost") {
+	host = strings.ToLower(strings.TrimSuffix(strings.Trim(host, "[]"), "."))
+	if host == "localhost" || strings.HasSuffix(host, ".localhost") { // RFC 6761: never resolved by DNS
 		return true
 	}
 	ip := net.ParseIP(host)

@@ -377,3 +377,55 @@ func TestCrossSiteFormCannotSwitch(t *testing.T) {
 		t.Fatalf("a plain POST: %d, active %s", res.StatusCode, st.status().Active)
 	}
 }
+
+// TestRebindingPageCannotReadInBrowser: chromium, told that rebind.test is
+// 127.0.0.1 as a DNS rebinding attack would make it, opens the admin
+// listener (loopback, no token) at that name. The status page is refused,
+// and a script running in that origin, the listener's own to the browser,
+// cannot read /admin/status. The same browser at 127.0.0.1 reads it.
+func TestRebindingPageCannotReadInBrowser(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts chromium")
+	}
+	exe := chromiumPath(t)
+	st := startStack(t, 1, 1)
+	port := st.adm[strings.LastIndex(st.adm, ":")+1:]
+	opts := append(chromedp.DefaultExecAllocatorOptions[:],
+		chromedp.ExecPath(exe), chromedp.NoSandbox, chromedp.DisableGPU, chromedp.UserDataDir(t.TempDir()),
+		chromedp.Flag("host-resolver-rules", "MAP rebind.test 127.0.0.1"))
+	base, cancelTime := context.WithTimeout(context.Background(), time.Minute)
+	defer cancelTime()
+	actx, cancelAlloc := chromedp.NewExecAllocator(base, opts...)
+	defer cancelAlloc()
+	ctx, cancelTab := chromedp.NewContext(actx, chromedp.WithLogf(t.Logf))
+	defer cancelTab()
+	readStatus := func(page string) (shown, fetched string) {
+		t.Helper()
+		if err := chromedp.Do(ctx, chromedp.Navigate(page)); err != nil {
+			t.Fatalf("open %s: %v", page, err)
+		}
+		shown, err := chromedp.Run(ctx, chromedp.Evaluate[string](`document.body ? document.body.innerText : ""`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		fetched, err = chromedp.Run(ctx, chromedp.Evaluate[string](
+			`fetch("/admin/status").then(r => r.text().then(b => r.status + " " + b))`, chromedp.EvalAwaitPromise))
+		if err != nil {
+			t.Fatalf("fetch from %s: %v", page, err)
+		}
+		return shown, fetched
+	}
+	shown, fetched := readStatus("http://rebind.test:" + port + "/")
+	if !strings.Contains(shown, "foreign_host") {
+		t.Fatalf("the status page at a rebound name shows %.200q, want the refusal", shown)
+	}
+	if !strings.HasPrefix(fetched, "403 ") || !strings.Contains(fetched, "foreign_host") || strings.Contains(fetched, `"active"`) {
+		t.Fatalf("a script at a rebound name read the status: %.300q", fetched)
+	}
+	if !strings.Contains(st.logs.String(), "Host is not a loopback name") {
+		t.Fatal("the refusal is not logged")
+	}
+	if _, fetched = readStatus(st.adm + "/"); !strings.HasPrefix(fetched, "200 ") || !strings.Contains(fetched, `"active"`) {
+		t.Fatalf("the status page's own origin could not read the status: %.300q", fetched)
+	}
+}
