@@ -63,6 +63,24 @@ func artifactDir(t *testing.T) string {
 	return d
 }
 
+// newBrowser starts a headless chromium (exe) with its own profile and
+// returns a tab's context, which ends after timeout; extra adds flags.
+// The browser stops when the test ends.
+func newBrowser(t *testing.T, exe string, timeout time.Duration, extra ...chromedp.ExecAllocatorOption) context.Context {
+	t.Helper()
+	opts := append(chromedp.DefaultExecAllocatorOptions[:],
+		chromedp.ExecPath(exe), chromedp.NoSandbox, chromedp.DisableGPU, chromedp.UserDataDir(t.TempDir()))
+	base, cancelTime := context.WithTimeout(context.Background(), timeout)
+	actx, cancelAlloc := chromedp.NewExecAllocator(base, append(opts, extra...)...)
+	ctx, cancelTab := chromedp.NewContext(actx, chromedp.WithLogf(t.Logf))
+	t.Cleanup(func() {
+		cancelTab()
+		cancelAlloc()
+		cancelTime()
+	})
+	return ctx
+}
+
 // TestStatusPageInBrowser drives the status page in a real headless
 // chromium against a real proxy and demo apps: blue is shown live; a wrong
 // token gets the API's 401 message; the right token and "Cut over" with a
@@ -104,15 +122,7 @@ func TestStatusPageInBrowser(t *testing.T) {
 	})
 	defer func() { close(stopLoad); load.Wait() }()
 
-	opts := append(chromedp.DefaultExecAllocatorOptions[:],
-		chromedp.ExecPath(exe), chromedp.NoSandbox, chromedp.DisableGPU,
-		chromedp.WindowSize(1280, 800), chromedp.UserDataDir(t.TempDir()))
-	base, cancelTime := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancelTime()
-	actx, cancelAlloc := chromedp.NewExecAllocator(base, opts...)
-	defer cancelAlloc()
-	ctx, cancelTab := chromedp.NewContext(actx, chromedp.WithLogf(t.Logf))
-	defer cancelTab()
+	ctx := newBrowser(t, exe, 2*time.Minute, chromedp.WindowSize(1280, 800))
 
 	// Script errors fail the test.
 	var mu sync.Mutex
@@ -340,14 +350,7 @@ func TestCrossSiteFormCannotSwitch(t *testing.T) {
 	// localhost against the listener's 127.0.0.1: another site.
 	page := strings.Replace(evil.URL, "127.0.0.1", "localhost", 1)
 
-	opts := append(chromedp.DefaultExecAllocatorOptions[:],
-		chromedp.ExecPath(exe), chromedp.NoSandbox, chromedp.DisableGPU, chromedp.UserDataDir(t.TempDir()))
-	base, cancelTime := context.WithTimeout(context.Background(), time.Minute)
-	defer cancelTime()
-	actx, cancelAlloc := chromedp.NewExecAllocator(base, opts...)
-	defer cancelAlloc()
-	ctx, cancelTab := chromedp.NewContext(actx, chromedp.WithLogf(t.Logf))
-	defer cancelTab()
+	ctx := newBrowser(t, exe, time.Minute)
 	if err := chromedp.Do(ctx, chromedp.Navigate(page)); err != nil {
 		t.Fatalf("open the page: %v", err)
 	}
@@ -390,15 +393,7 @@ func TestRebindingPageCannotReadInBrowser(t *testing.T) {
 	exe := chromiumPath(t)
 	st := startStack(t, 1, 1)
 	port := st.adm[strings.LastIndex(st.adm, ":")+1:]
-	opts := append(chromedp.DefaultExecAllocatorOptions[:],
-		chromedp.ExecPath(exe), chromedp.NoSandbox, chromedp.DisableGPU, chromedp.UserDataDir(t.TempDir()),
-		chromedp.Flag("host-resolver-rules", "MAP rebind.test 127.0.0.1"))
-	base, cancelTime := context.WithTimeout(context.Background(), time.Minute)
-	defer cancelTime()
-	actx, cancelAlloc := chromedp.NewExecAllocator(base, opts...)
-	defer cancelAlloc()
-	ctx, cancelTab := chromedp.NewContext(actx, chromedp.WithLogf(t.Logf))
-	defer cancelTab()
+	ctx := newBrowser(t, exe, time.Minute, chromedp.Flag("host-resolver-rules", "MAP rebind.test 127.0.0.1"))
 	readStatus := func(page string) (shown, fetched string) {
 		t.Helper()
 		if err := chromedp.Do(ctx, chromedp.Navigate(page)); err != nil {
