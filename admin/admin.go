@@ -149,7 +149,7 @@ func (a *api) loopbackHostOnly(next http.Handler) http.Handler {
 		return next
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Host != "" && !LoopbackHost(r.Host) { // browsers always send one
+		if r.Host != "" && !LoopbackHost(r.Host) && !unspecifiedHost(r.Host) { // browsers always send one
 			a.cfg.Log.Warn("admin request refused: Host is not a loopback name", "method", r.Method, "path", r.URL.Path,
 				"host", r.Host, "origin", r.Header.Get("Origin"), "remote", r.RemoteAddr)
 			writeError(w, http.StatusForbidden, "foreign_host", fmt.Sprintf(
@@ -158,6 +158,26 @@ func (a *api) loopbackHostOnly(next http.Handler) http.Handler {
 		}
 		next.ServeHTTP(w, r)
 	})
+}
+
+// unspecifiedHost reports whether host[:port] is 0.0.0.0 or [::], which
+// clients on Linux connect to this machine through (curl
+// http://0.0.0.0:8081/...). An address, not a name, so no rebinding page
+// can have it: a page that calls it is cross-origin, and its calls are
+// kept from switches by the Origin check and from reads by the browser.
+func unspecifiedHost(hostport string) bool {
+	ip := net.ParseIP(hostOf(hostport))
+	return ip != nil && ip.IsUnspecified()
+}
+
+// hostOf is the host of host[:port], lower-case, without brackets or a
+// final dot.
+func hostOf(hostport string) string {
+	host := hostport
+	if h, _, err := net.SplitHostPort(hostport); err == nil {
+		host = h
+	}
+	return strings.ToLower(strings.TrimSuffix(strings.Trim(host, "[]"), "."))
 }
 
 // auth guards the mutating calls: it needs the token when one is set.
@@ -220,11 +240,7 @@ func (a *api) sameOrigin(next http.Handler) http.Handler {
 // address) names this machine by a loopback name: localhost, or a
 // loopback IP.
 func LoopbackHost(hostport string) bool {
-	host := hostport
-	if h, _, err := net.SplitHostPort(hostport); err == nil {
-		host = h
-	}
-	host = strings.ToLower(strings.TrimSuffix(strings.Trim(host, "[]"), "."))
+	host := hostOf(hostport)
 	if host == "localhost" || strings.HasSuffix(host, ".localhost") { // RFC 6761: never resolved by DNS
 		return true
 	}

@@ -247,7 +247,8 @@ func TestCrossSiteSwitchRefused(t *testing.T) {
 // Sec-Fetch-Site (the name is not a trustworthy origin) and no Origin on a
 // GET: every request naming a host that is not a loopback name is refused,
 // reads and switches alike, the status page included. Loopback names
-// pass; with a token any name does.
+// pass, and the unspecified addresses (curl http://0.0.0.0:8081); with a
+// token any name does.
 func TestRebindingPageCannotRead(t *testing.T) {
 	srv, fc := newAPI(t, "", true)
 	port := srv.URL[strings.LastIndex(srv.URL, ":"):]
@@ -258,7 +259,7 @@ func TestRebindingPageCannotRead(t *testing.T) {
 				t.Fatalf("GET %s with Host %s: %d %v, want 403 foreign_host", path, host, code, m)
 			}
 		}
-		for _, host := range []string{"localhost" + port, "LOCALHOST.", "app.localhost" + port, "127.0.0.2" + port, "[::1]" + port} {
+		for _, host := range []string{"localhost" + port, "LOCALHOST.", "app.localhost" + port, "127.0.0.2" + port, "[::1]" + port, "0.0.0.0" + port, "[::]" + port} {
 			if code, _, _ := call(t, "GET", srv.URL+path, "", "Host", host); code != 200 {
 				t.Fatalf("GET %s with Host %s: %d", path, host, code)
 			}
