@@ -74,15 +74,15 @@ type Config struct {
 	// Stats, when set, feeds GET /admin/stats and the status page's traffic.
 	Stats *stats.Recorder
 	// LoopbackOnly: the listener is on a loopback address. Without a
-	// Token, every request must then name a loopback host (localhost, a
-	// name under .localhost, or a loopback IP) in Host: a page on a site
-	// whose name was made to resolve to 127.0.0.1 (DNS rebinding) is the
-	// listener's own origin to the browser, and browsers send no
-	// Sec-Fetch-Site to such a name, so this is what keeps it from reading
-	// the status, history, metrics and page, and from switching colours.
-	// With a token any name is answered (the status page behind a reverse
-	// proxy that passes its own): a rebinding page has no token to send
-	// for a switch, but reads need none.
+	// Token, every request must then name this machine in Host (localHost:
+	// localhost, a name under .localhost, a loopback IP, or 0.0.0.0): a
+	// page on a site whose name was made to resolve to 127.0.0.1 (DNS
+	// rebinding) is the listener's own origin to the browser, and browsers
+	// send no Sec-Fetch-Site to such a name, so this is what keeps it from
+	// reading the status, history, metrics and page, and from switching
+	// colours. With a token any name is answered (the status page behind a
+	// reverse proxy that passes its own): a rebinding page has no token to
+	// send for a switch, but reads need none.
 	LoopbackOnly bool
 }
 
@@ -143,13 +143,13 @@ func New(cfg Config) http.Handler {
 }
 
 // loopbackHostOnly refuses, on a loopback listener without a token, a
-// request whose Host is not a loopback name (see Config.LoopbackOnly).
+// request whose Host does not name this machine (see Config.LoopbackOnly).
 func (a *api) loopbackHostOnly(next http.Handler) http.Handler {
 	if !a.cfg.LoopbackOnly || a.cfg.Token != "" {
 		return next
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Host != "" && !LoopbackHost(r.Host) && !unspecifiedHost(r.Host) { // browsers always send one
+		if r.Host != "" && !localHost(r.Host) { // browsers always send one
 			a.cfg.Log.Warn("admin request refused: Host is not a loopback name", "method", r.Method, "path", r.URL.Path,
 				"host", r.Host, "origin", r.Header.Get("Origin"), "remote", r.RemoteAddr)
 			writeError(w, http.StatusForbidden, "foreign_host", fmt.Sprintf(
@@ -160,14 +160,20 @@ func (a *api) loopbackHostOnly(next http.Handler) http.Handler {
 	})
 }
 
-// unspecifiedHost reports whether host[:port] is 0.0.0.0 or [::], which
-// clients on Linux connect to this machine through (curl
-// http://0.0.0.0:8081/...). An address, not a name, so no rebinding page
-// can have it: a page that calls it is cross-origin, and its calls are
-// kept from switches by the Origin check and from reads by the browser.
-func unspecifiedHost(hostport string) bool {
-	ip := net.ParseIP(hostOf(hostport))
-	return ip != nil && ip.IsUnspecified()
+// localHost reports whether a request's Host names this machine in a way
+// no rebinding page can: a loopback name or address (LoopbackHost), a name
+// under .localhost (browsers resolve those to loopback themselves, RFC
+// 6761), or 0.0.0.0 or [::], which clients on Linux reach this machine
+// through (curl http://0.0.0.0:8081/...): an address, so a page calling it
+// is cross-origin, kept from switches by the Origin check and from reads
+// by the browser.
+func localHost(hostport string) bool {
+	if LoopbackHost(hostport) {
+		return true
+	}
+	host := hostOf(hostport)
+	ip := net.ParseIP(host)
+	return strings.HasSuffix(host, ".localhost") || ip != nil && ip.IsUnspecified()
 }
 
 // hostOf is the host of host[:port], lower-case, without brackets or a
@@ -241,7 +247,7 @@ func (a *api) sameOrigin(next http.Handler) http.Handler {
 // loopback IP.
 func LoopbackHost(hostport string) bool {
 	host := hostOf(hostport)
-	if host == "localhost" || strings.HasSuffix(host, ".localhost") { // RFC 6761: never resolved by DNS
+	if host == "localhost" {
 		return true
 	}
 	ip := net.ParseIP(host)
