@@ -21,6 +21,7 @@ import (
 	"net/http/httptrace"
 	"net/netip"
 	"net/textproto"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -857,6 +858,37 @@ func TestH2RelaysEarlyHints(t *testing.T) {
 	res.Body.Close()
 	if res.StatusCode != 200 || string(body) != "ok" || len(hints) != 1 || hints[0] != "103 </a.css>; rel=preload" {
 		t.Errorf("got %d %q, 1xx %q", res.StatusCode, body, hints)
+	}
+}
+
+// A Content-Length the instance repeats with one value reaches an HTTP/2
+// client once: nghttp2 (curl, h2load) refuses a response with two
+// content-length fields as malformed (RFC 9113 8.1.1).
+func TestH2DuplicateResponseContentLength(t *testing.T) {
+	inst := newRawInstance(t, func(c net.Conn, _ *bufio.Reader, _ *http.Request, _ []byte) bool {
+		_, err := io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-A: 1\r\ncontent-length: 2\r\n\r\nok")
+		return err == nil
+	})
+	f := newFixture(t, []string{inst.URL}, []string{inst.URL}, nil)
+	fr := startH2(t, f.rt, nil)
+	c := dialH2(t, fr.addr, true)
+	c.Request(1, "/", true)
+	for {
+		switch fm := c.Next(1).(type) {
+		case *http2.MetaHeadersFrame:
+			var lengths []string
+			for _, hf := range fm.Fields {
+				if hf.Name == "content-length" {
+					lengths = append(lengths, hf.Value)
+				}
+			}
+			if fm.PseudoValue("status") != "200" || !slices.Equal(lengths, []string{"2"}) {
+				t.Fatalf("status %s, content-length fields %q; want 200 and one \"2\"", fm.PseudoValue("status"), lengths)
+			}
+			return
+		case nil, *http2.GoAwayFrame, *http2.RSTStreamFrame:
+			t.Fatalf("no response head: %v", fm)
+		}
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -334,6 +335,53 @@ func TestFastDuplicateContentLength(t *testing.T) {
 	rc.send("POST /same HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello")
 	if res, body := rc.mustRead("POST"); res.StatusCode != 200 || string(blue.last().Body) != "hello" {
 		t.Errorf("repeated equal Content-Length: %s %q, instance body %q", res.Status, body, blue.last().Body)
+	}
+}
+
+// An instance that repeats Content-Length with one value has one length:
+// the client gets the field once (as net/http's path gives it), so a
+// stricter client or cache behind the proxy does not refuse the answer.
+// Two different lengths are the instance's malformed answer: 502.
+func TestFastDuplicateResponseContentLength(t *testing.T) {
+	blue := newRawInstance(t, func(c net.Conn, _ *bufio.Reader, r *http.Request, _ []byte) bool {
+		cl := "Content-Length: 5\r\ncontent-length: 5\r\n"
+		if r.URL.Path == "/differ" {
+			cl = "Content-Length: 5\r\nContent-Length: 6\r\n"
+		}
+		_, err := io.WriteString(c, "HTTP/1.1 200 OK\r\nX-A: 1\r\n"+cl+"X-B: 2\r\n\r\nhello")
+		return err == nil
+	})
+	green := newRawInstance(t, okHandler("green"))
+	rt := newRouterOnly(t, []string{blue.URL}, []string{green.URL}, nil)
+	ff := startFast(t, rt, nil)
+	rc := dialRaw(t, ff.addr)
+	for range 2 { // the second on the reused instance connection
+		rc.send("GET /same HTTP/1.1\r\nHost: a\r\n\r\n")
+		var lengths []string
+		for {
+			line, err := rc.br.ReadString('\n')
+			if err != nil {
+				t.Fatalf("reading the head: %v", err)
+			}
+			if line == "\r\n" {
+				break
+			}
+			if name, v, ok := strings.Cut(line, ":"); ok && strings.EqualFold(name, "Content-Length") {
+				lengths = append(lengths, strings.TrimSpace(v))
+			}
+		}
+		body := make([]byte, 5)
+		if _, err := io.ReadFull(rc.br, body); err != nil || string(body) != "hello" {
+			t.Fatalf("body %q: %v", body, err)
+		}
+		if !slices.Equal(lengths, []string{"5"}) {
+			t.Errorf("client got Content-Length fields %q, want one \"5\"", lengths)
+		}
+	}
+	rc2 := dialRaw(t, ff.addr)
+	rc2.send("GET /differ HTTP/1.1\r\nHost: a\r\n\r\n")
+	if res, _ := rc2.mustRead("GET"); res.StatusCode != http.StatusBadGateway {
+		t.Errorf("two different response lengths: %s, want 502", res.Status)
 	}
 }
 

@@ -638,6 +638,7 @@ func (c *Conn) writeHead(res *Head, chunked, addDate, closeConn bool) {
 		o.writeString(http.StatusText(res.code))
 	}
 	o.writeString("\r\n")
+	lengthWritten := false
 	for i := range res.fields {
 		f := &res.fields[i]
 		switch f.id {
@@ -648,9 +649,12 @@ func (c *Conn) writeHead(res *Head, chunked, addDate, closeConn bool) {
 				continue
 			}
 		case fContentLength:
-			if chunked {
+			// Repeats carry the same value (ParseResponse refuses others):
+			// one is written, as net/http's path does (RFC 9110 8.6).
+			if chunked || lengthWritten {
 				continue
 			}
+			lengthWritten = true
 		}
 		if res.nConnTokens > 0 && f.id != fContentLength && f.id != fTransferEncoding && res.connectionNamed(f.name) {
 			continue // hop-by-hop by the instance's word; the framing stays, it is relayed as is

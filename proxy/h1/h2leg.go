@@ -101,8 +101,9 @@ func (h *Head) HasDate() bool { return h.hasDate }
 // EachEndToEndField calls fn with each field of a response that is not
 // hop-by-hop (nor named by its Connection field) and not part of its
 // HTTP/1.1 framing (Transfer-Encoding, Trailer; Content-Length unless the
-// body is chunked).
+// body is chunked, and once: repeats carry the same value).
 func (h *Head) EachEndToEndField(fn func(name, value []byte)) {
+	lengthGiven := false
 	for i := range h.fields {
 		f := &h.fields[i]
 		switch f.id {
@@ -110,9 +111,10 @@ func (h *Head) EachEndToEndField(fn func(name, value []byte)) {
 			fTransferEncoding, fTrailer:
 			continue
 		case fContentLength:
-			if h.te > 0 {
+			if h.te > 0 || lengthGiven {
 				continue
 			}
+			lengthGiven = true
 		}
 		if h.nConnTokens > 0 && f.id != fContentLength && h.connectionNamed(f.name) {
 			continue
