@@ -385,6 +385,31 @@ func TestFastDuplicateResponseContentLength(t *testing.T) {
 	}
 }
 
+// An HTTP/1.0 client gets no informational answer (RFC 9110 15.2): it
+// would take an instance's 103 Early Hints for the final answer (ab and
+// other HTTP/1.0 tools do). HTTP/1.1 clients get it, on both codecs.
+func TestNoInformationalAnswerToHTTP10(t *testing.T) {
+	cf := newCodecFronts(t, func(c net.Conn, _ *bufio.Reader, _ *http.Request, _ []byte) bool {
+		_, err := io.WriteString(c, "HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"+
+			"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+		return err == nil
+	})
+	for _, front := range []struct{ name, addr string }{{"fast", cf.fast}, {"net/http", cf.std}} {
+		for _, proto := range []string{"HTTP/1.0", "HTTP/1.1"} {
+			rc := dialRaw(t, front.addr)
+			rc.send("GET / " + proto + "\r\nHost: a\r\nConnection: close\r\n\r\n")
+			b, err := io.ReadAll(rc.br)
+			if err != nil {
+				t.Fatalf("%s %s: %v", front.name, proto, err)
+			}
+			got, hints := string(b), strings.Contains(string(b), " 103 ")
+			if !strings.HasSuffix(got, "\r\n\r\nok") || hints != (proto == "HTTP/1.1") {
+				t.Errorf("%s, %s client got %q; want 103 only for HTTP/1.1, then 200 ok", front.name, proto, got)
+			}
+		}
+	}
+}
+
 func TestFastPipelining(t *testing.T) {
 	blue := newRawInstance(t, okHandler("blue"))
 	green := newRawInstance(t, okHandler("green"))

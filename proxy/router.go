@@ -604,6 +604,9 @@ func (s *statusRecorder) WriteHeader(code int) {
 	if s.code == 0 && code >= 200 || code == http.StatusSwitchingProtocols {
 		s.code = code
 	}
+	if code < 200 && code != http.StatusSwitchingProtocols && s.req != nil && !s.req.ProtoAtLeast(1, 1) {
+		return // an HTTP/1.0 client takes no informational answer (RFC 9110 15.2)
+	}
 	s.ResponseWriter.WriteHeader(code)
 }
 
