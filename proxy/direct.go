@@ -51,10 +51,6 @@ type directConn struct {
 	reused bool
 }
 
-// max1xx is how many informational answers one request may get, as
-// http.Transport allows.
-const max1xx = 5
-
 // aLongTimeAgo is a deadline that has passed: it wakes a blocked read or
 // write at once.
 var aLongTimeAgo = time.Unix(1, 0)
@@ -267,7 +263,7 @@ func (d *directConns) exchange(c *directConn, req *http.Request) (res *http.Resp
 		if code >= 200 {
 			break
 		}
-		if code == http.StatusSwitchingProtocols || n == max1xx {
+		if code == http.StatusSwitchingProtocols || n == h1.MaxInformational {
 			return nil, notStale, errors.New("proxy: unexpected informational answer " + res.Status)
 		}
 		if trace := httptrace.ContextClientTrace(ctx); trace != nil && trace.Got1xxResponse != nil {

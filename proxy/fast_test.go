@@ -410,6 +410,35 @@ func TestNoInformationalAnswerToHTTP10(t *testing.T) {
 	}
 }
 
+// Five informational answers before the final one pass; a sixth is the
+// instance's fault on both codecs (502), as http.Transport has it, not a
+// stream the client waits through until the header timeout.
+func TestTooManyInformationalAnswers(t *testing.T) {
+	cf := newCodecFronts(t, func(c net.Conn, _ *bufio.Reader, r *http.Request, _ []byte) bool {
+		n, _ := strconv.Atoi(r.URL.Query().Get("n"))
+		_, err := io.WriteString(c, strings.Repeat("HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n", n)+
+			"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+		return err == nil
+	})
+	for _, front := range []struct{ name, addr string }{{"fast", cf.fast}, {"net/http", cf.std}} {
+		for n, want := range map[int]int{5: 200, 6: 502} {
+			rc := dialRaw(t, front.addr)
+			rc.send("GET /?n=" + strconv.Itoa(n) + " HTTP/1.1\r\nHost: a\r\n\r\n")
+			hints := 0
+			for {
+				res, _ := rc.mustRead("GET")
+				if res.StatusCode != http.StatusEarlyHints {
+					if res.StatusCode != want || hints > h1.MaxInformational {
+						t.Errorf("%s, %d early hints sent: %s after %d relayed, want %d", front.name, n, res.Status, hints, want)
+					}
+					break
+				}
+				hints++
+			}
+		}
+	}
+}
+
 func TestFastPipelining(t *testing.T) {
 	blue := newRawInstance(t, okHandler("blue"))
 	green := newRawInstance(t, okHandler("green"))

@@ -340,7 +340,7 @@ func (c *Conn) awaitContinue(x *Exchange, uc *UpConn) (send bool, err error) {
 	defer uc.nc.SetReadDeadline(time.Time{})
 	end := time.Now().Add(ExpectContinueTimeout)
 	res := &x.Res
-	for {
+	for infos := 0; ; {
 		d := end
 		if t := time.Now().Add(continueSlice); t.Before(end) {
 			d = t
@@ -368,7 +368,10 @@ func (c *Conn) awaitContinue(x *Exchange, uc *UpConn) (send bool, err error) {
 			return false, nil
 		case res.code == http.StatusSwitchingProtocols:
 			return false, errUpstream101
+		case infos == MaxInformational:
+			return false, errTooMany1xx
 		}
+		infos++
 		c.relayInformational(x, res)
 		uc.cr.discard(n)
 		if res.code == http.StatusContinue {
@@ -411,6 +414,13 @@ func (c *Conn) relayInformational(x *Exchange, res *Head) {
 }
 
 var errUpstream101 = errors.New("instance switched protocols without being asked")
+
+// MaxInformational is how many informational (1xx) answers one request
+// may get before its final one, on every codec, as http.Transport allows;
+// more are the instance's fault (errTooMany1xx).
+const MaxInformational = 5
+
+var errTooMany1xx = errors.New("instance sent more than 5 informational answers")
 
 // ReadResponseHead reads the instance's response head into x.Res, passing
 // informational (1xx) responses on to the client. A client that closes its
@@ -476,7 +486,7 @@ func (c *Conn) readResponseHead(x *Exchange, uc *UpConn) error {
 // set, with res holding them, and are skipped. The final head stays in
 // the read buffer until the body is started.
 func (uc *UpConn) readHead(res *Head, info func(res *Head)) error {
-	for {
+	for i := 0; ; i++ {
 		n, err := nextHead(res, uc)
 		if err != nil {
 			return err
@@ -486,6 +496,9 @@ func (uc *UpConn) readHead(res *Head, info func(res *Head)) error {
 		}
 		if res.code == http.StatusSwitchingProtocols {
 			return errUpstream101
+		}
+		if i == MaxInformational {
+			return errTooMany1xx
 		}
 		if info != nil {
 			info(res)
