@@ -40,12 +40,29 @@ func hardStopOf(ctx context.Context) <-chan struct{} {
 	return hard
 }
 
+// hupKey carries, in the context given to serve, the channel on which
+// SIGHUP arrives.
+type hupKey struct{}
+
+// hupOf returns the SIGHUP channel set by notifyStop; nil (never) without
+// one, as for a serve called in a test's process.
+func hupOf(ctx context.Context) <-chan os.Signal {
+	hup, _ := ctx.Value(hupKey{}).(<-chan os.Signal)
+	return hup
+}
+
 // notifyStop returns a context that ends at the first SIGTERM or SIGINT and
-// carries (see withHardStop) a channel closed at the second one. stop
-// releases the signals; call it when done.
+// carries (see withHardStop) a channel closed at the second one, and the
+// channel of SIGHUP (hupOf), which stops nothing: a closing terminal sends
+// it, and so does an operator used to nginx's reload, and Go's default
+// would end the process at once. stop releases the signals; call it when
+// done.
 func notifyStop(parent context.Context) (ctx context.Context, stop func()) {
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	parent = context.WithValue(parent, hupKey{}, (<-chan os.Signal)(hup))
 	graceful, cancel := context.WithCancel(parent)
 	hard := make(chan struct{})
 	done := make(chan struct{})
@@ -66,6 +83,7 @@ func notifyStop(parent context.Context) (ctx context.Context, stop func()) {
 	}()
 	return withHardStop(graceful, hard), func() {
 		signal.Stop(sigs)
+		signal.Stop(hup)
 		close(done)
 		cancel()
 	}
@@ -204,5 +222,23 @@ func removeStaleState(store state.Store, log *slog.Logger) error {
 func validateShutdown(cfg Config, bad func(name, value, expected string)) {
 	if cfg.ShutdownDelay < 0 {
 		bad("SHUTDOWN_DELAY", cfg.ShutdownDelay.String(), "expected a duration of at least 0 such as 5s (0: stop accepting at once)")
+	}
+}
+
+// onHUP answers SIGHUP until ctx ends: the TLS listener's certificate
+// files are read again (edge.reload); without one there is nothing to
+// reload (the configuration is read at start) and it is only logged.
+func onHUP(ctx context.Context, hup <-chan os.Signal, edge *tlsEdge, log *slog.Logger) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-hup:
+			if edge == nil {
+				log.Info("SIGHUP: nothing to reload; the configuration is read at start (restart to change it), SIGTERM stops")
+				continue
+			}
+			edge.reload()
+		}
 	}
 }

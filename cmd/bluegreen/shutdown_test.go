@@ -461,3 +461,33 @@ func logTime(t *testing.T, out, s string) time.Time {
 	t.Fatalf("no log line with %q", s)
 	return time.Time{}
 }
+
+// SIGHUP stops nothing: a terminal that closes (an ssh session ending)
+// or an operator used to nginx's reload sends it, and Go's default would
+// end the process at once, cutting every request in flight. Without TLS
+// there is nothing to reload: it is logged and ignored; a request held
+// across it gets its answer.
+func TestSIGHUPDoesNotStop(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the binary")
+	}
+	blue, green := newHoldApp(t, "blue"), newHoldApp(t, "green")
+	r := newReplica(t, blue.srv.URL, green.srv.URL)
+	r.start()
+	busy := dialRaw(t, r.pub)
+	fmt.Fprint(busy.nc, "GET /hold HTTP/1.1\r\nHost: test\r\n\r\n")
+	<-blue.entered
+	r.signal(syscall.SIGHUP)
+	r.waitLog("SIGHUP: nothing to reload")
+	blue.unblock()
+	res, body, err := busy.read()
+	if err != nil || res.StatusCode != 200 || body != "color=blue\n" {
+		t.Fatalf("the request held across SIGHUP: %v %q %v\n%s", res, body, err, r.p.Out.String())
+	}
+	select {
+	case <-r.p.Exited():
+		t.Fatalf("SIGHUP ended the process\n%s", r.p.Out.String())
+	default:
+	}
+	waitHTTP(t, "http://"+r.adm+"/readyz", 200)
+}

@@ -8,11 +8,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
-	"os/signal"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -134,8 +131,8 @@ func (e *tlsEdge) addr() string {
 	return e.ln.Addr().String()
 }
 
-// start serves TLS, watches the certificates (files: on change and on
-// SIGHUP) and runs ACME until bg ends; serve errors go to errc.
+// start serves TLS, watches the certificate files (on change; SIGHUP:
+// reload) and runs ACME until bg ends; serve errors go to errc.
 func (e *tlsEdge) start(bg context.Context, wg *sync.WaitGroup, errc chan<- error) {
 	if e == nil {
 		return
@@ -156,20 +153,6 @@ func (e *tlsEdge) start(bg context.Context, wg *sync.WaitGroup, errc chan<- erro
 		go func() { _ = e.srv.Serve(e.h2) }() // ends when srv shuts down
 		go func() { <-loaded; errc <- e.serve() }()
 	}
-	wg.Go(func() {
-		hup := make(chan os.Signal, 1)
-		signal.Notify(hup, syscall.SIGHUP)
-		defer signal.Stop(hup)
-		for {
-			select {
-			case <-bg.Done():
-				return
-			case <-hup:
-				n, err := e.mgr.Reload()
-				e.log.Info("SIGHUP: certificates reloaded", "replaced", n, "err", err)
-			}
-		}
-	})
 	e.log.Info("TLS listener serving", "listen", e.addr(), "redirect", e.plain != nil)
 }
 
@@ -246,4 +229,10 @@ func redirect(tlsPort string) http.Handler {
 		}
 		http.Redirect(w, r, "https://"+host+r.URL.RequestURI(), http.StatusPermanentRedirect)
 	})
+}
+
+// reload reads the certificate files again (on SIGHUP).
+func (e *tlsEdge) reload() {
+	n, err := e.mgr.Reload()
+	e.log.Info("SIGHUP: certificates reloaded", "replaced", n, "err", err)
 }
