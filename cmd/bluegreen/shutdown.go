@@ -14,15 +14,15 @@ import (
 	"github.com/cryoprotect/bluegreen/state"
 )
 
-// The graceful stop runs in two phases. On the first SIGTERM (or SIGINT)
-// /readyz answers 503 at once while both listeners keep serving everything
-// for BLUEGREEN_SHUTDOWN_DELAY, so a load balancer that checks /readyz stops
-// sending new connections before any is refused. Then the public listener
-// stops accepting, each keep-alive connection is closed after its current
-// response (which says Connection: close), idle ones are closed, long-lived
-// connections are ended and requests in flight finish within
-// BLUEGREEN_DRAIN_TIMEOUT. A second signal ends whatever phase is running
-// and stops at once.
+// The graceful stop runs in two phases. On the first SIGTERM (or SIGINT,
+// or SIGQUIT) /readyz answers 503 at once while both listeners keep
+// serving everything for BLUEGREEN_SHUTDOWN_DELAY, so a load balancer that
+// checks /readyz stops sending new connections before any is refused.
+// Then the public listener stops accepting, each keep-alive connection is
+// closed after its current response (which says Connection: close), idle
+// ones are closed, long-lived connections are ended and requests in flight
+// finish within BLUEGREEN_DRAIN_TIMEOUT. A second signal ends whatever
+// phase is running and stops at once.
 
 // hardStopKey carries, in the context given to serve, the channel closed
 // when the stop must happen at once.
@@ -51,15 +51,17 @@ func hupOf(ctx context.Context) <-chan os.Signal {
 	return hup
 }
 
-// notifyStop returns a context that ends at the first SIGTERM or SIGINT and
-// carries (see withHardStop) a channel closed at the second one, and the
+// notifyStop returns a context that ends at the first SIGTERM, SIGINT or
+// SIGQUIT (nginx's graceful stop, which Go would answer with a stack dump
+// and an exit at once) and carries (see withHardStop) a channel closed at
+// the second one, and the
 // channel of SIGHUP (hupOf), which stops nothing: a closing terminal sends
 // it, and so does an operator used to nginx's reload, and Go's default
 // would end the process at once. stop releases the signals; call it when
 // done.
 func notifyStop(parent context.Context) (ctx context.Context, stop func()) {
 	sigs := make(chan os.Signal, 2)
-	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM, syscall.SIGQUIT)
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	parent = context.WithValue(parent, hupKey{}, (<-chan os.Signal)(hup))

@@ -104,6 +104,18 @@ func fixedPort(t *testing.T) string {
 	return fmt.Sprint(ln.Addr().(*net.TCPAddr).Port)
 }
 
+// hold sends GET /hold on a new connection and returns it once app holds
+// the request.
+func (r *replica) hold(app *holdApp) *rawConn {
+	r.t.Helper()
+	c := dialRaw(r.t, r.pub)
+	if _, err := fmt.Fprint(c.nc, "GET /hold HTTP/1.1\r\nHost: test\r\n\r\n"); err != nil {
+		r.t.Fatal(err)
+	}
+	<-app.entered
+	return c
+}
+
 // waitLog waits for a line of the process's output containing s: the
 // process says what phase it is in, and the test follows it.
 func (r *replica) waitLog(s string) {
@@ -210,11 +222,7 @@ func TestShutdownTwoPhases(t *testing.T) {
 					t.Fatalf("before: %v %v %q", res, err, body)
 				}
 			}
-			busy := dialRaw(t, r.pub) // a request in flight across the stop
-			if _, err := fmt.Fprint(busy.nc, "GET /hold HTTP/1.1\r\nHost: test\r\n\r\n"); err != nil {
-				t.Fatal(err)
-			}
-			<-blue.entered
+			busy := r.hold(blue) // a request in flight across the stop
 
 			sent := time.Now()
 			r.signal(syscall.SIGTERM)
@@ -312,9 +320,7 @@ func TestShutdownSecondSignal(t *testing.T) {
 		blue, green := newHoldApp(t, "blue"), newHoldApp(t, "green")
 		r := newReplica(t, blue.srv.URL, green.srv.URL, "BLUEGREEN_SHUTDOWN_DELAY=0s", "BLUEGREEN_DRAIN_TIMEOUT=60s")
 		r.start()
-		busy := dialRaw(t, r.pub)
-		fmt.Fprint(busy.nc, "GET /hold HTTP/1.1\r\nHost: test\r\n\r\n")
-		<-blue.entered
+		busy := r.hold(blue)
 		r.signal(syscall.SIGTERM)
 		r.waitLog(logDrain)
 		r.signal(syscall.SIGINT)
@@ -462,32 +468,35 @@ func logTime(t *testing.T, out, s string) time.Time {
 	return time.Time{}
 }
 
-// SIGHUP stops nothing: a terminal that closes (an ssh session ending)
-// or an operator used to nginx's reload sends it, and Go's default would
-// end the process at once, cutting every request in flight. Without TLS
-// there is nothing to reload: it is logged and ignored; a request held
-// across it gets its answer.
-func TestSIGHUPDoesNotStop(t *testing.T) {
+// Signals other tools give meaning to. SIGHUP stops nothing: a terminal
+// that closes (an ssh session ending) or an operator used to nginx's
+// reload sends it, and Go's default would end the process at once, cutting
+// every request in flight; without TLS there is nothing to reload, so it
+// is logged and ignored. SIGQUIT is a graceful stop, as SIGTERM is: it is
+// nginx's (the STOPSIGNAL of nginx's image, which a compose file may carry
+// over), where Go's default is a stack dump and exit 2 at once (goroutine
+// dumps are at /debug/pprof with BLUEGREEN_PPROF). A request held across
+// SIGQUIT gets its answer.
+func TestSIGHUPAndSIGQUIT(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and runs the binary")
 	}
 	blue, green := newHoldApp(t, "blue"), newHoldApp(t, "green")
-	r := newReplica(t, blue.srv.URL, green.srv.URL)
+	r := newReplica(t, blue.srv.URL, green.srv.URL, "BLUEGREEN_SHUTDOWN_DELAY=0s", "BLUEGREEN_DRAIN_TIMEOUT=20s")
 	r.start()
-	busy := dialRaw(t, r.pub)
-	fmt.Fprint(busy.nc, "GET /hold HTTP/1.1\r\nHost: test\r\n\r\n")
-	<-blue.entered
 	r.signal(syscall.SIGHUP)
 	r.waitLog("SIGHUP: nothing to reload")
+	if res, body, err := dialRaw(t, r.pub).get("/"); err != nil || res.StatusCode != 200 || body != "color=blue\n" {
+		t.Fatalf("after SIGHUP: %v %q %v\n%s", res, body, err, r.p.Out.String())
+	}
+	busy := r.hold(blue)
+	r.signal(syscall.SIGQUIT)
+	r.waitLog(logDrain)
 	blue.unblock()
-	res, body, err := busy.read()
-	if err != nil || res.StatusCode != 200 || body != "color=blue\n" {
-		t.Fatalf("the request held across SIGHUP: %v %q %v\n%s", res, body, err, r.p.Out.String())
+	if res, body, err := busy.read(); err != nil || res.StatusCode != 200 || body != "color=blue\n" {
+		t.Fatalf("the request in flight at SIGQUIT: %v %q %v\n%s", res, body, err, r.p.Out.String())
 	}
-	select {
-	case <-r.p.Exited():
-		t.Fatalf("SIGHUP ended the process\n%s", r.p.Out.String())
-	default:
+	if code := r.p.ExitCode(t, 20*time.Second); code != 0 {
+		t.Fatalf("exit %d after SIGQUIT\n%s", code, r.p.Out.String())
 	}
-	waitHTTP(t, "http://"+r.adm+"/readyz", 200)
 }
