@@ -546,6 +546,11 @@ func (rt *Router) trustedPeer(remoteAddr string) bool {
 
 func (b *Backend) modifyResponse(res *http.Response) error {
 	p := b.pool
+	if res.StatusCode == http.StatusNoContent {
+		// RFC 9110 8.6, as the fast codecs do (h1.Head.lengthAllowed):
+		// Go's HTTP/2 server would send it, which nghttp2 refuses.
+		res.Header.Del("Content-Length")
+	}
 	if res.StatusCode == http.StatusSwitchingProtocols {
 		if rwc, ok := res.Body.(io.ReadWriteCloser); ok {
 			res.Body = p.streams.trackWebSocket(rwc) // drainend.go

@@ -554,6 +554,14 @@ func (h *Head) bodyFraming(head bool) (framing int, length int64, upKeep bool) {
 	return framing, length, !h.closeConn && !h.http10 && framing != bodyUntilClose
 }
 
+// lengthAllowed reports whether a response of h's status may carry
+// Content-Length: not a 1xx or a 204 (RFC 9110 8.6), which an instance
+// may still send; nghttp2 (curl, h2load) refuses such an HTTP/2 answer,
+// a 204 with a length but "0" and a 1xx with any.
+func (h *Head) lengthAllowed() bool {
+	return h.code >= 200 && h.code != http.StatusNoContent
+}
+
 // Response is how a response head was relayed.
 type Response struct {
 	Code    int
@@ -664,7 +672,7 @@ func (c *Conn) writeHead(res *Head, chunked, addDate, closeConn bool) {
 		case fContentLength:
 			// Repeats carry the same value (ParseResponse refuses others):
 			// one is written, as net/http's path does (RFC 9110 8.6).
-			if chunked || lengthWritten {
+			if chunked || lengthWritten || !res.lengthAllowed() {
 				continue
 			}
 			lengthWritten = true

@@ -101,7 +101,8 @@ func (h *Head) HasDate() bool { return h.hasDate }
 // EachEndToEndField calls fn with each field of a response that is not
 // hop-by-hop (nor named by its Connection field) and not part of its
 // HTTP/1.1 framing (Transfer-Encoding, Trailer; Content-Length unless the
-// body is chunked, and once: repeats carry the same value).
+// body is chunked, and once: repeats carry the same value; never in a 1xx
+// or 204 answer, see lengthAllowed).
 func (h *Head) EachEndToEndField(fn func(name, value []byte)) {
 	lengthGiven := false
 	for i := range h.fields {
@@ -111,7 +112,7 @@ func (h *Head) EachEndToEndField(fn func(name, value []byte)) {
 			fTransferEncoding, fTrailer:
 			continue
 		case fContentLength:
-			if h.te > 0 || lengthGiven {
+			if h.te > 0 || lengthGiven || !h.lengthAllowed() {
 				continue
 			}
 			lengthGiven = true
