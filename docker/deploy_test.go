@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/cryoprotect/bluegreen/internal/testkit"
 )
 
 // needTools skips on a developer machine without the tools deploy.sh uses
@@ -18,12 +20,7 @@ import (
 func needTools(t *testing.T, tools ...string) {
 	t.Helper()
 	for _, tool := range tools {
-		if _, err := exec.LookPath(tool); err != nil {
-			if os.Getenv("CI") != "" {
-				t.Fatalf("%s is not installed (CI installs it from .ci/apt/deploy.txt)", tool)
-			}
-			t.Skipf("%s is not installed", tool)
-		}
+		testkit.Tool(t, tool, ".ci/apt/deploy.txt")
 	}
 }
 

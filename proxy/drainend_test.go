@@ -5,7 +5,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"os"
 	"os/exec"
 	"strings"
 	"sync"
@@ -168,13 +167,7 @@ func waitFor(t *testing.T, cond func() bool) {
 // An event stream ended at shutdown or at the end of a drain ends with the
 // last chunk: curl reads a complete response and exits 0.
 func TestEventStreamEndsWithLastChunk(t *testing.T) {
-	curl, err := exec.LookPath("curl")
-	if err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatal("curl not found; .ci/apt/ops.txt lists it")
-		}
-		t.Skip("curl not installed")
-	}
+	curl := testkit.Tool(t, "curl", ".ci/apt/ops.txt")
 	forEachPath(t, func(t *testing.T, fast bool) {
 		blue, green := testkit.StreamingInstance(t, 2*time.Millisecond, 200), testkit.StreamingInstance(t, 2*time.Millisecond, 200)
 		rt := newRouterOnly(t, []string{blue.URL}, []string{green.URL}, func(c *Config) {

@@ -26,13 +26,7 @@ type haproxy struct {
 
 func startHAProxy(t *testing.T, replicas map[string]*replica) *haproxy {
 	t.Helper()
-	bin, err := exec.LookPath("haproxy")
-	if err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatal("haproxy not found; .ci/run installs it from .ci/apt/ops.txt")
-		}
-		t.Skip("haproxy not installed (apt-get install haproxy)")
-	}
+	bin := testkit.Tool(t, "haproxy", ".ci/apt/ops.txt")
 	dir := t.TempDir()
 	h := &haproxy{t: t, addr: "127.0.0.1:" + fixedPort(t), socket: filepath.Join(dir, "admin.sock")}
 	var servers strings.Builder

@@ -4,22 +4,17 @@ import (
 	"bytes"
 	"io"
 	"net/http"
-	"os"
 	"os/exec"
 	"strings"
 	"testing"
+
+	"github.com/cryoprotect/bluegreen/internal/testkit"
 )
 
 // TestMetricsExposition checks the exposition with promtool and that every
 // metric the design lists is there.
 func TestMetricsExposition(t *testing.T) {
-	promtool, err := exec.LookPath("promtool")
-	if err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatal("promtool not found; .ci/run installs the prometheus package")
-		}
-		t.Skip("promtool not installed (apt-get install prometheus)")
-	}
+	promtool := testkit.Tool(t, "promtool", "the prometheus package, which .ci/run installs")
 	st := startStack(t, 1, 1)
 	st.colorOf("/")
 	st.post("/admin/cutover", "")

@@ -22,13 +22,7 @@ func TestShutdownEndsWebSocketsAndStreams(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and runs the binary")
 	}
-	curl, err := exec.LookPath("curl")
-	if err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatal("curl not found; .ci/apt/ops.txt lists it")
-		}
-		t.Skip("curl not installed")
-	}
+	curl := testkit.Tool(t, "curl", ".ci/apt/ops.txt")
 	blue, green := testkit.StreamingInstance(t, 5*time.Millisecond, 0), testkit.StreamingInstance(t, 5*time.Millisecond, 0)
 	r := newReplica(t, blue.URL, green.URL, "BLUEGREEN_SHUTDOWN_DELAY=0s", "BLUEGREEN_DRAIN_TIMEOUT=10s")
 	r.start()
