@@ -36,6 +36,7 @@ type directConns struct {
 	headerTimeout time.Duration
 	maxIdle       int
 	now           func() time.Time
+	limit         *h1.IdleLimit // the instance's, shared with the fast codec's pool
 
 	idle    h1.IdleStack[*directConn]
 	mu      sync.Mutex  // guards sweeper and armed
@@ -55,7 +56,7 @@ type directConn struct {
 // write at once.
 var aLongTimeAgo = time.Unix(1, 0)
 
-func newDirectConns(hostport string, cfg TransportConfig, now func() time.Time) *directConns {
+func newDirectConns(hostport string, cfg TransportConfig, now func() time.Time, limit *h1.IdleLimit) *directConns {
 	if _, _, err := net.SplitHostPort(hostport); err != nil {
 		hostport = net.JoinHostPort(strings.Trim(hostport, "[]"), "80")
 	}
@@ -66,6 +67,7 @@ func newDirectConns(hostport string, cfg TransportConfig, now func() time.Time) 
 		headerTimeout: cfg.ResponseHeaderTimeout,
 		maxIdle:       cfg.MaxIdleConnsPerHost,
 		now:           now,
+		limit:         limit,
 	}
 }
 
@@ -88,12 +90,13 @@ func directable(req *http.Request) bool {
 func (d *directConns) get(fresh bool) (*directConn, error) {
 	if !fresh {
 		now := d.now()
+		limit := d.limit.Limit(d.idleTimeout)
 		for {
 			c, since, ok := d.idle.Pop()
 			if !ok {
 				break
 			}
-			if now.Sub(since) >= d.idleTimeout || !h1.IdleOpen(c.rc) {
+			if age := now.Sub(since); age >= limit || !h1.IdleOpen(c.rc, age, d.limit) {
 				// Expired, closed by the instance, or holding bytes nobody
 				// asked for (they would be read as the next answer).
 				c.nc.Close()
@@ -151,7 +154,7 @@ func (d *directConns) sweep() {
 
 // closeIdle closes the idle connections, or only the expired ones.
 func (d *directConns) closeIdle(expiredOnly bool) {
-	for _, c := range d.idle.Remove(!expiredOnly, d.now().Add(-d.idleTimeout)) {
+	for _, c := range d.idle.Remove(!expiredOnly, d.now().Add(-d.limit.Limit(d.idleTimeout))) {
 		c.nc.Close()
 	}
 }
@@ -261,6 +264,9 @@ func (d *directConns) exchange(c *directConn, req *http.Request) (res *http.Resp
 		}
 		code := res.StatusCode
 		if code >= 200 {
+			if v := res.Header["Keep-Alive"]; len(v) > 0 {
+				d.limit.KeepAlive([]byte(v[0]))
+			}
 			break
 		}
 		if code == http.StatusSwitchingProtocols || n == h1.MaxInformational {

@@ -439,6 +439,39 @@ func TestTooManyInformationalAnswers(t *testing.T) {
 	}
 }
 
+// An instance that announces its keep-alive timeout (Keep-Alive:
+// timeout=2, as Node.js and Apache do) gets no request on a connection
+// idle for nine tenths of it or more, on either codec: such a connection
+// may be closing, and a request with a body written to it would fail.
+func TestKeepAliveTimeoutOfTheInstance(t *testing.T) {
+	inst := newRawInstance(t, func(c net.Conn, _ *bufio.Reader, r *http.Request, _ []byte) bool {
+		_, err := io.WriteString(c, "HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=2\r\nContent-Length: 2\r\n\r\nok")
+		return err == nil
+	})
+	clock := newFakeClock()
+	f := newFixture(t, []string{inst.URL}, []string{inst.URL}, func(c *Config) { c.Now = clock.Now })
+	ff := startFast(t, f.rt, nil)
+	for _, front := range []struct{ name, addr string }{{"fast", ff.addr}, {"net/http", hostOf(t, f.front.URL)}} {
+		rc := dialRaw(t, front.addr)
+		dials := func(idle time.Duration) int64 {
+			clock.Advance(idle)
+			before := inst.accepted.Load()
+			rc.send("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n")
+			if res, body := rc.mustRead("POST"); res.StatusCode != 200 || body != "ok" {
+				t.Fatalf("%s: %s %q", front.name, res.Status, body)
+			}
+			return inst.accepted.Load() - before
+		}
+		dials(0) // the instance's answer tells its timeout
+		if n := dials(1700 * time.Millisecond); n != 0 {
+			t.Errorf("%s: idle 1.7s of the instance's 2s: %d dials, want the connection reused", front.name, n)
+		}
+		if n := dials(1900 * time.Millisecond); n != 1 {
+			t.Errorf("%s: idle 1.9s of the instance's 2s: %d dials, want a new connection", front.name, n)
+		}
+	}
+}
+
 func TestFastPipelining(t *testing.T) {
 	blue := newRawInstance(t, okHandler("blue"))
 	green := newRawInstance(t, okHandler("green"))

@@ -226,7 +226,7 @@ func NewRouter(cfg Config) (*Router, error) {
 			b.conns = h1.NewUpstream(u.Host, u.EscapedPath(), cfg.Upstream.DialTimeout, cfg.Upstream.IdleConnTimeout,
 				cfg.Upstream.MaxIdleConnsPerHost, &rt.bufs, cfg.Now)
 			if direct && u.Scheme == "http" && u.User == nil {
-				b.direct = newDirectConns(u.Host, cfg.Upstream, cfg.Now)
+				b.direct = newDirectConns(u.Host, cfg.Upstream, cfg.Now, b.conns.Limit())
 			}
 			b.out.counter = cm.ejectionCounter(name)
 			b.rp = &httputil.ReverseProxy{

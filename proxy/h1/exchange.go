@@ -474,6 +474,9 @@ func (c *Conn) readResponseHead(x *Exchange, uc *UpConn) error {
 		check := uc.check
 		uc.pend, uc.check = nil, false
 		if err := uc.cr.sendFill(p, check); err != nil {
+			if err == ErrStaleConn && uc.cr.staleClosed {
+				uc.limit.ClosedAfter(uc.idleFor)
+			}
 			return err
 		}
 	}
@@ -492,6 +495,9 @@ func (uc *UpConn) readHead(res *Head, info func(res *Head)) error {
 			return err
 		}
 		if res.code >= 200 {
+			if res.keepAlive != nil {
+				uc.limit.KeepAlive(res.keepAlive)
+			}
 			return nil
 		}
 		if res.code == http.StatusSwitchingProtocols {

@@ -75,9 +75,10 @@ type connReader struct {
 	werr            error
 
 	// sendFill's callback and its state.
-	sendFillFn func(fd uintptr) bool
-	sendCheck  bool // look at the socket before writing wp
-	sendStale  bool // the look found it closed or holding bytes
+	sendFillFn  func(fd uintptr) bool
+	sendCheck   bool // look at the socket before writing wp
+	sendStale   bool // the look found it closed or holding bytes
+	staleClosed bool // ... closed
 
 	// A write waiting for room in the socket's send buffer: since when
 	// (unix nanoseconds; 0: none), for the Server's watch over clients
@@ -117,11 +118,14 @@ const (
 // IdleOpen reports whether an idle connection, seen through rc, looks
 // usable: open and with nothing sent by the peer (one non-blocking look
 // that consumes nothing; true when rc is nil or the system gives no raw
-// access). For connection pools outside this package.
-func IdleOpen(rc syscall.RawConn) bool {
+// access). One the peer closed, idle for idleFor, teaches l. For
+// connection pools outside this package.
+func IdleOpen(rc syscall.RawConn, idleFor time.Duration, l *IdleLimit) bool {
 	switch peekConn(rc) {
 	case peekNothing, peekUnknown:
 		return true
+	case peekClosed:
+		l.ClosedAfter(idleFor)
 	}
 	return false
 }

@@ -79,9 +79,10 @@ type headState struct {
 	userinfo      bool // a Host with '@'
 	sse           bool
 	hasDate       bool
-	upgrade       bool // an Upgrade field
-	expects       int  // Expect fields
-	continue100   bool // the (last) Expect field is 100-continue
+	upgrade       bool   // an Upgrade field
+	expects       int    // Expect fields
+	continue100   bool   // the (last) Expect field is 100-continue
+	keepAlive     []byte // the (last) Keep-Alive field's value (IdleLimit)
 
 	// The last Cookie lookup, so the codec's hand-off check and the
 	// rollout key read the client's cookie once per request.
@@ -295,6 +296,8 @@ func (h *Head) parseFields(b []byte) bool {
 			h.sse = len(v) >= 17 && equalFold(v[:17], "text/event-stream")
 		case fDate:
 			h.hasDate = true
+		case fKeepAlive:
+			h.keepAlive = v
 		case fUpgrade:
 			h.upgrade = true
 		case fExpect:

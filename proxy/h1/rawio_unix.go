@@ -64,15 +64,16 @@ func (cr *connReader) sendSome(fd uintptr) bool {
 	}
 	if cr.sendCheck {
 		cr.sendCheck = false
+		var n int
 		var err error
 		for {
-			_, err = sysRead(int(fd), cr.rp)
+			n, err = sysRead(int(fd), cr.rp)
 			if err != syscall.EINTR {
 				break
 			}
 		}
 		if err != syscall.EAGAIN { // bytes nobody asked for, the end, or an error
-			cr.sendStale = true
+			cr.sendStale, cr.staleClosed = true, n <= 0
 			return true
 		}
 	}

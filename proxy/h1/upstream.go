@@ -21,7 +21,8 @@ type Upstream struct {
 	bufs        *Buffers
 	now         func() time.Time
 
-	idle IdleStack[*UpConn]
+	idle  IdleStack[*UpConn]
+	limit IdleLimit
 }
 
 // UpConn is one connection to an instance.
@@ -29,6 +30,10 @@ type UpConn struct {
 	nc     net.Conn
 	cr     *connReader
 	reused bool
+	// limit learns when the instance closes idle connections; idleFor is
+	// how long the connection sat in the pool before this exchange.
+	limit   *IdleLimit
+	idleFor time.Duration
 	// check: taken from the pool by GetUnchecked, not looked at yet; the
 	// look is folded into the write of the request (see
 	// connReader.sendFill) or done before it (Conn.Send).
@@ -70,6 +75,10 @@ func NewUpstream(hostport, path string, dialTimeout, idleTimeout time.Duration, 
 	}
 }
 
+// Limit is what the pool learned of the instance's keep-alive timeout;
+// another pool of connections to the same instance may share it.
+func (u *Upstream) Limit() *IdleLimit { return &u.limit }
+
 // Prefix is the instance's base path without its trailing slash.
 func (u *Upstream) Prefix() string { return u.prefix }
 
@@ -91,12 +100,14 @@ func (u *Upstream) GetUnchecked(fresh bool) (*UpConn, error) { return u.get(fres
 func (u *Upstream) get(fresh, peek bool) (*UpConn, error) {
 	if !fresh {
 		now := u.now()
+		limit := u.limit.Limit(u.idleTimeout)
 		for {
 			c, since, ok := u.idle.Pop()
 			if !ok {
 				break
 			}
-			if now.Sub(since) >= u.idleTimeout || peek && !c.open() {
+			c.idleFor = now.Sub(since)
+			if c.idleFor >= limit || peek && !c.open() {
 				c.Close()
 				continue
 			}
@@ -108,7 +119,7 @@ func (u *Upstream) get(fresh, peek bool) (*UpConn, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &UpConn{nc: nc, lazy: !peek}
+	c := &UpConn{nc: nc, lazy: !peek, limit: &u.limit}
 	c.cr = newConnReader(nc, u.takeBuf, u.giveBuf)
 	return c, nil
 }
@@ -159,7 +170,7 @@ const BufferGrace = 100 * time.Millisecond
 // buffers once idle for longer than BufferGrace.
 func (u *Upstream) CloseIdle(expiredOnly bool) {
 	now := u.now()
-	for _, c := range u.idle.Remove(!expiredOnly, now.Add(-u.idleTimeout)) {
+	for _, c := range u.idle.Remove(!expiredOnly, now.Add(-u.limit.Limit(u.idleTimeout))) {
 		c.Close()
 	}
 	u.idle.EachIdleSince(now.Add(-BufferGrace), false, func(c *UpConn) { c.cr.release() })
@@ -171,12 +182,15 @@ func (c *UpConn) Close() {
 }
 
 // open peeks at an idle connection without blocking: an instance that
-// closed it has sent EOF (or reset it); an idle one has sent nothing, and
-// one that sent bytes nobody asked for is not used either.
+// closed it has sent EOF (or reset it), which teaches the pool's
+// IdleLimit; an idle one has sent nothing, and one that sent bytes nobody
+// asked for is not used either.
 func (c *UpConn) open() bool {
 	switch c.cr.peekState() {
 	case peekNothing, peekUnknown:
 		return true
+	case peekClosed:
+		c.limit.ClosedAfter(c.idleFor)
 	}
 	return false
 }
