@@ -18,7 +18,8 @@ import (
 // seen to have closed while idle (the shortest such idle time, of at
 // least MinLearnedIdle: a restart closes connections of any age), and
 // pooled connections are used only while idle for less than nine tenths
-// of what it learned. The zero value knows nothing, and a nil one learns
+// of the announced timeout, or three quarters of the shortest close seen
+// (which overstates the timeout by up to the gap between two requests). The zero value knows nothing, and a nil one learns
 // nothing; safe for concurrent use.
 type IdleLimit struct {
 	hint atomic.Int64 // ns: the Keep-Alive field's timeout; 0: none
@@ -33,10 +34,11 @@ const MinLearnedIdle = time.Second
 // used: base (the configured idle timeout), or less when the instance is
 // known to close idle connections sooner.
 func (l *IdleLimit) Limit(base time.Duration) time.Duration {
-	for _, v := range [2]int64{l.hint.Load(), l.seen.Load()} {
-		if v > 0 {
-			base = min(base, time.Duration(v)/10*9)
-		}
+	if v := time.Duration(l.hint.Load()); v > 0 {
+		base = min(base, v/10*9)
+	}
+	if v := time.Duration(l.seen.Load()); v > 0 {
+		base = min(base, v/4*3)
 	}
 	return base
 }

@@ -18,8 +18,8 @@ func TestIdleLimitLearns(t *testing.T) {
 	l.ClosedAfter(300 * time.Millisecond) // under MinLearnedIdle: a restart, not a timeout
 	l.ClosedAfter(8 * time.Second)
 	l.ClosedAfter(12 * time.Second) // later and longer: the shortest stands
-	if got := l.Limit(30 * time.Second); got != 7200*time.Millisecond {
-		t.Fatalf("after closes at 8s and 12s: %v, want 7.2s", got)
+	if got := l.Limit(30 * time.Second); got != 6*time.Second {
+		t.Fatalf("after closes at 8s and 12s: %v, want 6s", got)
 	}
 	for _, tc := range []struct {
 		field string
@@ -29,7 +29,7 @@ func TestIdleLimitLearns(t *testing.T) {
 		{"max=100, Timeout=3", 2700 * time.Millisecond},
 		{"timeout=zz", 2700 * time.Millisecond}, // ignored: the last good one stands
 		{"timeout=0", 2700 * time.Millisecond},
-		{"timeout=60, max=1000", 7200 * time.Millisecond}, // the close seen at 8s is shorter
+		{"timeout=60, max=1000", 6 * time.Second}, // the close seen at 8s is shorter
 	} {
 		l.KeepAlive([]byte(tc.field))
 		if got := l.Limit(30 * time.Second); got != tc.want {
@@ -46,9 +46,9 @@ func TestIdleLimitLearns(t *testing.T) {
 
 // TestPoolLearnsTheInstanceIdleTimeout: an instance closes connections
 // idle for 5 s (as Node.js does). The pool finds one closed when it looks
-// at it, and from then on does not use a connection idle for 4.5 s or more
-// (it could be written to while the instance's close is on its way); one
-// idle for less is used.
+// at it, and from then on does not use a connection idle for 3.75 s or
+// more (it could be written to while the instance's close is on its way);
+// one idle for less is used.
 func TestPoolLearnsTheInstanceIdleTimeout(t *testing.T) {
 	var mu sync.Mutex
 	var held []net.Conn
@@ -92,20 +92,20 @@ func TestPoolLearnsTheInstanceIdleTimeout(t *testing.T) {
 		t.Fatal("a connection the instance closed was used")
 	}
 	waitAccepted(t, &accepted, 2)
-	if got := u.Limit().Limit(30 * time.Second); got != 4500*time.Millisecond {
-		t.Fatalf("learned limit %v, want 4.5s", got)
+	if got := u.Limit().Limit(30 * time.Second); got != 3750*time.Millisecond {
+		t.Fatalf("learned limit %v, want 3.75s", got)
 	}
 
 	u.Put(second)
-	clock = clock.Add(4400 * time.Millisecond)
+	clock = clock.Add(3700 * time.Millisecond)
 	if c := get(); c != second || !c.reused {
-		t.Fatal("a connection idle for 4.4s was not used")
+		t.Fatal("a connection idle for 3.7s was not used")
 	}
 	u.Put(second)
-	clock = clock.Add(4600 * time.Millisecond)
+	clock = clock.Add(3800 * time.Millisecond)
 	third := get()
 	if third == second || third.reused {
-		t.Fatal("a connection idle for 4.6s was used; the instance may be closing it")
+		t.Fatal("a connection idle for 3.8s was used; the instance may be closing it")
 	}
 	waitAccepted(t, &accepted, 3)
 	third.Close()
