@@ -54,11 +54,10 @@ func hupOf(ctx context.Context) <-chan os.Signal {
 // notifyStop returns a context that ends at the first SIGTERM, SIGINT or
 // SIGQUIT (nginx's graceful stop, which Go would answer with a stack dump
 // and an exit at once) and carries (see withHardStop) a channel closed at
-// the second one, and the
-// channel of SIGHUP (hupOf), which stops nothing: a closing terminal sends
-// it, and so does an operator used to nginx's reload, and Go's default
-// would end the process at once. stop releases the signals; call it when
-// done.
+// the second one, and the channel of SIGHUP (hupOf), which stops nothing:
+// a closing terminal sends it, and so does an operator used to nginx's
+// reload, and Go's default would end the process at once. stop releases
+// the signals; call it when done.
 func notifyStop(parent context.Context) (ctx context.Context, stop func()) {
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM, syscall.SIGQUIT)

@@ -19,8 +19,9 @@ import (
 // least MinLearnedIdle: a restart closes connections of any age), and
 // pooled connections are used only while idle for less than nine tenths
 // of the announced timeout, or three quarters of the shortest close seen
-// (which overstates the timeout by up to the gap between two requests). The zero value knows nothing, and a nil one learns
-// nothing; safe for concurrent use.
+// (which overstates the timeout by up to the gap between two requests).
+// The zero value knows nothing, and a nil one learns nothing; safe for
+// concurrent use.
 type IdleLimit struct {
 	hint atomic.Int64 // ns: the Keep-Alive field's timeout; 0: none
 	seen atomic.Int64 // ns: shortest idle time the instance closed at; 0: none

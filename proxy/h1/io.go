@@ -78,7 +78,7 @@ type connReader struct {
 	sendFillFn  func(fd uintptr) bool
 	sendCheck   bool // look at the socket before writing wp
 	sendStale   bool // the look found it closed or holding bytes
-	staleClosed bool // ... closed
+	staleClosed bool // and found it closed (not holding bytes)
 
 	// A write waiting for room in the socket's send buffer: since when
 	// (unix nanoseconds; 0: none), for the Server's watch over clients
