@@ -472,6 +472,34 @@ func TestKeepAliveTimeoutOfTheInstance(t *testing.T) {
 	}
 }
 
+// Trailer lines of a chunked answer that are not field lines (a line
+// without a colon, a continuation, a control byte) are not passed on: the
+// body has been relayed, and a strict client (Go's) failed the whole
+// answer on them. The field lines around them are.
+func TestFastMalformedTrailerLines(t *testing.T) {
+	inst := newRawInstance(t, func(c net.Conn, _ *bufio.Reader, _ *http.Request, _ []byte) bool {
+		_, err := io.WriteString(c, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Good, X-Two\r\n\r\n2\r\nok\r\n0\r\n"+
+			"X-Good: 1\r\ngarbage\r\n folded\r\nX-Bad: a\x01b\r\n: empty name\r\nX-Two: 2\r\n\r\n")
+		return err == nil
+	})
+	rt := newRouterOnly(t, []string{inst.URL}, []string{inst.URL}, nil)
+	ff := startFast(t, rt, nil)
+	for range 2 { // the second on the reused instance connection
+		res, err := http.Get(ff.url + "/")
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, err := io.ReadAll(res.Body)
+		res.Body.Close()
+		if err != nil || string(body) != "ok" {
+			t.Fatalf("body %q: %v", body, err)
+		}
+		if len(res.Trailer) != 2 || res.Trailer.Get("X-Good") != "1" || res.Trailer.Get("X-Two") != "2" {
+			t.Errorf("trailers %v, want X-Good and X-Two only", res.Trailer)
+		}
+	}
+}
+
 func TestFastPipelining(t *testing.T) {
 	blue := newRawInstance(t, okHandler("blue"))
 	green := newRawInstance(t, okHandler("green"))
