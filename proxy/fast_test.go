@@ -500,6 +500,56 @@ func TestFastMalformedTrailerLines(t *testing.T) {
 	}
 }
 
+// The pool learns an instance's idle timeout from a pooled connection the
+// instance closed, found on either look: a request with a body looks before
+// it takes the connection (Get), one without folds the look into its write
+// (GetUnchecked, ErrStaleConn). Both requests are answered, on a new
+// connection, and the limit is three quarters of the idle time seen.
+func TestPoolLearnsFromClosedConnections(t *testing.T) {
+	conns := make(chan net.Conn, 16)
+	inst := newRawInstance(t, func(c net.Conn, _ *bufio.Reader, _ *http.Request, _ []byte) bool {
+		select {
+		case conns <- c:
+		default:
+		}
+		_, err := io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+		return err == nil
+	})
+	for _, tc := range []struct {
+		name, req string
+		idle      time.Duration
+	}{
+		{"GET (the look folded into the write)", "GET / HTTP/1.1\r\nHost: a\r\n\r\n", 8 * time.Second},
+		{"POST with a body (the look before)", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhi", 4 * time.Second},
+	} {
+		clock := newFakeClock()
+		rt := newRouterOnly(t, []string{inst.URL}, []string{inst.URL}, func(c *Config) { c.Now = clock.Now })
+		ff := startFast(t, rt, nil)
+		rc := dialRaw(t, ff.addr)
+		send := func() {
+			t.Helper()
+			rc.send(tc.req)
+			if res, body := rc.mustRead("GET"); res.StatusCode != 200 || body != "ok" {
+				t.Fatalf("%s: %s %q", tc.name, res.Status, body)
+			}
+		}
+		send()
+		pooled := <-conns
+		clock.Advance(tc.idle)
+		_ = pooled.Close() // the instance's idle timeout
+		time.Sleep(20 * time.Millisecond)
+		before := inst.accepted.Load()
+		send()
+		if n := inst.accepted.Load() - before; n != 1 {
+			t.Errorf("%s: %d new connections after the instance closed the pooled one, want 1", tc.name, n)
+		}
+		if got := rt.pools[0].backends[0].conns.Limit().Limit(time.Hour); got != tc.idle/4*3 {
+			t.Errorf("%s: learned limit %v, want %v", tc.name, got, tc.idle/4*3)
+		}
+		<-conns
+	}
+}
+
 func TestFastPipelining(t *testing.T) {
 	blue := newRawInstance(t, okHandler("blue"))
 	green := newRawInstance(t, okHandler("green"))
