@@ -451,7 +451,14 @@ func TestKeepAliveTimeoutOfTheInstance(t *testing.T) {
 	clock := newFakeClock()
 	f := newFixture(t, []string{inst.URL}, []string{inst.URL}, func(c *Config) { c.Now = clock.Now })
 	ff := startFast(t, f.rt, nil)
-	for _, front := range []struct{ name, addr string }{{"fast", ff.addr}, {"net/http", hostOf(t, f.front.URL)}} {
+	b := f.rt.pools[0].backends[0]
+	for _, front := range []struct {
+		name, addr string
+		pooled     func() int
+	}{
+		{"fast", ff.addr, fastPooled(b.conns)},
+		{"net/http", hostOf(t, f.front.URL), b.direct.idle.Len},
+	} {
 		rc := dialRaw(t, front.addr)
 		dials := func(idle time.Duration) int64 {
 			clock.Advance(idle)
@@ -460,6 +467,7 @@ func TestKeepAliveTimeoutOfTheInstance(t *testing.T) {
 			if res, body := rc.mustRead("POST"); res.StatusCode != 200 || body != "ok" {
 				t.Fatalf("%s: %s %q", front.name, res.Status, body)
 			}
+			waitPooled(t, front.pooled, 1) // idle from then on the fake clock
 			return inst.accepted.Load() - before
 		}
 		dials(0) // the instance's answer tells its timeout
@@ -535,6 +543,7 @@ func TestPoolLearnsFromClosedConnections(t *testing.T) {
 		}
 		send()
 		pooled := <-conns
+		waitPooled(t, fastPooled(rt.pools[0].backends[0].conns), 1)
 		clock.Advance(tc.idle)
 		_ = pooled.Close() // the instance's idle timeout
 		time.Sleep(20 * time.Millisecond)
@@ -547,6 +556,51 @@ func TestPoolLearnsFromClosedConnections(t *testing.T) {
 			t.Errorf("%s: learned limit %v, want %v", tc.name, got, tc.idle/4*3)
 		}
 		<-conns
+	}
+}
+
+// waitPooled waits until pooled reports n idle connections: an exchange's
+// connection goes back to the pool just after its answer went out.
+func waitPooled(t *testing.T, pooled func() int, n int) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); pooled() != n; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d pooled connections, want %d", pooled(), n)
+		}
+	}
+}
+
+// fastPooled counts u's idle connections, for waitPooled.
+func fastPooled(u *h1.Upstream) func() int {
+	return func() int { n, _ := u.IdleBuffers(); return n }
+}
+
+// An instance that comes back up may be a new process: the connections
+// pooled before are let go, and what the pool learned of its keep-alive
+// timeout is forgotten (a restart's closes would teach a shorter one).
+func TestInstanceBackUpStartsAfresh(t *testing.T) {
+	inst := newRawInstance(t, okHandler("blue"))
+	rt := newRouterOnly(t, []string{inst.URL}, []string{inst.URL}, nil)
+	ff := startFast(t, rt, nil)
+	rc := dialRaw(t, ff.addr)
+	rc.send("GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+	rc.mustRead("GET")
+	pool, b := rt.pools[0], rt.pools[0].backends[0]
+	b.conns.Limit().ClosedAfter(4 * time.Second)
+	b.conns.Limit().KeepAlive([]byte("timeout=3"))
+	waitPooled(t, fastPooled(b.conns), 1)
+	if idle, _ := b.conns.IdleBuffers(); idle != 1 || b.conns.Limit().Limit(time.Hour) != 2700*time.Millisecond {
+		t.Fatalf("before: %d pooled, limit %v", idle, b.conns.Limit().Limit(time.Hour))
+	}
+	pool.SetStatus(b.name, false)
+	pool.SetStatus(b.name, true)
+	if idle, _ := b.conns.IdleBuffers(); idle != 0 || b.conns.Limit().Limit(time.Hour) != time.Hour {
+		t.Fatalf("back up: %d pooled, limit %v; want none and the configured one", idle, b.conns.Limit().Limit(time.Hour))
+	}
+	before := inst.accepted.Load()
+	rc.send("GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+	if res, body := rc.mustRead("GET"); res.StatusCode != 200 || body != "blue /" || inst.accepted.Load() != before+1 {
+		t.Fatalf("after: %s %q, %d new connections", res.Status, body, inst.accepted.Load()-before)
 	}
 }
 

@@ -99,10 +99,25 @@ func (p *Pool) Backends() []*Backend { return p.backends }
 func (p *Pool) SetStatus(instance string, up bool) {
 	for _, b := range p.backends {
 		if b.name == instance {
-			b.up.Store(up)
+			if !b.up.Swap(up) && up {
+				b.backUp()
+			}
 			return
 		}
 	}
+}
+
+// backUp starts an instance that comes back up afresh: it may be a new
+// process (a restart, a new container behind the same address), so the
+// connections pooled before are let go, and what the pool learned of its
+// keep-alive timeout is forgotten (a restart closes connections of any
+// age, which would otherwise teach a shorter one).
+func (b *Backend) backUp() {
+	b.conns.CloseIdle(false)
+	if b.direct != nil {
+		b.direct.closeIdle(false)
+	}
+	b.conns.Limit().Forget()
 }
 
 // Healthy counts the instances that are up.

@@ -44,6 +44,12 @@ func (l *IdleLimit) Limit(base time.Duration) time.Duration {
 	return base
 }
 
+// Forget drops what was learned: the instance may be a new process.
+func (l *IdleLimit) Forget() {
+	l.hint.Store(0)
+	l.seen.Store(0)
+}
+
 // ClosedAfter notes that the instance closed a connection idle for age.
 func (l *IdleLimit) ClosedAfter(age time.Duration) {
 	if l == nil || age < MinLearnedIdle {
