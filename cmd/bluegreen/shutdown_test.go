@@ -104,6 +104,17 @@ func fixedPort(t *testing.T) string {
 	return fmt.Sprint(ln.Addr().(*net.TCPAddr).Port)
 }
 
+// startHeld starts a replica (env: extra) in front of a blue and a green
+// holdApp, waits until it is ready, and returns it with blue, the active
+// colour.
+func startHeld(t *testing.T, extra ...string) (r *replica, blue *holdApp) {
+	t.Helper()
+	blue, green := newHoldApp(t, "blue"), newHoldApp(t, "green")
+	r = newReplica(t, blue.srv.URL, green.srv.URL, extra...)
+	r.start()
+	return r, blue
+}
+
 // hold sends GET /hold on a new connection and returns it once app holds
 // the request.
 func (r *replica) hold(app *holdApp) *rawConn {
@@ -210,10 +221,7 @@ func TestShutdownTwoPhases(t *testing.T) {
 	}
 	for _, fast := range []string{"true", "false"} {
 		t.Run("fast_path="+fast, func(t *testing.T) {
-			blue, green := newHoldApp(t, "blue"), newHoldApp(t, "green")
-			r := newReplica(t, blue.srv.URL, green.srv.URL,
-				"BLUEGREEN_SHUTDOWN_DELAY=1s", "BLUEGREEN_DRAIN_TIMEOUT=10s", "BLUEGREEN_FAST_PATH="+fast)
-			r.start()
+			r, blue := startHeld(t, "BLUEGREEN_SHUTDOWN_DELAY=1s", "BLUEGREEN_DRAIN_TIMEOUT=10s", "BLUEGREEN_FAST_PATH="+fast)
 
 			idle := dialRaw(t, r.pub)  // kept alive and idle across the stop
 			reuse := dialRaw(t, r.pub) // kept alive, used again during the delay
@@ -301,9 +309,7 @@ func TestShutdownSecondSignal(t *testing.T) {
 		t.Skip("builds and runs the binary")
 	}
 	t.Run("SIGTERM twice during the delay", func(t *testing.T) {
-		blue, green := newHoldApp(t, "blue"), newHoldApp(t, "green")
-		r := newReplica(t, blue.srv.URL, green.srv.URL, "BLUEGREEN_SHUTDOWN_DELAY=60s")
-		r.start()
+		r, _ := startHeld(t, "BLUEGREEN_SHUTDOWN_DELAY=60s")
 		r.signal(syscall.SIGTERM)
 		r.waitLog(logDelay)
 		sent := time.Now()
@@ -317,9 +323,7 @@ func TestShutdownSecondSignal(t *testing.T) {
 		}
 	})
 	t.Run("SIGINT after SIGTERM while draining", func(t *testing.T) {
-		blue, green := newHoldApp(t, "blue"), newHoldApp(t, "green")
-		r := newReplica(t, blue.srv.URL, green.srv.URL, "BLUEGREEN_SHUTDOWN_DELAY=0s", "BLUEGREEN_DRAIN_TIMEOUT=60s")
-		r.start()
+		r, blue := startHeld(t, "BLUEGREEN_SHUTDOWN_DELAY=0s", "BLUEGREEN_DRAIN_TIMEOUT=60s")
 		busy := r.hold(blue)
 		r.signal(syscall.SIGTERM)
 		r.waitLog(logDrain)
@@ -407,9 +411,7 @@ func TestShutdownUnderLoad(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and runs the binary")
 	}
-	blue, green := newHoldApp(t, "blue"), newHoldApp(t, "green")
-	r := newReplica(t, blue.srv.URL, green.srv.URL, "BLUEGREEN_SHUTDOWN_DELAY=1s", "BLUEGREEN_DRAIN_TIMEOUT=5s")
-	r.start()
+	r, _ := startHeld(t, "BLUEGREEN_SHUTDOWN_DELAY=1s", "BLUEGREEN_DRAIN_TIMEOUT=5s")
 	stop := make(chan struct{})
 	l := startPostLoad("http://"+r.pub+"/", 32, stop, "color=blue\n")
 	for l.ok.Load() < 2000 {
@@ -481,9 +483,7 @@ func TestSIGHUPAndSIGQUIT(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and runs the binary")
 	}
-	blue, green := newHoldApp(t, "blue"), newHoldApp(t, "green")
-	r := newReplica(t, blue.srv.URL, green.srv.URL, "BLUEGREEN_SHUTDOWN_DELAY=0s", "BLUEGREEN_DRAIN_TIMEOUT=20s")
-	r.start()
+	r, blue := startHeld(t, "BLUEGREEN_SHUTDOWN_DELAY=0s", "BLUEGREEN_DRAIN_TIMEOUT=20s")
 	r.signal(syscall.SIGHUP)
 	r.waitLog("SIGHUP: nothing to reload")
 	if res, body, err := dialRaw(t, r.pub).get("/"); err != nil || res.StatusCode != 200 || body != "color=blue\n" {
