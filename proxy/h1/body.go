@@ -175,7 +175,10 @@ func (c *Conn) copyChunked(uc *UpConn) error {
 				if err != nil {
 					return err
 				}
-				if len(ln) == 2 || validTrailer(ln[:len(ln)-2]) {
+				// A line that is no field line is not passed on: the
+				// body has been relayed, and a strict client (Go's)
+				// would fail the whole answer on it.
+				if _, _, ok := splitField(ln[:len(ln)-2]); ok || len(ln) == 2 {
 					c.out.write(ln)
 				}
 				uc.cr.discard(len(ln))
@@ -203,25 +206,4 @@ func (c *Conn) copyChunked(uc *UpConn) error {
 func isTimeout(err error) bool {
 	var ne net.Error
 	return errors.As(err, &ne) && ne.Timeout()
-}
-
-// validTrailer reports whether line (without its CRLF) is a field line: a
-// name of token characters, a colon, and a value without control bytes
-// but tab. Others (a continuation line, a line without a colon) are not
-// passed on: the body has been relayed, and a strict client (Go's) would
-// fail the whole answer on them; HTTP/2 clients do not get them either.
-func validTrailer(line []byte) bool {
-	colon := 0
-	for colon < len(line) && byteClass[line[colon]]&classToken != 0 {
-		colon++
-	}
-	if colon == 0 || colon == len(line) || line[colon] != ':' {
-		return false
-	}
-	for _, c := range line[colon+1:] {
-		if byteClass[c]&classCtl != 0 {
-			return false
-		}
-	}
-	return true
 }

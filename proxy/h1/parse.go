@@ -240,6 +240,34 @@ func cutLine(b []byte) (line, rest []byte) {
 	return b[:i-1], b[i+1:]
 }
 
+// splitField splits a field line (without its CRLF) into its name, a run
+// of token characters, and its value without the whitespace around it;
+// false when it is no field line: no name, no colon right after it (which
+// also refuses a leading space, obsolete line folding), or a control byte
+// other than tab in the value.
+func splitField(line []byte) (name, value []byte, ok bool) {
+	colon := 0
+	for colon < len(line) && byteClass[line[colon]]&classToken != 0 {
+		colon++
+	}
+	if colon == 0 || colon == len(line) || line[colon] != ':' {
+		return nil, nil, false
+	}
+	v := line[colon+1:]
+	for len(v) > 0 && (v[0] == ' ' || v[0] == '\t') {
+		v = v[1:]
+	}
+	for len(v) > 0 && (v[len(v)-1] == ' ' || v[len(v)-1] == '\t') {
+		v = v[:len(v)-1]
+	}
+	for _, c := range v {
+		if byteClass[c]&classCtl != 0 {
+			return nil, nil, false
+		}
+	}
+	return line[:colon], v, true
+}
+
 // parseFields parses the field lines up to the blank line.
 func (h *Head) parseFields(b []byte) bool {
 	for {
@@ -248,27 +276,9 @@ func (h *Head) parseFields(b []byte) bool {
 		if len(line) == 0 {
 			return true
 		}
-		colon := 0
-		for colon < len(line) && byteClass[line[colon]]&classToken != 0 {
-			colon++
-		}
-		// A name of token characters, then the colon; also refuses a
-		// leading space (obsolete line folding).
-		if colon == 0 || colon == len(line) || line[colon] != ':' || len(h.fields) == maxFields {
+		name, v, ok := splitField(line)
+		if !ok || len(h.fields) == maxFields {
 			return false
-		}
-		name := line[:colon]
-		v := line[colon+1:]
-		for len(v) > 0 && (v[0] == ' ' || v[0] == '\t') {
-			v = v[1:]
-		}
-		for len(v) > 0 && (v[len(v)-1] == ' ' || v[len(v)-1] == '\t') {
-			v = v[:len(v)-1]
-		}
-		for _, c := range v {
-			if byteClass[c]&classCtl != 0 {
-				return false
-			}
 		}
 		id := classifyField(name)
 		switch id {
