@@ -56,8 +56,9 @@ type Backend struct {
 	up       atomic.Bool
 	inflight atomic.Int64
 	rp       *httputil.ReverseProxy
-	conns    *h1.Upstream // the fast codec's connections
-	direct   *directConns // the net/http codec's body-less requests (direct.go); nil: base transport only
+	conns    *h1.Upstream       // the fast codec's connections
+	direct   *directConns       // the net/http codec's body-less requests (direct.go); nil: base transport only
+	own      *instanceTransport // the net/http codec's other requests (instancetransport.go); nil: a Transport given in Config
 	errs     *upstreamErrorCounters
 	out      outlierState
 	refusal  // the data plane's evidence (colorfail.go)
@@ -116,6 +117,9 @@ func (b *Backend) backUp() {
 	b.conns.CloseIdle(false)
 	if b.direct != nil {
 		b.direct.closeIdle(false)
+	}
+	if b.own != nil {
+		b.own.CloseIdleConnections()
 	}
 	b.conns.Limit().Forget()
 }

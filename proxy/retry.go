@@ -65,10 +65,14 @@ func (t *backendTransport) RoundTrip(req *http.Request) (*http.Response, error) 
 }
 
 // roundTrip sends one attempt to b: on the direct leg when it can take
-// the request, else through base.
+// the request, else through the instance's own Transport, or base when
+// the Config gave one.
 func (b *Backend) roundTrip(base http.RoundTripper, req *http.Request) (*http.Response, error) {
 	if b.direct != nil && directable(req) {
 		return b.direct.roundTrip(req)
+	}
+	if b.own != nil {
+		return b.own.RoundTrip(req)
 	}
 	return base.RoundTrip(req)
 }

@@ -283,7 +283,7 @@ func TestRetryWrapperNoAllocs(t *testing.T) {
 	blue, green := newBackend(t, "blue", 0), newBackend(t, "green", 0)
 	f := newFixture(t, []string{blue.URL}, []string{green.URL}, func(c *Config) { c.Outlier = OutlierConfig{Consecutive: 5} })
 	b := f.rt.pools[0].backends[0]
-	b.direct = nil // the wrapper around a base transport (the direct leg: TestDirect*)
+	b.direct, b.own = nil, nil // the wrapper around a base transport (the direct leg: TestDirect*)
 	tr := &backendTransport{b: b, base: fixedTransport{res: &http.Response{StatusCode: 200}}}
 	req := httptest.NewRequest(http.MethodGet, blue.URL, nil)
 	if n := testing.AllocsPerRun(1000, func() { _, _ = tr.RoundTrip(req) }); n != 0 {

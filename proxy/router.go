@@ -228,6 +228,9 @@ func NewRouter(cfg Config) (*Router, error) {
 			if direct && u.Scheme == "http" && u.User == nil {
 				b.direct = newDirectConns(u.Host, cfg.Upstream, cfg.Now, b.conns.Limit())
 			}
+			if direct {
+				b.own = newInstanceTransport(cfg.Upstream, b.conns.Limit())
+			}
 			b.out.counter = cm.ejectionCounter(name)
 			b.rp = &httputil.ReverseProxy{
 				Rewrite:        b.rewrite,
@@ -314,6 +317,9 @@ func (rt *Router) CloseIdleConnections() {
 			b.conns.CloseIdle(false)
 			if b.direct != nil {
 				b.direct.closeIdle(false)
+			}
+			if b.own != nil {
+				b.own.CloseIdleConnections()
 			}
 		}
 	}
