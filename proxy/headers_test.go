@@ -3,6 +3,7 @@ package proxy
 import (
 	"bufio"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -165,6 +166,50 @@ func TestNoOpenProxy(t *testing.T) {
 		t.Fatalf("the proxy connected to a host that is not a configured instance: %d requests", n)
 	}
 	t.Logf("%d hostile requests: configured instance got %d, other listener got 0", len(raw), be.hits.Load())
+}
+
+// An Upgrade to h2c is not passed on, on either codec: the request is
+// served as HTTP/1.1 and the connection stays HTTP/1.1. Passed on, an
+// instance that answers 101 (this one does, to any upgrade) let the
+// client's next requests reach it through a tunnel, with the client's own
+// X-Forwarded-For (h2c smuggling). Other upgrades still pass.
+func TestH2CUpgradeNotPassedOn(t *testing.T) {
+	inst := newRawInstance(t, func(c net.Conn, _ *bufio.Reader, r *http.Request, _ []byte) bool {
+		if up := r.Header.Get("Upgrade"); up != "" {
+			_, err := io.WriteString(c, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: "+up+"\r\n\r\n")
+			return err == nil
+		}
+		_, err := io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+		return err == nil
+	})
+	f := newFixture(t, []string{inst.URL}, []string{inst.URL}, nil)
+	ff := startFast(t, f.rt, nil)
+	for _, front := range []struct{ name, addr string }{{"net/http", hostOf(t, f.front.URL)}, {"fast", ff.addr}} {
+		for _, up := range []string{"h2c", "H2C", "foo, h2c"} {
+			rc := dialRaw(t, front.addr)
+			rc.send("GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: " + up + "\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n")
+			res, body := rc.mustRead("GET")
+			want, wantUp := 200, ""
+			if up == "foo, h2c" {
+				want, wantUp = 101, "foo"
+			}
+			seen := inst.last()
+			if res.StatusCode != want || seen.Header.Get("Upgrade") != wantUp || seen.Header.Get("Http2-Settings") != "" {
+				t.Fatalf("%s: Upgrade %q: %s %q; the instance saw Upgrade %q, HTTP2-Settings %q",
+					front.name, up, res.Status, body, seen.Header.Get("Upgrade"), seen.Header.Get("Http2-Settings"))
+			}
+			if want == 200 {
+				rc.send("GET /next HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 6.6.6.6\r\n\r\n")
+				if res, _ := rc.mustRead("GET"); res.StatusCode != 200 {
+					t.Fatalf("%s: the next request: %s", front.name, res.Status)
+				}
+				if xff := inst.last().Header.Get("X-Forwarded-For"); xff != "6.6.6.6, 127.0.0.1" && xff != "127.0.0.1" {
+					t.Fatalf("%s: the next request reached the instance with X-Forwarded-For %q", front.name, xff)
+				}
+			}
+			rc.nc.Close()
+		}
+	}
 }
 
 // TestHandBuiltHeaderSpellings: a request handed to the Router by a caller

@@ -20,6 +20,7 @@ import (
 
 	"github.com/cryoprotect/bluegreen/proxy/h1"
 	"github.com/cryoprotect/bluegreen/proxy/stats"
+	"golang.org/x/net/http/httpguts"
 )
 
 // ColorConfig names a colour and its instances.
@@ -375,6 +376,7 @@ func (rt *Router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	canonicalKeys(r.Header)
+	dropH2CUpgrade(r.Header)
 	preview := rt.previewable() && rt.wantsPreview(r)
 	var key []byte
 	if !preview && rt.rolloutRunning() {
@@ -416,6 +418,37 @@ func (rt *Router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		rt.finish(o)
 	}()
 	b.rp.ServeHTTP(rec, r)
+}
+
+// dropH2CUpgrade takes h2c out of a request's Upgrade field, and its
+// HTTP2-Settings field with it: the request is served as the HTTP/1.1
+// request it also is (a server may ignore Upgrade, RFC 9110 7.8), never
+// passed on as an upgrade. An instance that took it (Apache's mod_http2,
+// a Go server with h2c) would speak HTTP/2 with the client through a
+// tunnel the proxy cannot see into, so the requests sent in it would reach
+// the instance without the proxy's X-Forwarded-For, preview stripping or
+// routing (h2c smuggling), and stay on that instance through a switch.
+// RFC 9113 dropped the upgrade; h2c with prior knowledge is refused on the
+// plain listener (400).
+func dropH2CUpgrade(h http.Header) {
+	v, ok := h["Upgrade"]
+	if !ok || !httpguts.HeaderValuesContainsToken(v, "h2c") {
+		return
+	}
+	var keep []string
+	for _, line := range v {
+		for tok := range strings.SplitSeq(line, ",") {
+			if tok = textproto.TrimString(tok); tok != "" && !strings.EqualFold(tok, "h2c") {
+				keep = append(keep, tok)
+			}
+		}
+	}
+	if len(keep) == 0 {
+		delete(h, "Upgrade")
+	} else {
+		h["Upgrade"] = []string{strings.Join(keep, ", ")}
+	}
+	delete(h, "Http2-Settings")
 }
 
 // growStack grows the handler goroutine's stack in one step, while it is
