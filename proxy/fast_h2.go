@@ -285,7 +285,7 @@ func (h *h2Handler) send(st *h2.Stream, x *h2Scratch, uc *h1.UpConn, prefix stri
 				continue
 			}
 		default:
-			if strings.HasPrefix(f.Name, "x-forwarded-") && !trusted {
+			if strings.HasPrefix(f.Name, "x-forwarded-") && !trusted || h1.ForwardingAlias(f.Name) {
 				continue
 			}
 			if rt.stripPreview && f.Name == rt.previewLower {
@@ -560,7 +560,7 @@ func (h *h2Handler) validTrailer(name string) bool {
 		"max-forwards", "range", "set-cookie", "www-authenticate":
 		return false
 	}
-	return !strings.HasPrefix(name, "x-forwarded-") && !(h.rt.stripPreview && name == h.rt.previewLower)
+	return !strings.HasPrefix(name, "x-forwarded-") && !h1.ForwardingAlias(name) && !(h.rt.stripPreview && name == h.rt.previewLower)
 }
 
 // h2ExpectsContinue reports an Expect: 100-continue request field.

@@ -80,6 +80,58 @@ func TestForwardedHeadersTrust(t *testing.T) {
 	}
 }
 
+// A field that reads as X-Forwarded-* or X-Real-IP with underscores for
+// hyphens ("X_Forwarded_For") is not passed on by any codec, from any
+// peer: a CGI-style app sees it as the proxy's field. Other names with
+// underscores pass.
+func TestForwardingAliasesDropped(t *testing.T) {
+	aliases := []string{"X_Forwarded_For", "x_real_ip", "X-Forwarded_Proto", "X_FORWARDED_HOST", "X_Forwarded_Anything"}
+	for _, trusted := range []bool{false, true} {
+		inst := newRawInstance(t, okHandler("blue"))
+		f := newFixture(t, []string{inst.URL}, []string{inst.URL}, func(c *Config) {
+			if trusted {
+				c.TrustedProxies = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}
+			}
+		})
+		ff, fh := startFast(t, f.rt, nil), startH2(t, f.rt, nil)
+		var raw strings.Builder
+		for _, a := range aliases {
+			raw.WriteString(a + ": 6.6.6.6\r\n")
+		}
+		check := func(codec string) {
+			t.Helper()
+			seen := inst.last()
+			for k := range seen.Header {
+				if l := strings.ToLower(k); strings.Contains(l, "_") && (strings.Contains(l, "forwarded") || strings.Contains(l, "real")) {
+					t.Errorf("trusted=%v %s: %s passed on", trusted, codec, k)
+				}
+			}
+			if seen.Header.Get("X_custom") != "kept" || seen.Header.Get("X-Forwarded-For") != "127.0.0.1" {
+				t.Errorf("trusted=%v %s: X_Custom %q, X-Forwarded-For %q", trusted, codec, seen.Header.Get("X_custom"), seen.Header.Get("X-Forwarded-For"))
+			}
+		}
+		for _, front := range []struct{ name, addr string }{{"net/http", hostOf(t, f.front.URL)}, {"fast", ff.addr}} {
+			rc := dialRaw(t, front.addr)
+			rc.send("GET / HTTP/1.1\r\nHost: a\r\n" + raw.String() + "X_Custom: kept\r\n\r\n")
+			if res, _ := rc.mustRead("GET"); res.StatusCode != 200 {
+				t.Fatalf("%s: %s", front.name, res.Status)
+			}
+			check(front.name)
+		}
+		req, _ := http.NewRequest("GET", fh.url+"/", nil)
+		for _, a := range aliases {
+			req.Header[a] = []string{"6.6.6.6"}
+		}
+		req.Header["X_Custom"] = []string{"kept"}
+		res, err := h2Client(t).Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res.Body.Close()
+		check("HTTP/2")
+	}
+}
+
 func TestPreviewHeaderStripped(t *testing.T) {
 	for _, strip := range []bool{true, false} {
 		blue := newRecorder(t)

@@ -530,7 +530,13 @@ func (b *Backend) rewrite(pr *httputil.ProxyRequest) {
 	pr.SetURL(b.url)
 	pr.Out.Host = pr.In.Host // the instance sees the Host the client asked for
 	in, out := pr.In.Header, pr.Out.Header
-	if len(rt.trusted) > 0 && rt.trustedPeer(pr.In.RemoteAddr) {
+	trusted := len(rt.trusted) > 0 && rt.trustedPeer(pr.In.RemoteAddr)
+	for k := range out {
+		if h1.ForwardingAlias(k) || !trusted && (strings.HasPrefix(k, "X-Forwarded-") || k == "X-Real-Ip") {
+			delete(out, k)
+		}
+	}
+	if trusted {
 		// ReverseProxy dropped these from Out; a trusted proxy's values stand.
 		if v := in["X-Forwarded-For"]; len(v) > 0 {
 			out["X-Forwarded-For"] = v // SetXForwarded appends the peer
@@ -542,11 +548,6 @@ func (b *Backend) rewrite(pr *httputil.ProxyRequest) {
 			}
 		}
 	} else {
-		for k := range out {
-			if strings.HasPrefix(k, "X-Forwarded-") || k == "X-Real-Ip" {
-				delete(out, k)
-			}
-		}
 		pr.SetXForwarded()
 	}
 	if rt.stripPreview {

@@ -95,7 +95,7 @@ func (c *Conn) Send(x *Exchange, uc *UpConn, prefix string) (sent bool, err erro
 		switch f.id {
 		case fHost:
 			host = f.value
-		case fConnection, fKeepAlive, fProxyConnection, fProxyAuthenticate, fProxyAuthorization, fTrailer, fXForwardedFor:
+		case fConnection, fKeepAlive, fProxyConnection, fProxyAuthenticate, fProxyAuthorization, fTrailer, fXForwardedFor, fAlias:
 			continue
 		case fTE:
 			if !equalFold(f.value, "trailers") {

@@ -37,6 +37,7 @@ const (
 	fCookie
 	fContentType
 	fDate
+	fAlias // ForwardingAlias: never passed on
 )
 
 type field struct {
@@ -475,7 +476,32 @@ func classifyField(n []byte) fieldID {
 	if len(n) > 12 && equalFold(n[:12], "x-forwarded-") {
 		return fXForwardedOther
 	}
+	if ForwardingAlias(n) {
+		return fAlias
+	}
 	return fOther
+}
+
+// ForwardingAlias reports a field name with an underscore that reads as
+// X-Forwarded-* or X-Real-IP when its underscores are hyphens
+// ("X_Forwarded_For"). The proxy sets those fields, or passes them on from
+// trusted proxies only; apps behind a CGI-style interface (WSGI, Rack,
+// PHP) see both spellings as one variable (HTTP_X_FORWARDED_FOR), so the
+// client's alias would stand for the proxy's field. Every codec drops
+// them, from any peer (nginx drops every name with an underscore; this
+// drops those that can forge a field the proxy vouches for).
+func ForwardingAlias[T ~string | ~[]byte](n T) bool {
+	if len(n) < 9 || n[0]|0x20 != 'x' || n[1] != '_' && n[1] != '-' {
+		return false
+	}
+	var b [12]byte // X-Forwarded- or X-Real-IP: the part an underscore can stand in
+	under := false
+	for i := range copy(b[:], n) {
+		if b[i] == '_' {
+			b[i], under = '-', true
+		}
+	}
+	return under && (len(n) > 12 && equalFold(b[:], "x-forwarded-") || len(n) == 9 && equalFold(b[:9], "x-real-ip"))
 }
 
 // equalFold compares ASCII case-insensitively; s is lower case.

@@ -303,3 +303,19 @@ func BenchmarkParseHeads(b *testing.B) {
 		}
 	}
 }
+
+func TestForwardingAlias(t *testing.T) {
+	for name, want := range map[string]bool{
+		"X_Forwarded_For": true, "x_forwarded_for": true, "X-Forwarded_For": true, "X_Forwarded-Host": true,
+		"x_forwarded_anything": true, "X_Real_IP": true, "x-real_ip": true,
+		"X-Forwarded-For": false, "X-Real-Ip": false, "X_Custom": false, "X_Real_IP2": false,
+		"X_Forwarded": false, "Y_Forwarded_For": false, "X_Real": false, "": false,
+	} {
+		if got := ForwardingAlias(name); got != want {
+			t.Errorf("ForwardingAlias(%q) = %v, want %v", name, got, want)
+		}
+		if got := ForwardingAlias([]byte(name)); got != want {
+			t.Errorf("ForwardingAlias([]byte(%q)) = %v, want %v", name, got, want)
+		}
+	}
+}
