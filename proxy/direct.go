@@ -263,6 +263,9 @@ func (d *directConns) exchange(c *directConn, req *http.Request) (res *http.Resp
 			return nil, notStale, err
 		}
 		code := res.StatusCode
+		if code < 100 {
+			return nil, notStale, errStatus(code)
+		}
 		if code >= 200 {
 			if v := res.Header["Keep-Alive"]; len(v) > 0 {
 				d.limit.KeepAlive([]byte(v[0]))

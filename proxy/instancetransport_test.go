@@ -93,3 +93,19 @@ func TestInstanceTransportLearnsFromClose(t *testing.T) {
 		t.Fatalf("POST after 1.2 s idle: %d, %d new connections, want 200 on a new one", code, inst.accepted.Load()-before)
 	}
 }
+
+// An answer with a status code below 100 to a request with a body (on
+// the instance's Transport) is the instance's malformed answer: 502, as
+// on the direct leg and the fast codec (TestFastDifferential). Go's
+// client takes it for a final answer, and net/http's server panicked on
+// writing it.
+func TestInstanceTransportStatusBelow100(t *testing.T) {
+	inst := newRawInstance(t, func(c net.Conn, _ *bufio.Reader, _ *http.Request, _ []byte) bool {
+		_, err := io.WriteString(c, "HTTP/1.1 099 Odd\r\nContent-Length: 2\r\n\r\nok")
+		return err == nil
+	})
+	f := newFixture(t, []string{inst.URL}, []string{inst.URL}, nil)
+	if code := postStatus(t, f.front.URL); code != http.StatusBadGateway {
+		t.Fatalf("POST answered 099: %d, want 502", code)
+	}
+}

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/url"
@@ -71,10 +72,26 @@ func (b *Backend) roundTrip(base http.RoundTripper, req *http.Request) (*http.Re
 	if b.direct != nil && directable(req) {
 		return b.direct.roundTrip(req)
 	}
+	var res *http.Response
+	var err error
 	if b.own != nil {
-		return b.own.RoundTrip(req)
+		res, err = b.own.RoundTrip(req)
+	} else {
+		res, err = base.RoundTrip(req)
 	}
-	return base.RoundTrip(req)
+	if err == nil && res.StatusCode < 100 {
+		// Go's client takes "099" or "000" for a final answer, and its
+		// server panics on writing it: the instance's malformed answer.
+		res.Body.Close()
+		return nil, errStatus(res.StatusCode)
+	}
+	return res, err
+}
+
+// errStatus is an answer whose status code is below 100: 502, charged
+// to the instance, as the fast codec answers it.
+func errStatus(code int) error {
+	return fmt.Errorf("proxy: the instance answered with status code %03d", code)
 }
 
 // clientBodyKey finds a request's clientBody in its context.
