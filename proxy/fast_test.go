@@ -480,6 +480,30 @@ func TestKeepAliveTimeoutOfTheInstance(t *testing.T) {
 	}
 }
 
+// An answer with both Transfer-Encoding and Content-Length is relayed as
+// chunked, without the length, and its instance connection is not used
+// again: the instance may have framed it by the length, and the rest
+// would be read as the next client's answer.
+func TestFastAnswerWithBothFramings(t *testing.T) {
+	inst := newRawInstance(t, func(c net.Conn, _ *bufio.Reader, _ *http.Request, _ []byte) bool {
+		_, err := io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+		return err == nil
+	})
+	rt := newRouterOnly(t, []string{inst.URL}, []string{inst.URL}, nil)
+	ff := startFast(t, rt, nil)
+	rc := dialRaw(t, ff.addr)
+	for i := range 2 {
+		rc.send("GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+		res, body := rc.mustRead("GET")
+		if res.StatusCode != 200 || body != "hello" || res.ContentLength != -1 {
+			t.Fatalf("answer %d: %s %q, length %d; want 200 hello, chunked", i, res.Status, body, res.ContentLength)
+		}
+	}
+	if n := inst.accepted.Load(); n != 2 {
+		t.Fatalf("%d instance connections for two answers, want 2: one with both framings was used again", n)
+	}
+}
+
 // Trailer lines of a chunked answer that are not field lines (a line
 // without a colon, a continuation, a control byte) are not passed on: the
 // body has been relayed, and a strict client (Go's) failed the whole

@@ -543,7 +543,11 @@ const (
 
 // bodyFraming is how the body of the response head h is framed, its
 // length when it has a Content-Length, and whether the instance
-// connection may be reused after it; head: the request was HEAD.
+// connection may be reused after it; head: the request was HEAD. A head
+// with both Transfer-Encoding and Content-Length is framed by the first
+// (RFC 9112 6.3) and its connection not reused: the instance may have
+// meant the other, and what it sent past the chunked end would be read as
+// the next client's answer.
 func (h *Head) bodyFraming(head bool) (framing int, length int64, upKeep bool) {
 	framing = bodyUntilClose
 	switch {
@@ -557,7 +561,7 @@ func (h *Head) bodyFraming(head bool) (framing int, length int64, upKeep bool) {
 			framing = bodyNone
 		}
 	}
-	return framing, length, !h.closeConn && !h.http10 && framing != bodyUntilClose
+	return framing, length, !h.closeConn && !h.http10 && framing != bodyUntilClose && !(h.te > 0 && h.nCL > 0)
 }
 
 // lengthAllowed reports whether a response of h's status may carry
