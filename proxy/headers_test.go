@@ -220,6 +220,33 @@ func TestNoOpenProxy(t *testing.T) {
 	t.Logf("%d hostile requests: configured instance got %d, other listener got 0", len(raw), be.hits.Load())
 }
 
+// The asterisk form is OPTIONS's alone: "GET *" and an HTTP/2 preface
+// sent to a plain listener are refused on both codecs, and reach no
+// instance (net/http passed them on as "/%2A").
+func TestAsteriskFormRefused(t *testing.T) {
+	inst := newRawInstance(t, okHandler("blue"))
+	f := newFixture(t, []string{inst.URL}, []string{inst.URL}, nil)
+	ff := startFast(t, f.rt, nil)
+	for _, front := range []string{hostOf(t, f.front.URL), ff.addr} {
+		for _, req := range []string{"GET * HTTP/1.1\r\nHost: a\r\n\r\n", "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"} {
+			rc := dialRaw(t, front)
+			rc.send(req)
+			if res, _ := rc.mustRead("GET"); res.StatusCode != http.StatusBadRequest {
+				t.Errorf("%s %q: %s, want 400", front, req, res.Status)
+			}
+			rc.nc.Close()
+		}
+		rc := dialRaw(t, front)
+		rc.send("OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n")
+		if res, _ := rc.mustRead("OPTIONS"); res.StatusCode != http.StatusOK {
+			t.Errorf("%s: OPTIONS *: %s, want 200", front, res.Status)
+		}
+	}
+	if n := inst.hits.Load(); n != 0 {
+		t.Fatalf("the instance got %d requests, want none", n)
+	}
+}
+
 // An Upgrade to h2c is not passed on, on either codec: the request is
 // served as HTTP/1.1 and the connection stays HTTP/1.1. Passed on, an
 // instance that answers 101 (this one does, to any upgrade) let the

@@ -369,6 +369,14 @@ func (rt *Router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "405 method not allowed", http.StatusMethodNotAllowed)
 		return
 	}
+	if r.RequestURI == "*" {
+		// The asterisk form is OPTIONS's alone (RFC 9112 3.2.4), which
+		// net/http answers itself; net/http passes "PRI * HTTP/2.0" (an
+		// HTTP/2 preface) on, and the instance got "PRI /%2A", the rest
+		// of the preface read as its next request.
+		http.Error(w, "400 bad request: the request target * is for OPTIONS alone", http.StatusBadRequest)
+		return
+	}
 	if r.URL.Opaque != "" {
 		// "GET x:secret/admin": no path, and the instance would get a
 		// request target without its leading slash.
