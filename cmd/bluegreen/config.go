@@ -100,6 +100,7 @@ type Config struct {
 	upstreamMaxConns int
 
 	// Derived by loadConfig.
+	unknown     []unknownVariable // warned of at start-up
 	blue, green []*url.URL
 	token       string
 	etcd        etcdOptions
@@ -134,6 +135,7 @@ func loadConfig(environ []string, hostname func() (string, error)) (Config, erro
 		problems = append(problems, fmt.Sprintf("%s%s=%q: %s", envPrefix, name, value, expected))
 	}
 
+	cfg.unknown = unknownVariables(vars)
 	var err error
 	if _, set := vars[envPrefix+"BLUE_URLS"]; set {
 		if cfg.blue, err = parseURLs(cfg.BlueURLs); err != nil {

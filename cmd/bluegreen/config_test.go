@@ -127,3 +127,25 @@ func TestLoggerFormat(t *testing.T) {
 		t.Fatalf("text logger: %q", buf.String())
 	}
 }
+
+// A BLUEGREEN_ variable that nothing reads is warned of at start-up, with
+// the setting it most likely misspells: a misspelt one would otherwise
+// leave its default in force without a word. The compose files' and the
+// client commands' variables draw no warning.
+func TestUnknownVariablesWarned(t *testing.T) {
+	st := startStack(t, 1, 1, "BLUEGREEN_DRAIN_TIMOUT=5s", "BLUEGREEN_ADMIN_TOKEN_FLIE=/x", "BLUEGREEN_SOMETHING=1",
+		"BLUEGREEN_TAG=v2", "BLUEGREEN_ADMIN_URL=http://127.0.0.1:1", "OTHER_DRAIN_TIMOUT=1")
+	logs := st.logs.String()
+	for _, want := range []string{
+		`"msg":"unknown variable ignored","variable":"BLUEGREEN_ADMIN_TOKEN_FLIE","did_you_mean":"BLUEGREEN_ADMIN_TOKEN_FILE"`,
+		`"msg":"unknown variable ignored","variable":"BLUEGREEN_DRAIN_TIMOUT","did_you_mean":"BLUEGREEN_DRAIN_TIMEOUT"`,
+		`"msg":"unknown variable ignored","variable":"BLUEGREEN_SOMETHING"}`,
+	} {
+		if !strings.Contains(logs, want) {
+			t.Errorf("no %s in the log:\n%s", want, logs)
+		}
+	}
+	if n := strings.Count(logs, "unknown variable"); n != 3 {
+		t.Errorf("%d unknown-variable warnings, want 3:\n%s", n, logs)
+	}
+}
