@@ -8,6 +8,8 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 )
@@ -38,7 +40,11 @@ type FileStore struct {
 	mu       sync.Mutex
 	watchers map[*watcher]struct{}
 	closed   atomic.Bool // read without mu by Load
+	lockFile *os.File    // held by Lock until Close; nil: not locked
 }
+
+// ErrInUse reports a state file that another store holds (see Lock).
+var ErrInUse = errors.New("the state file is in use by another process")
 
 // watcher is one Watch call: a one-slot channel holding the latest state
 // not yet received, and the function that cancels its context hook.
@@ -260,9 +266,50 @@ func (s *FileStore) Watch(ctx context.Context) <-chan State {
 	return w.ch
 }
 
-// Close closes every Watch channel. Afterwards Load and CompareAndSwap
-// return an error wrapping ErrClosed and Watch returns a closed channel. The
-// state file is left as it is. Close is idempotent.
+// Lock takes the state file for this store until Close: an exclusive
+// advisory lock (flock) on PATH.lock, next to it, which holds this
+// process's id. Two proxies on one file (a shared volume, a compose
+// service scaled to two) would each serve their own view of the active
+// colour without a word, and the second's start would remove the first's
+// temporary files as stale; a store whose file another holds is refused
+// with an error wrapping ErrInUse. Where no lock can be taken (the lock
+// file cannot be created in a read-only directory, the file system takes
+// no locks) the store goes on without one, as before.
+func (s *FileStore) Lock() error {
+	lockPath := s.path + ".lock"
+	f, err := os.OpenFile(lockPath, os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return nil
+	}
+	if err := flock(f); err != nil {
+		f.Close()
+		if !errors.Is(err, ErrInUse) {
+			return nil
+		}
+		holder := ""
+		if b, err := os.ReadFile(lockPath); err == nil && len(b) > 0 {
+			holder = " by process " + strings.TrimSpace(string(b))
+		}
+		return fmt.Errorf("state: %w: %s is held%s; give each proxy its own state file, or keep the state in etcd for a fleet",
+			err, filepath.Base(lockPath), holder)
+	}
+	if f.Truncate(0) == nil {
+		_, _ = f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.lockFile != nil || s.closed.Load() {
+		f.Close()
+		return nil
+	}
+	s.lockFile = f
+	return nil
+}
+
+// Close closes every Watch channel and lets go of the lock (Lock).
+// Afterwards Load and CompareAndSwap return an error wrapping ErrClosed
+// and Watch returns a closed channel. The state file is left as it is.
+// Close is idempotent.
 func (s *FileStore) Close() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -270,6 +317,10 @@ func (s *FileStore) Close() error {
 		return nil
 	}
 	s.closed.Store(true)
+	if s.lockFile != nil {
+		s.lockFile.Close()
+		s.lockFile = nil
+	}
 	for w := range s.watchers {
 		w.stop()
 		delete(s.watchers, w)

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -560,4 +561,28 @@ func TestFileStoreCancelledContext(t *testing.T) {
 	if _, err := os.Stat(s.path); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("cancelled swap wrote the file (stat: %v)", err)
 	}
+}
+
+// A state file opened by one store is refused to a second (another proxy
+// on the same file, in this process or another), with an error that says
+// so and names the holder; once the first is closed, the second opens.
+func TestOpenHoldsTheStateFile(t *testing.T) {
+	spec := "file:" + filepath.Join(t.TempDir(), "state.json")
+	first, err := Open(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = Open(spec)
+	if !errors.Is(err, ErrInUse) || !strings.Contains(err.Error(), "by process "+strconv.Itoa(os.Getpid())) ||
+		!strings.Contains(err.Error(), "give each proxy its own state file") {
+		t.Fatalf("second Open: %v, want ErrInUse naming this process", err)
+	}
+	if err := first.Close(); err != nil {
+		t.Fatal(err)
+	}
+	second, err := Open(spec)
+	if err != nil {
+		t.Fatalf("Open after Close: %v", err)
+	}
+	second.Close()
 }

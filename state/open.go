@@ -54,9 +54,10 @@ func parseSpec(spec string) (scheme, rest string, err error) {
 }
 
 // Open opens the store named by spec (see ParseSpec). "file:PATH" returns a
-// FileStore. A valid "etcd://..." spec returns an error wrapping
-// ErrUnsupportedScheme, for the caller to open with the etcd sub-package.
-// Anything else is an error naming the spec.
+// FileStore that holds the file (FileStore.Lock). A valid "etcd://..."
+// spec returns an error wrapping ErrUnsupportedScheme, for the caller to
+// open with the etcd sub-package. Anything else is an error naming the
+// spec.
 func Open(spec string) (Store, error) {
 	scheme, rest, err := parseSpec(spec)
 	if err != nil {
@@ -65,6 +66,9 @@ func Open(spec string) (Store, error) {
 	switch scheme {
 	case "file":
 		st, err := NewFileStore(rest)
+		if err == nil {
+			err = st.Lock()
+		}
 		if err != nil {
 			return nil, fmt.Errorf("open state store %q: %w", spec, err)
 		}

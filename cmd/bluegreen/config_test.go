@@ -149,3 +149,21 @@ func TestUnknownVariablesWarned(t *testing.T) {
 		t.Errorf("%d unknown-variable warnings, want 3:\n%s", n, logs)
 	}
 }
+
+// A second proxy started on a state file that a running one holds (a
+// shared volume, a compose service scaled to two) stops at start with
+// exit status 2 and a line that says why: it would have served its own
+// view of the active colour.
+func TestSecondProxyOnOneStateFileRefused(t *testing.T) {
+	st := startStack(t, 1, 1)
+	var stderr bytes.Buffer
+	code := run(context.Background(), []string{"serve"}, []string{
+		"BLUEGREEN_BLUE_URLS=" + urls(st.blue), "BLUEGREEN_GREEN_URLS=" + urls(st.green),
+		"BLUEGREEN_LISTEN=127.0.0.1:0", "BLUEGREEN_ADMIN_LISTEN=127.0.0.1:0", "BLUEGREEN_STATE=file:" + st.statePath,
+	}, io.Discard, &stderr)
+	if code != exitConfig || !strings.Contains(stderr.String(), "in use by another process") ||
+		!strings.Contains(stderr.String(), "BLUEGREEN_STATE=") {
+		t.Fatalf("exit %d, stderr %q; want 2 and the state file in use", code, stderr.String())
+	}
+	t.Log(strings.TrimSpace(stderr.String()))
+}
