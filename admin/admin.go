@@ -401,16 +401,8 @@ func (a *api) switcher(rollback bool) http.HandlerFunc {
 // parseSwitch decodes an optional switch body strictly.
 func parseSwitch(body []byte) (SwitchRequest, error) {
 	var req SwitchRequest
-	if len(strings.TrimSpace(string(body))) == 0 {
-		return req, nil
-	}
-	dec := json.NewDecoder(strings.NewReader(string(body)))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&req); err != nil {
-		return req, fmt.Errorf("body is not a valid switch request: %v", err)
-	}
-	if dec.More() {
-		return req, errors.New("body has data after the JSON object")
+	if err := decodeStrict(body, &req, "switch request"); err != nil {
+		return req, err
 	}
 	if len(req.Reason) > maxReason {
 		return req, fmt.Errorf("reason longer than %d bytes", maxReason)

@@ -168,6 +168,8 @@ func TestBadRequests(t *testing.T) {
 		code                     int
 	}{
 		{"not json", "POST", "/admin/cutover", "to=green", 400},
+		{"null", "POST", "/admin/cutover", "null", 400},
+		{"not an object", "POST", "/admin/rollback", `"green"`, 400},
 		{"unknown field", "POST", "/admin/cutover", `{"colour":"green"}`, 400},
 		{"trailing data", "POST", "/admin/cutover", `{"to":"green"} {}`, 400},
 		{"wrong type", "POST", "/admin/cutover", `{"force":"yes"}`, 400},
@@ -196,6 +198,11 @@ func TestBadRequests(t *testing.T) {
 	}
 	if _, m, _ := call(t, "POST", srv.URL+"/admin/cutover?to=green&dry=1", ""); !strings.Contains(fmt.Sprint(m["error"]), `"dry, to"`) {
 		t.Fatalf("the refusal does not name the parameters: %v", m)
+	}
+	// A form (curl -d to=green) is told what to send, not that "to" is a
+	// broken literal true.
+	if _, m, _ := call(t, "POST", srv.URL+"/admin/cutover", "to=green"); !strings.Contains(fmt.Sprint(m["error"]), `want a JSON object such as {"to":"green"}, got "to=green"`) {
+		t.Fatalf("the refusal of a form: %v", m)
 	}
 }
 

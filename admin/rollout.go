@@ -84,10 +84,19 @@ func readBody(w http.ResponseWriter, r *http.Request) ([]byte, bool) {
 }
 
 // decodeStrict decodes one JSON object with no unknown fields; an empty
-// body leaves v as it is.
+// body leaves v as it is. Anything but an object (a form, as curl -d
+// to=green sends; null) is refused with an example, not with the
+// decoder's reading of it as a broken literal.
 func decodeStrict(body []byte, v any, what string) error {
-	if len(strings.TrimSpace(string(body))) == 0 {
+	trimmed := strings.TrimSpace(string(body))
+	if len(trimmed) == 0 {
 		return nil
+	}
+	if trimmed[0] != '{' {
+		if len(trimmed) > 40 {
+			trimmed = trimmed[:40] + "…"
+		}
+		return fmt.Errorf("body is not a valid %s: want a JSON object such as {\"to\":\"green\"}, got %q", what, trimmed)
 	}
 	dec := json.NewDecoder(strings.NewReader(string(body)))
 	dec.DisallowUnknownFields()

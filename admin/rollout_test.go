@@ -62,6 +62,9 @@ func TestRolloutEndpoints(t *testing.T) {
 		{"POST", "/admin/rollout", `{"to":"green","step_interval":"soon"}`, auth, 400, nil},
 		{"POST", "/admin/rollout", `{"to":"green","colour":"x"}`, auth, 400, nil},
 		{"POST", "/admin/rollout", `{}`, auth, 400, nil},
+		{"POST", "/admin/rollout", `to=green`, auth, 400, func(m map[string]any) bool {
+			return strings.Contains(m["error"].(string), "want a JSON object")
+		}},
 		{"POST", "/admin/rollout/promote", ``, auth, 409, func(m map[string]any) bool { return m["code"] == "no_rollout" }},
 		{"POST", "/admin/rollout?to=green", `{"to":"green"}`, auth, 400, func(m map[string]any) bool {
 			return m["code"] == "bad_request" && strings.Contains(m["error"].(string), `"to"`)
