@@ -56,13 +56,19 @@ func hupOf(ctx context.Context) <-chan os.Signal {
 // and an exit at once) and carries (see withHardStop) a channel closed at
 // the second one, and the channel of SIGHUP (hupOf), which stops nothing:
 // a closing terminal sends it, and so does an operator used to nginx's
-// reload, and Go's default would end the process at once. stop releases
-// the signals; call it when done.
+// reload, and Go's default would end the process at once. SIGPIPE is
+// taken too, and dropped: Go's default ends the process at its first
+// write to a standard output or error that nobody reads any more (the
+// log's reader exited: a pipe into a shipper, a restarted journald), and
+// a proxy must go on serving with its log lost; the write fails instead.
+// stop releases the signals; call it when done.
 func notifyStop(parent context.Context) (ctx context.Context, stop func()) {
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM, syscall.SIGQUIT)
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
+	pipe := make(chan os.Signal, 1) // never read: Notify drops what does not fit
+	signal.Notify(pipe, syscall.SIGPIPE)
 	parent = context.WithValue(parent, hupKey{}, (<-chan os.Signal)(hup))
 	graceful, cancel := context.WithCancel(parent)
 	hard := make(chan struct{})
@@ -85,6 +91,7 @@ func notifyStop(parent context.Context) (ctx context.Context, stop func()) {
 	return withHardStop(graceful, hard), func() {
 		signal.Stop(sigs)
 		signal.Stop(hup)
+		signal.Stop(pipe)
 		close(done)
 		cancel()
 	}

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -498,5 +499,59 @@ func TestSIGHUPAndSIGQUIT(t *testing.T) {
 	}
 	if code := r.p.ExitCode(t, 20*time.Second); code != 0 {
 		t.Fatalf("exit %d after SIGQUIT\n%s", code, r.p.Out.String())
+	}
+}
+
+// The proxy goes on serving when nobody reads its log any more (the
+// reader of the pipe on its standard error exited: a shipper, a
+// restarted journald). Go's default for SIGPIPE ended the process at its
+// next log line, with every request in flight; it also stops cleanly.
+func TestLogReaderGone(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the binary")
+	}
+	bin, demoBin := binaries(t)
+	_, _, blueURL, greenURL := startDemoPair(t, demoBin)
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin)
+	cmd.Env = append(os.Environ(), "BLUEGREEN_BLUE_URLS="+blueURL, "BLUEGREEN_GREEN_URLS="+greenURL,
+		"BLUEGREEN_LISTEN=127.0.0.1:0", "BLUEGREEN_ADMIN_LISTEN=127.0.0.1:0", "BLUEGREEN_LOG_FORMAT=json",
+		"BLUEGREEN_ACCESS_LOG=true", "BLUEGREEN_SHUTDOWN_DELAY=0s",
+		"BLUEGREEN_STATE=file:"+filepath.Join(t.TempDir(), "state.json"), "BLUEGREEN_STATE_CACHE=off")
+	cmd.Stdout, cmd.Stderr = pw, pw
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	pw.Close()
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	var pub string
+	sc := bufio.NewScanner(pr)
+	for pub == "" && sc.Scan() {
+		var line map[string]any
+		if json.Unmarshal(sc.Bytes(), &line) == nil && line["msg"] == "bluegreen serving" {
+			pub = testkit.Addr(line, "listen")
+		}
+	}
+	pr.Close() // the reader is gone: every later log line is a write into a closed pipe
+	if pub == "" {
+		t.Fatal("no serving line")
+	}
+	waitHTTP(t, "http://"+pub+"/", 200)
+	for i := range 20 {
+		res, err := http.Get("http://" + pub + "/")
+		if err != nil {
+			t.Fatalf("request %d after the log's reader left: %v", i, err)
+		}
+		res.Body.Close()
+		if res.StatusCode != 200 {
+			t.Fatalf("request %d: %d", i, res.StatusCode)
+		}
+	}
+	_ = cmd.Process.Signal(syscall.SIGTERM)
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("exit after SIGTERM: %v", err)
 	}
 }
