@@ -23,10 +23,15 @@ import (
 // IdleConnTimeout cannot change while it is in use, so a changed limit
 // swaps in a fresh Transport; the one it replaces has its idle
 // connections closed, and closes the ones its requests still in flight
-// give back.
+// give back. A shorter limit is taken at once; a longer one (the instance
+// came back up and was forgotten, or it announces different timeouts)
+// at most once per relaxEvery, so that an instance whose answers
+// disagree costs a new Transport, and new connections, now and then
+// rather than on every request.
 type instanceTransport struct {
 	cfg   TransportConfig
 	limit *h1.IdleLimit
+	now   func() time.Time
 	mu    sync.Mutex // serialises swaps
 	cur   atomic.Pointer[limitedTransport]
 }
@@ -34,30 +39,36 @@ type instanceTransport struct {
 type limitedTransport struct {
 	t    *http.Transport
 	idle time.Duration // the IdleConnTimeout t was built with
+	at   time.Time     // when it was built
 }
 
-func newInstanceTransport(cfg TransportConfig, limit *h1.IdleLimit) *instanceTransport {
-	it := &instanceTransport{cfg: cfg, limit: limit}
-	it.cur.Store(&limitedTransport{t: NewTransport(cfg), idle: cfg.IdleConnTimeout})
+// relaxEvery is how often an instance's Transport may be replaced by one
+// with a longer idle timeout.
+const relaxEvery = 10 * time.Second
+
+func newInstanceTransport(cfg TransportConfig, limit *h1.IdleLimit, now func() time.Time) *instanceTransport {
+	it := &instanceTransport{cfg: cfg, limit: limit, now: now}
+	it.cur.Store(&limitedTransport{t: NewTransport(cfg), idle: cfg.IdleConnTimeout, at: now()})
 	return it
 }
 
 // transport returns the Transport for the limit in force now.
 func (it *instanceTransport) transport() *http.Transport {
 	want := it.limit.Limit(it.cfg.IdleConnTimeout)
-	if c := it.cur.Load(); c.idle == want {
+	if c := it.cur.Load(); c.idle == want || want > c.idle && it.now().Sub(c.at) < relaxEvery {
 		return c.t
 	}
 	it.mu.Lock()
 	defer it.mu.Unlock()
 	old := it.cur.Load()
-	if old.idle == want {
+	now := it.now()
+	if old.idle == want || want > old.idle && now.Sub(old.at) < relaxEvery {
 		return old.t
 	}
 	cfg := it.cfg
 	cfg.IdleConnTimeout = want
 	t := NewTransport(cfg)
-	it.cur.Store(&limitedTransport{t: t, idle: want})
+	it.cur.Store(&limitedTransport{t: t, idle: want, at: now})
 	old.t.CloseIdleConnections()
 	return t
 }

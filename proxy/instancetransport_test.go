@@ -2,11 +2,13 @@ package proxy
 
 import (
 	"bufio"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -107,5 +109,34 @@ func TestInstanceTransportStatusBelow100(t *testing.T) {
 	f := newFixture(t, []string{inst.URL}, []string{inst.URL}, nil)
 	if code := postStatus(t, f.front.URL); code != http.StatusBadGateway {
 		t.Fatalf("POST answered 099: %d, want 502", code)
+	}
+}
+
+// An instance whose answers announce different keep-alive timeouts (two
+// processes behind one address, say) does not cost a new Transport and a
+// new connection on every request: a shorter limit is taken at once, a
+// longer one at most once per relaxEvery.
+func TestInstanceTransportDisagreeingTimeouts(t *testing.T) {
+	var n atomic.Int64
+	inst := newRawInstance(t, func(c net.Conn, _ *bufio.Reader, _ *http.Request, _ []byte) bool {
+		timeout := 1 + n.Add(1)%2 // 1, 2, 1, 2, …
+		_, err := fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nKeep-Alive: timeout=%d\r\nContent-Length: 2\r\n\r\nok", timeout)
+		return err == nil
+	})
+	clock := newFakeClock()
+	f := newFixture(t, []string{inst.URL}, []string{inst.URL}, func(c *Config) { c.Now = clock.Now })
+	for range 20 {
+		if code := postStatus(t, f.front.URL); code != 200 {
+			t.Fatalf("POST: %d", code)
+		}
+	}
+	if got := inst.accepted.Load(); got > 3 {
+		t.Fatalf("%d instance connections for 20 POSTs whose answers alternate timeout=1 and 2, want at most 3", got)
+	}
+	b := f.rt.pools[0].backends[0]
+	clock.Advance(relaxEvery)
+	postStatus(t, f.front.URL) // the longer limit may now be taken
+	if idle := b.own.cur.Load().idle; idle != 900*time.Millisecond && idle != 1800*time.Millisecond {
+		t.Fatalf("idle timeout %v, want one of the announced limits", idle)
 	}
 }

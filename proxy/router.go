@@ -230,7 +230,7 @@ func NewRouter(cfg Config) (*Router, error) {
 				b.direct = newDirectConns(u.Host, cfg.Upstream, cfg.Now, b.conns.Limit())
 			}
 			if direct {
-				b.own = newInstanceTransport(cfg.Upstream, b.conns.Limit())
+				b.own = newInstanceTransport(cfg.Upstream, b.conns.Limit(), cfg.Now)
 			}
 			b.out.counter = cm.ejectionCounter(name)
 			b.rp = &httputil.ReverseProxy{
