@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"os"
 	"reflect"
+	"strconv"
 	"strings"
 	"time"
 
@@ -320,6 +321,9 @@ func parseURLs(s string) ([]*url.URL, error) {
 		}
 		if u.User != nil || u.RawQuery != "" || u.Fragment != "" {
 			return nil, fmt.Errorf("%q: a backend URL takes no user info, query or fragment", part)
+		}
+		if port, err := strconv.Atoi(u.Port()); strings.HasSuffix(u.Host, ":") || u.Port() != "" && (err != nil || port < 1 || port > 65535) {
+			return nil, fmt.Errorf("%q: the port must be a number from 1 to 65535", part)
 		}
 		if seen[u.String()] {
 			return nil, fmt.Errorf("%q is listed twice", part)
