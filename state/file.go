@@ -46,6 +46,9 @@ type FileStore struct {
 // ErrInUse reports a state file that another store holds (see Lock).
 var ErrInUse = errors.New("the state file is in use by another process")
 
+// ErrCorrupt reports a state file that does not decode (Load).
+var ErrCorrupt = errors.New("corrupt state file")
+
 // watcher is one Watch call: a one-slot channel holding the latest state
 // not yet received, and the function that cancels its context hook.
 type watcher struct {
@@ -107,7 +110,7 @@ func (s *FileStore) read() (State, error) {
 	}
 	st, err := Decode(data)
 	if err != nil {
-		return State{}, fmt.Errorf("state: load %s: corrupt state file: %w", s.path, err)
+		return State{}, fmt.Errorf("state: load %s: %w: %w", s.path, ErrCorrupt, err)
 	}
 	return st, nil
 }

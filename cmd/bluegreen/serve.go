@@ -20,6 +20,7 @@ import (
 	"github.com/cryoprotect/bluegreen/proxy"
 	"github.com/cryoprotect/bluegreen/proxy/stats"
 	"github.com/cryoprotect/bluegreen/rollout"
+	"github.com/cryoprotect/bluegreen/state"
 )
 
 var colors = [2]string{"blue", "green"}
@@ -149,6 +150,10 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, version string, re
 		return startupError{err}
 	}
 	if err := fleet.start(ctx, ctl.Init, log); err != nil {
+		if errors.Is(err, state.ErrCorrupt) {
+			// What the operator can do, since the proxy will not guess.
+			err = startupError{fmt.Errorf("%w; mend it, restore it from a backup, or move it away to start afresh at %sINITIAL_COLOR without its history", err, envPrefix)}
+		}
 		return err
 	}
 

@@ -671,8 +671,9 @@ func TestServeCorruptStateStopsStartup(t *testing.T) {
 		"BLUEGREEN_LISTEN=127.0.0.1:0", "BLUEGREEN_ADMIN_LISTEN=127.0.0.1:0",
 		"BLUEGREEN_STATE=file:" + path, "BLUEGREEN_LOG_FORMAT=json",
 	}, io.Discard, &stderr)
-	if code != exitConfig || !strings.Contains(stderr.String(), path) {
-		t.Fatalf("exit %d, stderr %q: want 2 and the file named", code, stderr.String())
+	if code != exitConfig || !strings.Contains(stderr.String(), path) ||
+		!strings.Contains(stderr.String(), "move it away to start afresh at BLUEGREEN_INITIAL_COLOR") {
+		t.Fatalf("exit %d, stderr %q: want 2, the file named and what to do", code, stderr.String())
 	}
 	b, _ := os.ReadFile(path)
 	if string(b) != `{"format":1,"active":"gre` {
