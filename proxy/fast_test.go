@@ -745,7 +745,13 @@ func TestFastSlowloris(t *testing.T) {
 		}
 	})
 	t.Run("idle", func(t *testing.T) {
+		// Between requests a connection waits IdleTimeout; before its
+		// first it waits ReadHeaderTimeout (TestFastSilentConnectionClosedAtReadHeaderTimeout).
 		rc := dialRaw(t, ff.addr)
+		rc.send("GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+		if res, _ := rc.mustRead("GET"); res.StatusCode != 200 {
+			t.Fatalf("%s", res.Status)
+		}
 		start := time.Now()
 		if !rc.closedWithin(10 * timeout) {
 			t.Fatal("idle connection never closed")
@@ -754,8 +760,8 @@ func TestFastSlowloris(t *testing.T) {
 			t.Fatalf("idle connection cut after %v, before IdleTimeout", e)
 		}
 	})
-	if n := blue.hits.Load(); n != 1 {
-		t.Fatalf("instance got %d requests, want only the complete one", n)
+	if n := blue.hits.Load(); n != 2 {
+		t.Fatalf("instance got %d requests, want only the two complete ones", n)
 	}
 }
 

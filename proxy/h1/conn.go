@@ -38,6 +38,7 @@ type Conn struct {
 
 	lastWait time.Duration // how long the last request was waited for: the parking grace follows it
 	park     bool          // the idle wait may end in parking (parkable, and the parker did not refuse)
+	fresh    bool          // no byte of a request has come yet: the wait is bounded by ReadHeaderTimeout (waitLimit)
 
 	// The idle wait (serveConn, idle, serveWaiting).
 	idleStart, idleUntil time.Time     // when the wait began; its read deadline (zero: another deadline is set)
@@ -62,7 +63,7 @@ const (
 )
 
 func (s *Server) newConn(nc net.Conn) *Conn {
-	c := &Conn{s: s, nc: nc, remote: nc.RemoteAddr().String()}
+	c := &Conn{s: s, nc: nc, remote: nc.RemoteAddr().String(), fresh: true}
 	c.cr = newConnReader(nc, c.takeBuf, c.giveBuf)
 	c.out.nc, c.out.cr = nc, c.cr
 	c.clientIP = c.remote
@@ -156,12 +157,14 @@ func (s *Server) serveConn(c *Conn) {
 			}
 			err := c.waitRequest()
 			if c.park && errors.Is(err, os.ErrDeadlineExceeded) {
-				if parked = s.park.park(c, c.idleStart); parked {
+				// The parker closes what has waited IdleTimeout since: a
+				// fresh connection is parked as if it had begun earlier.
+				if parked = s.park.park(c, c.idleStart.Add(s.waitLimit(c)-s.IdleTimeout)); parked {
 					return
 				}
 				// Not parked (the system refused): wait here after all.
 				c.park = false
-				c.idleUntil = c.idleStart.Add(s.IdleTimeout)
+				c.idleUntil = c.idleStart.Add(s.waitLimit(c))
 				_ = c.nc.SetReadDeadline(c.idleUntil)
 				if c.state.Load() == stateIdle && !s.shutdown.Load() {
 					err = c.waitRequest()
@@ -170,6 +173,7 @@ func (s *Server) serveConn(c *Conn) {
 			if err != nil || c.stop {
 				return
 			}
+			c.fresh = false
 			if c.arrived { // the wait took the request in and served what it could
 				c.arrived = false
 				x, err = c.pending, c.pendingErr
@@ -224,11 +228,24 @@ func (s *Server) serveConn(c *Conn) {
 	}
 }
 
+// waitLimit is how long c may wait for a request: IdleTimeout between
+// requests, but ReadHeaderTimeout (when shorter) for a connection on
+// which nothing has come yet, as net/http and nginx's
+// client_header_timeout count it. A client that connects and sends
+// nothing held its descriptor for the idle timeout (120 s in serve), where
+// BLUEGREEN_READ_HEADER_TIMEOUT promises less.
+func (s *Server) waitLimit(c *Conn) time.Duration {
+	if c.fresh && s.ReadHeaderTimeout < s.IdleTimeout {
+		return s.ReadHeaderTimeout
+	}
+	return s.IdleTimeout
+}
+
 // idle readies c for its wait for the next request: no buffer held, the
 // state idle, and the wait's read deadline. The deadline is re-armed only
 // when the one set is too near, never for each request: re-arming costs a
-// timer update. Without parking it is IdleTimeout away, re-armed once less
-// than IdleTimeout-rearm is left (an eighth of the idle timeout, up to a
+// timer update. Without parking it is waitLimit away, re-armed once less
+// than waitLimit-rearm is left (an eighth of the idle timeout, up to a
 // second), so the idle timeout may end that much early. A connection that
 // can park (park_linux.go) waits a grace in its goroutine: four times its
 // last wait for a request, from parkMin to ParkAfter, so one whose
@@ -242,10 +259,12 @@ func (s *Server) idle(c *Conn) bool {
 		return false
 	}
 	c.idleStart = time.Now()
-	lo, hi := s.IdleTimeout-c.rearm, s.IdleTimeout
+	limit := s.waitLimit(c)
+	lo, hi := limit-c.rearm, limit
 	if c.park {
 		lo = min(max(4*c.lastWait, parkMin), s.ParkAfter)
-		hi = 2 * lo
+		hi = min(2*lo, limit)
+		lo = min(lo, hi)
 	}
 	if c.idleUntil.IsZero() || c.idleUntil.Sub(c.idleStart) < lo {
 		c.idleUntil = c.idleStart.Add(hi)

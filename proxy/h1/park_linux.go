@@ -345,6 +345,7 @@ func (p *parker) reattach(old *Conn, fd int, lastWait time.Duration) {
 		return
 	}
 	c := s.newConn(nc)
+	c.fresh = false // resumed: what woke it is a request's, or the end
 	c.parkable = c.cr.rc != nil
 	c.lastWait = lastWait
 	tracked := s.track(c) // closes nc when the server is shutting down

@@ -36,7 +36,7 @@ func (c *Conn) serveWaiting(fd uintptr) bool {
 			cr.rerr = net.ErrClosed // closed as idle meanwhile
 			return true
 		}
-		c.arrived = true
+		c.arrived, c.fresh = true, false
 		start := time.Now()
 		c.lastWait = start.Sub(c.idleStart)
 		n := FindHeadEnd(cr.bytes())
