@@ -89,9 +89,14 @@ func TestMonitoringEndToEnd(t *testing.T) {
 	}
 	// Green stays live until the Switches annotation, at its own step, shows
 	// the cutover: a switch undone within one step would not be drawn.
-	waitFor(t, 30*time.Second, "the Switches annotation to show the cutover", func() (bool, error) {
+	// A minute: on a loaded machine scrapes (1 s, timing out at 1 s) can
+	// lag; the failure says which events were drawn.
+	waitFor(t, time.Minute, "the Switches annotation to show the cutover", func() (bool, error) {
 		times, err := annotationEvents(prom, switches, start)
-		return containsTime(times, cut.ChangedAt), err
+		if err == nil && !containsTime(times, cut.ChangedAt) {
+			err = fmt.Errorf("events at %v, none at %s", times, cut.ChangedAt.Format(time.RFC3339Nano))
+		}
+		return err == nil, err
 	})
 
 	// Green fails its health checks: the proxy rolls back to blue by itself.
