@@ -157,14 +157,13 @@ func (s *Server) serveConn(c *Conn) {
 			}
 			err := c.waitRequest()
 			if c.park && errors.Is(err, os.ErrDeadlineExceeded) {
-				// The parker closes what has waited IdleTimeout since: a
-				// fresh connection is parked as if it had begun earlier.
-				if parked = s.park.park(c, c.idleStart.Add(s.waitLimit(c)-s.IdleTimeout)); parked {
+				end := c.idleStart.Add(s.waitLimit(c))
+				if parked = s.park.park(c, c.idleStart, end); parked {
 					return
 				}
 				// Not parked (the system refused): wait here after all.
 				c.park = false
-				c.idleUntil = c.idleStart.Add(s.waitLimit(c))
+				c.idleUntil = end
 				_ = c.nc.SetReadDeadline(c.idleUntil)
 				if c.state.Load() == stateIdle && !s.shutdown.Load() {
 					err = c.waitRequest()
@@ -251,7 +250,7 @@ func (s *Server) waitLimit(c *Conn) time.Duration {
 // last wait for a request, from parkMin to ParkAfter, so one whose
 // requests come at a steady pace does not park and one that went quiet
 // parks soon; its deadline is one to two graces away, and the parker
-// enforces IdleTimeout. False when the server is shutting down.
+// enforces waitLimit. False when the server is shutting down.
 func (s *Server) idle(c *Conn) bool {
 	c.cr.release()
 	c.state.Store(stateIdle)

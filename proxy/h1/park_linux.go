@@ -62,6 +62,7 @@ type parkSlot struct {
 	gen   uint32
 	fd    int32 // the detached socket's descriptor, or -1: the Conn's net.Conn is watched
 	since int64 // unix nanoseconds: when the connection's idle wait began
+	until int64 // unix nanoseconds: when the sweep closes it (Server.waitLimit after since)
 }
 
 // newParker creates the epoll set and the eventfd that ends the parker's
@@ -94,11 +95,11 @@ func newParker(s *Server) (*parker, error) {
 	return p, nil
 }
 
-// park registers c, idle since since and with nothing buffered, and
-// reports whether it is parked: then c belongs to the parker and the
-// calling goroutine must end without touching it. False leaves c to the
-// caller, idle (or closed by a shutdown meanwhile).
-func (p *parker) park(c *Conn, since time.Time) bool {
+// park registers c, idle since since, to be closed at until, and with
+// nothing buffered, and reports whether it is parked: then c belongs to
+// the parker and the calling goroutine must end without touching it.
+// False leaves c to the caller, idle (or closed by a shutdown meanwhile).
+func (p *parker) park(c *Conn, since, until time.Time) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.epfd < 0 || p.s.shutdown.Load() {
@@ -113,7 +114,7 @@ func (p *parker) park(c *Conn, since time.Time) bool {
 		p.slots = append(p.slots, parkSlot{})
 	}
 	sl := &p.slots[i]
-	sl.c, sl.since, sl.fd = c, since.UnixNano(), -1
+	sl.c, sl.since, sl.until, sl.fd = c, since.UnixNano(), until.UnixNano(), -1
 	c.parkSlot = i
 	p.parked++
 	if !c.state.CompareAndSwap(stateIdle, stateParked) {
@@ -214,7 +215,7 @@ func (p *parker) stop() {
 }
 
 // run waits for the parked connections' events, resumes each connection
-// that has one, closes those idle past the Server's IdleTimeout, and
+// that has one, closes those whose wait has run out (waitLimit), and
 // returns freed memory to the system after a wave of parking (releaser),
 // until stop.
 func (p *parker) run() {
@@ -382,14 +383,14 @@ func (p *parker) refillSpare() {
 	}
 }
 
-// sweep closes the parked connections idle for IdleTimeout.
+// sweep closes the parked connections whose wait has run out.
 func (p *parker) sweep(now time.Time) {
 	p.refillSpare() // one a resume gave up while the process was full
-	limit := now.Add(-p.s.IdleTimeout).UnixNano()
+	limit := now.UnixNano()
 	var expired []*Conn
 	p.mu.Lock()
 	for i := range p.slots {
-		if sl := &p.slots[i]; sl.c != nil && sl.since <= limit {
+		if sl := &p.slots[i]; sl.c != nil && sl.until <= limit {
 			expired = append(expired, sl.c)
 		}
 	}

@@ -13,8 +13,8 @@ type parker struct{}
 
 func newParker(*Server) (*parker, error) { return nil, errors.ErrUnsupported }
 
-func (p *parker) park(*Conn, time.Time) bool { return false }
-func (p *parker) drop(*Conn)                 {}
-func (p *parker) count() int                 { return 0 }
-func (p *parker) stop()                      {}
-func (p *parker) run()                       {}
+func (p *parker) park(*Conn, time.Time, time.Time) bool { return false }
+func (p *parker) drop(*Conn)                            {}
+func (p *parker) count() int                            { return 0 }
+func (p *parker) stop()                                 {}
+func (p *parker) run()                                  {}
