@@ -322,7 +322,7 @@ func parseURLs(s string) ([]*url.URL, error) {
 		if u.User != nil || u.RawQuery != "" || u.Fragment != "" {
 			return nil, fmt.Errorf("%q: a backend URL takes no user info, query or fragment", part)
 		}
-		if port, err := strconv.Atoi(u.Port()); strings.HasSuffix(u.Host, ":") || u.Port() != "" && (err != nil || port < 1 || port > 65535) {
+		if !validPort(u) {
 			return nil, fmt.Errorf("%q: the port must be a number from 1 to 65535", part)
 		}
 		if seen[u.String()] {
@@ -335,6 +335,17 @@ func parseURLs(s string) ([]*url.URL, error) {
 		return nil, errors.New("expected at least one backend URL")
 	}
 	return out, nil
+}
+
+// validPort reports whether u's port, when it names one, is 1 to 65535;
+// "http://app:" names an empty one.
+func validPort(u *url.URL) bool {
+	p := u.Port()
+	if p == "" {
+		return !strings.HasSuffix(u.Host, ":")
+	}
+	n, err := strconv.Atoi(p)
+	return err == nil && n >= 1 && n <= 65535
 }
 
 // sharedInstances are the instance URLs listed in both colours, for a

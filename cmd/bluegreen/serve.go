@@ -231,11 +231,11 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, version string, re
 	log.Info("bluegreen serving", "listen", pubLn.Addr().String(), "admin", admLn.Addr().String(),
 		"tls", edge.addr(), "active", active, "generation", gen, "version", version, "auth", cfg.token != "", "fast_path", router.FastPath())
 	for _, u := range cfg.unknown {
+		args := []any{"variable", u.name}
 		if u.suggest != "" {
-			log.Warn("unknown variable ignored", "variable", u.name, "did_you_mean", u.suggest)
-		} else {
-			log.Warn("unknown variable ignored", "variable", u.name)
+			args = append(args, "did_you_mean", u.suggest)
 		}
+		log.Warn("unknown variable ignored", args...)
 	}
 	if shared := cfg.sharedInstances(); len(shared) > 0 {
 		log.Warn("instances listed in both colours: a switch does not change what serves them",
