@@ -2,13 +2,11 @@ package proxy
 
 import (
 	"errors"
-	"io"
 	"net"
 	"net/http"
 	"net/http/httptrace"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/cryoprotect/bluegreen/proxy/h1"
@@ -102,10 +100,10 @@ func (it *instanceTransport) RoundTrip(req *http.Request) (*http.Response, error
 }
 
 // closedByPeer reports an error that says the instance closed the
-// connection: its end, a reset, a write into a closed connection, or the
-// Transport's own close of it on seeing one of those.
+// connection: what the pipeline counts as a reset (classify: its end, a
+// reset, a write into a closed connection), or the Transport's own close
+// of it on seeing one of those.
 func closedByPeer(err error) bool {
-	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
-		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) ||
-		errors.Is(err, net.ErrClosed)
+	_, kind := classify(err)
+	return kind == KindReset || errors.Is(err, net.ErrClosed)
 }
