@@ -245,6 +245,15 @@ func TestAsteriskFormRefused(t *testing.T) {
 	if n := inst.hits.Load(); n != 0 {
 		t.Fatalf("the instance got %d requests, want none", n)
 	}
+	// Counted once each, as the client's, as HTTP/2 counts "GET *".
+	req, _ := http.NewRequest("GET", startH2(t, f.rt, nil).url+"/", nil)
+	req.URL.Opaque = "*"
+	if res, err := h2Client(t).Do(req); err != nil || res.StatusCode != http.StatusBadRequest {
+		t.Fatalf("HTTP/2 GET *: %v %v", res, err)
+	}
+	if _, byKind := sumMetric(t, f.reg, "bluegreen_client_errors_total", "kind"); byKind[ClientMalformed] != 5 {
+		t.Fatalf("client errors %v, want 5 malformed (two on each HTTP/1.1 codec, one on HTTP/2)", byKind)
+	}
 }
 
 // An Upgrade to h2c is not passed on, on either codec: the request is

@@ -369,20 +369,6 @@ func (rt *Router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "405 method not allowed", http.StatusMethodNotAllowed)
 		return
 	}
-	if r.RequestURI == "*" {
-		// The asterisk form is OPTIONS's alone (RFC 9112 3.2.4), which
-		// net/http answers itself; net/http passes "PRI * HTTP/2.0" (an
-		// HTTP/2 preface) on, and the instance got "PRI /%2A", the rest
-		// of the preface read as its next request.
-		http.Error(w, "400 bad request: the request target * is for OPTIONS alone", http.StatusBadRequest)
-		return
-	}
-	if r.URL.Opaque != "" {
-		// "GET x:secret/admin": no path, and the instance would get a
-		// request target without its leading slash.
-		http.Error(w, "400 bad request: the request target has no path", http.StatusBadRequest)
-		return
-	}
 	canonicalKeys(r.Header)
 	dropH2CUpgrade(r.Header)
 	preview := rt.previewable() && rt.wantsPreview(r)
@@ -396,6 +382,14 @@ func (rt *Router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	o := &rec.o
 	if rt.access != nil {
 		o.path = r.URL.EscapedPath()
+	}
+	if why := badTarget(r); why != "" {
+		// The client's malformed request, counted as the HTTP/2 codec
+		// counts a malformed target (h2Handler.refuse).
+		o.status, o.fault, o.kind = http.StatusBadRequest, clientFault, ClientMalformed
+		rt.finish(o)
+		http.Error(w, "400 bad request: "+why, http.StatusBadRequest)
+		return
 	}
 	b := pool.Pick()
 	if b == nil {
@@ -426,6 +420,24 @@ func (rt *Router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		rt.finish(o)
 	}()
 	b.rp.ServeHTTP(rec, r)
+}
+
+// badTarget says what is wrong with r's request target, or "" when
+// nothing is.
+func badTarget(r *http.Request) string {
+	switch {
+	case r.RequestURI == "*":
+		// The asterisk form is OPTIONS's alone (RFC 9112 3.2.4), which
+		// net/http answers itself; net/http passes "PRI * HTTP/2.0" (an
+		// HTTP/2 preface) on, and the instance got "PRI /%2A", the rest
+		// of the preface read as its next request.
+		return "the request target * is for OPTIONS alone"
+	case r.URL.Opaque != "":
+		// "GET x:secret/admin": no path, and the instance would get a
+		// request target without its leading slash.
+		return "the request target has no path"
+	}
+	return ""
 }
 
 // dropH2CUpgrade takes h2c out of a request's Upgrade field, and its
