@@ -23,12 +23,14 @@ import (
 // earlier publication, of this window or an older one) so that they vanish
 // when the replica dies or loses the store: in etcd, under the replica's
 // own lease. WithdrawCounts removes them (the rollout ended). ReadCounts
-// returns every live publication of window by replica id. window and
+// returns every live publication of window, this process's marked Own: a
+// publication of another process under this replica's id (two replicas
+// given one BLUEGREEN_REPLICA_ID) is another replica's counts. window and
 // replica contain no "/".
 type FleetCounts interface {
 	PublishCounts(ctx context.Context, window, replica string, data []byte) error
 	WithdrawCounts(ctx context.Context, replica string) error
-	ReadCounts(ctx context.Context, window string) (map[string][]byte, error)
+	ReadCounts(ctx context.Context, window string) ([]state.Counts, error)
 }
 
 // HistogramStats is a Stats that also gives a window's latency histogram,
@@ -127,6 +129,7 @@ type fleetView struct {
 	withdraw bool              // this replica has a publication to withdraw
 	lastPub  time.Time         // the last publication that went through (or the first try of this rollout's)
 	ignored  map[string]bool   // replicas whose publication of window was logged as ignored
+	twin     bool              // the last read held another process's publication under this replica's id
 }
 
 // ownCounts reads this replica's counts of color in r's window.
@@ -161,7 +164,7 @@ func (c *Controller) syncFleet(ctx context.Context) {
 	if r == nil {
 		fv.mu.Lock()
 		withdraw := fv.withdraw
-		fv.window, fv.others, fv.replicas, fv.err, fv.lastPub = "", nil, nil, nil, time.Time{}
+		fv.window, fv.others, fv.replicas, fv.err, fv.lastPub, fv.twin = "", nil, nil, nil, time.Time{}, false
 		fv.mu.Unlock()
 		c.hold(false, nil)
 		if withdraw {
@@ -227,9 +230,15 @@ func (c *Controller) syncFleet(ctx context.Context) {
 	}
 	others := map[string]counts{}
 	var replicas []string
-	for id, data := range got {
-		if id == c.cfg.Replica {
+	twin := false
+	for _, pub := range got {
+		if pub.Own {
 			continue // our own counts are read live
+		}
+		id, data := pub.Replica, pub.Data
+		if id == c.cfg.Replica {
+			twin = true
+			id += " (another process)"
 		}
 		var p publication
 		if err := json.Unmarshal(data, &p); err != nil || p.Window != w || p.Buckets != stats.HistBuckets {
@@ -257,6 +266,11 @@ func (c *Controller) syncFleet(ctx context.Context) {
 		}
 		replicas = append(replicas, id)
 	}
+	if twin && !fv.twin {
+		c.log.Error("another replica publishes rollout counts under this replica's id: both are counted, but logs and status pages cannot tell them apart; give each replica its own BLUEGREEN_REPLICA_ID",
+			"replica", c.cfg.Replica)
+	}
+	fv.twin = twin
 	slices.Sort(replicas)
 	fv.window, fv.readAt, fv.others, fv.replicas, fv.err = w, sent, others, replicas, nil
 }

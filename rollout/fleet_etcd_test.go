@@ -232,10 +232,32 @@ func TestFleetSplitTrafficPassesStep(t *testing.T) {
 		if len(keys) != 3 {
 			return false
 		}
-		w := path.Dir(keys[0])
-		return path.Dir(keys[1]) == w && path.Dir(keys[2]) == w
+		w := path.Dir(path.Dir(keys[0])) // <window>/<replica>/<lease>
+		return path.Dir(path.Dir(keys[1])) == w && path.Dir(path.Dir(keys[2])) == w
 	})
 	t.Logf("publications: %v", countsKeys(t, a.store))
+}
+
+// Two replicas started with one replica id (a copied host name) publish
+// side by side, each under its own lease: the fleet's totals count both,
+// as they would two replicas with their own ids.
+func TestFleetTwinReplicaIDsBothCounted(t *testing.T) {
+	_, reps := fleet(t, "a", "a")
+	startFleetRollout(t, reps[0], rollout.RolloutRequest{To: green, Steps: []int{10, 100}, StepInterval: time.Hour, MinRequests: 1000}, reps)
+	for _, r := range reps {
+		r.serve(green, 120, 0, 2*time.Millisecond)
+	}
+	for i, r := range reps {
+		waitFor(t, "replica "+strconv.Itoa(i)+"'s view of both", func() bool {
+			v := r.ctl.RolloutStatus()
+			return v.Replicas == 2 && v.Colors[green].Requests == 240 && v.FleetStale == ""
+		})
+	}
+	keys := countsKeys(t, reps[0].store)
+	if len(keys) != 2 || path.Base(path.Dir(keys[0])) != "a" || path.Base(path.Dir(keys[1])) != "a" || keys[0] == keys[1] {
+		t.Fatalf("publications %v, want two of replica a under two leases", keys)
+	}
+	t.Logf("publications: %v", keys)
 }
 
 // countsKeys lists the rollout counts publications in etcd.

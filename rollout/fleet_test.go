@@ -3,6 +3,8 @@ package rollout_test
 import (
 	"context"
 	"errors"
+	"io"
+	"log/slog"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -11,6 +13,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/cryoprotect/bluegreen/internal/testkit"
 	"github.com/cryoprotect/bluegreen/proxy/stats"
 	"github.com/cryoprotect/bluegreen/rollout"
 	"github.com/cryoprotect/bluegreen/state"
@@ -43,22 +46,24 @@ func (m *memCounts) PublishCounts(_ context.Context, window, replica string, dat
 
 func (m *memCounts) WithdrawCounts(context.Context, string) error { return nil }
 
-func (m *memCounts) ReadCounts(_ context.Context, window string) (map[string][]byte, error) {
+func (m *memCounts) ReadCounts(_ context.Context, window string) ([]state.Counts, error) {
 	if m.down.Load() {
 		return nil, errors.New("store unavailable")
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	out := map[string][]byte{}
+	// What the Controller published is its own; extra and mirror are
+	// other processes'.
+	var out []state.Counts
 	for k, v := range m.pubs[window] {
-		out[k] = v
+		out = append(out, state.Counts{Replica: k, Own: true, Data: v})
 	}
 	for k, v := range m.extra {
-		out[k] = v
+		out = append(out, state.Counts{Replica: k, Data: v})
 	}
 	for k, of := range m.mirror {
 		if v, ok := m.pubs[window][of]; ok {
-			out[k] = v
+			out = append(out, state.Counts{Replica: k, Data: v})
 		}
 	}
 	return out, nil
@@ -119,9 +124,45 @@ func TestFleetSumsOnlyValidPublications(t *testing.T) {
 	}
 }
 
+// Another process publishing under this replica's id (two replicas given
+// one BLUEGREEN_REPLICA_ID) is counted as the other replica it is, and the
+// operator is told, once, to give each its own id.
+func TestFleetCountsTwinReplicaID(t *testing.T) {
+	fc := &memCounts{mirror: map[string]string{"a": "a"}} // a second "a" that saw what the first saw
+	logs := &testkit.Buffer{}
+	ctl, rec := runFleetControllerLog(t, fc, slog.New(slog.NewJSONHandler(io.MultiWriter(logs, t.Output()), nil)))
+	if _, err := ctl.StartRollout(context.Background(), rollout.RolloutRequest{To: green, StepInterval: time.Hour}); err != nil {
+		t.Fatal(err)
+	}
+	for range 100 {
+		rec.Record(green, 200, time.Millisecond, stats.FaultNone)
+	}
+	own := rec.Window(green, time.Time{})
+	waitFor(t, "the twin's counts in the sums", func() bool {
+		v := ctl.RolloutStatus()
+		return v.Replicas == 2 && v.Colors[green].Requests == 2*own.Requests
+	})
+	const warning = "another replica publishes rollout counts under this replica's id"
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := logs.Wait(ctx, func(s string) bool { return strings.Contains(s, warning) }); err != nil {
+		t.Fatalf("no warning in the log: %v\n%s", err, logs)
+	}
+	time.Sleep(200 * time.Millisecond) // four more reads of the twin
+	if n := strings.Count(logs.String(), warning); n != 1 {
+		t.Fatalf("warned %d times, want once", n)
+	}
+}
+
 // runFleetController runs a Controller on a file store with fc as its
 // fleet, as replica a, publishing and evaluating every 50 ms.
 func runFleetController(t *testing.T, fc rollout.FleetCounts) (*rollout.Controller, *stats.Recorder) {
+	t.Helper()
+	return runFleetControllerLog(t, fc, testLogger(t))
+}
+
+// runFleetControllerLog is runFleetController logging to log.
+func runFleetControllerLog(t *testing.T, fc rollout.FleetCounts, log *slog.Logger) (*rollout.Controller, *stats.Recorder) {
 	t.Helper()
 	rec := stats.New(colors[:], time.Now)
 	m, err := rollout.NewMetrics(prometheus.NewRegistry())
@@ -135,7 +176,7 @@ func runFleetController(t *testing.T, fc rollout.FleetCounts) (*rollout.Controll
 	ctl, err := rollout.New(rollout.Config{
 		Colors: colors, InitialColor: blue, Stats: rollout.RecorderStats{R: rec},
 		AnalysisEvery: 50 * time.Millisecond, Fleet: fc, Replica: "a", PublishEvery: 50 * time.Millisecond,
-	}, store, &weighted{}, newFakeHealth(), m, testLogger(t), time.Now)
+	}, store, &weighted{}, newFakeHealth(), m, log, time.Now)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -75,3 +75,14 @@ func (d *Duration) UnmarshalJSON(b []byte) error {
 	*d = Duration(v)
 	return nil
 }
+
+// Counts is one publication of a rollout window's counts in a fleet's
+// store, as the store returns it (state/etcd's ReadCounts): which replica
+// published it (its BLUEGREEN_REPLICA_ID), whether this process did, and
+// what it published. Two processes that share a replica id (a copied
+// host name) are two publications, both counted.
+type Counts struct {
+	Replica string
+	Own     bool
+	Data    []byte
+}

@@ -3,6 +3,7 @@ package etcd
 import (
 	"context"
 	"fmt"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -22,7 +23,10 @@ type counts struct {
 }
 
 // countsPrefix is where the replicas publish their window counts:
-// <prefix>/counts/<window>/<replica>.
+// <prefix>/counts/<window>/<replica>/<lease>. The lease (in hex) makes
+// each process's key its own: two replicas started with one
+// BLUEGREEN_REPLICA_ID publish side by side instead of overwriting each
+// other, so the analysis still counts both.
 func (s *Store) countsPrefix(window string) string {
 	return s.spec.Prefix + "/counts/" + window + "/"
 }
@@ -71,7 +75,7 @@ func (s *Store) session(ctx context.Context) (*concurrency.Session, error) {
 }
 
 // PublishCounts stores data, one replica's counts of one analysis window,
-// under <prefix>/counts/<window>/<replica>, attached to a lease this Store
+// under <prefix>/counts/<window>/<replica>/<lease>, attached to a lease this Store
 // keeps alive: when the replica dies, or is cut off from etcd, the cluster
 // removes the key within the lease TTL (Options.CountsTTL), so the leader
 // stops counting it. The replica's key of an earlier window is removed in
@@ -90,7 +94,7 @@ func (s *Store) PublishCounts(ctx context.Context, window, replica string, data 
 	if err != nil {
 		return err
 	}
-	key := s.countsPrefix(window) + replica
+	key := s.countsPrefix(window) + replica + "/" + strconv.FormatInt(int64(sess.Lease()), 16)
 	ops := []clientv3.Op{clientv3.OpPut(key, string(data), clientv3.WithLease(sess.Lease()))}
 	if old := c.last[replica]; old != "" && old != key {
 		ops = append(ops, clientv3.OpDelete(old))
@@ -132,10 +136,11 @@ func (s *Store) WithdrawCounts(ctx context.Context, replica string) error {
 	return nil
 }
 
-// ReadCounts returns every live publication of window, by replica, with a
-// linearizable read: what it returns was stored when the read was served,
-// and the keys of replicas whose lease expired are gone.
-func (s *Store) ReadCounts(ctx context.Context, window string) (map[string][]byte, error) {
+// ReadCounts returns every live publication of window with a linearizable
+// read: what it returns was stored when the read was served, and the keys
+// of replicas whose lease expired are gone. This Store's own publication
+// is marked Own; another process's under the same replica id is not.
+func (s *Store) ReadCounts(ctx context.Context, window string) ([]state.Counts, error) {
 	if s.close.Load() {
 		return nil, fmt.Errorf("state: etcd read counts: %w", state.ErrClosed)
 	}
@@ -153,9 +158,14 @@ func (s *Store) ReadCounts(ctx context.Context, window string) (map[string][]byt
 		}
 		return nil, s.wrap(octx, "read counts", err)
 	}
-	out := make(map[string][]byte, len(resp.Kvs))
+	s.counts.mu.Lock()
+	defer s.counts.mu.Unlock()
+	out := make([]state.Counts, 0, len(resp.Kvs))
 	for _, kv := range resp.Kvs {
-		out[strings.TrimPrefix(string(kv.Key), prefix)] = kv.Value
+		key := string(kv.Key)
+		// A key without the lease is an older release's <replica>.
+		replica, _, _ := strings.Cut(strings.TrimPrefix(key, prefix), "/")
+		out = append(out, state.Counts{Replica: replica, Own: s.counts.last[replica] == key, Data: kv.Value})
 	}
 	return out, nil
 }
