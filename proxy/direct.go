@@ -47,9 +47,32 @@ type directConns struct {
 type directConn struct {
 	nc     net.Conn
 	rc     syscall.RawConn // for the look before reuse; nil without raw access
+	lim    headLimit       // between nc and br
 	br     *bufio.Reader
 	bw     *bufio.Writer
 	reused bool
+}
+
+// headLimit is a Reader that reads at most n more bytes from r, then fails
+// with h1.ErrResponseHeadTooLarge; n < 0: no limit.
+type headLimit struct {
+	r io.Reader
+	n int64
+}
+
+func (l *headLimit) Read(p []byte) (int, error) {
+	if l.n < 0 {
+		return l.r.Read(p)
+	}
+	if l.n == 0 {
+		return 0, h1.ErrResponseHeadTooLarge
+	}
+	if int64(len(p)) > l.n {
+		p = p[:l.n]
+	}
+	n, err := l.r.Read(p)
+	l.n -= int64(n)
+	return n, err
 }
 
 // aLongTimeAgo is a deadline that has passed: it wakes a blocked read or
@@ -110,7 +133,9 @@ func (d *directConns) get(fresh bool) (*directConn, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &directConn{nc: nc, br: bufio.NewReader(nc), bw: bufio.NewWriter(nc)}
+	c := &directConn{nc: nc, bw: bufio.NewWriter(nc)}
+	c.lim.r = nc
+	c.br = bufio.NewReader(&c.lim)
 	if sc, ok := nc.(syscall.Conn); ok {
 		c.rc, _ = sc.SyscallConn()
 	}
@@ -251,6 +276,11 @@ func (d *directConns) exchange(c *directConn, req *http.Request) (res *http.Resp
 	if err != nil {
 		return nil, staleWrite, err
 	}
+	// The answer's heads, informational ones included, may together take
+	// h1.MaxResponseHead bytes, as on the fast path: http.ReadResponse
+	// has no limit of its own, and an endless head would grow the
+	// proxy's memory for as long as the instance sends it.
+	c.lim.n = h1.MaxResponseHead - int64(c.br.Buffered())
 	if _, err = c.br.Peek(1); err != nil {
 		if errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) {
 			return nil, staleRead, err
@@ -270,6 +300,7 @@ func (d *directConns) exchange(c *directConn, req *http.Request) (res *http.Resp
 			if v := res.Header["Keep-Alive"]; len(v) > 0 {
 				d.limit.KeepAlive([]byte(v[0]))
 			}
+			c.lim.n = -1 // the body has no limit; after an error c is closed
 			break
 		}
 		if code == http.StatusSwitchingProtocols || n == h1.MaxInformational {

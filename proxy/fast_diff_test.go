@@ -104,6 +104,10 @@ func diffRespond(name string) rawHandler {
 			fmt.Fprintf(&w, "HTTP/1.1 200 OK\r\nX-Instance: %s\r\nContent-Length: 15\r\n\r\n<html></html>\r\n", name)
 		case "/multi":
 			std(200, "Set-Cookie: a=1\r\nSet-Cookie: b=2\r\nVary: Accept\r\nVary: Cookie\r\n", "multi")
+		case "/bighead":
+			// A response head of about n bytes (a wall of cookies).
+			n, _ := strconv.Atoi(r.URL.Query().Get("n"))
+			std(200, "X-Big: "+strings.Repeat("c", n)+"\r\n", "big head")
 		case "/status099", "/status000":
 			// Go's client takes these for a final answer, and net/http's
 			// server panicked on writing them.
@@ -238,6 +242,11 @@ func TestFastDifferential(t *testing.T) {
 		{name: "forwarded trusted", method: "GET", target: "/xf", host: "front.example", hdr: xfHeaders, cfg: trusted,
 			check: seenHdr(map[string]string{"X-Forwarded-For": "6.6.6.6, 7.7.7.7, 127.0.0.1", "X-Forwarded-Host": "lb.example",
 				"X-Forwarded-Proto": "https", "X-Forwarded-Port": "443", "X-Real-Ip": "6.6.6.6", "Forwarded": "for=6.6.6.6"})},
+		// Every codec takes a response head up to 16 KiB and answers a
+		// larger one 502 (nginx's proxy_buffer_size is 4–8 KiB).
+		{name: "response head under 16 KiB", method: "GET", target: "/bighead?n=15900", check: wantStatus(200)},
+		{name: "response head over 16 KiB", method: "GET", target: "/bighead?n=16400", check: wantStatus(502)},
+		{name: "response head of 1 MiB", method: "GET", target: "/bighead?n=1048576", check: wantStatus(502)},
 		{name: "status below 100", method: "GET", target: "/status099", check: wantStatus(502)},
 		{name: "status 000", method: "DELETE", target: "/status000", check: wantStatus(502)},
 		{name: "forwarding aliases", method: "GET", target: "/xf", cfg: trusted,

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 )
 
 // recorder is an instance that keeps the last request's headers and Host.
@@ -325,4 +326,57 @@ func TestHandBuiltHeaderSpellings(t *testing.T) {
 	if got.Host != "front.example" {
 		t.Errorf("Host %q, want front.example", got.Host)
 	}
+}
+
+// An instance whose answer head never ends (a header line it writes
+// forever) gets its request a 502 as soon as the head passes
+// h1.MaxResponseHead, charged to it, on every codec: on the net/http path
+// http.ReadResponse read such a head with no limit, the proxy's memory
+// growing for as long as the instance wrote, until the upstream timeout.
+func TestEndlessResponseHead(t *testing.T) {
+	var sent atomic.Int64
+	inst := newRawInstance(t, func(c net.Conn, _ *bufio.Reader, _ *http.Request, _ []byte) bool {
+		if _, err := io.WriteString(c, "HTTP/1.1 200 OK\r\nX-Endless: "); err != nil {
+			return false
+		}
+		chunk := []byte(strings.Repeat("a", 64<<10))
+		for {
+			n, err := c.Write(chunk)
+			if sent.Add(int64(n)); err != nil {
+				return false
+			}
+		}
+	})
+	f := newFixture(t, []string{inst.URL}, []string{inst.URL}, nil)
+	ff := startFast(t, f.rt, nil)
+	h2 := startH2(t, f.rt, nil)
+	cases := []struct {
+		name, url, method string
+		client            *http.Client
+	}{
+		{"fast", ff.url, "GET", http.DefaultClient},
+		{"net/http GET", f.front.URL, "GET", http.DefaultClient},
+		{"net/http POST", f.front.URL, "POST", http.DefaultClient},
+		{"HTTP/2", h2.url, "GET", h2Client(t)},
+	}
+	for _, c := range cases {
+		var body io.Reader
+		if c.method == "POST" {
+			body = strings.NewReader("order")
+		}
+		req, _ := http.NewRequest(c.method, c.url+"/", body)
+		start := time.Now()
+		res, err := c.client.Do(req)
+		if err != nil {
+			t.Fatalf("%s: %v", c.name, err)
+		}
+		res.Body.Close()
+		if res.StatusCode != http.StatusBadGateway || time.Since(start) > 5*time.Second {
+			t.Errorf("%s: %s after %v, want 502 at once", c.name, res.Status, time.Since(start))
+		}
+	}
+	if _, byKind := sumMetric(t, f.reg, "bluegreen_upstream_errors_total", "kind"); byKind[KindOther] != float64(len(cases)) {
+		t.Errorf("instance errors %v, want %d of kind other", byKind, len(cases))
+	}
+	t.Logf("the instance wrote %d KiB in all", sent.Load()>>10)
 }

@@ -43,6 +43,9 @@ func NewTransport(cfg TransportConfig) *http.Transport {
 		ExpectContinueTimeout: h1.ExpectContinueTimeout,
 		DisableCompression:    true,
 		ForceAttemptHTTP2:     false,
+		// The fast path's limit, so that a head is taken or refused
+		// (502) alike on every path.
+		MaxResponseHeaderBytes: h1.MaxResponseHead,
 	}
 }
 

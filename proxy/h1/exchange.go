@@ -526,7 +526,7 @@ func nextHead(res *Head, uc *UpConn) (int, error) {
 		}
 		if err := uc.cr.fill(); err != nil {
 			if err == errBufferFull {
-				return 0, errors.New("response head larger than 16 KiB")
+				return 0, ErrResponseHeadTooLarge
 			}
 			return 0, err
 		}

@@ -15,9 +15,18 @@ import (
 // while a response is being written; an idle keep-alive connection holds
 // neither.
 const (
-	clientBufSize   = 8 << 10  // request head limit of the fast path; larger heads go to net/http
-	upstreamBufSize = 16 << 10 // response head limit (nginx's default is 4–8 KiB)
+	clientBufSize   = 8 << 10         // request head limit of the fast path; larger heads go to net/http
+	upstreamBufSize = MaxResponseHead // an instance connection's read buffer holds a whole head
 )
+
+// MaxResponseHead is the largest response head an instance may send
+// (nginx's default is 4–8 KiB); a larger one is the instance's fault, a
+// 502. The net/http path's Transport keeps to it too.
+const MaxResponseHead = 16 << 10
+
+// ErrResponseHeadTooLarge is an instance's answer head larger than
+// MaxResponseHead.
+var ErrResponseHeadTooLarge = errors.New("response head larger than 16 KiB")
 
 // bufPool lends fixed-size byte slices. Pointers to arrays go in and out of
 // the sync.Pool, so neither Get nor Put allocates.
