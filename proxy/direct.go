@@ -303,8 +303,11 @@ func (d *directConns) exchange(c *directConn, req *http.Request) (res *http.Resp
 			c.lim.n = -1 // the body has no limit; after an error c is closed
 			break
 		}
-		if code == http.StatusSwitchingProtocols || n == h1.MaxInformational {
+		if code == http.StatusSwitchingProtocols {
 			return nil, notStale, errors.New("proxy: unexpected informational answer " + res.Status)
+		}
+		if n == h1.MaxInformational {
+			return nil, notStale, h1.ErrTooMany1xx
 		}
 		if trace := httptrace.ContextClientTrace(ctx); trace != nil && trace.Got1xxResponse != nil {
 			if err = trace.Got1xxResponse(code, textproto.MIMEHeader(res.Header)); err != nil {

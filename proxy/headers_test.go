@@ -2,16 +2,21 @@ package proxy
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/http/httptrace"
 	"net/netip"
+	"net/textproto"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/cryoprotect/bluegreen/proxy/h1"
 )
 
 // recorder is an instance that keeps the last request's headers and Host.
@@ -347,7 +352,34 @@ func TestEndlessResponseHead(t *testing.T) {
 			}
 		}
 	})
-	f := newFixture(t, []string{inst.URL}, []string{inst.URL}, nil)
+	badAnswerOnEveryCodec(t, inst.URL, 0)
+	t.Logf("the instance wrote %d KiB in all", sent.Load()>>10)
+}
+
+// An instance that sends informational answers forever gets its request
+// a 502 after h1.MaxInformational of them, charged to it, on every codec:
+// through Go's Transport (requests with a body on the net/http path) they
+// were relayed to the client without end until the upstream timeout.
+func TestEndlessInformationalAnswers(t *testing.T) {
+	inst := newRawInstance(t, func(c net.Conn, _ *bufio.Reader, _ *http.Request, _ []byte) bool {
+		for {
+			if _, err := io.WriteString(c, "HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"); err != nil {
+				return false
+			}
+		}
+	})
+	// ReverseProxy relays the one that fails the exchange too.
+	badAnswerOnEveryCodec(t, inst.URL, h1.MaxInformational+1)
+}
+
+// badAnswerOnEveryCodec sends a GET through the fast codec, a GET and a
+// POST through net/http (the direct leg and the Transport) and a GET over
+// HTTP/2 to an instance at url whose answers are all malformed, and wants
+// a 502 for each within 5 s, charged to the instance (kind other), with at
+// most max1xx informational answers relayed before it.
+func badAnswerOnEveryCodec(t *testing.T, url string, max1xx int) {
+	t.Helper()
+	f := newFixture(t, []string{url}, []string{url}, nil)
 	ff := startFast(t, f.rt, nil)
 	h2 := startH2(t, f.rt, nil)
 	cases := []struct {
@@ -364,19 +396,22 @@ func TestEndlessResponseHead(t *testing.T) {
 		if c.method == "POST" {
 			body = strings.NewReader("order")
 		}
-		req, _ := http.NewRequest(c.method, c.url+"/", body)
+		n1xx := 0
+		ctx := httptrace.WithClientTrace(context.Background(), &httptrace.ClientTrace{
+			Got1xxResponse: func(int, textproto.MIMEHeader) error { n1xx++; return nil },
+		})
+		req, _ := http.NewRequestWithContext(ctx, c.method, c.url+"/", body)
 		start := time.Now()
 		res, err := c.client.Do(req)
 		if err != nil {
 			t.Fatalf("%s: %v", c.name, err)
 		}
 		res.Body.Close()
-		if res.StatusCode != http.StatusBadGateway || time.Since(start) > 5*time.Second {
-			t.Errorf("%s: %s after %v, want 502 at once", c.name, res.Status, time.Since(start))
+		if res.StatusCode != http.StatusBadGateway || time.Since(start) > 5*time.Second || n1xx > max1xx {
+			t.Errorf("%s: %s after %v and %d informational answers, want 502 at once after at most %d", c.name, res.Status, time.Since(start), n1xx, max1xx)
 		}
 	}
 	if _, byKind := sumMetric(t, f.reg, "bluegreen_upstream_errors_total", "kind"); byKind[KindOther] != float64(len(cases)) {
 		t.Errorf("instance errors %v, want %d of kind other", byKind, len(cases))
 	}
-	t.Logf("the instance wrote %d KiB in all", sent.Load()>>10)
 }

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"net/http/httputil"
 	"net/netip"
 	"net/textproto"
@@ -407,6 +408,9 @@ func (rt *Router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		// wrapper that a failed attempt closes for good.
 		r = r.WithContext(context.WithValue(r.Context(), clientBodyKey{}, rec.body))
 	}
+	if !directable(r) {
+		r = r.WithContext(limitInformational(r.Context()))
+	}
 	rec.req = r
 	growStack(len(r.URL.Path))
 	defer func() {
@@ -420,6 +424,28 @@ func (rt *Router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		rt.finish(o)
 	}()
 	b.rp.ServeHTTP(rec, r)
+}
+
+// limitInformational returns ctx with a client trace that fails the
+// request's exchange with its instance at the informational answer after
+// h1.MaxInformational, as the fast codec and the direct leg do. Go's
+// Transport reads any number of them once a Got1xxResponse hook takes them
+// (ReverseProxy's, which relays them), so an instance that sent them
+// forever held its request until the upstream timeout. It must be in the
+// context before ReverseProxy adds its own hook: httptrace calls the hook
+// added later first and returns the result of the one added earlier, so
+// this one's error is what the Transport sees. One count per request,
+// across its attempts.
+func limitInformational(ctx context.Context) context.Context {
+	n := 0
+	return httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{
+		Got1xxResponse: func(int, textproto.MIMEHeader) error {
+			if n++; n > h1.MaxInformational {
+				return h1.ErrTooMany1xx
+			}
+			return nil
+		},
+	})
 }
 
 // badTarget says what is wrong with r's request target, or "" when

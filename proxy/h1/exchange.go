@@ -369,7 +369,7 @@ func (c *Conn) awaitContinue(x *Exchange, uc *UpConn) (send bool, err error) {
 		case res.code == http.StatusSwitchingProtocols:
 			return false, errUpstream101
 		case infos == MaxInformational:
-			return false, errTooMany1xx
+			return false, ErrTooMany1xx
 		}
 		infos++
 		c.relayInformational(x, res)
@@ -417,10 +417,12 @@ var errUpstream101 = errors.New("instance switched protocols without being asked
 
 // MaxInformational is how many informational (1xx) answers one request
 // may get before its final one, on every codec, as http.Transport allows;
-// more are the instance's fault (errTooMany1xx).
+// more are the instance's fault (ErrTooMany1xx).
 const MaxInformational = 5
 
-var errTooMany1xx = errors.New("instance sent more than 5 informational answers")
+// ErrTooMany1xx is an instance's answer with more than MaxInformational
+// informational answers before its final one.
+var ErrTooMany1xx = errors.New("instance sent more than 5 informational answers")
 
 // ReadResponseHead reads the instance's response head into x.Res, passing
 // informational (1xx) responses on to the client. A client that closes its
@@ -504,7 +506,7 @@ func (uc *UpConn) readHead(res *Head, info func(res *Head)) error {
 			return errUpstream101
 		}
 		if i == MaxInformational {
-			return errTooMany1xx
+			return ErrTooMany1xx
 		}
 		if info != nil {
 			info(res)
