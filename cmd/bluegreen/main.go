@@ -165,8 +165,9 @@ Runs the proxy. Configuration comes from the environment:
                                away (default ./bluegreen-state-cache.json; off: none)
   BLUEGREEN_STATE_MIGRATE_FROM file:PATH of a single proxy's state, copied into an empty etcd
 
-SIGTERM or SIGINT stops gracefully (see BLUEGREEN_SHUTDOWN_DELAY and
-BLUEGREEN_DRAIN_TIMEOUT); a second signal stops at once.
+SIGTERM, SIGINT or SIGQUIT stops gracefully (see BLUEGREEN_SHUTDOWN_DELAY
+and BLUEGREEN_DRAIN_TIMEOUT); a second signal stops at once. SIGHUP reloads
+the TLS certificate files; SIGUSR1, SIGUSR2 and SIGPIPE stop nothing.
 
 Exit status: 0 after a clean shutdown, 1 on a runtime failure, 2 on bad
 configuration or an unreadable state file.

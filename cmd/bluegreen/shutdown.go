@@ -41,7 +41,7 @@ func hardStopOf(ctx context.Context) <-chan struct{} {
 }
 
 // hupKey carries, in the context given to serve, the channel on which
-// SIGHUP arrives.
+// SIGHUP, SIGUSR1 and SIGUSR2 arrive.
 type hupKey struct{}
 
 // hupOf returns the SIGHUP channel set by notifyStop; nil (never) without
@@ -56,7 +56,9 @@ func hupOf(ctx context.Context) <-chan os.Signal {
 // and an exit at once) and carries (see withHardStop) a channel closed at
 // the second one, and the channel of SIGHUP (hupOf), which stops nothing:
 // a closing terminal sends it, and so does an operator used to nginx's
-// reload, and Go's default would end the process at once. SIGPIPE is
+// reload, and Go's default would end the process at once; so does Go's
+// default for SIGUSR1 and SIGUSR2 (ignoredSignals), so they come on the
+// same channel and stop nothing either. SIGPIPE is
 // taken too, and dropped: Go's default ends the process at its first
 // write to a standard output or error that nobody reads any more (the
 // log's reader exited: a pipe into a shipper, a restarted journald), and
@@ -66,7 +68,7 @@ func notifyStop(parent context.Context) (ctx context.Context, stop func()) {
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM, syscall.SIGQUIT)
 	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
+	signal.Notify(hup, append([]os.Signal{syscall.SIGHUP}, ignoredSignals...)...)
 	pipe := make(chan os.Signal, 1) // never read: Notify drops what does not fit
 	signal.Notify(pipe, syscall.SIGPIPE)
 	parent = context.WithValue(parent, hupKey{}, (<-chan os.Signal)(hup))
@@ -236,12 +238,18 @@ func validateShutdown(cfg Config, bad func(name, value, expected string)) {
 // onHUP answers SIGHUP until ctx ends: the TLS listener's certificate
 // files are read again (edge.reload); without one there is nothing to
 // reload (the configuration is read at start) and it is only logged.
+// SIGUSR1 and SIGUSR2 are logged as ignored.
 func onHUP(ctx context.Context, hup <-chan os.Signal, edge *tlsEdge, log *slog.Logger) {
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-hup:
+		case sig := <-hup:
+			if sig != syscall.SIGHUP {
+				log.Info("signal ignored: the log goes to standard error, with no file to reopen, and a new version is a new process; SIGHUP reloads the TLS certificate, SIGTERM stops",
+					"signal", signalName(sig))
+				continue
+			}
 			if edge == nil {
 				log.Info("SIGHUP: nothing to reload; the configuration is read at start (restart to change it), SIGTERM stops")
 				continue

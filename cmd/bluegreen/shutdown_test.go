@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/cryoprotect/bluegreen/internal/testkit"
+	"golang.org/x/sys/unix"
 )
 
 // holdApp is an instance for the shutdown tests: /health answers 200, /hold
@@ -479,7 +480,9 @@ func logTime(t *testing.T, out, s string) time.Time {
 // nginx's (the STOPSIGNAL of nginx's image, which a compose file may carry
 // over), where Go's default is a stack dump and exit 2 at once (goroutine
 // dumps are at /debug/pprof with BLUEGREEN_PPROF). A request held across
-// SIGQUIT gets its answer.
+// SIGQUIT gets its answer. SIGUSR1 (nginx's log reopening, which a copied
+// logrotate rule sends) and SIGUSR2 are logged and stop nothing; Go's
+// default ended the process.
 func TestSIGHUPAndSIGQUIT(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and runs the binary")
@@ -489,6 +492,14 @@ func TestSIGHUPAndSIGQUIT(t *testing.T) {
 	r.waitLog("SIGHUP: nothing to reload")
 	if res, body, err := dialRaw(t, r.pub).get("/"); err != nil || res.StatusCode != 200 || body != "color=blue\n" {
 		t.Fatalf("after SIGHUP: %v %q %v\n%s", res, body, err, r.p.Out.String())
+	}
+	for _, sig := range []syscall.Signal{syscall.SIGUSR1, syscall.SIGUSR2} {
+		r.signal(sig)
+		r.waitLog(`"msg":"signal ignored`)
+		r.waitLog(unix.SignalName(sig))
+		if res, body, err := dialRaw(t, r.pub).get("/"); err != nil || res.StatusCode != 200 || body != "color=blue\n" {
+			t.Fatalf("after %v: %v %q %v\n%s", sig, res, body, err, r.p.Out.String())
+		}
 	}
 	busy := r.hold(blue)
 	r.signal(syscall.SIGQUIT)
