@@ -698,6 +698,16 @@ func (s *statusRecorder) WriteHeader(code int) {
 	if code < 200 && code != http.StatusSwitchingProtocols && s.req != nil && !s.req.ProtoAtLeast(1, 1) {
 		return // an HTTP/1.0 client takes no informational answer (RFC 9110 15.2)
 	}
+	if code >= 200 {
+		// An answer without a Content-Type goes out without one, as the
+		// fast codec and nginx send it: net/http would add one sniffed
+		// from the body's first bytes, and a body the app chose not to
+		// type (with X-Content-Type-Options: nosniff, say) would reach
+		// the browser as text/html.
+		if h := s.ResponseWriter.Header(); h["Content-Type"] == nil {
+			h["Content-Type"] = nil
+		}
+	}
 	s.ResponseWriter.WriteHeader(code)
 }
 
