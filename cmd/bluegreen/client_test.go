@@ -530,6 +530,13 @@ func TestClientColourAsArgument(t *testing.T) {
 	if strings.Contains(r.stderr, "--to") {
 		t.Errorf("history has no --to, yet: %s", r.stderr)
 	}
+	// A verb is not taken for a colour ("--to start" was suggested).
+	r = runClientT(t, env, "rollout", "start")
+	wantCode(t, r, clientExitUsage)
+	wantContains(t, "stderr", r.stderr, `"start"`, "starts from flags alone", "--to green")
+	if strings.Contains(r.stderr, "--to start") {
+		t.Errorf("suggested --to start: %s", r.stderr)
+	}
 }
 
 func TestClientBadAdminURL(t *testing.T) {

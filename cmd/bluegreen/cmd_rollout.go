@@ -41,7 +41,12 @@ func (c *clientCmd) rollout(ctx context.Context, args []string) int {
 		case "promote", "pause", "resume", "abort":
 			return c.rolloutAction(ctx, sub, rest)
 		}
-		return c.errorf(clientExitUsage, "unknown rollout command %q: expected promote, pause, resume, abort or status, or flags (to start one towards a colour: --to %s)", sub, sub)
+		// "rollout green" means a colour; "rollout start" a verb.
+		example := "bluegreen rollout --to " + sub
+		if sub == "start" || sub == "begin" || sub == "run" || sub == "create" || sub == "new" {
+			example = "bluegreen rollout, or bluegreen rollout --to green --steps 10,50,100"
+		}
+		return c.errorf(clientExitUsage, "unknown rollout command %q: expected promote, pause, resume, abort or status; a rollout starts from flags alone: %s", sub, example)
 	}
 	return c.rolloutStart(ctx, args)
 }
