@@ -752,3 +752,29 @@ func TestClientHelpAndBadFlags(t *testing.T) {
 	wantCode(t, runClientT(t, nil, "cutover", "--watch", "-1s"), clientExitUsage)
 	wantCode(t, runClientT(t, nil, "nope"), clientExitUsage)
 }
+
+// What a newcomer types first: --version prints the version, and
+// "help COMMAND" is that command's help, as "COMMAND --help" is.
+func TestVersionFlagAndHelpCommand(t *testing.T) {
+	cases := []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--version"}, "bluegreen dev"},
+		{[]string{"-version"}, "bluegreen dev"},
+		{[]string{"help", "cutover"}, "Usage: bluegreen cutover"},
+		{[]string{"help", "rollout"}, "Usage: bluegreen rollout"},
+		{[]string{"help", "serve"}, "Usage: bluegreen [serve]"},
+		{[]string{"help"}, "bluegreen: a reverse proxy for blue/green releases"},
+	}
+	for _, c := range cases {
+		var stdout, stderr strings.Builder
+		if code := run(t.Context(), c.args, nil, &stdout, &stderr); code != exitOK || !strings.Contains(stdout.String(), c.want) || stderr.Len() != 0 {
+			t.Errorf("bluegreen %v: exit %d, stdout %q, stderr %q; want 0 and %q", c.args, code, stdout.String(), stderr.String(), c.want)
+		}
+	}
+	var stdout, stderr strings.Builder
+	if code := run(t.Context(), []string{"help", "nope"}, nil, &stdout, &stderr); code != exitConfig || !strings.Contains(stderr.String(), `unknown command "nope"`) {
+		t.Errorf("bluegreen help nope: exit %d, stderr %q", code, stderr.String())
+	}
+}

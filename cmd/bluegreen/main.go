@@ -52,9 +52,9 @@ Usage:
   bluegreen history        list recent switches
   bluegreen rollout        shift traffic to the other colour in steps (promote|pause|resume|abort|status)
   bluegreen healthcheck    exit 0 when the proxy is ready (for Docker HEALTHCHECK)
-  bluegreen version        print the version
+  bluegreen version        print the version (also --version)
 
-Run "bluegreen <command> --help" for a command's flags.
+Run "bluegreen <command> --help" (or "bluegreen help <command>") for a command's flags.
 Client commands reach the admin API at BLUEGREEN_ADMIN_URL (default http://127.0.0.1:8081)
 with the token from BLUEGREEN_ADMIN_TOKEN or BLUEGREEN_ADMIN_TOKEN_FILE.
 `
@@ -66,6 +66,11 @@ func run(ctx context.Context, args, environ []string, stdout, stderr io.Writer) 
 		cmd, args = args[0], args[1:]
 	} else if len(args) > 0 && (args[0] == "-h" || args[0] == "--help" || args[0] == "-help") {
 		cmd, args = "help", nil
+	} else if len(args) == 1 && (args[0] == "--version" || args[0] == "-version") {
+		cmd, args = "version", nil
+	}
+	if cmd == "help" && len(args) > 0 && args[0] != "help" {
+		cmd, args = args[0], []string{"--help"} // "help cutover" is "cutover --help"
 	}
 	getenv := func(k string) string {
 		for _, kv := range environ {
