@@ -309,7 +309,7 @@ for i in $(seq 1 "$SMOKE_REQUESTS"); do
     -H "$PREVIEW_HEADER: 1" "$PUBLIC_URL$SMOKE_PATH") || abort "smoke request $i: curl failed"
   color=$(tr -d '\r' <"$tmp/headers" | awk -F': *' 'tolower($1)=="x-deployment-color"{print $2}')
   [[ "$code" == 2* ]] || abort "smoke request $i: HTTP $code"
-  [ "$color" = "$idle" ] || abort "smoke request $i: answered by '${color:-?}', not $idle"
+  [ "$color" = "$idle" ] || abort "smoke request $i: answered by '${color:-?}', not $idle (the proxy honours the preview header only from BLUEGREEN_PREVIEW_FROM, private networks by default)"
   if [ -n "$SMOKE_EXPECT" ] && ! grep -qF -- "$SMOKE_EXPECT" "$tmp/body"; then
     abort "smoke request $i: answer lacks '$SMOKE_EXPECT'"
   fi

@@ -145,7 +145,7 @@ type fastHandler struct{ rt *Router }
 func (h fastHandler) ServeH1(c *h1.Conn, x *h1.Exchange) bool {
 	rt := h.rt
 	req := &x.Req
-	preview := rt.previewable() && req.WantsPreview(rt.previewLower, rt.previewCookie)
+	preview := rt.previewable() && req.WantsPreview(rt.previewLower, rt.previewCookie) && rt.previewAllowed(c.Remote())
 	var key []byte
 	if !preview && rt.rolloutRunning() {
 		key = rt.rolloutKeyH1(req, c.Remote())

@@ -101,7 +101,7 @@ func (h *h2Handler) ServeH2(st *h2.Stream) {
 	}
 	x := h.getScratch()
 	defer h.putScratch(x)
-	preview := rt.previewable() && h2WantsPreview(st.Fields, rt.previewLower, rt.previewCookie)
+	preview := rt.previewable() && h2WantsPreview(st.Fields, rt.previewLower, rt.previewCookie) && rt.previewAllowed(st.Remote())
 	var key []byte
 	var setCookie string
 	if !preview && rt.rolloutRunning() {

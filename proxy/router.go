@@ -41,6 +41,10 @@ type Config struct {
 	PreviewHeader string
 	// PreviewCookie does the same with a cookie of that name. Empty disables it.
 	PreviewCookie string
+	// PreviewFrom are the peers whose preview requests are honoured; from
+	// any other peer the header and the cookie are ignored and the request
+	// goes to the active colour. Empty: every peer.
+	PreviewFrom []netip.Prefix
 	// DrainTimeout is how long long-lived connections on a colour that lost
 	// the traffic may stay open. Default 30s.
 	DrainTimeout time.Duration
@@ -125,6 +129,8 @@ type Router struct {
 	log             *slog.Logger
 	access          *slog.Logger
 	trusted         []netip.Prefix
+	previewFrom     []netip.Prefix
+	previewLog      logLimit // the lines of preview requests ignored (previewAllowed)
 	stripPreview    bool
 	transport       http.RoundTripper
 	setMu           sync.Mutex // serialises SetActive
@@ -185,6 +191,8 @@ func NewRouter(cfg Config) (*Router, error) {
 		log:           cfg.Log,
 		access:        cfg.AccessLog,
 		trusted:       cfg.TrustedProxies,
+		previewFrom:   cfg.PreviewFrom,
+		previewLog:    logLimit{every: time.Minute, now: cfg.Now},
 		transport:     cfg.Transport,
 		stripPreview:  cfg.StripPreviewHeader && cfg.PreviewHeader != "",
 		metrics:       cfg.Metrics,
@@ -372,7 +380,7 @@ func (rt *Router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	canonicalKeys(r.Header)
 	dropH2CUpgrade(r.Header)
-	preview := rt.previewable() && rt.wantsPreview(r)
+	preview := rt.previewable() && rt.wantsPreview(r) && rt.previewAllowed(r.RemoteAddr)
 	var key []byte
 	if !preview && rt.rolloutRunning() {
 		key = rt.rolloutKeyHTTP(w, r)
@@ -616,16 +624,35 @@ func canonicalKeys(h http.Header) {
 }
 
 // trustedPeer reports whether the connection's peer is a trusted proxy.
-func (rt *Router) trustedPeer(remoteAddr string) bool {
+func (rt *Router) trustedPeer(remoteAddr string) bool { return peerIn(remoteAddr, rt.trusted) }
+
+// peerIn reports whether remoteAddr (ip:port) is in one of ps.
+func peerIn(remoteAddr string, ps []netip.Prefix) bool {
 	ap, err := netip.ParseAddrPort(remoteAddr)
 	if err != nil {
 		return false
 	}
 	ip := ap.Addr().Unmap()
-	for _, p := range rt.trusted {
+	for _, p := range ps {
 		if p.Contains(ip) {
 			return true
 		}
+	}
+	return false
+}
+
+// previewAllowed reports whether a preview request from remoteAddr, the
+// connection's peer, is honoured (Config.PreviewFrom). One that is not
+// goes to the active colour as if it asked for nothing, and is logged, a
+// line a minute at most: an operator trying a release from outside the
+// allowed networks sees why the idle colour does not answer.
+func (rt *Router) previewAllowed(remoteAddr string) bool {
+	if len(rt.previewFrom) == 0 || peerIn(remoteAddr, rt.previewFrom) {
+		return true
+	}
+	if ok, held := rt.previewLog.allow(); ok {
+		rt.log.Warn("preview request served by the active colour: its client is not in BLUEGREEN_PREVIEW_FROM",
+			"remote", remoteAddr, "ignored_since_last_line", held)
 	}
 	return false
 }

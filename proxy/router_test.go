@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"net/url"
 	"strings"
 	"sync"
@@ -17,6 +18,8 @@ import (
 	"github.com/coder/websocket"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/cryoprotect/bluegreen/internal/testkit"
 )
 
 // backend is a real loopback instance that answers "<color> <n>".
@@ -146,6 +149,50 @@ func TestRoutingActiveAndPreview(t *testing.T) {
 			code, body, _ := get(t, c, f.front.URL+"/x", tc.hdr)
 			if code != 200 || body != tc.want {
 				t.Fatalf("got %d %q, want 200 %q", code, body, tc.want)
+			}
+		})
+	}
+}
+
+// Preview requests are honoured only from Config.PreviewFrom's peers, on
+// every codec: from any other peer the header and the cookie are ignored
+// and the active colour answers, and the refusal is logged, once a minute
+// at most.
+func TestPreviewFrom(t *testing.T) {
+	blue, green := newBackend(t, "blue", 0), newBackend(t, "green", 0)
+	for _, c := range []struct {
+		name string
+		from []netip.Prefix
+		want string
+	}{
+		{"loopback in", []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("127.0.0.0/8")}, "green"},
+		{"loopback out", []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("::1/128")}, "blue"},
+		{"any", nil, "green"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			logs := &testkit.Buffer{}
+			f := newFixture(t, []string{blue.URL}, []string{green.URL}, func(cfg *Config) {
+				cfg.PreviewFrom = c.from
+				cfg.Log = slog.New(slog.NewJSONHandler(logs, nil))
+			})
+			fronts := []struct {
+				name, url string
+				client    *http.Client
+			}{
+				{"net/http", f.front.URL, f.front.Client()},
+				{"fast", startFast(t, f.rt, nil).url, http.DefaultClient},
+				{"HTTP/2", startH2(t, f.rt, nil).url, h2Client(t)},
+			}
+			for _, fr := range fronts {
+				for _, hdr := range []map[string]string{{"X-Bluegreen-Preview": "1"}, {"Cookie": "bluegreen_preview=1"}} {
+					if code, body, _ := get(t, fr.client, fr.url+"/x", hdr); code != 200 || body != c.want {
+						t.Errorf("%s %v: %d %q, want 200 %q", fr.name, hdr, code, body, c.want)
+					}
+				}
+			}
+			const line = "its client is not in BLUEGREEN_PREVIEW_FROM"
+			if n := strings.Count(logs.String(), line); c.want == "blue" && n != 1 || c.want == "green" && n != 0 {
+				t.Errorf("%d log lines of the refusal:\n%s", n, logs)
 			}
 		})
 	}

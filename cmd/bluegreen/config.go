@@ -53,6 +53,7 @@ type Config struct {
 	OutlierEject        time.Duration `env:"OUTLIER_EJECT" envDefault:"30s"`
 	TrustedProxies      string        `env:"TRUSTED_PROXIES"`
 	PreviewStrip        bool          `env:"PREVIEW_STRIP" envDefault:"true"`
+	PreviewFrom         string        `env:"PREVIEW_FROM" envDefault:"private"`
 	ReadHeaderTimeout   time.Duration `env:"READ_HEADER_TIMEOUT" envDefault:"10s"`
 	FastPath            bool          `env:"FAST_PATH" envDefault:"true"`
 	Pprof               bool          `env:"PPROF" envDefault:"false"`
@@ -107,6 +108,7 @@ type Config struct {
 	etcd        etcdOptions
 	balance     proxy.Balance
 	trusted     []netip.Prefix
+	previewFrom []netip.Prefix // nil: any peer
 }
 
 // configError lists every bad variable, one line each.
@@ -188,6 +190,9 @@ func loadConfig(environ []string, hostname func() (string, error)) (Config, erro
 	}
 	if cfg.trusted, err = parsePrefixes(cfg.TrustedProxies); err != nil {
 		bad("TRUSTED_PROXIES", cfg.TrustedProxies, err.Error())
+	}
+	if cfg.previewFrom, err = parsePreviewFrom(cfg.PreviewFrom); err != nil {
+		bad("PREVIEW_FROM", cfg.PreviewFrom, err.Error())
 	}
 	if cfg.HealthRise < 1 {
 		bad("HEALTH_RISE", fmt.Sprint(cfg.HealthRise), "expected an integer of at least 1")
@@ -385,6 +390,31 @@ func shortFileError(err error) string {
 
 // parsePrefixes parses a comma-separated list of CIDR prefixes or single
 // addresses (10.0.0.0/8, 192.168.1.5, fd00::/8).
+// privateNets are the networks "private" names in BLUEGREEN_PREVIEW_FROM:
+// loopback, RFC 1918 and RFC 6598 (carrier-grade NAT, which Docker and
+// cloud networks use too), link-local, and IPv6's unique local and
+// link-local addresses.
+var privateNets = []string{"127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "169.254.0.0/16", "::1/128", "fc00::/7", "fe80::/10"}
+
+// parsePreviewFrom reads BLUEGREEN_PREVIEW_FROM: "any" (nil: every peer),
+// or addresses and prefixes, among which "private" stands for privateNets.
+func parsePreviewFrom(s string) ([]netip.Prefix, error) {
+	if strings.TrimSpace(s) == "any" {
+		return nil, nil
+	}
+	parts := strings.Split(s, ",")
+	for i, part := range parts {
+		if strings.TrimSpace(part) == "private" {
+			parts[i] = strings.Join(privateNets, ",")
+		}
+	}
+	out, err := parsePrefixes(strings.Join(parts, ","))
+	if err == nil && len(out) == 0 {
+		err = errors.New(`expected "private", "any", or addresses and CIDR prefixes such as private,203.0.113.7`)
+	}
+	return out, err
+}
+
 func parsePrefixes(s string) ([]netip.Prefix, error) {
 	var out []netip.Prefix
 	for part := range strings.SplitSeq(s, ",") {

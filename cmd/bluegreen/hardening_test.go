@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -215,6 +216,22 @@ func TestConfigHardeningVariables(t *testing.T) {
 	if fmt.Sprint(cfg.trusted) != "[10.0.0.0/8 192.168.1.5/32 fd00::/8]" || cfg.OutlierConsecutive != 0 {
 		t.Fatalf("trusted %v consecutive %d", cfg.trusted, cfg.OutlierConsecutive)
 	}
+	// Preview from private networks by default; "any" lifts the limit.
+	for _, c := range []struct{ value, want string }{
+		{"", "[127.0.0.0/8 10.0.0.0/8 172.16.0.0/12 192.168.0.0/16 100.64.0.0/10 169.254.0.0/16 ::1/128 fc00::/7 fe80::/10]"},
+		{"any", "[]"},
+		{"127.0.0.1, 203.0.113.0/24", "[127.0.0.1/32 203.0.113.0/24]"},
+		{"private,203.0.113.7", "[127.0.0.0/8 10.0.0.0/8 172.16.0.0/12 192.168.0.0/16 100.64.0.0/10 169.254.0.0/16 ::1/128 fc00::/7 fe80::/10 203.0.113.7/32]"},
+	} {
+		env := base
+		if c.value != "" {
+			env = append(slices.Clone(base), "BLUEGREEN_PREVIEW_FROM="+c.value)
+		}
+		cfg, err := loadConfig(env, nil)
+		if err != nil || fmt.Sprint(cfg.previewFrom) != c.want {
+			t.Errorf("BLUEGREEN_PREVIEW_FROM=%q: %v %v, want %s", c.value, cfg.previewFrom, err, c.want)
+		}
+	}
 	for _, kv := range []string{
 		"BLUEGREEN_TRUSTED_PROXIES=10.0.0.0/33",
 		"BLUEGREEN_TRUSTED_PROXIES=proxy.example",
@@ -222,6 +239,9 @@ func TestConfigHardeningVariables(t *testing.T) {
 		"BLUEGREEN_OUTLIER_EJECT=0s",
 		"BLUEGREEN_READ_HEADER_TIMEOUT=-1s",
 		"BLUEGREEN_PREVIEW_STRIP=maybe",
+		"BLUEGREEN_PREVIEW_FROM=privat",
+		"BLUEGREEN_PREVIEW_FROM= ,",
+		"BLUEGREEN_PREVIEW_FROM=10.0.0.0/33",
 	} {
 		_, err := loadConfig(append(base, kv), nil)
 		name, _, _ := strings.Cut(kv, "=")

@@ -160,6 +160,7 @@ Runs the proxy. Configuration comes from the environment:
   BLUEGREEN_OUTLIER_CONSECUTIVE / _EJECT  passive ejection after N failures, cool-down (default 5 / 30s)
   BLUEGREEN_TRUSTED_PROXIES    CIDRs whose X-Forwarded-* headers are kept (default none)
   BLUEGREEN_PREVIEW_STRIP      remove the preview header before forwarding (default true)
+  BLUEGREEN_PREVIEW_FROM       peers whose preview requests are honoured: private, any, or CIDRs (default private)
   BLUEGREEN_READ_HEADER_TIMEOUT  time a client gets to send its headers (default 10s)
   BLUEGREEN_PPROF              Go profiles under /debug/pprof/ on the admin listener, token
                                required: needs BLUEGREEN_ADMIN_TOKEN[_FILE] (default false)

@@ -110,7 +110,7 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, version string, re
 	}
 	traffic := pcfg.Stats
 	pcfg.Outlier = proxy.OutlierConfig{Consecutive: cfg.OutlierConsecutive, Eject: cfg.OutlierEject}
-	pcfg.TrustedProxies, pcfg.StripPreviewHeader = cfg.trusted, cfg.PreviewStrip
+	pcfg.TrustedProxies, pcfg.StripPreviewHeader, pcfg.PreviewFrom = cfg.trusted, cfg.PreviewStrip, cfg.previewFrom
 	pcfg.ClientBodyTimeout = cfg.ClientBodyTimeout
 	pcfg.ClientSendTimeout = cfg.ClientSendTimeout
 	pcfg.NetHTTPOnly = !cfg.FastPath
