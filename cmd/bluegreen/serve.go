@@ -226,7 +226,7 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, version string, re
 	go func() { serveErr <- pubSrv.Serve(pubLn) }()
 	go func() { serveErr <- adm.Serve(admLn) }()
 	edge.start(bg, &wg, serveErr)
-	wg.Go(func() { onHUP(bg, hupOf(ctx), edge, log) })
+	wg.Go(func() { onNonStop(bg, nonStopOf(ctx), edge, log) })
 	active, gen := router.Active()
 	log.Info("bluegreen serving", "listen", pubLn.Addr().String(), "admin", admLn.Addr().String(),
 		"tls", edge.addr(), "active", active, "generation", gen, "version", version, "auth", cfg.token != "", "fast_path", router.FastPath())

@@ -40,21 +40,21 @@ func hardStopOf(ctx context.Context) <-chan struct{} {
 	return hard
 }
 
-// hupKey carries, in the context given to serve, the channel on which
-// SIGHUP, SIGUSR1 and SIGUSR2 arrive.
-type hupKey struct{}
+// nonStopKey carries, in the context given to serve, the channel of the
+// signals that stop nothing: SIGHUP and ignoredSignals.
+type nonStopKey struct{}
 
-// hupOf returns the SIGHUP channel set by notifyStop; nil (never) without
+// nonStopOf returns that channel, set by notifyStop; nil (never) without
 // one, as for a serve called in a test's process.
-func hupOf(ctx context.Context) <-chan os.Signal {
-	hup, _ := ctx.Value(hupKey{}).(<-chan os.Signal)
-	return hup
+func nonStopOf(ctx context.Context) <-chan os.Signal {
+	c, _ := ctx.Value(nonStopKey{}).(<-chan os.Signal)
+	return c
 }
 
 // notifyStop returns a context that ends at the first SIGTERM, SIGINT or
 // SIGQUIT (nginx's graceful stop, which Go would answer with a stack dump
 // and an exit at once) and carries (see withHardStop) a channel closed at
-// the second one, and the channel of SIGHUP (hupOf), which stops nothing:
+// the second one, and the channel of SIGHUP (nonStopOf), which stops nothing:
 // a closing terminal sends it, and so does an operator used to nginx's
 // reload, and Go's default would end the process at once; so does Go's
 // default for SIGUSR1 and SIGUSR2 (ignoredSignals), so they come on the
@@ -71,7 +71,7 @@ func notifyStop(parent context.Context) (ctx context.Context, stop func()) {
 	signal.Notify(hup, append([]os.Signal{syscall.SIGHUP}, ignoredSignals...)...)
 	pipe := make(chan os.Signal, 1) // never read: Notify drops what does not fit
 	signal.Notify(pipe, syscall.SIGPIPE)
-	parent = context.WithValue(parent, hupKey{}, (<-chan os.Signal)(hup))
+	parent = context.WithValue(parent, nonStopKey{}, (<-chan os.Signal)(hup))
 	graceful, cancel := context.WithCancel(parent)
 	hard := make(chan struct{})
 	done := make(chan struct{})
@@ -235,16 +235,17 @@ func validateShutdown(cfg Config, bad func(name, value, expected string)) {
 	}
 }
 
-// onHUP answers SIGHUP until ctx ends: the TLS listener's certificate
-// files are read again (edge.reload); without one there is nothing to
-// reload (the configuration is read at start) and it is only logged.
-// SIGUSR1 and SIGUSR2 are logged as ignored.
-func onHUP(ctx context.Context, hup <-chan os.Signal, edge *tlsEdge, log *slog.Logger) {
+// onNonStop answers the signals that stop nothing until ctx ends. On
+// SIGHUP the TLS listener's certificate files are read again
+// (edge.reload); without one there is nothing to reload (the configuration
+// is read at start) and it is only logged. The others are logged as
+// ignored.
+func onNonStop(ctx context.Context, sigs <-chan os.Signal, edge *tlsEdge, log *slog.Logger) {
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case sig := <-hup:
+		case sig := <-sigs:
 			if sig != syscall.SIGHUP {
 				log.Info("signal ignored: the log goes to standard error, with no file to reopen, and a new version is a new process; SIGHUP reloads the TLS certificate, SIGTERM stops",
 					"signal", signalName(sig))
