@@ -296,6 +296,9 @@ func (d *directConns) exchange(c *directConn, req *http.Request) (res *http.Resp
 		if code < 100 {
 			return nil, notStale, errStatus(code)
 		}
+		if err = badFieldName(res.Header); err != nil {
+			return nil, notStale, err
+		}
 		if code >= 200 {
 			if v := res.Header["Keep-Alive"]; len(v) > 0 {
 				d.limit.KeepAlive([]byte(v[0]))

@@ -415,3 +415,29 @@ func badAnswerOnEveryCodec(t *testing.T, url string, max1xx int) {
 		t.Errorf("instance errors %v, want %d of kind other", byKind, len(cases))
 	}
 }
+
+// An answer field whose name is not a token (a space inside it or before
+// its colon) is the instance's malformed answer on every codec, a 502
+// charged to it, as nginx answers "upstream sent invalid header": Go's
+// lenient response parser kept such a field under its odd name, and
+// net/http's server then dropped it on the way out, so on the net/http
+// path "Content-Length : 2" left the answer without its length, read
+// until the instance closed, while the fast codec and HTTP/2 answered 502.
+func TestMalformedResponseFieldName(t *testing.T) {
+	for _, c := range []struct{ name, head string }{
+		{"space before the colon", "HTTP/1.1 200 OK\r\nContent-Length : 2\r\n\r\nok"},
+		{"space in the name", "HTTP/1.1 200 OK\r\nX Bad: 1\r\nContent-Length: 2\r\n\r\nok"},
+		{"in an informational answer", "HTTP/1.1 103 Early Hints\r\nX Bad: 1\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"},
+	} {
+		head := c.head
+		t.Run(c.name, func(t *testing.T) {
+			inst := newRawInstance(t, func(c net.Conn, _ *bufio.Reader, _ *http.Request, _ []byte) bool {
+				_, err := io.WriteString(c, head)
+				return err == nil // and the connection stays open
+			})
+			// ReverseProxy relays an informational answer before the
+			// Transport's hook fails it.
+			badAnswerOnEveryCodec(t, inst.URL, 1)
+		})
+	}
+}

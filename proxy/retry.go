@@ -9,6 +9,8 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/net/http/httpguts"
+
 	"github.com/cryoprotect/bluegreen/proxy/h1"
 )
 
@@ -79,13 +81,34 @@ func (b *Backend) roundTrip(base http.RoundTripper, req *http.Request) (*http.Re
 	} else {
 		res, err = base.RoundTrip(req)
 	}
-	if err == nil && res.StatusCode < 100 {
+	if err != nil {
+		return nil, err
+	}
+	if res.StatusCode < 100 {
 		// Go's client takes "099" or "000" for a final answer, and its
 		// server panics on writing it: the instance's malformed answer.
 		res.Body.Close()
 		return nil, errStatus(res.StatusCode)
 	}
-	return res, err
+	if err := badFieldName(res.Header); err != nil {
+		res.Body.Close()
+		return nil, err
+	}
+	return res, nil
+}
+
+// badFieldName fails an answer with a field whose name is not a token,
+// as the fast codec and HTTP/2 do: Go's response parser keeps a name
+// with a space in it or before its colon ("Content-Length : 2"), and
+// net/http's server drops it on the way out, which could leave the
+// client an answer without its length, read until the instance closes.
+func badFieldName(h http.Header) error {
+	for name := range h {
+		if !httpguts.ValidHeaderFieldName(name) {
+			return fmt.Errorf("proxy: the instance's answer has a malformed field name %q", name)
+		}
+	}
+	return nil
 }
 
 // errStatus is an answer whose status code is below 100: 502, charged

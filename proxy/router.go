@@ -443,15 +443,16 @@ func (rt *Router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // context before ReverseProxy adds its own hook: httptrace calls the hook
 // added later first and returns the result of the one added earlier, so
 // this one's error is what the Transport sees. One count per request,
-// across its attempts.
+// across its attempts. A malformed field name fails an informational
+// answer as it fails a final one (badFieldName).
 func limitInformational(ctx context.Context) context.Context {
 	n := 0
 	return httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{
-		Got1xxResponse: func(int, textproto.MIMEHeader) error {
+		Got1xxResponse: func(_ int, h textproto.MIMEHeader) error {
 			if n++; n > h1.MaxInformational {
 				return h1.ErrTooMany1xx
 			}
-			return nil
+			return badFieldName(http.Header(h))
 		},
 	})
 }
