@@ -11,6 +11,7 @@ import (
 	"net/http/httptrace"
 	"net/netip"
 	"net/textproto"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -439,5 +440,38 @@ func TestMalformedResponseFieldName(t *testing.T) {
 			// Transport's hook fails it.
 			badAnswerOnEveryCodec(t, inst.URL, 1)
 		})
+	}
+}
+
+// A request with an empty Host (RFC 9112 allows one when the target has
+// no authority) reaches the instance with the instance's own address as
+// Host on both HTTP/1.1 codecs, as a request without a Host does (Go's
+// client, on the net/http path, cannot send an empty one): the fast codec
+// passed it on empty, so one request reached the app two ways.
+func TestEmptyHost(t *testing.T) {
+	be := newRecorder(t)
+	f := newFixture(t, []string{be.URL}, []string{be.URL}, nil)
+	ff := startFast(t, f.rt, nil)
+	want := hostOf(t, be.URL)
+	for _, front := range []struct{ name, addr string }{{"net/http", hostOf(t, f.front.URL)}, {"fast", ff.addr}} {
+		for _, req := range []string{
+			"GET / HTTP/1.1\r\nHost:\r\n\r\n",
+			"GET / HTTP/1.1\r\nHost: \t\r\nX-A: 1\r\n\r\n",
+			"GET / HTTP/1.0\r\n\r\n",
+		} {
+			be.last.Store(nil)
+			rc := dialRaw(t, front.addr)
+			rc.send(req)
+			res, body := rc.mustRead("GET")
+			rc.nc.Close()
+			seen := be.last.Load()
+			if res.StatusCode != http.StatusOK || seen == nil || seen.Host != want {
+				host := "(no request)"
+				if seen != nil {
+					host = strconv.Quote(seen.Host)
+				}
+				t.Errorf("%s: %q: %s %q; the instance saw Host %s, want %q", front.name, req, res.Status, body, host, want)
+			}
+		}
 	}
 }

@@ -78,6 +78,7 @@ type headState struct {
 	nConnTokens   int
 	hosts         int
 	userinfo      bool // a Host with '@'
+	emptyHost     bool // a Host without a value
 	sse           bool
 	hasDate       bool
 	upgrade       bool   // an Upgrade field
@@ -177,9 +178,11 @@ func (h *Head) ParseRequest(b []byte) error {
 	// Upgrades (WebSocket), expectations other than one Expect:
 	// 100-continue (it answers 417) and chunked bodies are net/http's; so
 	// are duplicate Content-Length fields (it drops the copies), a missing
-	// or repeated Host (it answers 400), and a Connection field naming
+	// or repeated Host (it answers 400), an empty Host (its client sends
+	// the instance's address instead, as for a request without one: the
+	// fast codec would pass it empty), and a Connection field naming
 	// other fields (it drops them without letting that touch the framing).
-	if h.te > 0 || h.nCL > 1 || h.hosts != 1 || h.upgrade || h.expects > 1 || h.expects == 1 && !h.continue100 || h.nConnTokens > 0 {
+	if h.te > 0 || h.nCL > 1 || h.hosts != 1 || h.emptyHost || h.upgrade || h.expects > 1 || h.expects == 1 && !h.continue100 || h.nConnTokens > 0 {
 		return errFallback
 	}
 	return nil
@@ -289,6 +292,7 @@ func (h *Head) parseFields(b []byte) bool {
 				return false // net/http answers 400
 			}
 			h.userinfo = h.userinfo || bytes.IndexByte(v, '@') >= 0
+			h.emptyHost = h.emptyHost || len(v) == 0
 		case fContentLength:
 			n, ok := parseDecimal(v)
 			if !ok || (h.nCL > 0 && n != h.contentLength) {
