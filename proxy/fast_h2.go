@@ -440,6 +440,9 @@ func (h *h2Handler) relay(st *h2.Stream, x *h2Scratch, uc *h1.UpConn, b *Backend
 	fields = h.appendCommon(fields, setCookie)
 	x.fields = fields
 	body := uc.StartBody(res, st.Method == http.MethodHead)
+	if !body.Stream {
+		uc.BodyStall(rt.respHeaderTimeout) // an event stream may be quiet
+	}
 	var ending *h2StreamEnd
 	graced := false // an ending waits for the rest of a chunk
 	if body.Stream {

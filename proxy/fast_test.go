@@ -2010,7 +2010,8 @@ func TestFastMixedRequestsOnOneConnection(t *testing.T) {
 // ResponseHeaderTimeout gets the client a 504 soon after it (the watch
 // over waiting requests ends the wait), its connection is not reused, and
 // the next request is served; an answer whose head came in time is not
-// cut while its body comes slowly past the timeout.
+// cut while its body comes slowly past the timeout, its pauses each
+// shorter than it (a longer one is cut: TestAnswerBodyStall).
 func TestFastResponseHeaderTimeout(t *testing.T) {
 	blue := newRawInstance(t, func(c net.Conn, _ *bufio.Reader, r *http.Request, _ []byte) bool {
 		switch r.URL.Path {
@@ -2020,9 +2021,13 @@ func TestFastResponseHeaderTimeout(t *testing.T) {
 			if _, err := io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nfirst"); err != nil {
 				return false
 			}
-			time.Sleep(700 * time.Millisecond)
-			_, err := io.WriteString(c, "-last")
-			return err == nil
+			for _, piece := range []string{"-", "la", "st"} {
+				time.Sleep(150 * time.Millisecond) // each pause within the timeout, all of them past it
+				if _, err := io.WriteString(c, piece); err != nil {
+					return false
+				}
+			}
+			return true
 		}
 		_, err := io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
 		return err == nil

@@ -373,6 +373,27 @@ func TestEndlessInformationalAnswers(t *testing.T) {
 	badAnswerOnEveryCodec(t, inst.URL, h1.MaxInformational+1)
 }
 
+// codecCase is a request through one of the proxy's codecs.
+type codecCase struct {
+	name, url, method string
+	client            *http.Client
+}
+
+// everyCodec starts a fast and an HTTP/2 front for f's Router and returns
+// a request for each way a request reaches an instance: a GET through the
+// fast codec, a GET and a POST through net/http (the direct leg and the
+// Transport) and a GET over HTTP/2.
+func everyCodec(t *testing.T, f *fixture) []codecCase {
+	ff := startFast(t, f.rt, nil)
+	h2 := startH2(t, f.rt, nil)
+	return []codecCase{
+		{"fast", ff.url, "GET", http.DefaultClient},
+		{"net/http GET", f.front.URL, "GET", http.DefaultClient},
+		{"net/http POST", f.front.URL, "POST", http.DefaultClient},
+		{"HTTP/2", h2.url, "GET", h2Client(t)},
+	}
+}
+
 // badAnswerOnEveryCodec sends a GET through the fast codec, a GET and a
 // POST through net/http (the direct leg and the Transport) and a GET over
 // HTTP/2 to an instance at url whose answers are all malformed, and wants
@@ -381,17 +402,7 @@ func TestEndlessInformationalAnswers(t *testing.T) {
 func badAnswerOnEveryCodec(t *testing.T, url string, max1xx int) {
 	t.Helper()
 	f := newFixture(t, []string{url}, []string{url}, nil)
-	ff := startFast(t, f.rt, nil)
-	h2 := startH2(t, f.rt, nil)
-	cases := []struct {
-		name, url, method string
-		client            *http.Client
-	}{
-		{"fast", ff.url, "GET", http.DefaultClient},
-		{"net/http GET", f.front.URL, "GET", http.DefaultClient},
-		{"net/http POST", f.front.URL, "POST", http.DefaultClient},
-		{"HTTP/2", h2.url, "GET", h2Client(t)},
-	}
+	cases := everyCodec(t, f)
 	for _, c := range cases {
 		var body io.Reader
 		if c.method == "POST" {

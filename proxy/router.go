@@ -13,6 +13,7 @@ import (
 	"net/netip"
 	"net/textproto"
 	"net/url"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -672,7 +673,7 @@ func (b *Backend) modifyResponse(res *http.Response) error {
 	} else if res.ContentLength < 0 && strings.HasPrefix(res.Header.Get("Content-Type"), "text/event-stream") {
 		res.Body = p.streams.trackEventStream(res.Body)
 	} else if res.Body != nil && res.Body != http.NoBody {
-		res.Body = &instanceBody{ReadCloser: res.Body, b: b, ctx: res.Request.Context()}
+		res.Body = &instanceBody{ReadCloser: res.Body, b: b, ctx: res.Request.Context(), stall: b.rt.respHeaderTimeout}
 	}
 	return nil
 }
@@ -680,15 +681,35 @@ func (b *Backend) modifyResponse(res *http.Response) error {
 // instanceBody charges an instance with a response body it breaks off (a
 // reset or an early close after the head was relayed), as the fast codec
 // does; a read ended because the client left is not the instance's doing.
+// A read that waits longer than stall (the upstream timeout; 0: no limit)
+// for the instance's next bytes closes the body and fails with
+// h1.ErrBodyStalled, the instance's timeout, as on the fast codecs: a
+// timer per read, on this path only (event streams are eventBody).
 type instanceBody struct {
 	io.ReadCloser
 	b       *Backend
 	ctx     context.Context
 	charged bool
+	stall   time.Duration
+	timer   *time.Timer
+	stalled atomic.Bool
 }
 
 func (ib *instanceBody) Read(p []byte) (int, error) {
+	if ib.stall > 0 {
+		if ib.timer == nil {
+			ib.timer = time.AfterFunc(ib.stall, ib.cut)
+		} else {
+			ib.timer.Reset(ib.stall)
+		}
+	}
 	n, err := ib.ReadCloser.Read(p)
+	if ib.timer != nil {
+		ib.timer.Stop()
+	}
+	if err != nil && err != io.EOF && ib.stalled.Load() {
+		err = fmt.Errorf("%w: %w", h1.ErrBodyStalled, os.ErrDeadlineExceeded)
+	}
 	// Once the client's request is done (it left), a failed read is the
 	// proxy closing the instance's connection, not the instance failing.
 	if err != nil && err != io.EOF && !ib.charged && ib.ctx.Err() == nil {
@@ -698,6 +719,19 @@ func (ib *instanceBody) Read(p []byte) (int, error) {
 		}
 	}
 	return n, err
+}
+
+// cut ends a read that waited too long: closing the body wakes it.
+func (ib *instanceBody) cut() {
+	ib.stalled.Store(true)
+	_ = ib.ReadCloser.Close()
+}
+
+func (ib *instanceBody) Close() error {
+	if ib.timer != nil {
+		ib.timer.Stop()
+	}
+	return ib.ReadCloser.Close()
 }
 
 // statusRecorder remembers the status and carries the request's outcome. It unwraps so

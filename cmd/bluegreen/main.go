@@ -153,7 +153,7 @@ Runs the proxy. Configuration comes from the environment:
   BLUEGREEN_PREVIEW_COOKIE     preview cookie (default bluegreen_preview)
   BLUEGREEN_BALANCE            round-robin|least-inflight (default round-robin)
   BLUEGREEN_UPSTREAM_IDLE_TIMEOUT  idle upstream connections are closed after this (default 30s)
-  BLUEGREEN_UPSTREAM_TIMEOUT   limit on an instance's time to answer (head of the response) and to take the next byte of a request body; 504 after it (default 60s, 0: none)
+  BLUEGREEN_UPSTREAM_TIMEOUT   limit on an instance's time to answer (head of the response; 504 after it), to take the next byte of a request body (504) and to send the next byte of an answer's body (cut; event streams exempt) (default 60s, 0: none)
   BLUEGREEN_CLIENT_BODY_TIMEOUT  most time between two reads of a request body; 408 after it (default 60s)
   BLUEGREEN_CLIENT_SEND_TIMEOUT  most time a client may take no byte of its answer; its connection is cut after it (default 60s)
   BLUEGREEN_REPLICA_ID         name shown in status (default the host name)

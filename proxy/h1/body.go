@@ -18,9 +18,9 @@ func (c *Conn) fillUp(uc *UpConn) error {
 			return nil // reported through c.out.err
 		}
 	}
-	err := uc.cr.fill()
+	err := uc.fillBody()
 	if err != nil && c.midChunkEnd(uc, err) {
-		err = uc.cr.fill() // the rest of the chunk, within endGrace (drainend.go)
+		err = uc.fillBody() // the rest of the chunk, within endGrace (drainend.go)
 	}
 	return err
 }
@@ -79,15 +79,23 @@ func (c *Conn) copyLength(uc *UpConn, n int64) error {
 	if c.out.err != nil {
 		return nil
 	}
-	return c.spliceOut(sp, n-int64(b))
+	return c.spliceOut(uc, sp, n-int64(b))
 }
 
 // spliceOut moves n bytes of a response body from the instance to the
 // client. As with copyN, a failure of the instance's side is returned and
 // one of the client's is left in c.out.err.
-func (c *Conn) spliceOut(sp *splicer, n int64) error {
+func (c *Conn) spliceOut(uc *UpConn, sp *splicer, n int64) error {
 	for n > 0 {
-		got, err := sp.drain(int(min(n, spliceMax)))
+		var got int
+		var err error
+		if uc.stall > 0 {
+			uc.armStall()
+			got, err = sp.drain(int(min(n, spliceMax)))
+			err = uc.disarmStall(err)
+		} else {
+			got, err = sp.drain(int(min(n, spliceMax)))
+		}
 		if err != nil {
 			return err
 		}

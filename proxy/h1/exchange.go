@@ -608,6 +608,10 @@ func (c *Conn) RelayBody(r *Response, uc *UpConn, u *Upstream) (keep bool, err e
 	if r.framing != bodyNone {
 		c.waiting.Store(waitBody)
 	}
+	uc.stall = 0
+	if !r.Stream {
+		uc.stall = c.s.ResponseHeaderTimeout
+	}
 	switch r.framing {
 	case bodyLength:
 		err = c.copyLength(uc, r.length)

@@ -143,6 +143,7 @@ type LegBody struct {
 // returns the reader of its body; head: the request was HEAD.
 func (c *UpConn) StartBody(res *Head, head bool) LegBody {
 	b := LegBody{uc: c}
+	c.stall = 0
 	b.framing, b.rem, b.upKeep = res.bodyFraming(head)
 	b.Stream = res.sse && b.framing != bodyLength
 	b.done = b.framing == bodyNone
@@ -195,7 +196,7 @@ func (b *LegBody) Next() ([]byte, error) {
 			return b.take(true)
 		case bodyUntilClose:
 			if cr.buffered() == 0 {
-				if err := cr.fill(); err != nil {
+				if err := b.uc.fillBody(); err != nil {
 					if err == io.EOF {
 						b.done = true
 						continue
@@ -243,7 +244,7 @@ func (b *LegBody) Next() ([]byte, error) {
 func (b *LegBody) take(exact bool) ([]byte, error) {
 	cr := b.uc.cr
 	if cr.buffered() == 0 {
-		if err := cr.fill(); err != nil {
+		if err := b.uc.fillBody(); err != nil {
 			if err == io.EOF {
 				err = io.ErrUnexpectedEOF
 			}
@@ -276,7 +277,7 @@ func (b *LegBody) line() ([]byte, error) {
 		if len(p) > maxChunkLine {
 			return nil, errors.New("malformed chunked body: line too long")
 		}
-		if err := cr.fill(); err != nil {
+		if err := b.uc.fillBody(); err != nil {
 			if err == io.EOF {
 				err = io.ErrUnexpectedEOF
 			}

@@ -67,7 +67,8 @@ type Server struct {
 	// ResponseHeaderTimeout bounds the wait for an instance's response
 	// head, to within 100ms after it (watchEvery), and how long an
 	// instance may go without taking a byte of a request body it is sent
-	// (sendStall); 0: none.
+	// (sendStall) or without sending a byte of an answer's body once its
+	// head has come (UpConn.BodyStall; event streams excepted); 0: none.
 	ResponseHeaderTimeout time.Duration
 	// Trusted reports whether a peer's forwarding headers are kept; nil:
 	// none is.

@@ -72,7 +72,7 @@ func BenchmarkRelayLength(b *testing.B) {
 						err = c.copyN(uc, int64(size))
 					} else if sp := newSplicer(upSide, downSide); sp != nil {
 						// The whole body by splice, nothing buffered first.
-						err = c.spliceOut(sp, int64(size))
+						err = c.spliceOut(uc, sp, int64(size))
 						sp.close()
 					} else {
 						b.Skip("no splice here")

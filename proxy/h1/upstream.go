@@ -2,6 +2,7 @@ package h1
 
 import (
 	"errors"
+	"fmt"
 	"net"
 	"strings"
 	"sync/atomic"
@@ -50,6 +51,47 @@ type UpConn struct {
 	// settled: the client of its exchange left, and the answer was read
 	// to its end within the abandon's grace (Conn.ReadResponseHead).
 	settled bool
+	// stall: the most the instance may go without sending a byte of the
+	// answer's body being read (BodyStall); 0: no limit.
+	stall time.Duration
+}
+
+// ErrBodyStalled fails the read of an answer's body whose instance sent
+// no byte of it for the exchange's limit (UpConn.BodyStall): the
+// instance's timeout. It comes wrapped with the read's deadline error.
+var ErrBodyStalled = errors.New("the instance sent no byte of its answer's body within the upstream timeout")
+
+// BodyStall sets how long the instance may go without sending a byte of
+// the answer's body being read: a read that waits longer fails with
+// ErrBodyStalled (0: no limit). StartBody clears it; a relay of an event
+// stream, whose quiet is its normal state, does not set it.
+func (c *UpConn) BodyStall(d time.Duration) { c.stall = d }
+
+// fillBody is cr.fill for an answer's body, within the stall limit.
+func (c *UpConn) fillBody() error {
+	if c.stall <= 0 {
+		return c.cr.fill()
+	}
+	c.armStall()
+	err := c.cr.fill()
+	return c.disarmStall(err)
+}
+
+// armStall sets the read deadline of a wait for body bytes; disarmStall
+// clears it and names a timeout for what it is. An abandon's deadline,
+// set meanwhile from another goroutine, is kept (keepAbandoned).
+func (c *UpConn) armStall() {
+	_ = c.nc.SetReadDeadline(time.Now().Add(c.stall))
+	c.keepAbandoned()
+}
+
+func (c *UpConn) disarmStall(err error) error {
+	_ = c.nc.SetReadDeadline(time.Time{})
+	c.keepAbandoned()
+	if err != nil && isTimeout(err) && c.abandoned.Load() == 0 {
+		return fmt.Errorf("%w: %w", ErrBodyStalled, err)
+	}
+	return err
 }
 
 // ErrStaleConn: a pooled instance connection taken by GetUnchecked was
