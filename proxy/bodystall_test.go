@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/cryoprotect/bluegreen/proxy/stats"
 )
 
 // An instance that stops sending an answer's body it has begun gets the
@@ -17,7 +19,10 @@ import (
 // client, which has the head and part of the body, sees an incomplete
 // answer instead of waiting for as long as the instance holds its
 // connection, and a client that gave up first was counted as gone, the
-// stalled instance never charged.
+// stalled instance never charged. The request is evidence against the
+// colour in the traffic statistics (rollout analysis, the status page),
+// as a 5xx is: a release that breaks its answers off passed a rollout's
+// analysis with no error counted.
 func TestAnswerBodyStall(t *testing.T) {
 	const stall = 300 * time.Millisecond
 	bodies := []struct{ name, head, part string }{
@@ -35,7 +40,11 @@ func TestAnswerBodyStall(t *testing.T) {
 				_, _ = io.Copy(io.Discard, c) // and nothing more, until the proxy closes
 				return false
 			})
-			f := newFixture(t, []string{inst.URL}, []string{inst.URL}, func(c *Config) { c.Upstream.ResponseHeaderTimeout = stall })
+			rec := stats.New([]string{"blue", "green"}, nil)
+			f := newFixture(t, []string{inst.URL}, []string{inst.URL}, func(c *Config) {
+				c.Upstream.ResponseHeaderTimeout = stall
+				c.Stats = rec
+			})
 			cases := everyCodec(t, f)
 			for _, c := range cases {
 				var body io.Reader
@@ -64,6 +73,9 @@ func TestAnswerBodyStall(t *testing.T) {
 			}
 			if _, byKind := sumMetric(t, f.reg, "bluegreen_upstream_errors_total", "kind"); byKind[KindTimeout] != float64(len(cases)) {
 				t.Errorf("instance errors %v, want %d of kind timeout", byKind, len(cases))
+			}
+			if w := rec.Window("blue", time.Now().Add(-time.Minute)); w.Requests != int64(len(cases)) || w.InstanceErrors != int64(len(cases)) {
+				t.Errorf("blue's traffic: %d requests, %d instance errors; want %d of each", w.Requests, w.InstanceErrors, len(cases))
 			}
 		})
 	}

@@ -239,6 +239,7 @@ func (h fastHandler) relay(c *h1.Conn, x *h1.Exchange, uc *h1.UpConn, b *Backend
 		// instance broke its answer: charged to it like any failed attempt.
 		_, kind := classify(err)
 		b.errs.inc(kind)
+		o.broken = true
 		h.rt.log.Warn("upstream error in the response body", "color", o.pool.color, "instance", b.name,
 			"method", o.method, "kind", kind, "err", err)
 	}

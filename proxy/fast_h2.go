@@ -543,6 +543,7 @@ func (h *h2Handler) relay(st *h2.Stream, x *h2Scratch, uc *h1.UpConn, b *Backend
 		uc.Close()
 		_, kind := classify(err)
 		b.errs.inc(kind)
+		o.broken = true
 		rt.log.Warn("upstream error in the response body", "color", o.pool.color, "instance", b.name,
 			"method", o.method, "kind", kind, "err", err)
 		st.Reset(http2.ErrCodeInternal)

@@ -5,6 +5,8 @@ import (
 	"log/slog"
 	"net/http"
 	"time"
+
+	"github.com/cryoprotect/bluegreen/proxy/stats"
 )
 
 // The request pipeline, the same for both codecs (the fast HTTP/1.1 codec
@@ -51,9 +53,28 @@ type outcome struct {
 	kind      string // the client error kind or the instance error kind
 	err       error
 	longLived bool // an upgrade or an event stream: its duration is not a response time
+	// broken: the instance broke off its answer's body after the head was
+	// relayed (a reset, an early close, a stall past the upstream
+	// timeout). The client keeps the status it got, but the request is
+	// evidence against the colour, as a 5xx is (proxy/stats).
+	broken bool
 	// clientCounted: the client's fault was counted where it was found (an
 	// HTTP/2 protocol violation, by the codec), not again by finish.
 	clientCounted bool
+}
+
+// evidence is what the request says of its colour, for the traffic
+// statistics that rollout analysis and the status page read: an
+// instance's fault for a 5xx or a body the instance broke off, the
+// client's for a 499, nothing for the proxy's own failures.
+func (o *outcome) evidence() stats.Fault {
+	switch {
+	case o.fault == localFault:
+		return stats.FaultNone // no evidence against the colour
+	case o.broken && o.fault == noFault:
+		return stats.FaultInstance
+	}
+	return stats.FaultOf(o.status)
 }
 
 // fail records the verdict on a failed request in o.
@@ -85,11 +106,11 @@ func (rt *Router) finish(o *outcome) {
 		}
 	}
 	if o.b == nil {
-		rt.record(p, o.status, o.fault, time.Time{}, -1, true)
+		rt.record(p, o.status, o.evidence(), time.Time{}, -1, true)
 		return
 	}
 	elapsed := p.end(o.b, o.start, o.longLived)
-	rt.record(p, o.status, o.fault, o.start, elapsed, o.longLived)
+	rt.record(p, o.status, o.evidence(), o.start, elapsed, o.longLived)
 	if rt.access != nil {
 		inst := o.inst
 		if inst == nil {

@@ -43,7 +43,10 @@ func (t *backendTransport) RoundTrip(req *http.Request) (*http.Response, error) 
 		b.observe(res.StatusCode)
 		return res, nil
 	}
-	body, _ := req.Context().Value(clientBodyKey{}).(*clientBody)
+	var body *clientBody
+	if rec, _ := req.Context().Value(recorderKey{}).(*statusRecorder); rec != nil {
+		body = rec.body
+	}
 	for try := 0; ; try++ {
 		if body != nil && body.err != nil {
 			err = body.err // the client's body failed the attempt
@@ -117,8 +120,11 @@ func errStatus(code int) error {
 	return fmt.Errorf("proxy: the instance answered with status code %03d", code)
 }
 
-// clientBodyKey finds a request's clientBody in its context.
-type clientBodyKey struct{}
+// recorderKey finds a request's statusRecorder in its context: the
+// attempt loop takes the client's body from it (ReverseProxy hides the
+// body behind a wrapper that a failed attempt closes for good), and an
+// answer's body tells it when the instance broke the body off.
+type recorderKey struct{}
 
 // clientBody is a request body on the net/http codec: it gives the client
 // ClientBodyTimeout between two reads and remembers a failure on the

@@ -413,10 +413,8 @@ func (rt *Router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.Body != nil && r.Body != http.NoBody {
 		rec.body = &clientBody{rc: r.Body, ctl: http.NewResponseController(w), timeout: rt.clientBodyTimeout}
 		r.Body = rec.body
-		// The attempt loop finds it here: ReverseProxy hides it behind a
-		// wrapper that a failed attempt closes for good.
-		r = r.WithContext(context.WithValue(r.Context(), clientBodyKey{}, rec.body))
 	}
+	r = r.WithContext(context.WithValue(r.Context(), recorderKey{}, rec))
 	if !directable(r) {
 		r = r.WithContext(limitInformational(r.Context()))
 	}
@@ -673,7 +671,9 @@ func (b *Backend) modifyResponse(res *http.Response) error {
 	} else if res.ContentLength < 0 && strings.HasPrefix(res.Header.Get("Content-Type"), "text/event-stream") {
 		res.Body = p.streams.trackEventStream(res.Body)
 	} else if res.Body != nil && res.Body != http.NoBody {
-		res.Body = &instanceBody{ReadCloser: res.Body, b: b, ctx: res.Request.Context(), stall: b.rt.respHeaderTimeout}
+		ctx := res.Request.Context()
+		rec, _ := ctx.Value(recorderKey{}).(*statusRecorder)
+		res.Body = &instanceBody{ReadCloser: res.Body, b: b, ctx: ctx, rec: rec, stall: b.rt.respHeaderTimeout}
 	}
 	return nil
 }
@@ -689,6 +689,7 @@ type instanceBody struct {
 	io.ReadCloser
 	b       *Backend
 	ctx     context.Context
+	rec     *statusRecorder // the request's, for outcome.broken; nil when the Router's ServeHTTP did not start it
 	charged bool
 	stall   time.Duration
 	timer   *time.Timer
@@ -716,6 +717,9 @@ func (ib *instanceBody) Read(p []byte) (int, error) {
 		if v := judge(ib.ctx, err); v.fault == instanceFault {
 			ib.charged = true
 			ib.b.errs.inc(v.kind)
+			if ib.rec != nil {
+				ib.rec.o.broken = true
+			}
 		}
 	}
 	return n, err

@@ -7,19 +7,16 @@ import (
 )
 
 // record counts a finished request of p in Config.Stats, if any: status is
-// what the client got, start and elapsed when it started and how long it
-// took (a zero start means "now"). The latency of a long-lived request is
-// not a response time and is left out.
-func (rt *Router) record(p *Pool, status int, f fault, start time.Time, elapsed time.Duration, longLived bool) {
+// what the client got, sf whose fault its failure was (outcome.evidence),
+// start and elapsed when it started and how long it took (a zero start
+// means "now"). The latency of a long-lived request is not a response time
+// and is left out.
+func (rt *Router) record(p *Pool, status int, sf stats.Fault, start time.Time, elapsed time.Duration, longLived bool) {
 	if rt.stats == nil {
 		return
 	}
 	if longLived {
 		elapsed = -1
-	}
-	sf := stats.FaultOf(status)
-	if f == localFault {
-		sf = stats.FaultNone // the proxy's own: no evidence against the colour
 	}
 	if start.IsZero() {
 		rt.stats.Record(p.color, status, elapsed, sf)
