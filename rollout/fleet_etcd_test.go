@@ -10,6 +10,7 @@ import (
 	"regexp"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -53,7 +54,9 @@ func startReplica(t *testing.T, spec, id string, campaign bool) *replica {
 		t.Fatal(err)
 	}
 	r := &replica{id: id, store: es, rec: stats.New(colors[:], time.Now), router: &weighted{}}
-	var ctl *rollout.Controller
+	// The election's callback may run before the controller exists, on
+	// the election's goroutine.
+	var ctlOf atomic.Pointer[rollout.Controller]
 	cfg := rollout.Config{
 		Colors: colors, InitialColor: blue, HistoryLimit: 100,
 		Stats: rollout.RecorderStats{R: r.rec}, AnalysisEvery: fleetEvery,
@@ -62,7 +65,7 @@ func startReplica(t *testing.T, spec, id string, campaign bool) *replica {
 	}
 	if campaign {
 		r.lead = es.Elect(ctx, id, fleetTTL, func(bool) {
-			if ctl != nil {
+			if ctl := ctlOf.Load(); ctl != nil {
 				ctl.LeaderChanged()
 			}
 		})
@@ -73,10 +76,11 @@ func startReplica(t *testing.T, spec, id string, campaign bool) *replica {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctl, err = rollout.New(cfg, es, r.router, newFakeHealth(), m, testLogger(t).With("replica", id), time.Now)
+	ctl, err := rollout.New(cfg, es, r.router, newFakeHealth(), m, testLogger(t).With("replica", id), time.Now)
 	if err != nil {
 		t.Fatal(err)
 	}
+	ctlOf.Store(ctl)
 	if err := ctl.Init(ctx); err != nil {
 		t.Fatal(err)
 	}
