@@ -234,11 +234,9 @@ func (h fastHandler) relay(c *h1.Conn, x *h1.Exchange, uc *h1.UpConn, b *Backend
 		// The client left before it had the whole answer: its doing.
 		o.status, o.fault, o.kind = 499, clientFault, ClientGone
 	}
-	if err != nil {
+	if kind := b.bodyEnded(r.Code, err, c.AnswerCut()); err != nil {
 		// The head was relayed, so the client keeps its status, but the
 		// instance broke its answer: charged to it like any failed attempt.
-		_, kind := classify(err)
-		b.errs.inc(kind)
 		o.broken = true
 		h.rt.log.Warn("upstream error in the response body", "color", o.pool.color, "instance", b.name,
 			"method", o.method, "kind", kind, "err", err)

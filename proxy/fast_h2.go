@@ -511,6 +511,7 @@ func (h *h2Handler) relay(st *h2.Stream, x *h2Scratch, uc *h1.UpConn, b *Backend
 		// A drain or shutdown ended the event stream: a clean end at a
 		// chunk boundary, else (the chunk did not complete within
 		// endGrace) a reset. Nobody is charged.
+		b.bodyEnded(code, nil, false)
 		uc.Close()
 		switch {
 		case err != nil && !body.AtBoundary():
@@ -541,15 +542,16 @@ func (h *h2Handler) relay(st *h2.Stream, x *h2Scratch, uc *h1.UpConn, b *Backend
 		// instance broke its answer: charged to it, and the stream is
 		// reset so the client sees the answer is incomplete.
 		uc.Close()
-		_, kind := classify(err)
-		b.errs.inc(kind)
+		kind := b.bodyEnded(code, err, false)
 		o.broken = true
 		rt.log.Warn("upstream error in the response body", "color", o.pool.color, "instance", b.name,
 			"method", o.method, "kind", kind, "err", err)
 		st.Reset(http2.ErrCodeInternal)
 	case x.early:
+		b.bodyEnded(code, nil, false)
 		uc.Close() // part of the request body was never sent
 	default:
+		b.bodyEnded(code, nil, false)
 		body.Finish(b.conns)
 	}
 	rt.finish(o)

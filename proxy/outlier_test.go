@@ -1,9 +1,12 @@
 package proxy
 
 import (
+	"bufio"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -208,5 +211,84 @@ func TestOutlierDisabledAndDialFailures(t *testing.T) {
 		}
 		t.Logf("consecutive=%d: 20 requests, 0 failed, %d retried, dead instance ejected=%v",
 			consecutive, int(testutil.ToFloat64(f.rt.pools[0].metrics.retries)), ej)
+	}
+}
+
+// An instance that breaks every answer off after its head (here: half of
+// the announced length, then a close) is ejected after Consecutive of
+// them, on every codec, as one answering 500 is: the success counted at
+// each head reset its failures, and it was never ejected.
+func TestOutlierEjectsInstanceBreakingBodies(t *testing.T) {
+	var brokenHits atomic.Int64
+	broken := newRawInstance(t, func(c net.Conn, _ *bufio.Reader, _ *http.Request, _ []byte) bool {
+		brokenHits.Add(1)
+		_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhello")
+		return false
+	})
+	good := newRawInstance(t, okHandler("blue"))
+	for i := range everyCodec(t, newFixture(t, []string{good.URL}, []string{good.URL}, nil)) {
+		f := newFixture(t, []string{broken.URL, good.URL}, []string{good.URL}, func(c *Config) {
+			c.Outlier = OutlierConfig{Consecutive: 3, Eject: time.Minute, MaxEject: time.Minute}
+		})
+		c := everyCodec(t, f)[i]
+		be := f.rt.pools[0].backends[0]
+		start := brokenHits.Load()
+		for n := 0; ; n++ {
+			if ej, _ := be.Ejected(); ej {
+				break
+			}
+			if n == 20 {
+				t.Fatalf("%s: the instance breaking its answers was never ejected (%d of them)", c.name, brokenHits.Load()-start)
+			}
+			var body io.Reader
+			if c.method == "POST" {
+				body = strings.NewReader("order")
+			}
+			req, _ := http.NewRequest(c.method, c.url+"/", body)
+			if res, err := c.client.Do(req); err == nil {
+				_, _ = io.Copy(io.Discard, res.Body)
+				res.Body.Close()
+			}
+		}
+		if got := brokenHits.Load() - start; got != 3 {
+			t.Errorf("%s: ejected after %d broken answers, want 3", c.name, got)
+		}
+	}
+}
+
+// A request retried on another instance (its first refused the
+// connection) whose answer that instance then breaks off charges the
+// instance that answered: on the net/http codec the body was charged to
+// the instance the request was routed to first.
+func TestBrokenBodyAfterRetryChargesTheInstanceThatAnswered(t *testing.T) {
+	dead := httptest.NewServer(http.NotFoundHandler())
+	deadURL := dead.URL
+	dead.Close()
+	broken := newRawInstance(t, func(c net.Conn, _ *bufio.Reader, _ *http.Request, _ []byte) bool {
+		_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhello")
+		return false
+	})
+	f := newFixture(t, []string{deadURL, broken.URL}, []string{broken.URL}, nil)
+	for range 6 {
+		if res, err := f.front.Client().Get(f.front.URL + "/"); err == nil {
+			_, _ = io.Copy(io.Discard, res.Body)
+			res.Body.Close()
+		}
+	}
+	count := func(b *Backend) (dial, other float64) {
+		for i, k := range kinds {
+			if v := testutil.ToFloat64(b.errs[i]); k == KindDial {
+				dial += v
+			} else {
+				other += v
+			}
+		}
+		return dial, other
+	}
+	deadB, brokenB := f.rt.pools[0].backends[0], f.rt.pools[0].backends[1]
+	dDial, dOther := count(deadB)
+	_, bOther := count(brokenB)
+	if dDial == 0 || dOther != 0 || bOther != 6 {
+		t.Errorf("the refusing instance: %v dial errors, %v others; the one breaking its answers: %v; want some, none and 6", dDial, dOther, bOther)
 	}
 }

@@ -151,15 +151,34 @@ func (p *Pool) end(b *Backend, start time.Time, longLived bool) time.Duration {
 	return elapsed
 }
 
-// observe feeds an instance's answer to outlier detection: 5xx is a
-// failure.
+// observe feeds the head of an instance's answer to outlier detection:
+// 5xx is a failure. An answer below 500 clears the instance's evidence
+// marks (colorfail.go), but is a success only once its body has come
+// whole (bodyEnded): an instance that breaks its answers off after their
+// heads fails every request it serves, and a success counted at each head
+// kept it from ever reaching the failures in a row that eject it.
 func (b *Backend) observe(code int) {
 	b.answered(code) // colorfail.go
 	if code >= 500 {
 		b.failedAnswer()
-		return
 	}
-	b.succeeded()
+}
+
+// bodyEnded feeds the end of an answer's body to outlier detection: an
+// answer below 500 whose body came whole is a success; one the instance
+// broke off (err, after the head was relayed) is charged to it under
+// classify's kind, which it returns, and is a failure, as a 5xx is. A
+// body the client cut is neither.
+func (b *Backend) bodyEnded(code int, err error, clientCut bool) (kind string) {
+	switch {
+	case err != nil:
+		_, kind = classify(err)
+		b.errs.inc(kind)
+		b.failedAnswer()
+	case code < 500 && !clientCut:
+		b.succeeded()
+	}
+	return kind
 }
 
 // attempt describes a failed attempt for attemptFailed.

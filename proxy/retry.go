@@ -40,8 +40,7 @@ func (t *backendTransport) RoundTrip(req *http.Request) (*http.Response, error) 
 	began := time.Now() // for colorfail.go: was the request routed before a switch?
 	res, err := b.roundTrip(t.base, req)
 	if err == nil {
-		b.observe(res.StatusCode)
-		return res, nil
+		return b.answer(res), nil
 	}
 	var body *clientBody
 	if rec, _ := req.Context().Value(recorderKey{}).(*statusRecorder); rec != nil {
@@ -64,8 +63,7 @@ func (t *backendTransport) RoundTrip(req *http.Request) (*http.Response, error) 
 		b = next
 		res, err = b.roundTrip(t.base, retry)
 		if err == nil {
-			b.observe(res.StatusCode)
-			return res, nil
+			return b.answer(res), nil
 		}
 	}
 }

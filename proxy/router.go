@@ -244,12 +244,11 @@ func NewRouter(cfg Config) (*Router, error) {
 			}
 			b.out.counter = cm.ejectionCounter(name)
 			b.rp = &httputil.ReverseProxy{
-				Rewrite:        b.rewrite,
-				Transport:      &backendTransport{b: b, base: cfg.Transport},
-				BufferPool:     buffers,
-				ErrorLog:       errLog,
-				ModifyResponse: b.modifyResponse,
-				ErrorHandler:   rt.errorHandler(b),
+				Rewrite:      b.rewrite,
+				Transport:    &backendTransport{b: b, base: cfg.Transport},
+				BufferPool:   buffers,
+				ErrorLog:     errLog,
+				ErrorHandler: rt.errorHandler(b),
 			}
 			p.backends = append(p.backends, b)
 		}
@@ -657,7 +656,14 @@ func (rt *Router) previewAllowed(remoteAddr string) bool {
 	return false
 }
 
-func (b *Backend) modifyResponse(res *http.Response) error {
+// answer takes the head of b's answer on the net/http codec: outlier
+// detection sees it, and its body is wrapped for what follows (the
+// stall limit, the charge of a body broken off, the success at its end,
+// the tracking of long-lived streams). The Transport calls it, with the
+// instance that answered: after a retry that is not the ReverseProxy's
+// own instance, which ReverseProxy's ModifyResponse hook would charge.
+func (b *Backend) answer(res *http.Response) *http.Response {
+	b.observe(res.StatusCode)
 	p := b.pool
 	if res.StatusCode == http.StatusNoContent {
 		// RFC 9110 8.6, as the fast codecs do (h1.Head.lengthAllowed):
@@ -673,9 +679,11 @@ func (b *Backend) modifyResponse(res *http.Response) error {
 	} else if res.Body != nil && res.Body != http.NoBody {
 		ctx := res.Request.Context()
 		rec, _ := ctx.Value(recorderKey{}).(*statusRecorder)
-		res.Body = &instanceBody{ReadCloser: res.Body, b: b, ctx: ctx, rec: rec, stall: b.rt.respHeaderTimeout}
+		res.Body = &instanceBody{ReadCloser: res.Body, b: b, ctx: ctx, rec: rec, stall: b.rt.respHeaderTimeout, code: res.StatusCode}
+		return res // its end is the success or failure (bodyEnded)
 	}
-	return nil
+	b.bodyEnded(res.StatusCode, nil, false) // no body to wait for; a long-lived one counts at its start
+	return res
 }
 
 // instanceBody charges an instance with a response body it breaks off (a
@@ -690,7 +698,8 @@ type instanceBody struct {
 	b       *Backend
 	ctx     context.Context
 	rec     *statusRecorder // the request's, for outcome.broken; nil when the Router's ServeHTTP did not start it
-	charged bool
+	code    int             // the answer's status, for outlier detection at the body's end
+	settled bool            // the body ended: its success or failure is counted
 	stall   time.Duration
 	timer   *time.Timer
 	stalled atomic.Bool
@@ -713,10 +722,16 @@ func (ib *instanceBody) Read(p []byte) (int, error) {
 	}
 	// Once the client's request is done (it left), a failed read is the
 	// proxy closing the instance's connection, not the instance failing.
-	if err != nil && err != io.EOF && !ib.charged && ib.ctx.Err() == nil {
+	switch {
+	case ib.settled:
+	case err == io.EOF:
+		ib.settled = true
+		ib.b.bodyEnded(ib.code, nil, false)
+	case err != nil && ib.ctx.Err() == nil:
 		if v := judge(ib.ctx, err); v.fault == instanceFault {
-			ib.charged = true
+			ib.settled = true
 			ib.b.errs.inc(v.kind)
+			ib.b.failedAnswer() // as bodyEnded does, with judge's kind
 			if ib.rec != nil {
 				ib.rec.o.broken = true
 			}
