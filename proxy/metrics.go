@@ -47,7 +47,7 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 		}, []string{"color"}),
 		upstreamErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "bluegreen_upstream_errors_total",
-			Help: "Failed attempts to get a response from an instance, by kind: dial, timeout, reset, other.",
+			Help: "Failed attempts to get a response from an instance, and answers it broke off after their head, by kind: dial, timeout, reset, other.",
 		}, []string{"color", "instance", "kind"}),
 		draining: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "bluegreen_draining_connections",
