@@ -2021,8 +2021,8 @@ func TestFastResponseHeaderTimeout(t *testing.T) {
 			if _, err := io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nfirst"); err != nil {
 				return false
 			}
-			for _, piece := range []string{"-", "la", "st"} {
-				time.Sleep(150 * time.Millisecond) // each pause within the timeout, all of them past it
+			for _, piece := range []string{"-", "l", "a", "st"} {
+				time.Sleep(100 * time.Millisecond) // each pause well within the timeout, all of them past it
 				if _, err := io.WriteString(c, piece); err != nil {
 					return false
 				}
