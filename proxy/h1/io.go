@@ -76,6 +76,13 @@ type connReader struct {
 	peeked peekResult
 	one    [1]byte
 
+	// onWait, when set, is called by a read through the RawConn that found
+	// nothing, before it waits for the poller (once per read; waited then
+	// reports it): a deadline set there bounds the wait alone, and a read
+	// that finds bytes at once sets none (UpConn.fillBody).
+	onWait func()
+	waited bool
+
 	// read and write through the RawConn (rawio_unix.go): the callbacks,
 	// bound on first use, and their arguments and results.
 	fillFn, writeFn func(fd uintptr) bool

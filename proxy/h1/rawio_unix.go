@@ -9,7 +9,8 @@ import (
 )
 
 // readSome is the RawConn.Read callback of connReader.read: one read into
-// cr.rp, or false (wait for the poller) when nothing is there.
+// cr.rp, or false (wait for the poller) when nothing is there, first
+// calling cr.onWait, once per read, when set.
 func (cr *connReader) readSome(fd uintptr) bool {
 	for {
 		cr.rn, cr.rerr = sysRead(int(fd), cr.rp)
@@ -22,6 +23,10 @@ func (cr *connReader) readSome(fd uintptr) bool {
 		return true
 	case syscall.EAGAIN:
 		cr.rn, cr.rerr = 0, nil
+		if cr.onWait != nil && !cr.waited {
+			cr.waited = true
+			cr.onWait()
+		}
 		return false
 	}
 	cr.rn, cr.rerr = 0, os.NewSyscallError("read", cr.rerr)

@@ -6,7 +6,9 @@ import (
 	"net"
 	"runtime"
 	"strconv"
+	"strings"
 	"testing"
+	"time"
 )
 
 // tcpPair is a connected pair of loopback TCP connections.
@@ -37,17 +39,21 @@ func tcpPair(tb testing.TB) (a, b *net.TCPConn) {
 // BenchmarkRelayLength relays Content-Length bodies of several sizes from
 // an instance socket to a client socket, by copy (copyN through the 16 KiB
 // read buffer) and by splice (copyLength above spliceMin): where splice
-// starts to pay is where spliceMin belongs.
+// starts to pay is where spliceMin belongs. "+limit" arms the body-stall
+// limit's read deadline around each read, as a relay does by default.
 //
 //	go test -run '^$' -bench RelayLength -benchtime 2000x ./proxy/h1
 func BenchmarkRelayLength(b *testing.B) {
 	for _, size := range []int{16 << 10, 32 << 10, 64 << 10, 128 << 10, 256 << 10, 1 << 20, 8 << 20} {
-		for _, mode := range []string{"copy", "splice"} {
+		for _, mode := range []string{"copy", "splice", "copy+limit", "splice+limit"} {
 			b.Run(mode+"/"+strconv.Itoa(size>>10)+"KiB", func(b *testing.B) {
 				instSide, upSide := tcpPair(b)     // the instance writes, the proxy reads
 				clientSide, downSide := tcpPair(b) // the proxy writes, the client reads
 				var bufs Buffers
 				uc := &UpConn{nc: upSide}
+				if strings.HasSuffix(mode, "+limit") {
+					uc.stall = time.Minute // a read deadline around each read (BodyStall)
+				}
 				uc.cr = newConnReader(upSide, func() []byte { return bufs.upstream.get()[:] }, func(p []byte) { bufs.upstream.put((*upstreamBuf)(p)) })
 				c := &Conn{nc: downSide}
 				c.out.nc = downSide
@@ -68,7 +74,7 @@ func BenchmarkRelayLength(b *testing.B) {
 				b.ResetTimer()
 				for range b.N {
 					var err error
-					if mode == "copy" {
+					if strings.HasPrefix(mode, "copy") {
 						err = c.copyN(uc, int64(size))
 					} else if sp := newSplicer(upSide, downSide); sp != nil {
 						// The whole body by splice, nothing buffered first.
