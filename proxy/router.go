@@ -728,10 +728,9 @@ func (ib *instanceBody) Read(p []byte) (int, error) {
 		ib.settled = true
 		ib.b.bodyEnded(ib.code, nil, false)
 	case err != nil && ib.ctx.Err() == nil:
-		if v := judge(ib.ctx, err); v.fault == instanceFault {
+		if judge(ib.ctx, err).fault == instanceFault {
 			ib.settled = true
-			ib.b.errs.inc(v.kind)
-			ib.b.failedAnswer() // as bodyEnded does, with judge's kind
+			ib.b.bodyEnded(ib.code, err, false)
 			if ib.rec != nil {
 				ib.rec.o.broken = true
 			}

@@ -87,15 +87,7 @@ func (c *Conn) copyLength(uc *UpConn, n int64) error {
 // one of the client's is left in c.out.err.
 func (c *Conn) spliceOut(uc *UpConn, sp *splicer, n int64) error {
 	for n > 0 {
-		var got int
-		var err error
-		if uc.stall > 0 {
-			uc.armStall()
-			got, err = sp.drain(int(min(n, spliceMax)))
-			err = uc.disarmStall(err)
-		} else {
-			got, err = sp.drain(int(min(n, spliceMax)))
-		}
+		got, err := uc.drainBody(sp, int(min(n, spliceMax)))
 		if err != nil {
 			return err
 		}

@@ -93,6 +93,17 @@ func (c *UpConn) fillBody() error {
 	return err
 }
 
+// drainBody is sp.drain for an answer's body, within the stall limit: a
+// drain moves up to 1 MiB, so its deadline is set around every one.
+func (c *UpConn) drainBody(sp *splicer, max int) (int, error) {
+	if c.stall <= 0 {
+		return sp.drain(max)
+	}
+	c.armStall()
+	n, err := sp.drain(max)
+	return n, c.disarmStall(err)
+}
+
 // armStall sets the read deadline of a wait for body bytes; disarmStall
 // clears it and names a timeout for what it is. An abandon's deadline,
 // set meanwhile from another goroutine, is kept (keepAbandoned).
