@@ -388,8 +388,6 @@ func shortFileError(err error) string {
 	return err.Error()
 }
 
-// parsePrefixes parses a comma-separated list of CIDR prefixes or single
-// addresses (10.0.0.0/8, 192.168.1.5, fd00::/8).
 // privateNets are the networks "private" names in BLUEGREEN_PREVIEW_FROM:
 // loopback, RFC 1918 and RFC 6598 (carrier-grade NAT, which Docker and
 // cloud networks use too), link-local, and IPv6's unique local and
@@ -415,6 +413,8 @@ func parsePreviewFrom(s string) ([]netip.Prefix, error) {
 	return out, err
 }
 
+// parsePrefixes parses a comma-separated list of CIDR prefixes or single
+// addresses (10.0.0.0/8, 192.168.1.5, fd00::/8).
 func parsePrefixes(s string) ([]netip.Prefix, error) {
 	var out []netip.Prefix
 	for part := range strings.SplitSeq(s, ",") {

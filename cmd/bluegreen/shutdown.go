@@ -67,11 +67,11 @@ func nonStopOf(ctx context.Context) <-chan os.Signal {
 func notifyStop(parent context.Context) (ctx context.Context, stop func()) {
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM, syscall.SIGQUIT)
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, append([]os.Signal{syscall.SIGHUP}, ignoredSignals...)...)
+	nonStop := make(chan os.Signal, 1)
+	signal.Notify(nonStop, append([]os.Signal{syscall.SIGHUP}, ignoredSignals...)...)
 	pipe := make(chan os.Signal, 1) // never read: Notify drops what does not fit
 	signal.Notify(pipe, syscall.SIGPIPE)
-	parent = context.WithValue(parent, nonStopKey{}, (<-chan os.Signal)(hup))
+	parent = context.WithValue(parent, nonStopKey{}, (<-chan os.Signal)(nonStop))
 	graceful, cancel := context.WithCancel(parent)
 	hard := make(chan struct{})
 	done := make(chan struct{})
@@ -92,7 +92,7 @@ func notifyStop(parent context.Context) (ctx context.Context, stop func()) {
 	}()
 	return withHardStop(graceful, hard), func() {
 		signal.Stop(sigs)
-		signal.Stop(hup)
+		signal.Stop(nonStop)
 		signal.Stop(pipe)
 		close(done)
 		cancel()
