@@ -733,6 +733,7 @@ func (ib *instanceBody) Read(p []byte) (int, error) {
 			ib.b.bodyEnded(ib.code, err, false)
 			if ib.rec != nil {
 				ib.rec.o.broken = true
+				ib.rec.flushBroken()
 			}
 		}
 	}
@@ -826,6 +827,21 @@ func (s *statusRecorder) ended(left bool) {
 	if s.stalled {
 		s.o.kind = ClientTimeout
 	}
+}
+
+// flushBroken sends the client what it has been written of an answer
+// whose instance broke its body off, before ReverseProxy aborts the
+// connection: net/http holds a short head and the first bytes in its
+// buffer, and the abort would close the connection with none of them
+// sent, where the fast codecs (and nginx) send the head, then cut. The
+// client sees the answer it was given end early, not a connection that
+// closed without an answer, which it could take for a request never
+// served.
+func (s *statusRecorder) flushBroken() {
+	if s.ctl == nil {
+		s.ctl = http.NewResponseController(s.ResponseWriter)
+	}
+	_ = s.ctl.Flush()
 }
 
 func (s *statusRecorder) Unwrap() http.ResponseWriter { return s.ResponseWriter }
