@@ -99,7 +99,7 @@ func (rt *Router) finish(o *outcome) {
 			"method", o.method, "path", o.path, "status", o.status, "err", o.err)
 	case localFault:
 		rt.metrics.localError(o.kind)
-		if ok, held := rt.localLog.allow(); ok {
+		if ok, held := rt.localLog.Allow(); ok {
 			rt.log.Error("no connection to the instance: the proxy is out of a resource of its own", "color", p.color,
 				"instance", o.inst.name, "kind", o.kind, "method", o.method, "status", o.status, "err", o.err,
 				"held_back", held)

@@ -20,6 +20,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/cryoprotect/bluegreen/internal/loglimit"
 	"github.com/cryoprotect/bluegreen/proxy/h1"
 	"github.com/cryoprotect/bluegreen/proxy/stats"
 	"golang.org/x/net/http/httpguts"
@@ -131,12 +132,12 @@ type Router struct {
 	access          *slog.Logger
 	trusted         []netip.Prefix
 	previewFrom     []netip.Prefix
-	previewLog      logLimit // the lines of preview requests ignored (previewAllowed)
+	previewLog      loglimit.Limit // the lines of preview requests ignored (previewAllowed)
 	stripPreview    bool
 	transport       http.RoundTripper
 	setMu           sync.Mutex // serialises SetActive
 	colorFailing    colorFailingFunc
-	localLog        logLimit // the lines of the proxy's own faults (localFault)
+	localLog        loglimit.Limit // the lines of the proxy's own faults (localFault)
 
 	metrics           *Metrics
 	clientBodyTimeout time.Duration
@@ -193,14 +194,14 @@ func NewRouter(cfg Config) (*Router, error) {
 		access:        cfg.AccessLog,
 		trusted:       cfg.TrustedProxies,
 		previewFrom:   cfg.PreviewFrom,
-		previewLog:    logLimit{every: time.Minute, now: cfg.Now},
+		previewLog:    loglimit.Limit{Every: time.Minute, Now: cfg.Now},
 		transport:     cfg.Transport,
 		stripPreview:  cfg.StripPreviewHeader && cfg.PreviewHeader != "",
 		metrics:       cfg.Metrics,
 		stats:         cfg.Stats,
 		rolloutKey:    cfg.RolloutKey,
 		colorFailing:  cfg.ColorFailing,
-		localLog:      logLimit{every: time.Second, now: cfg.Now},
+		localLog:      loglimit.Limit{Every: time.Second, Now: cfg.Now},
 
 		rolloutKeyLower:   strings.ToLower(cfg.RolloutKey.Header),
 		clientBodyTimeout: cfg.ClientBodyTimeout,
@@ -649,7 +650,7 @@ func (rt *Router) previewAllowed(remoteAddr string) bool {
 	if len(rt.previewFrom) == 0 || peerIn(remoteAddr, rt.previewFrom) {
 		return true
 	}
-	if ok, held := rt.previewLog.allow(); ok {
+	if ok, held := rt.previewLog.Allow(); ok {
 		rt.log.Warn("preview request served by the active colour: its client is not in BLUEGREEN_PREVIEW_FROM",
 			"remote", remoteAddr, "ignored_since_last_line", held)
 	}

@@ -100,6 +100,7 @@ func runDemo(ctx context.Context, args, environ []string, stdout, stderr io.Writ
 		return exitConfig
 	}
 	log := newLogger(stderr, cfg.LogFormat, cfg.LogLevel)
+	defer routeStdLog(log, time.Now)()
 	err = serve(ctx, cfg, log, versionString(), func(a addrs) {
 		fmt.Fprint(stdout, demoBanner(a, blue.url, green.url))
 	})

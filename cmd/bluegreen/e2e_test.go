@@ -1,7 +1,9 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -222,5 +224,76 @@ func TestE2EBadStartExitCodes(t *testing.T) {
 				t.Fatalf("exit %d, want %d with %q; output:\n%s", code, tc.code, tc.want, p.Out.String())
 			}
 		})
+	}
+}
+
+// Every line the process writes is in its log format, Go's own included:
+// net/http's Transport reports bytes an instance sent after its answer (on
+// an idle connection) through the standard logger, which printed a bare,
+// time-stamped line among the JSON a log shipper parses, one per request.
+func TestE2EEveryLogLineIsJSON(t *testing.T) {
+	bg, _ := binaries(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				br := bufio.NewReader(c)
+				for {
+					req, err := http.ReadRequest(br)
+					if err != nil {
+						return
+					}
+					_, _ = io.Copy(io.Discard, req.Body)
+					answer := "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+					if req.URL.Path != "/health" {
+						answer += "EXTRA" // more than its Content-Length
+					}
+					if _, err := io.WriteString(c, answer); err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	inst := "http://" + ln.Addr().String()
+	env := []string{"BLUEGREEN_BLUE_URLS=" + inst, "BLUEGREEN_GREEN_URLS=" + inst + "/",
+		"BLUEGREEN_STATE=file:" + filepath.Join(t.TempDir(), "state.json"), "BLUEGREEN_SHUTDOWN_DELAY=0s"}
+	proxy, pub, adm := startProxyProc(t, bg, env)
+	waitHTTP(t, "http://"+adm+"/readyz", 200)
+	for range 3 { // a chunked POST goes through net/http's Transport
+		res, err := http.Post("http://"+pub+"/order", "text/plain", io.MultiReader(strings.NewReader("x")))
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(res.Body)
+		res.Body.Close()
+		if res.StatusCode != 200 || string(b) != "ok" {
+			t.Fatalf("POST: %d %q", res.StatusCode, b)
+		}
+	}
+	for deadline := time.Now().Add(10 * time.Second); !strings.Contains(proxy.Out.String(), "Unsolicited response"); {
+		if time.Now().After(deadline) {
+			t.Fatal("the instance's stray bytes were not logged")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	proxy.Stop(10 * time.Second)
+	if n := strings.Count(proxy.Out.String(), "Unsolicited response"); n > 2 {
+		t.Errorf("%d lines of stray bytes for 3 requests in about a second, want a line a second", n)
+	}
+	for line := range strings.SplitSeq(strings.TrimSpace(proxy.Out.String()), "\n") {
+		var m map[string]any
+		if err := json.Unmarshal([]byte(line), &m); err != nil {
+			t.Errorf("not a JSON line: %q", line)
+		}
 	}
 }

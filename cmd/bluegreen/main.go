@@ -22,6 +22,7 @@ import (
 	"os"
 	"runtime/debug"
 	"strings"
+	"time"
 )
 
 // version is stamped at build time with -ldflags "-X main.version=v1.2.3".
@@ -194,6 +195,7 @@ func runServe(ctx context.Context, args, environ []string, stdout, stderr io.Wri
 		return exitConfig
 	}
 	log := newLogger(stderr, cfg.LogFormat, cfg.LogLevel)
+	defer routeStdLog(log, time.Now)()
 	return exitCode(serve(ctx, cfg, log, versionString(), nil), stderr)
 }
 

@@ -1,4 +1,4 @@
-package proxy
+package loglimit
 
 import (
 	"testing"
@@ -9,12 +9,12 @@ import (
 // interval says how many were held back.
 func TestLogLimit(t *testing.T) {
 	now := time.Unix(1000, 0)
-	l := logLimit{every: time.Second, now: func() time.Time { return now }}
+	l := Limit{Every: time.Second, Now: func() time.Time { return now }}
 	step := func(d time.Duration, wantOK bool, wantHeld int) {
 		t.Helper()
 		now = now.Add(d)
-		if ok, held := l.allow(); ok != wantOK || held != wantHeld {
-			t.Fatalf("at +%v: allow() = %v, %d; want %v, %d", now.Sub(time.Unix(1000, 0)), ok, held, wantOK, wantHeld)
+		if ok, held := l.Allow(); ok != wantOK || held != wantHeld {
+			t.Fatalf("at +%v: Allow() = %v, %d; want %v, %d", now.Sub(time.Unix(1000, 0)), ok, held, wantOK, wantHeld)
 		}
 	}
 	step(0, true, 0) // the first line goes through
