@@ -104,6 +104,7 @@ type Config struct {
 	// Derived by loadConfig.
 	unknown     []unknownVariable // warned of at start-up
 	blue, green []*url.URL
+	lookup      lookupFunc // resolves instance host names (scaled.go); nil: the system's resolver
 	token       string
 	etcd        etcdOptions
 	balance     proxy.Balance

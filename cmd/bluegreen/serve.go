@@ -7,7 +7,9 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -241,6 +243,14 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, version string, re
 		log.Warn("instances listed in both colours: a switch does not change what serves them",
 			"instances", shared, "variables", envPrefix+"BLUE_URLS, "+envPrefix+"GREEN_URLS")
 	}
+	lookup := cfg.lookup
+	if lookup == nil {
+		lookup = func(ctx context.Context, host string) ([]netip.Addr, error) {
+			return net.DefaultResolver.LookupNetIP(ctx, "ip", host)
+		}
+	}
+	names := &scaledNames{lookup: lookup, interval: time.Minute, log: log}
+	wg.Go(func() { names.run(bg, slices.Concat(cfg.blue, cfg.green)) })
 	if ready != nil {
 		ready(addrs{public: pubLn.Addr().String(), admin: admLn.Addr().String(), tls: edge.addr()})
 	}
