@@ -121,8 +121,20 @@ func (s *Server) Close() error {
 }
 
 // reapUpstreams closes the fast codec's instance connections: those idle
-// for too long, or all idle ones.
+// for too long, or all idle ones. Every reap (a second apart) also
+// reports the instances that sent bytes after an answer's end since the
+// last: a line each, with the count, where nginx writes one per answer
+// ("upstream sent more data than specified").
 func (rt *Router) reapUpstreams(expiredOnly bool) {
+	for _, p := range rt.pools {
+		for _, b := range p.backends {
+			if n := b.conns.TakeStrays(); n > 0 {
+				rt.log.Warn("instance sent bytes after the end of its answers (more than their Content-Length, or a body to a HEAD, 204 or 304): "+
+					"what the clients got may be cut short of what it meant; each such connection was closed",
+					"color", p.color, "instance", b.name, "connections", n)
+			}
+		}
+	}
 	if !expiredOnly {
 		rt.CloseIdleConnections()
 		return

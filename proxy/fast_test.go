@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -2060,5 +2061,70 @@ func TestFastResponseHeaderTimeout(t *testing.T) {
 	rc2.send("GET /quick HTTP/1.1\r\nHost: a\r\n\r\n")
 	if res, body := rc2.mustRead("GET"); res.StatusCode != 200 || body != "ok" {
 		t.Fatalf("after a slow body: %d %q", res.StatusCode, body)
+	}
+}
+
+// Bytes an instance sends after an answer's end (more than its
+// Content-Length, a body to a HEAD) close the connection that holds them
+// and are reported, a line a reap per instance with the count: found when
+// the exchange ends, when the pooled connection is looked at before a
+// request with a body, and in the look folded into the write of one
+// without.
+func TestFastStrayBytesReported(t *testing.T) {
+	blue := newRawInstance(t, func(c net.Conn, br *bufio.Reader, r *http.Request, body []byte) bool {
+		switch {
+		case r.URL.Path == "/extra":
+			_, err := io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokEXTRA")
+			return err == nil
+		case r.Method == http.MethodHead:
+			if _, err := io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n"); err != nil {
+				return false
+			}
+			time.Sleep(50 * time.Millisecond) // after the proxy pooled the connection
+			_, err := io.WriteString(c, "hello")
+			return err == nil
+		}
+		return okHandler("blue")(c, br, r, body)
+	})
+	green := newRawInstance(t, okHandler("green"))
+	logs := &logRecorder{min: slog.LevelWarn}
+	f := newFixture(t, []string{blue.URL}, []string{green.URL}, func(c *Config) {
+		c.Log = slog.New(logs)
+		c.Upstream.IdleConnTimeout = 2 * time.Second // a reap a second
+	})
+	ff := startFast(t, f.rt, nil)
+	rc := dialRaw(t, ff.addr)
+	rc.send("GET /extra HTTP/1.1\r\nHost: a\r\n\r\n")
+	if res, body := rc.mustRead("GET"); res.StatusCode != 200 || body != "ok" {
+		t.Fatalf("GET /extra: %d %q", res.StatusCode, body)
+	}
+	for _, next := range []string{"GET /next HTTP/1.1\r\nHost: a\r\n\r\n", "POST /next HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\n\r\nx"} {
+		rc.send("HEAD /h HTTP/1.1\r\nHost: a\r\n\r\n")
+		if res, _ := rc.mustRead("HEAD"); res.StatusCode != 200 {
+			t.Fatalf("HEAD: %d", res.StatusCode)
+		}
+		time.Sleep(150 * time.Millisecond) // the stray body has arrived
+		rc.send(next)
+		if res, body := rc.mustRead(strings.Fields(next)[0]); res.StatusCode != 200 || body != "blue /next" {
+			t.Fatalf("%s after the stray bytes: %d %q", next, res.StatusCode, body)
+		}
+	}
+	counted := func() (n int) {
+		logs.mu.Lock()
+		defer logs.mu.Unlock()
+		for _, r := range logs.recs {
+			if i := strings.Index(r, "after the end of its answers"); i >= 0 && strings.Contains(r, "instance="+blue.URL) {
+				c, _ := strconv.Atoi(r[strings.LastIndex(r, "connections=")+len("connections="):])
+				n += c
+			}
+		}
+		return n
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for counted() < 3 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if n := counted(); n != 3 {
+		t.Fatalf("%d connections with stray bytes reported, want 3; log: %q", n, logs.recs)
 	}
 }

@@ -478,6 +478,8 @@ func (c *Conn) readResponseHead(x *Exchange, uc *UpConn) error {
 		if err := uc.cr.sendFill(p, check); err != nil {
 			if err == ErrStaleConn && uc.cr.staleClosed {
 				uc.limit.ClosedAfter(uc.idleFor)
+			} else if err == ErrStaleConn {
+				uc.stray()
 			}
 			return err
 		}

@@ -24,6 +24,9 @@ type Upstream struct {
 
 	idle  IdleStack[*UpConn]
 	limit IdleLimit
+	// strays counts the connections closed for holding bytes the
+	// instance sent after an answer's end (TakeStrays).
+	strays atomic.Int64
 }
 
 // UpConn is one connection to an instance.
@@ -35,6 +38,7 @@ type UpConn struct {
 	// how long the connection sat in the pool before this exchange.
 	limit   *IdleLimit
 	idleFor time.Duration
+	strays  *atomic.Int64 // its Upstream's
 	// check: taken from the pool by GetUnchecked, not looked at yet; the
 	// look is folded into the write of the request (see
 	// connReader.sendFill) or done before it (Conn.Send).
@@ -188,7 +192,7 @@ func (u *Upstream) get(fresh, peek bool) (*UpConn, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &UpConn{nc: nc, lazy: !peek, limit: &u.limit}
+	c := &UpConn{nc: nc, lazy: !peek, limit: &u.limit, strays: &u.strays}
 	c.cr = newConnReader(nc, u.takeBuf, u.giveBuf)
 	return c, nil
 }
@@ -204,6 +208,7 @@ func (u *Upstream) giveBuf(b []byte) { u.bufs.upstream.put((*upstreamBuf)(b)) }
 // BufferGrace.
 func (u *Upstream) Put(c *UpConn) {
 	if c.cr.buffered() != 0 { // the instance sent more than it announced
+		c.stray()
 		c.Close()
 		return
 	}
@@ -260,9 +265,25 @@ func (c *UpConn) open() bool {
 		return true
 	case peekClosed:
 		c.limit.ClosedAfter(c.idleFor)
+	default:
+		c.stray()
 	}
 	return false
 }
+
+// stray counts a connection found holding bytes the instance sent after
+// an answer's end: more than its Content-Length, a body to a HEAD, a 204
+// or a 304. The answer the client got may have been cut short of what
+// the instance meant; the connection is closed.
+func (c *UpConn) stray() {
+	if c.strays != nil {
+		c.strays.Add(1)
+	}
+}
+
+// TakeStrays returns how many connections were closed for holding bytes
+// the instance sent after an answer's end since the last call.
+func (u *Upstream) TakeStrays() int64 { return u.strays.Swap(0) }
 
 // IdleBuffers reports the pooled connections and how many of them hold a
 // buffer; for tests of the memory an idle connection costs.
