@@ -121,10 +121,11 @@ func (s *Server) Close() error {
 }
 
 // reapUpstreams closes the fast codec's instance connections: those idle
-// for too long, or all idle ones. Every reap (a second apart) also
-// reports the instances that sent bytes after an answer's end since the
-// last: a line each, with the count, where nginx writes one per answer
-// ("upstream sent more data than specified").
+// for too long, or all idle ones. Every reap (Server.ReapEvery: half the
+// upstream idle timeout, at least a second) also reports the instances
+// that sent bytes after an answer's end since the last: a line each, with
+// the count, where nginx writes one per answer ("upstream sent more data
+// than specified").
 func (rt *Router) reapUpstreams(expiredOnly bool) {
 	for _, p := range rt.pools {
 		for _, b := range p.backends {

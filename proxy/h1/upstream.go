@@ -265,7 +265,7 @@ func (c *UpConn) open() bool {
 		return true
 	case peekClosed:
 		c.limit.ClosedAfter(c.idleFor)
-	default:
+	case peekData:
 		c.stray()
 	}
 	return false
