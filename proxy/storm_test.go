@@ -296,7 +296,7 @@ func TestInstanceStormBlamesNoClient(t *testing.T) {
 		}
 		switch p {
 		case "/stallhead", "/stallbody":
-			time.Sleep(500 * time.Millisecond) // past the upstream timeout
+			time.Sleep(1500 * time.Millisecond) // well past the upstream timeout and its watch
 		case "/shortreset":
 			time.Sleep(5 * time.Millisecond)
 			fallthrough
