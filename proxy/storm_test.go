@@ -49,7 +49,8 @@ type stormFront struct {
 }
 
 // stormFronts serves rt on the fast codec, on net/http only and over
-// HTTP/2, with header timeouts of 300 ms.
+// HTTP/2; the fast codec and HTTP/2 give a client 300 ms for its headers
+// (net/http only: 5 s, startNetHTTPOnly).
 func stormFronts(t *testing.T, rt *Router) []stormFront {
 	short := func(s *Server) { s.ReadHeaderTimeout = 300 * time.Millisecond }
 	fast := startFast(t, rt, short)
