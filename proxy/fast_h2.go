@@ -506,12 +506,22 @@ func (h *h2Handler) relay(st *h2.Stream, x *h2Scratch, uc *h1.UpConn, b *Backend
 	if ending != nil {
 		ended = ending.finish() // no End or Close after this: uc may go back to the pool
 	}
+	// The client reset the stream or left before it had the whole answer
+	// (or broke the protocol on the stream, which the codec reset and
+	// counted): its doing. Otherwise a failed read of the body is the
+	// instance's, after the head was relayed. A drain or shutdown that
+	// ended an event stream is neither. Outlier detection hears of the
+	// body's end once, as on the HTTP/1.1 codec.
+	clientCut := !ended && (werr != nil || st.IsReset() && !st.Answered())
+	var broke error
+	if !ended && !clientCut {
+		broke = err
+	}
+	kind := b.bodyEnded(code, broke, clientCut)
 	switch {
 	case ended:
-		// A drain or shutdown ended the event stream: a clean end at a
-		// chunk boundary, else (the chunk did not complete within
-		// endGrace) a reset. Nobody is charged.
-		b.bodyEnded(code, nil, false)
+		// A clean end at a chunk boundary, else (the chunk did not
+		// complete within endGrace) a reset. Nobody is charged.
 		uc.Close()
 		switch {
 		case err != nil && !body.AtBoundary():
@@ -519,11 +529,9 @@ func (h *h2Handler) relay(st *h2.Stream, x *h2Scratch, uc *h1.UpConn, b *Backend
 		case err != nil || werr != nil:
 			_ = st.WriteData(nil, true)
 		}
-	case werr != nil || st.IsReset() && !st.Answered():
-		// The client reset the stream or left before it had the whole
-		// answer (or broke the protocol on the stream, which the codec
-		// reset and counted): its doing. The rest of a short answer is
-		// read and dropped, and the connection kept (Abandon).
+	case clientCut:
+		// The rest of a short answer is read and dropped, and the
+		// connection kept (Abandon).
 		if err == nil && body.Drain(h1.AbandonDrain) {
 			body.Finish(b.conns)
 		} else {
@@ -537,21 +545,17 @@ func (h *h2Handler) relay(st *h2.Stream, x *h2Scratch, uc *h1.UpConn, b *Backend
 			o.status, o.kind, o.clientCounted = http.StatusBadRequest, ClientMalformed, true
 		}
 		st.Reset(http2.ErrCodeCancel)
-	case err != nil:
-		// The head was relayed, so the client keeps its status, but the
-		// instance broke its answer: charged to it, and the stream is
-		// reset so the client sees the answer is incomplete.
+	case broke != nil:
+		// The client keeps the status it got; the stream is reset so it
+		// sees the answer is incomplete.
 		uc.Close()
-		kind := b.bodyEnded(code, err, false)
 		o.broken = true
 		rt.log.Warn("upstream error in the response body", "color", o.pool.color, "instance", b.name,
 			"method", o.method, "kind", kind, "err", err)
 		st.Reset(http2.ErrCodeInternal)
 	case x.early:
-		b.bodyEnded(code, nil, false)
 		uc.Close() // part of the request body was never sent
 	default:
-		b.bodyEnded(code, nil, false)
 		body.Finish(b.conns)
 	}
 	rt.finish(o)
