@@ -233,37 +233,26 @@ func TestE2EBadStartExitCodes(t *testing.T) {
 // time-stamped line among the JSON a log shipper parses, one per request.
 func TestE2EEveryLogLineIsJSON(t *testing.T) {
 	bg, _ := binaries(t)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				br := bufio.NewReader(c)
-				for {
-					req, err := http.ReadRequest(br)
-					if err != nil {
-						return
-					}
-					_, _ = io.Copy(io.Discard, req.Body)
-					answer := "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
-					if req.URL.Path != "/health" {
-						answer += "EXTRA" // more than its Content-Length
-					}
-					if _, err := io.WriteString(c, answer); err != nil {
-						return
-					}
+	ln := testkit.Listen(t, func(c net.Conn) {
+		go func() {
+			defer c.Close()
+			br := bufio.NewReader(c)
+			for {
+				req, err := http.ReadRequest(br)
+				if err != nil {
+					return
 				}
-			}()
-		}
-	}()
+				_, _ = io.Copy(io.Discard, req.Body)
+				answer := "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+				if req.URL.Path != "/health" {
+					answer += "EXTRA" // more than its Content-Length
+				}
+				if _, err := io.WriteString(c, answer); err != nil {
+					return
+				}
+			}
+		}()
+	})
 	inst := "http://" + ln.Addr().String()
 	env := []string{"BLUEGREEN_BLUE_URLS=" + inst, "BLUEGREEN_GREEN_URLS=" + inst + "/",
 		"BLUEGREEN_STATE=file:" + filepath.Join(t.TempDir(), "state.json"), "BLUEGREEN_SHUTDOWN_DELAY=0s"}
